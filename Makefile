@@ -1,0 +1,49 @@
+# aistack-operator: the two commands a newcomer needs are `make demo` and `make test`.
+# Everything they need is installed by the targets below, idempotently and with caches.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: help venv lint unit e2e test crds check-crds demo demo-down cluster-tools clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP) ## create .venv with the operator and its dev tools
+
+lint: $(STAMP) ## ruff and mypy
+	$(BIN)/ruff check operator tests
+	$(BIN)/ruff format --check operator tests
+	$(BIN)/mypy
+
+unit: $(STAMP) ## unit tests: API, CRDs, renderer, CLI (no cluster)
+	$(BIN)/pytest tests --ignore=tests/e2e $(PYTEST_ARGS)
+
+cluster-tools: ## build the local control plane (kube-apiserver, etcd, kwok, helm) from Go modules
+	hack/build-tools.sh
+
+e2e: $(STAMP) cluster-tools ## end-to-end tests against a real local API server
+	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
+
+test: lint unit e2e ## everything CI runs
+
+crds: $(STAMP) ## regenerate crds/ from the API models
+	$(BIN)/aistack crds --output-dir crds
+
+demo: $(STAMP) cluster-tools ## local cluster + operator + the quickstart stack, then its status
+	hack/demo.sh up
+
+demo-down: ## stop the demo cluster and everything it started
+	hack/demo.sh down
+
+clean: ## remove the virtualenv and caches (not the tool cache)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

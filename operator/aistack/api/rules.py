@@ -1,0 +1,79 @@
+"""Cross-field rules of the API, shared by the CRD's CEL rules and the pydantic validators.
+
+The messages say what is wrong and what to do; the API server returns them verbatim to
+``kubectl apply``, and ``aistack render`` prints them with the field path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from aistack import names
+
+UNIQUE_MODELS = "model names must be unique within the stack"
+UNIQUE_WORKER_GROUPS = "Ray worker group names must be unique within the stack"
+TP_DIVIDES_GPUS = (
+    "tensorParallelSize must divide gpus (GPUs per node): the GPUs of a node form "
+    "tensor-parallel groups and the groups become pipeline stages"
+)
+MULTINODE_REPLICAS = (
+    f"a multi-node model (nodes > 1) may have at most {names.MAX_REPLICAS} replicas"
+)
+CACHE_SIZE_OR_CLAIM = "cache needs exactly one of size (a new PVC) or existingClaim"
+MLFLOW_REPLICAS = (
+    "mlflow.replicas > 1 needs both backendStore and artifactStore: SQLite and artifacts on "
+    "one ReadWriteOnce volume cannot be shared by several servers"
+)
+STACK_NAME = (
+    f"the AIStack name must be a DNS-1035 label (lowercase letters, digits and '-', starting "
+    f"with a letter) of at most {names.STACK_NAME_MAX} characters, because the operator "
+    f"derives Service names from it"
+)
+MODEL_NAME_LENGTH = (
+    f"the AIStack name and each model name together may have at most "
+    f"{names.MODEL_NAME_BUDGET} characters, so that derived names such as "
+    f"<stack>-vllm-<model>-g0-leader stay valid DNS labels; shorten either"
+)
+WORKER_GROUP_NAME_LENGTH = (
+    f"the AIStack name and each Ray worker group name together may have at most "
+    f"{names.RAY_GROUP_BUDGET} characters, so that <stack>-ray-worker-<group> stays a valid "
+    f"DNS label; shorten either"
+)
+
+# CEL rules at the root of the AIStack schema (only there can CEL see metadata.name).
+ROOT_CEL_RULES: list[tuple[str, str]] = [
+    (
+        f"size(self.metadata.name) <= {names.STACK_NAME_MAX} && "
+        f"self.metadata.name.matches('{names.DNS_1035_PATTERN}')",
+        STACK_NAME,
+    ),
+    (
+        "!has(self.spec.models) || self.spec.models.all(m, "
+        f"size(self.metadata.name) + size(m.name) <= {names.MODEL_NAME_BUDGET})",
+        MODEL_NAME_LENGTH,
+    ),
+    (
+        "!has(self.spec.ray) || !has(self.spec.ray.workerGroups) || "
+        "self.spec.ray.workerGroups.all(g, "
+        f"size(self.metadata.name) + size(g.name) <= {names.RAY_GROUP_BUDGET})",
+        WORKER_GROUP_NAME_LENGTH,
+    ),
+]
+
+
+def stack_name_errors(
+    stack: str, model_names: Sequence[str], worker_groups: Sequence[str]
+) -> list[str]:
+    """The root rules above, in Python."""
+    import re
+
+    errors: list[str] = []
+    if len(stack) > names.STACK_NAME_MAX or not re.match(names.DNS_1035_PATTERN, stack):
+        errors.append(f"{STACK_NAME} (got {stack!r})")
+    too_long = [m for m in model_names if len(stack) + len(m) > names.MODEL_NAME_BUDGET]
+    if too_long:
+        errors.append(f"{MODEL_NAME_LENGTH} (too long: {', '.join(too_long)})")
+    too_long = [g for g in worker_groups if len(stack) + len(g) > names.RAY_GROUP_BUDGET]
+    if too_long:
+        errors.append(f"{WORKER_GROUP_NAME_LENGTH} (too long: {', '.join(too_long)})")
+    return errors

@@ -1,0 +1,623 @@
+"""aistack.dev/v1alpha1: AIStack and LicensePolicy.
+
+These pydantic models are the API. The CRDs in ``crds/`` are generated from them
+(``aistack crds``), so field docstrings become the schema descriptions users read in
+``kubectl explain``. Cross-field rules exist twice, on purpose: as CEL rules in the CRD
+(what ``kubectl apply`` users hit first) and as validators here (what ``aistack render``
+and the operator hit); both use the messages from :mod:`aistack.api.rules`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from aistack import names
+from aistack.api import rules
+
+GROUP = names.GROUP
+VERSION = "v1alpha1"
+API_VERSION: Final = "aistack.dev/v1alpha1"
+
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+Quantity = Annotated[
+    int | Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN)],
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": QUANTITY_PATTERN,
+            "x-kubernetes-int-or-string": True,
+        }
+    ),
+]
+# A model source: a Hugging Face repo id, a path on a PVC, or an S3 prefix.
+SOURCE_PATTERN = (
+    r"^(([A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*"
+    r"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^/].*)?"
+    r"|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?)$"
+)
+SOURCE_RE = re.compile(SOURCE_PATTERN)
+
+
+class APIModel(BaseModel):
+    """Base of every API object: camelCase on the wire, immutable, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        frozen=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+    )
+
+
+def _crd_rules(*items: tuple[str, str]) -> dict[str, Any]:
+    return {"x-kubernetes-validations": [{"rule": rule, "message": msg} for rule, msg in items]}
+
+
+# ---------------------------------------------------------------- shared building blocks
+
+
+class SecretKeyRef(APIModel):
+    """A key of a Secret in the stack's namespace."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=253)]
+    """Name of the Secret."""
+    key: Annotated[str, StringConstraints(min_length=1, max_length=253)]
+    """Key in the Secret whose value is used."""
+
+
+class SecretRef(APIModel):
+    """A whole Secret in the stack's namespace; each key becomes an environment variable."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=253)]
+    """Name of the Secret."""
+
+
+class Toleration(APIModel):
+    """A Kubernetes toleration (core/v1 Toleration)."""
+
+    key: str | None = None
+    """Taint key the toleration applies to; empty with operator Exists matches all taints."""
+    operator: Literal["Exists", "Equal"] = "Equal"
+    """Exists matches any value; Equal matches ``value``."""
+    value: str | None = None
+    """Taint value to match with operator Equal."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect to match; empty matches all effects."""
+    toleration_seconds: int | None = None
+    """How long a NoExecute taint is tolerated before eviction."""
+
+
+class ResourceRequirements(APIModel):
+    """CPU and memory for a container (core/v1 ResourceRequirements)."""
+
+    requests: dict[str, Quantity] = Field(default_factory=dict)
+    """Minimum resources, e.g. ``{cpu: "2", memory: 8Gi}``."""
+    limits: dict[str, Quantity] = Field(default_factory=dict)
+    """Maximum resources, e.g. ``{memory: 16Gi}``. GPU limits are set from ``gpus``."""
+
+
+# ---------------------------------------------------------------- models (vLLM)
+
+
+class WeightCache(APIModel):
+    """A PersistentVolumeClaim that keeps downloaded weights across pod restarts."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_crd_rules(
+            (
+                "has(self.size) != has(self.existingClaim)",
+                rules.CACHE_SIZE_OR_CLAIM,
+            )
+        )
+    )
+
+    size: Quantity | None = None
+    """Size of a PVC the operator creates (``<stack>-vllm-<model>-cache``)."""
+    existing_claim: Annotated[str, StringConstraints(max_length=253)] | None = None
+    """Use this existing PVC instead of creating one."""
+    storage_class_name: str | None = None
+    """StorageClass of the created PVC; the cluster default when empty."""
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"] = "ReadWriteOnce"
+    """Access mode of the created PVC. Use ReadWriteMany when replicas > 1 span nodes."""
+
+    @model_validator(mode="after")
+    def _size_or_claim(self) -> WeightCache:
+        if (self.size is None) == (self.existing_claim is None):
+            raise ValueError(rules.CACHE_SIZE_OR_CLAIM)
+        return self
+
+
+class ModelSpec(APIModel):
+    """One model served by vLLM behind the stack's gateway."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_crd_rules(
+            (
+                "!has(self.tensorParallelSize) || self.gpus % self.tensorParallelSize == 0",
+                rules.TP_DIVIDES_GPUS,
+            ),
+            ("self.nodes == 1 || self.replicas <= 64", rules.MULTINODE_REPLICAS),
+        )
+    )
+
+    name: Annotated[
+        str, StringConstraints(pattern=names.DNS_1035_PATTERN, max_length=names.MODEL_NAME_BUDGET)
+    ]
+    """Served model name (what clients send as ``model``); unique in the stack, a DNS label."""
+    source: Annotated[str, StringConstraints(pattern=SOURCE_PATTERN, max_length=512)]
+    """Where the weights come from: a Hugging Face repo id (``org/name``),
+    ``pvc://<claim>/<path>`` or ``s3://<bucket>/<prefix>``."""
+    revision: Annotated[str, StringConstraints(min_length=1, max_length=255)] | None = None
+    """Pinned commit, branch or tag of a Hugging Face source (``--revision``). The license is
+    checked at this revision."""
+    license: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
+    """Declared license as an SPDX expression (``LicenseRef-*`` for custom model licenses).
+    Needed for sources nothing else knows the license of (pvc://, s3://)."""
+    replicas: Annotated[int, Field(ge=0, le=1024)] = 1
+    """Number of serving replicas (for nodes > 1: number of multi-node groups)."""
+    gpus: Annotated[int, Field(ge=1, le=64)] = 1
+    """GPUs per replica on each node (``nvidia.com/gpu``)."""
+    nodes: Annotated[int, Field(ge=1, le=64)] = 1
+    """Nodes per replica. Above 1 the model is served across nodes: a leader and
+    ``nodes - 1`` workers form a Ray cluster; tensor parallel within a node, pipeline
+    parallel across nodes."""
+    tensor_parallel_size: Annotated[int, Field(ge=1, le=64)] | None = None
+    """``--tensor-parallel-size``; defaults to ``gpus``. Must divide ``gpus``; the rest of the
+    GPUs of a node become pipeline stages."""
+    max_model_len: Annotated[int, Field(ge=1)] | None = None
+    """``--max-model-len``: the context length to serve; vLLM's default when empty."""
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] | None = None
+    """``--gpu-memory-utilization``; defaults to ``spec.vllm.gpuMemoryUtilization``."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels the model's pods require, e.g. ``nvidia.com/gpu.product``."""
+    tolerations: Annotated[list[Toleration], Field(max_length=32)] = Field(default_factory=list)
+    """Extra tolerations. A toleration for the ``nvidia.com/gpu`` taint is always added."""
+    resources: ResourceRequirements | None = None
+    """CPU and memory per pod; defaults to ``spec.vllm.resources``."""
+    hf_token_secret_ref: SecretKeyRef | None = None
+    """Hugging Face token for gated models, passed as ``HF_TOKEN``."""
+    credentials_secret_ref: SecretRef | None = None
+    """Secret whose keys become environment variables, e.g. ``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY`` and ``AWS_ENDPOINT_URL`` for s3:// sources."""
+    cache: WeightCache | None = None
+    """Persistent weight cache; without it weights are downloaded into an emptyDir."""
+    extra_args: Annotated[list[str], Field(max_length=64)] = Field(default_factory=list)
+    """Extra ``vllm serve`` arguments, appended after the operator's own."""
+    image: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
+    """vLLM image for this model; defaults to ``spec.vllm.image`` or the operator's default."""
+
+    @property
+    def effective_tp(self) -> int:
+        return self.tensor_parallel_size or self.gpus
+
+    @property
+    def pipeline_parallel_size(self) -> int:
+        """Pipeline stages: GPUs of a node beyond one TP group, times the nodes."""
+        return (self.gpus // self.effective_tp) * self.nodes
+
+    @property
+    def multi_node(self) -> bool:
+        return self.nodes > 1
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelSpec:
+        if self.tensor_parallel_size is not None and self.gpus % self.tensor_parallel_size:
+            raise ValueError(rules.TP_DIVIDES_GPUS)
+        if self.nodes > 1 and self.replicas > names.MAX_REPLICAS:
+            raise ValueError(rules.MULTINODE_REPLICAS)
+        return self
+
+
+class VLLMDefaults(APIModel):
+    """Defaults for every model of the stack."""
+
+    image: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
+    """vLLM image (``vllm/vllm-openai``); the operator's default when empty."""
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
+    """Fraction of GPU memory vLLM may use."""
+    resources: ResourceRequirements = Field(
+        default_factory=lambda: ResourceRequirements(
+            requests={"cpu": "2", "memory": "16Gi"}, limits={"memory": "32Gi"}
+        ),
+    )
+    """CPU and memory per model pod unless the model says otherwise."""
+    shm_size: Quantity = "8Gi"
+    """Size of the in-memory ``/dev/shm`` (NCCL and PyTorch need more than the 64Mi default)."""
+    startup_timeout_seconds: Annotated[int, Field(ge=60, le=86400)] = 3600
+    """How long a model may take to download and load its weights before it is restarted."""
+    extra_args: Annotated[list[str], Field(max_length=64)] = Field(default_factory=list)
+    """Arguments added to every model's ``vllm serve`` (before the model's own)."""
+
+
+# ---------------------------------------------------------------- Ray
+
+
+class RayHead(APIModel):
+    """The Ray head: GCS (6379), dashboard (8265) and client server (10001)."""
+
+    resources: ResourceRequirements = Field(
+        default_factory=lambda: ResourceRequirements(
+            requests={"cpu": "1", "memory": "4Gi"}, limits={"memory": "8Gi"}
+        )
+    )
+    """CPU and memory of the head pod."""
+
+
+class RayWorkerGroup(APIModel):
+    """A group of identical Ray workers."""
+
+    name: Annotated[str, StringConstraints(pattern=names.DNS_1035_PATTERN, max_length=40)]
+    """Group name, unique in the stack; part of the Deployment name."""
+    replicas: Annotated[int, Field(ge=0, le=1024)] = 1
+    """Number of workers."""
+    gpus: Annotated[int, Field(ge=0, le=64)] = 0
+    """GPUs per worker (``nvidia.com/gpu``); 0 for CPU workers."""
+    resources: ResourceRequirements = Field(
+        default_factory=lambda: ResourceRequirements(
+            requests={"cpu": "1", "memory": "4Gi"}, limits={"memory": "8Gi"}
+        )
+    )
+    """CPU and memory per worker."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels the workers require."""
+    tolerations: Annotated[list[Toleration], Field(max_length=32)] = Field(default_factory=list)
+    """Extra tolerations; GPU groups always tolerate the ``nvidia.com/gpu`` taint."""
+
+
+class RaySpec(APIModel):
+    """A Ray cluster for the stack's own jobs (training, batch inference, data)."""
+
+    enabled: bool = True
+    """Create the Ray cluster."""
+    image: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
+    """Ray image (``rayproject/ray``); the operator's default when empty."""
+    head: RayHead = Field(default_factory=RayHead, json_schema_extra={"default": {}})
+    """The head pod."""
+    worker_groups: Annotated[
+        list[RayWorkerGroup],
+        Field(
+            max_length=16,
+            json_schema_extra={
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["name"],
+            },
+        ),
+    ] = Field(default_factory=list)
+    """Worker groups; none means the head runs the work alone."""
+
+    @model_validator(mode="after")
+    def _unique(self) -> RaySpec:
+        seen = [g.name for g in self.worker_groups]
+        dupes = sorted({n for n in seen if seen.count(n) > 1})
+        if dupes:
+            raise ValueError(f"{rules.UNIQUE_WORKER_GROUPS}: {', '.join(dupes)}")
+        return self
+
+
+# ---------------------------------------------------------------- MLflow
+
+
+class MLflowStorage(APIModel):
+    """The PVC that holds MLflow's SQLite database and artifacts by default."""
+
+    size: Quantity = "10Gi"
+    """Size of ``<stack>-mlflow-data``."""
+    storage_class_name: str | None = None
+    """StorageClass; the cluster default when empty."""
+    delete_with_stack: bool = False
+    """Delete the PVC (and every run and artifact on it) when the AIStack is deleted.
+    By default it is kept."""
+
+
+class MLflowBackendStore(APIModel):
+    """An external database for MLflow's metadata (e.g. PostgreSQL)."""
+
+    uri_secret_ref: SecretKeyRef
+    """Secret key holding the database URI, e.g. ``postgresql://user:pw@host:5432/mlflow``."""
+
+
+class MLflowArtifactStore(APIModel):
+    """An external object store for MLflow's artifacts (e.g. S3 or MinIO)."""
+
+    destination_secret_ref: SecretKeyRef
+    """Secret key holding the destination URI, e.g. ``s3://bucket/mlflow``."""
+    credentials_secret_ref: SecretRef | None = None
+    """Secret whose keys become environment variables (``AWS_ACCESS_KEY_ID``, ...)."""
+
+
+class MLflowSpec(APIModel):
+    """The MLflow tracking server: experiments, runs, artifacts and traces."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_crd_rules(
+            (
+                "self.replicas <= 1 || (has(self.backendStore) && has(self.artifactStore))",
+                rules.MLFLOW_REPLICAS,
+            )
+        )
+    )
+
+    enabled: bool = True
+    """Create the tracking server."""
+    image: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
+    """MLflow image; the operator's default when empty. External stores need an image
+    with their drivers (psycopg2, boto3)."""
+    replicas: Annotated[int, Field(ge=0, le=16)] = 1
+    """Server replicas; above 1 only with external backend and artifact stores."""
+    storage: MLflowStorage = Field(default_factory=MLflowStorage, json_schema_extra={"default": {}})
+    """Local storage, used for what no external store holds."""
+    backend_store: MLflowBackendStore | None = None
+    """External metadata database instead of SQLite on the PVC."""
+    artifact_store: MLflowArtifactStore | None = None
+    """External artifact store instead of the PVC."""
+    allowed_hosts: Annotated[list[str], Field(max_length=32)] = Field(default_factory=list)
+    """Extra Host headers the server accepts (e.g. an Ingress host); the in-cluster
+    Service names are always allowed."""
+    resources: ResourceRequirements = Field(
+        default_factory=lambda: ResourceRequirements(
+            requests={"cpu": "250m", "memory": "512Mi"}, limits={"memory": "2Gi"}
+        )
+    )
+    """CPU and memory of the server."""
+
+    @property
+    def needs_pvc(self) -> bool:
+        return self.backend_store is None or self.artifact_store is None
+
+    @model_validator(mode="after")
+    def _check(self) -> MLflowSpec:
+        if self.replicas > 1 and (self.backend_store is None or self.artifact_store is None):
+            raise ValueError(rules.MLFLOW_REPLICAS)
+        return self
+
+
+# ---------------------------------------------------------------- gateway
+
+
+class GatewaySpec(APIModel):
+    """The OpenAI-compatible gateway (LiteLLM proxy) in front of every permitted model."""
+
+    enabled: bool = True
+    """Create the gateway."""
+    image: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
+    """Gateway image (LiteLLM proxy); the operator's default when empty."""
+    replicas: Annotated[int, Field(ge=0, le=64)] = 1
+    """Gateway replicas."""
+    service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    """Type of the gateway Service."""
+    auth_secret_ref: SecretKeyRef | None = None
+    """Master key clients must send as ``Authorization: Bearer <key>``; without it the
+    gateway accepts any caller that can reach it."""
+    resources: ResourceRequirements = Field(
+        default_factory=lambda: ResourceRequirements(
+            requests={"cpu": "250m", "memory": "512Mi"}, limits={"memory": "1Gi"}
+        )
+    )
+    """CPU and memory per gateway pod."""
+
+
+# ---------------------------------------------------------------- AIStack
+
+
+class AIStackSpec(APIModel):
+    """Desired state of an AI stack."""
+
+    models: Annotated[
+        list[ModelSpec],
+        Field(
+            max_length=32,
+            json_schema_extra={
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["name"],
+            },
+        ),
+    ] = Field(default_factory=list)
+    """Models to serve."""
+    vllm: VLLMDefaults = Field(default_factory=VLLMDefaults, json_schema_extra={"default": {}})
+    """Defaults for every model server."""
+    ray: RaySpec = Field(default_factory=RaySpec, json_schema_extra={"default": {}})
+    """The Ray cluster."""
+    mlflow: MLflowSpec = Field(default_factory=MLflowSpec, json_schema_extra={"default": {}})
+    """The MLflow tracking server."""
+    gateway: GatewaySpec = Field(default_factory=GatewaySpec, json_schema_extra={"default": {}})
+    """The OpenAI-compatible gateway."""
+
+    @model_validator(mode="after")
+    def _unique(self) -> AIStackSpec:
+        seen = [m.name for m in self.models]
+        dupes = sorted({n for n in seen if seen.count(n) > 1})
+        if dupes:
+            raise ValueError(f"{rules.UNIQUE_MODELS}: {', '.join(dupes)}")
+        return self
+
+
+class Condition(APIModel):
+    """A Kubernetes-style condition."""
+
+    type: str
+    """Condition type, e.g. Ready."""
+    status: Literal["True", "False", "Unknown"]
+    """True, False or Unknown."""
+    reason: str
+    """CamelCase reason for the last transition."""
+    message: str = ""
+    """Human-readable detail."""
+    observed_generation: int | None = None
+    """The .metadata.generation the condition was computed for."""
+    last_transition_time: str | None = None
+    """When the status last changed (RFC 3339)."""
+
+
+class ModelStatus(APIModel):
+    """Observed state of one model."""
+
+    name: str
+    """Served model name."""
+    source: str | None = None
+    """Where the weights come from."""
+    revision: str | None = None
+    """Revision the license was checked at."""
+    license: str | None = None
+    """Resolved license (SPDX expression)."""
+    license_source: str | None = None
+    """Where the license came from: Catalog, Hub, Declared."""
+    permitted: bool | None = None
+    """Whether the LicensePolicy permits serving the model."""
+    reason: str | None = None
+    """Why the model is not ready or not permitted."""
+    message: str | None = None
+    """Detail for ``reason``."""
+    replicas: int | None = None
+    """Desired replicas."""
+    ready_replicas: int | None = None
+    """Replicas that serve."""
+    endpoint: str | None = None
+    """In-cluster OpenAI-compatible base URL of the model itself."""
+
+
+class Endpoints(APIModel):
+    """In-cluster URLs of the stack's services."""
+
+    gateway: str | None = None
+    """OpenAI-compatible base URL clients use."""
+    mlflow: str | None = None
+    """MLflow tracking URI."""
+    ray_dashboard: str | None = None
+    """Ray dashboard / job submission URL."""
+    ray_client: str | None = None
+    """Ray client address (``ray://``)."""
+
+
+class AIStackStatus(APIModel):
+    """Observed state of an AI stack."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    observed_generation: int | None = None
+    """The .metadata.generation this status describes."""
+    phase: Literal["Pending", "Progressing", "Ready", "Degraded", "Blocked"] | None = None
+    """Summary: Pending, Progressing, Ready, Degraded or Blocked."""
+    models_ready: str | None = None
+    """Ready models out of permitted models, e.g. ``2/3``."""
+    conditions: Annotated[
+        list[Condition],
+        Field(
+            json_schema_extra={
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+            }
+        ),
+    ] = Field(default_factory=list)
+    """Ready, LicenseCompliant, ModelsReady, RayReady, TrackingReady, GatewayReady."""
+    models: list[ModelStatus] = Field(default_factory=list)
+    """Per-model status."""
+    endpoints: Endpoints | None = None
+    """Where to reach the stack."""
+
+
+class ObjectMeta(BaseModel):
+    """The parts of metadata the operator reads; the rest is kept as it is."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: Annotated[str, StringConstraints(min_length=1)]
+    namespace: str | None = None
+    generation: int | None = None
+    uid: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class AIStack(APIModel):
+    """An open AI stack: vLLM model servers, Ray, MLflow and a gateway, license-checked."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: Literal["aistack.dev/v1alpha1"] = API_VERSION
+    kind: Literal["AIStack"] = "AIStack"
+    metadata: ObjectMeta
+    spec: AIStackSpec
+    status: AIStackStatus | None = None
+
+    @model_validator(mode="after")
+    def _names(self) -> AIStack:
+        errors = rules.stack_name_errors(
+            self.metadata.name,
+            [m.name for m in self.spec.models],
+            [g.name for g in self.spec.ray.worker_groups],
+        )
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+
+# ---------------------------------------------------------------- LicensePolicy
+
+
+class LicenseException(APIModel):
+    """A model permitted whatever its license, with the reason on record."""
+
+    model: Annotated[str, StringConstraints(min_length=1, max_length=512)]
+    """Model source (e.g. ``facebook/opt-125m``) the exception is for."""
+    revision: str | None = None
+    """Only at this revision; any revision when empty."""
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    """Why it is permitted (who approved it, a ticket)."""
+
+
+class LicensePolicySpec(APIModel):
+    """Which model licenses the cluster permits."""
+
+    allow: Annotated[list[str], Field(max_length=256)] = Field(default_factory=list)
+    """Permitted licenses (SPDX ids, ``LicenseRef-*``). The list is exhaustive: a license on
+    neither list is not permitted."""
+    deny: Annotated[list[str], Field(max_length=256)] = Field(default_factory=list)
+    """Licenses never permitted; deny wins over allow."""
+    unknown: Literal["Deny", "Warn"] = "Deny"
+    """What to do with a model whose license cannot be resolved."""
+    enforcement: Literal["Deny", "Warn", "DryRun"] = "Deny"
+    """Deny blocks models; Warn deploys them and warns; DryRun only reports."""
+    exceptions: Annotated[list[LicenseException], Field(max_length=256)] = Field(
+        default_factory=list
+    )
+    """Models permitted whatever their license, each with a reason."""
+
+
+class LicensePolicyStatus(APIModel):
+    """Observed state of a license policy."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    observed_generation: int | None = None
+    """The .metadata.generation this status describes."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """Valid: whether every listed license parses."""
+
+
+class LicensePolicy(APIModel):
+    """Cluster-wide policy: which model licenses stacks may serve."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: Literal["aistack.dev/v1alpha1"] = API_VERSION
+    kind: Literal["LicensePolicy"] = "LicensePolicy"
+    metadata: ObjectMeta
+    spec: LicensePolicySpec = Field(default_factory=LicensePolicySpec)
+    status: LicensePolicyStatus | None = None

@@ -1,0 +1,219 @@
+"""The ``aistack`` command: render stacks, print CRDs.
+
+Bad input exits with status 2 and one line per problem naming the file, the document,
+the field path and what is wrong; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+from pydantic import ValidationError
+
+from aistack import __version__
+from aistack.api.v1alpha1 import API_VERSION, GROUP, AIStack
+from aistack.crd import all_crds, crd_files
+from aistack.render import RenderConfig, render, render_yaml
+from aistack.yamlio import dump_all
+
+EXIT_USAGE = 2
+
+
+class InputError(Exception):
+    """Bad input: the message is for the user, as it is."""
+
+
+@dataclass(frozen=True)
+class Document:
+    source: str
+    index: int
+    body: dict[str, Any]
+
+    @property
+    def where(self) -> str:
+        return f"{self.source} (document {self.index + 1})"
+
+
+def _loc(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def format_validation_error(where: str, err: ValidationError) -> list[str]:
+    lines = []
+    for e in err.errors():
+        # Model validators report at the object they validate; their message names fields.
+        loc = [p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        msg = e["msg"].removeprefix("Value error, ")
+        got = ""
+        if e["type"] not in ("missing", "value_error") and not isinstance(e["input"], dict):
+            got = f" (got {e['input']!r})"
+        lines.append(f"{where}: {_loc(loc)}: {msg}{got}")
+    return lines
+
+
+def _read(path: str, stdin: TextIO) -> Iterator[Document]:
+    try:
+        text = stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        bodies = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
+    for i, body in enumerate(bodies):
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise InputError(
+                f"{path} (document {i + 1}): expected a mapping, got {type(body).__name__}"
+            )
+        yield Document(path, i, body)
+
+
+def load_stacks(paths: Sequence[str], stdin: TextIO = sys.stdin) -> tuple[list[AIStack], list[str]]:
+    """Parse and validate every AIStack in the files.
+
+    Returns the stacks and notes about documents that were skipped (other kinds that may
+    sit beside a stack in a GitOps directory). Raises InputError listing every problem.
+    """
+    stacks: list[AIStack] = []
+    notes: list[str] = []
+    problems: list[str] = []
+    for path in paths:
+        found = 0
+        try:
+            docs = list(_read(path, stdin))
+        except InputError as exc:
+            problems.append(str(exc))
+            continue
+        for doc in docs:
+            api_version = doc.body.get("apiVersion")
+            kind = doc.body.get("kind")
+            if not isinstance(api_version, str) or not api_version.startswith(f"{GROUP}/"):
+                notes.append(
+                    f"{doc.where}: skipped {kind or 'object'} ({api_version or 'no apiVersion'})"
+                )
+                continue
+            if api_version != API_VERSION:
+                problems.append(
+                    f"{doc.where}: apiVersion: {api_version!r} is not served; use {API_VERSION}"
+                )
+                continue
+            if kind == "LicensePolicy":
+                notes.append(f"{doc.where}: skipped LicensePolicy (policies are not rendered)")
+                continue
+            if kind != "AIStack":
+                problems.append(
+                    f"{doc.where}: kind: {kind!r} is not a kind of {GROUP}; expected AIStack"
+                )
+                continue
+            found += 1
+            try:
+                stacks.append(AIStack.model_validate(doc.body))
+            except ValidationError as err:
+                problems += format_validation_error(doc.where, err)
+        if found == 0 and not any(p.startswith(path) for p in problems):
+            problems.append(
+                f"{path}: no AIStack found (expected apiVersion: {API_VERSION}, kind: AIStack)"
+            )
+    if problems:
+        raise InputError("\n".join(problems))
+    return stacks, notes
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    stacks, notes = load_stacks(args.filename)
+    for note in notes:
+        print(note, file=sys.stderr)
+    config = RenderConfig()
+    manifests: list[dict[str, Any]] = []
+    for stack in stacks:
+        if args.namespace and not stack.metadata.namespace:
+            stack = stack.model_copy(
+                update={"metadata": stack.metadata.model_copy(update={"namespace": args.namespace})}
+            )
+        unknown = set(args.deny) - {m.name for m in stack.spec.models}
+        if unknown and len(stacks) == 1:
+            raise InputError(
+                f"--deny: no model named {', '.join(sorted(unknown))} in {stack.metadata.name}"
+            )
+        permitted = {m.name: m.name not in args.deny for m in stack.spec.models}
+        manifests += render(stack, permitted, config)
+    sys.stdout.write(render_yaml(manifests))
+    return 0
+
+
+def _cmd_crds(args: argparse.Namespace) -> int:
+    if args.output_dir:
+        out = Path(args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in crd_files().items():
+            (out / name).write_text(text)
+            print(f"wrote {out / name}", file=sys.stderr)
+        return 0
+    sys.stdout.write(dump_all(all_crds().values()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aistack",
+        description="aistack-operator: one AIStack resource, one license-checked open AI stack.",
+    )
+    parser.add_argument("--version", action="version", version=f"aistack {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_render = sub.add_parser(
+        "render",
+        help="print the manifests the operator would apply for AIStack files",
+        description=(
+            "Print the Kubernetes manifests for every AIStack in the files, as multi-document "
+            "YAML (like `helm template`), for review and GitOps diffs. Models are rendered as "
+            "permitted; use --deny NAME to see a stack with a model blocked by its license."
+        ),
+    )
+    p_render.add_argument(
+        "-f", "--filename", action="append", required=True, metavar="FILE",
+        help="AIStack manifest ('-' for standard input); repeatable",
+    )  # fmt: skip
+    p_render.add_argument(
+        "-n",
+        "--namespace",
+        default="",
+        help="namespace for stacks that name none (default: default)",
+    )
+    p_render.add_argument(
+        "--deny", action="append", default=[], metavar="MODEL",
+        help="render as if MODEL's license were not permitted; repeatable",
+    )  # fmt: skip
+    p_render.set_defaults(func=_cmd_render)
+
+    p_crds = sub.add_parser("crds", help="print the CustomResourceDefinitions")
+    p_crds.add_argument("--output-dir", metavar="DIR", help="write one file per CRD into DIR")
+    p_crds.set_defaults(func=_cmd_crds)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except InputError as exc:
+        print(f"error: {exc}" if "\n" not in str(exc) else f"error:\n{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        return 0
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

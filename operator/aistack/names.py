@@ -1,0 +1,102 @@
+"""Names and labels of everything the operator creates, derived from one place.
+
+Every child object is named ``<stack>-<part>``; the limits below keep every derived
+name a valid DNS-1035 label (63 characters), which Services require. The CRD's CEL rules
+and the pydantic validators use the same numbers, and a test renders the longest
+allowed names to prove they hold.
+"""
+
+from __future__ import annotations
+
+DNS_LABEL_MAX = 63
+DNS_1035_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+GROUP = "aistack.dev"
+PART_OF = "aistack"
+MANAGED_BY = "aistack-operator"
+
+STACK_LABEL = f"{GROUP}/stack"
+MODEL_LABEL = f"{GROUP}/model"
+ROLE_LABEL = f"{GROUP}/role"
+GROUP_LABEL = f"{GROUP}/group"
+RAY_GROUP_LABEL = f"{GROUP}/ray-group"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+RETAIN_ANNOTATION = f"{GROUP}/retain-on-delete"
+CONFIG_CHECKSUM_ANNOTATION = f"{GROUP}/config-checksum"
+
+#: A stack name is at most this long, so that ``<stack>-gateway-config`` and friends fit.
+STACK_NAME_MAX = 40
+#: Most replica groups a multi-node model may have (group index goes into names).
+MAX_REPLICAS = 64
+_MODEL_PREFIX = "-vllm-"
+_LONGEST_MODEL_SUFFIX = f"-g{MAX_REPLICAS - 1}-leader"
+#: len(stack name) + len(model name) may not exceed this.
+MODEL_NAME_BUDGET = DNS_LABEL_MAX - len(_MODEL_PREFIX) - len(_LONGEST_MODEL_SUFFIX)
+_RAY_WORKER_PREFIX = "-ray-worker-"
+#: len(stack name) + len(Ray worker group name) may not exceed this.
+RAY_GROUP_BUDGET = DNS_LABEL_MAX - len(_RAY_WORKER_PREFIX)
+
+
+def model_base(stack: str, model: str) -> str:
+    """Deployment and Service of a model served on one node per replica."""
+    return f"{stack}{_MODEL_PREFIX}{model}"
+
+
+def model_cache(stack: str, model: str) -> str:
+    return f"{model_base(stack, model)}-cache"
+
+
+def model_group(stack: str, model: str, group: int) -> str:
+    """Headless Service in front of the Ray head of one multi-node replica group."""
+    return f"{model_base(stack, model)}-g{group}"
+
+
+def model_group_leader(stack: str, model: str, group: int) -> str:
+    return f"{model_group(stack, model, group)}-leader"
+
+
+def model_group_workers(stack: str, model: str, group: int) -> str:
+    return f"{model_group(stack, model, group)}-worker"
+
+
+def ray_head(stack: str) -> str:
+    return f"{stack}-ray-head"
+
+
+def ray_worker(stack: str, group: str) -> str:
+    return f"{stack}{_RAY_WORKER_PREFIX}{group}"
+
+
+def mlflow(stack: str) -> str:
+    return f"{stack}-mlflow"
+
+
+def mlflow_data(stack: str) -> str:
+    return f"{stack}-mlflow-data"
+
+
+def gateway(stack: str) -> str:
+    return f"{stack}-gateway"
+
+
+def gateway_config(stack: str) -> str:
+    return f"{stack}-gateway-config"
+
+
+def selector_labels(stack: str, component: str, **extra: str) -> dict[str, str]:
+    """Labels that select a part's pods. Deployment selectors are immutable: keep stable."""
+    labels = {STACK_LABEL: stack, COMPONENT_LABEL: component}
+    labels.update({f"{GROUP}/{key.replace('_', '-')}": value for key, value in extra.items()})
+    return labels
+
+
+def common_labels(stack: str, component: str, app: str, **extra: str) -> dict[str, str]:
+    """The label set every child carries."""
+    labels = {
+        "app.kubernetes.io/name": app,
+        "app.kubernetes.io/instance": stack,
+        "app.kubernetes.io/part-of": PART_OF,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+    }
+    labels.update(selector_labels(stack, component, **extra))
+    return labels

@@ -1,0 +1,533 @@
+"""The renderer proper: per part, compute a context, fill its template, parse the YAML."""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from collections.abc import Mapping
+from functools import cache
+from typing import Any
+
+import jinja2
+import yaml
+
+from aistack import names
+from aistack.api.v1alpha1 import (
+    AIStack,
+    ModelSpec,
+    RayWorkerGroup,
+    ResourceRequirements,
+    Toleration,
+)
+from aistack.render.config import RenderConfig
+from aistack.yamlio import dump_all
+
+Manifest = dict[str, Any]
+
+VLLM_PORT = 8000
+GATEWAY_PORT = 4000
+MLFLOW_PORT = 5000
+RAY_GCS_PORT = 6379
+RAY_DASHBOARD_PORT = 8265
+RAY_CLIENT_PORT = 10001
+RAY_METRICS_PORT = 8080
+RAY_AGENT_PORT = 52365
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+MODEL_MOUNT = "/mnt/models"
+# Non-root user of the rayproject/ray image; the others run fine under the same id.
+RUN_AS_USER = 1000
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("aistack.render", "templates"),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    return env
+
+
+def _template(template_name: str, /, **context: Any) -> list[Manifest]:
+    text = _environment().get_template(template_name).render(**context)
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _resources(res: ResourceRequirements, gpus: int = 0) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if res.requests:
+        out["requests"] = dict(res.requests)
+    limits = dict(res.limits)
+    if gpus:
+        limits[GPU_RESOURCE] = gpus
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _tolerations(user: list[Toleration], gpu: bool) -> list[dict[str, Any]]:
+    out = [GPU_TOLERATION] if gpu else []
+    out += [t.model_dump(exclude_none=True) for t in user]
+    return out
+
+
+def _svc_host(name: str, namespace: str, config: RenderConfig) -> str:
+    return f"{name}.{namespace}.svc.{config.cluster_domain}"
+
+
+def _pod_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "fsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        # vLLM compiles kernels and Ray writes session files: the root filesystem
+        # must stay writable for these images; /tmp and caches are volumes anyway.
+        "readOnlyRootFilesystem": False,
+    }
+
+
+def _checksum(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def mlflow_uri(stack: AIStack, config: RenderConfig) -> str:
+    host = _svc_host(names.mlflow(stack.metadata.name), _namespace(stack), config)
+    return f"http://{host}:{MLFLOW_PORT}"
+
+
+def _namespace(stack: AIStack) -> str:
+    return stack.metadata.namespace or "default"
+
+
+# ---------------------------------------------------------------- models
+
+
+def _model_path(model: ModelSpec) -> str:
+    if model.source.startswith("pvc://"):
+        _claim, _, path = model.source.removeprefix("pvc://").partition("/")
+        return f"{MODEL_MOUNT}/{path}".rstrip("/")
+    return model.source
+
+
+def _vllm_args(stack: AIStack, model: ModelSpec, *, multi_node: bool) -> list[str]:
+    vllm = stack.spec.vllm
+    args = [
+        _model_path(model),
+        "--served-model-name", model.name,
+        "--host", "0.0.0.0",
+        "--port", str(VLLM_PORT),
+        "--tensor-parallel-size", str(model.effective_tp),
+    ]  # fmt: skip
+    if model.pipeline_parallel_size > 1:
+        args += ["--pipeline-parallel-size", str(model.pipeline_parallel_size)]
+    if multi_node:
+        args += ["--distributed-executor-backend", "ray"]
+    if model.max_model_len is not None:
+        args += ["--max-model-len", str(model.max_model_len)]
+    util = model.gpu_memory_utilization or vllm.gpu_memory_utilization
+    args += ["--gpu-memory-utilization", str(util)]
+    if model.revision is not None and not model.source.startswith(("pvc://", "s3://")):
+        args += ["--revision", model.revision]
+    if model.source.startswith("s3://"):
+        args += ["--load-format", "runai_streamer"]
+    return args + list(vllm.extra_args) + list(model.extra_args)
+
+
+def _model_env(model: ModelSpec, *, multi_node: bool) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "HF_HOME", "value": "/cache/huggingface"},
+        {"name": "VLLM_CACHE_ROOT", "value": "/cache/vllm"},
+        {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+        {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
+    ]
+    if multi_node:
+        env.append(
+            {"name": "VLLM_HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+        )
+    if model.hf_token_secret_ref is not None:
+        ref = model.hf_token_secret_ref
+        env.append(
+            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+        )
+    return env
+
+
+def _model_volumes(stack: AIStack, model: ModelSpec) -> tuple[list[Any], list[Any]]:
+    stack_name = stack.metadata.name
+    if model.cache is None:
+        cache_volume: dict[str, Any] = {"name": "cache", "emptyDir": {}}
+    else:
+        claim = model.cache.existing_claim or names.model_cache(stack_name, model.name)
+        cache_volume = {"name": "cache", "persistentVolumeClaim": {"claimName": claim}}
+    volumes = [
+        cache_volume,
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": stack.spec.vllm.shm_size}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "cache", "mountPath": "/cache"},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "shm", "mountPath": "/dev/shm"},
+    ]
+    if model.source.startswith("pvc://"):
+        claim, _, _path = model.source.removeprefix("pvc://").partition("/")
+        volumes.append(
+            {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
+        mounts.append({"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True})
+    return volumes, mounts
+
+
+def _model_context(stack: AIStack, model: ModelSpec, config: RenderConfig) -> dict[str, Any]:
+    stack_name = stack.metadata.name
+    volumes, mounts = _model_volumes(stack, model)
+    resources = model.resources or stack.spec.vllm.resources
+    period = 10
+    return {
+        "namespace": _namespace(stack),
+        "model": model,
+        "base": names.model_base(stack_name, model.name),
+        "labels": names.common_labels(stack_name, "model-server", "vllm", model=model.name),
+        "selector": names.selector_labels(stack_name, "model-server", model=model.name),
+        "image": model.image or stack.spec.vllm.image or config.vllm_image,
+        "resources": _resources(resources, gpus=model.gpus),
+        "tolerations": _tolerations(model.tolerations, gpu=True),
+        "node_selector": dict(model.node_selector),
+        "volumes": volumes,
+        "mounts": mounts,
+        "credentials": model.credentials_secret_ref.name if model.credentials_secret_ref else None,
+        "pod_security": _pod_security(),
+        "container_security": _container_security(),
+        "port": VLLM_PORT,
+        "startup_period": period,
+        "startup_failures": -(-stack.spec.vllm.startup_timeout_seconds // period),
+        "cache_pvc": (
+            {
+                "name": names.model_cache(stack_name, model.name),
+                "size": model.cache.size,
+                "storage_class": model.cache.storage_class_name,
+                "access_mode": model.cache.access_mode,
+            }
+            if model.cache is not None and model.cache.existing_claim is None
+            else None
+        ),
+    }
+
+
+def _render_model(stack: AIStack, model: ModelSpec, config: RenderConfig) -> list[Manifest]:
+    ctx = _model_context(stack, model, config)
+    if not model.multi_node:
+        ctx["args"] = _vllm_args(stack, model, multi_node=False)
+        ctx["env"] = _model_env(model, multi_node=False)
+        return _template("model.yaml.j2", **ctx)
+
+    stack_name = stack.metadata.name
+    serve = shlex.join(["vllm", "serve", *_vllm_args(stack, model, multi_node=True)])
+    groups = []
+    for i in range(model.replicas):
+        head = _svc_host(names.model_group(stack_name, model.name, i), ctx["namespace"], config)
+        leader_script = (
+            f"ray start --head --port={RAY_GCS_PORT} --dashboard-host=0.0.0.0 "
+            f"--num-gpus={model.gpus} --disable-usage-stats\n"
+            # vLLM places its pipeline stages only once every node has joined.
+            f'until [ "$(python3 -c \'import ray; ray.init(address="auto", '
+            f'logging_level="ERROR"); print(sum(1 for n in ray.nodes() if n["Alive"]))\')" '
+            f"-ge {model.nodes} ]; do echo waiting for {model.nodes} Ray nodes; sleep 5; done\n"
+            f"exec {serve}\n"
+        )
+        worker_script = (
+            f"exec ray start --address={head}:{RAY_GCS_PORT} --num-gpus={model.gpus} "
+            f"--block --disable-usage-stats"
+        )
+        groups.append(
+            {
+                "index": i,
+                "service": names.model_group(stack_name, model.name, i),
+                "leader": names.model_group_leader(stack_name, model.name, i),
+                "workers": names.model_group_workers(stack_name, model.name, i),
+                "group_selector": names.selector_labels(
+                    stack_name, "model-server", model=model.name, group=str(i)
+                ),
+                "leader_script": leader_script,
+                "worker_script": worker_script,
+            }
+        )
+    ctx["groups"] = groups
+    ctx["env"] = _model_env(model, multi_node=True)
+    ctx["role_label"] = names.ROLE_LABEL
+    ctx["group_label"] = names.GROUP_LABEL
+    ctx["ray_port"] = RAY_GCS_PORT
+    return _template("model-multinode.yaml.j2", **ctx)
+
+
+# ---------------------------------------------------------------- Ray
+
+
+def _render_ray(stack: AIStack, config: RenderConfig) -> list[Manifest]:
+    stack_name = stack.metadata.name
+    ray = stack.spec.ray
+    head = names.ray_head(stack_name)
+    env: list[dict[str, Any]] = [{"name": "RAY_USAGE_STATS_ENABLED", "value": "0"}]
+    if stack.spec.mlflow.enabled:
+        env.append({"name": "MLFLOW_TRACKING_URI", "value": mlflow_uri(stack, config)})
+
+    def worker(group: RayWorkerGroup) -> dict[str, Any]:
+        return {
+            "name": names.ray_worker(stack_name, group.name),
+            "group": group,
+            "labels": names.common_labels(stack_name, "ray-worker", "ray", ray_group=group.name),
+            "selector": names.selector_labels(stack_name, "ray-worker", ray_group=group.name),
+            "resources": _resources(group.resources, gpus=group.gpus),
+            "tolerations": _tolerations(group.tolerations, gpu=group.gpus > 0),
+            "node_selector": dict(group.node_selector),
+            "args": [
+                "start",
+                f"--address={_svc_host(head, _namespace(stack), config)}:{RAY_GCS_PORT}",
+                f"--num-gpus={group.gpus}",
+                f"--dashboard-agent-listen-port={RAY_AGENT_PORT}",
+                "--block",
+            ],
+        }
+
+    return _template(
+        "ray.yaml.j2",
+        namespace=_namespace(stack),
+        head=head,
+        image=ray.image or config.ray_image,
+        head_labels=names.common_labels(stack_name, "ray-head", "ray"),
+        head_selector=names.selector_labels(stack_name, "ray-head"),
+        head_resources=_resources(ray.head.resources),
+        head_args=[
+            "start",
+            "--head",
+            f"--port={RAY_GCS_PORT}",
+            "--dashboard-host=0.0.0.0",
+            f"--dashboard-port={RAY_DASHBOARD_PORT}",
+            f"--ray-client-server-port={RAY_CLIENT_PORT}",
+            f"--metrics-export-port={RAY_METRICS_PORT}",
+            "--num-gpus=0",
+            "--block",
+        ],
+        workers=[worker(g) for g in ray.worker_groups],
+        env=env,
+        ports={
+            "gcs": RAY_GCS_PORT,
+            "dashboard": RAY_DASHBOARD_PORT,
+            "client": RAY_CLIENT_PORT,
+            "metrics": RAY_METRICS_PORT,
+            "agent": RAY_AGENT_PORT,
+        },
+        pod_security=_pod_security(),
+        container_security=_container_security(),
+    )
+
+
+# ---------------------------------------------------------------- MLflow
+
+
+def _render_mlflow(stack: AIStack, config: RenderConfig) -> list[Manifest]:
+    stack_name = stack.metadata.name
+    namespace = _namespace(stack)
+    mlflow = stack.spec.mlflow
+    service = names.mlflow(stack_name)
+    env: list[dict[str, Any]] = []
+    if mlflow.backend_store is not None:
+        ref = mlflow.backend_store.uri_secret_ref
+        env.append(
+            {
+                "name": "MLFLOW_BACKEND_STORE_URI",
+                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+            }
+        )
+        backend = "$(MLFLOW_BACKEND_STORE_URI)"
+    else:
+        backend = "sqlite:////mlflow/mlflow.db"
+    if mlflow.artifact_store is not None:
+        ref = mlflow.artifact_store.destination_secret_ref
+        env.append(
+            {
+                "name": "MLFLOW_ARTIFACTS_DESTINATION",
+                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+            }
+        )
+        artifacts = "$(MLFLOW_ARTIFACTS_DESTINATION)"
+        creds = mlflow.artifact_store.credentials_secret_ref
+    else:
+        artifacts = "/mlflow/artifacts"
+        creds = None
+    # MLflow refuses Host headers it does not know (DNS-rebinding protection): allow every
+    # in-cluster spelling of its Service, any port, plus what the user adds.
+    allowed = [
+        service, f"{service}:*", f"{service}.{namespace}", f"{service}.{namespace}:*",
+        f"{service}.{namespace}.*", "localhost", "localhost:*", *mlflow.allowed_hosts,
+    ]  # fmt: skip
+    env.append({"name": "MLFLOW_SERVER_ALLOWED_HOSTS", "value": ",".join(allowed)})
+    env.append({"name": "HOME", "value": "/tmp"})
+    return _template(
+        "mlflow.yaml.j2",
+        namespace=namespace,
+        name=service,
+        mlflow=mlflow,
+        image=mlflow.image or config.mlflow_image,
+        labels=names.common_labels(stack_name, "tracking", "mlflow"),
+        selector=names.selector_labels(stack_name, "tracking"),
+        pvc=names.mlflow_data(stack_name) if mlflow.needs_pvc else None,
+        retain_annotation=names.RETAIN_ANNOTATION,
+        args=[
+            "server",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(MLFLOW_PORT),
+            "--backend-store-uri",
+            backend,
+            "--artifacts-destination",
+            artifacts,
+            "--serve-artifacts",
+        ],
+        env=env,
+        credentials=creds.name if creds else None,
+        resources=_resources(mlflow.resources),
+        port=MLFLOW_PORT,
+        pod_security=_pod_security(),
+        container_security=_container_security(),
+    )
+
+
+# ---------------------------------------------------------------- gateway
+
+
+def gateway_config(stack: AIStack, served: list[ModelSpec], config: RenderConfig) -> dict[str, Any]:
+    """LiteLLM proxy configuration: one route per permitted, deployed model."""
+    namespace = _namespace(stack)
+    def api_base(model: ModelSpec) -> str:
+        host = _svc_host(names.model_base(stack.metadata.name, model.name), namespace, config)
+        return f"http://{host}:{VLLM_PORT}/v1"
+
+    model_list = [
+        {
+            "model_name": m.name,
+            "litellm_params": {"model": f"hosted_vllm/{m.name}", "api_base": api_base(m)},
+        }
+        for m in served
+    ]
+    cfg: dict[str, Any] = {"model_list": model_list}
+    if stack.spec.mlflow.enabled:
+        cfg["litellm_settings"] = {"callbacks": ["mlflow"]}
+    if stack.spec.gateway.auth_secret_ref is not None:
+        cfg["general_settings"] = {"master_key": "os.environ/LITELLM_MASTER_KEY"}
+    return cfg
+
+
+def _render_gateway(
+    stack: AIStack, served: list[ModelSpec], config: RenderConfig
+) -> list[Manifest]:
+    stack_name = stack.metadata.name
+    gateway = stack.spec.gateway
+    config_text = yaml.safe_dump(gateway_config(stack, served, config), sort_keys=False)
+    env: list[dict[str, Any]] = []
+    if gateway.auth_secret_ref is not None:
+        ref = gateway.auth_secret_ref
+        env.append(
+            {
+                "name": "LITELLM_MASTER_KEY",
+                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+            }
+        )
+    if stack.spec.mlflow.enabled:
+        env += [
+            {"name": "MLFLOW_TRACKING_URI", "value": mlflow_uri(stack, config)},
+            {"name": "MLFLOW_EXPERIMENT_NAME", "value": config.mlflow_experiment},
+        ]
+    env.append({"name": "HOME", "value": "/tmp"})
+    return _template(
+        "gateway.yaml.j2",
+        namespace=_namespace(stack),
+        name=names.gateway(stack_name),
+        config_name=names.gateway_config(stack_name),
+        gateway=gateway,
+        image=gateway.image or config.gateway_image,
+        labels=names.common_labels(stack_name, "gateway", "litellm"),
+        selector=names.selector_labels(stack_name, "gateway"),
+        config_text=config_text,
+        checksum_annotation=names.CONFIG_CHECKSUM_ANNOTATION,
+        checksum=_checksum(config_text),
+        env=env,
+        resources=_resources(gateway.resources),
+        port=GATEWAY_PORT,
+        pod_security=_pod_security(),
+        container_security=_container_security(),
+    )
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def served_models(stack: AIStack, permitted: Mapping[str, bool]) -> list[ModelSpec]:
+    """Models that get servers and routes: permitted ones only. A model missing from
+    ``permitted`` is treated as not permitted (fail closed)."""
+    return [m for m in stack.spec.models if permitted.get(m.name, False)]
+
+
+def render(
+    stack: AIStack,
+    permitted: Mapping[str, bool],
+    config: RenderConfig | None = None,
+) -> list[Manifest]:
+    """Every manifest the stack needs, in apply order: models, Ray, MLflow, gateway.
+
+    ``permitted`` maps model name to whether its license is permitted; models that are not
+    permitted get no server and no gateway route.
+    """
+    config = config or RenderConfig()
+    served = served_models(stack, permitted)
+    manifests: list[Manifest] = []
+    for model in served:
+        manifests += _render_model(stack, model, config)
+    if stack.spec.ray.enabled:
+        manifests += _render_ray(stack, config)
+    if stack.spec.mlflow.enabled:
+        manifests += _render_mlflow(stack, config)
+    if stack.spec.gateway.enabled:
+        manifests += _render_gateway(stack, served, config)
+    return manifests
+
+
+def render_yaml(manifests: list[Manifest]) -> str:
+    """Multi-document YAML, like ``helm template``."""
+    return dump_all(manifests)
+
+
+def endpoints(stack: AIStack, config: RenderConfig | None = None) -> dict[str, str]:
+    """In-cluster URLs of the enabled parts (status.endpoints)."""
+    config = config or RenderConfig()
+    namespace = _namespace(stack)
+    name = stack.metadata.name
+    out: dict[str, str] = {}
+    if stack.spec.gateway.enabled:
+        host = _svc_host(names.gateway(name), namespace, config)
+        out["gateway"] = f"http://{host}:{GATEWAY_PORT}/v1"
+    if stack.spec.mlflow.enabled:
+        out["mlflow"] = mlflow_uri(stack, config)
+    if stack.spec.ray.enabled:
+        host = _svc_host(names.ray_head(name), namespace, config)
+        out["rayDashboard"] = f"http://{host}:{RAY_DASHBOARD_PORT}"
+        out["rayClient"] = f"ray://{host}:{RAY_CLIENT_PORT}"
+    return out

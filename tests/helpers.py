@@ -1,0 +1,34 @@
+"""Small builders shared by the unit tests."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aistack.api import AIStack
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+def stack_doc(name: str = "demo", namespace: str = "ml", **spec: Any) -> dict[str, Any]:
+    spec.setdefault("models", [{"name": "m", "source": "org/model"}])
+    return {
+        "apiVersion": "aistack.dev/v1alpha1",
+        "kind": "AIStack",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": copy.deepcopy(spec),
+    }
+
+
+def stack(name: str = "demo", namespace: str = "ml", **spec: Any) -> AIStack:
+    return AIStack.model_validate(stack_doc(name, namespace, **spec))
+
+
+def example(path: Path) -> AIStack:
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") == "AIStack"]
+    assert len(docs) == 1, f"{path} should hold exactly one AIStack"
+    return AIStack.model_validate(docs[0])

@@ -1,0 +1,396 @@
+"""The renderer: golden files for every example, schema validation, and its rules."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from aistack import names
+from aistack.render import RenderConfig, endpoints, render, render_yaml
+from aistack.render.render import GPU_RESOURCE, gateway_config
+from helpers import EXAMPLES, ROOT, example, stack
+
+GOLDEN = ROOT / "tests" / "golden"
+K8S_VERSION = "1.36.0"
+KINDS_IN_ORDER = ("PersistentVolumeClaim", "ConfigMap", "Service", "Deployment")
+
+
+def all_permitted(s: Any) -> dict[str, bool]:
+    return {m.name: True for m in s.spec.models}
+
+
+def by_kind(manifests: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {m["metadata"]["name"]: m for m in manifests if m["kind"] == kind}
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_examples_match_their_golden_files(path: Path, update_goldens: bool) -> None:
+    s = example(path)
+    text = render_yaml(render(s, all_permitted(s)))
+    golden = GOLDEN / f"{path.stem}.yaml"
+    if update_goldens:
+        golden.write_text(text)
+    assert golden.exists(), f"no golden file for {path.name}: run pytest --update-goldens"
+    assert text == golden.read_text(), f"{golden.name} differs: review, then --update-goldens"
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_every_rendered_object_is_valid_kubernetes(path: Path) -> None:
+    s = example(path)
+    for manifest in render(s, all_permitted(s)):
+        kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_every_object_is_labelled_namespaced_and_secured(path: Path) -> None:
+    s = example(path)
+    stack_name = s.metadata.name
+    for m in render(s, all_permitted(s)):
+        meta = m["metadata"]
+        assert meta["namespace"] == (s.metadata.namespace or "default")
+        assert meta["labels"][names.STACK_LABEL] == stack_name
+        assert meta["labels"]["app.kubernetes.io/part-of"] == "aistack"
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "aistack-operator"
+        assert meta["name"].startswith(f"{stack_name}-")
+        if m["kind"] != "Deployment":
+            continue
+        pod = m["spec"]["template"]["spec"]
+        assert (
+            m["spec"]["selector"]["matchLabels"].items()
+            <= m["spec"]["template"]["metadata"]["labels"].items()
+        )
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        for c in pod["containers"]:
+            assert c["securityContext"]["allowPrivilegeEscalation"] is False
+            assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+            assert c["resources"]["requests"], f"{meta['name']} has no resource requests"
+
+
+def test_quickstart_model_server() -> None:
+    s = example(ROOT / "examples" / "quickstart.yaml")
+    out = render(s, all_permitted(s))
+    deploy = by_kind(out, "Deployment")["quickstart-vllm-phi-3-5-mini"]
+    c = container(deploy)
+    assert c["command"] == ["vllm", "serve"]
+    args = c["args"]
+    assert args[0] == "microsoft/Phi-3.5-mini-instruct"
+    assert args[args.index("--served-model-name") + 1] == "phi-3-5-mini"
+    assert args[args.index("--tensor-parallel-size") + 1] == "1"
+    assert args[args.index("--max-model-len") + 1] == "8192"
+    assert args[args.index("--port") + 1] == "8000"
+    assert c["resources"]["limits"][GPU_RESOURCE] == 1
+    pod = deploy["spec"]["template"]["spec"]
+    assert {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    shm = next(v for v in pod["volumes"] if v["name"] == "shm")
+    assert shm["emptyDir"]["medium"] == "Memory"
+    assert {"name": "shm", "mountPath": "/dev/shm"} in c["volumeMounts"]
+    startup = c["startupProbe"]
+    assert startup["httpGet"]["path"] == "/health"
+    # Multi-GB weights take a while: the startup budget is the spec's (an hour by default).
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 3600
+    assert c["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/health"
+    svc = by_kind(out, "Service")["quickstart-vllm-phi-3-5-mini"]
+    assert svc["spec"]["selector"] == deploy["spec"]["selector"]["matchLabels"]
+    assert svc["spec"]["ports"][0]["port"] == 8000
+
+
+def test_a_model_that_is_not_permitted_gets_no_server_and_no_route() -> None:
+    s = stack(models=[{"name": "ok", "source": "o/ok"}, {"name": "blocked", "source": "o/nc"}])
+    out = render(s, {"ok": True, "blocked": False})
+    assert "demo-vllm-ok" in by_kind(out, "Deployment")
+    assert not [m for m in out if "blocked" in m["metadata"]["name"]]
+    routes = yaml.safe_load(by_kind(out, "ConfigMap")["demo-gateway-config"]["data"]["config.yaml"])
+    assert [r["model_name"] for r in routes["model_list"]] == ["ok"]
+
+
+def test_a_model_without_a_decision_is_not_deployed() -> None:
+    s = stack(models=[{"name": "m", "source": "o/m"}])
+    assert "demo-vllm-m" not in by_kind(render(s, {}), "Deployment")
+
+
+def test_gateway_routes_every_served_model_and_rolls_when_they_change() -> None:
+    s = stack(models=[{"name": "a", "source": "o/a"}, {"name": "b", "source": "o/b"}])
+    both = render(s, {"a": True, "b": True})
+    only_a = render(s, {"a": True, "b": False})
+    cfg = yaml.safe_load(by_kind(both, "ConfigMap")["demo-gateway-config"]["data"]["config.yaml"])
+    assert cfg["model_list"][1] == {
+        "model_name": "b",
+        "litellm_params": {
+            "model": "hosted_vllm/b",
+            "api_base": "http://demo-vllm-b.ml.svc.cluster.local:8000/v1",
+        },
+    }
+    assert cfg["litellm_settings"] == {"callbacks": ["mlflow"]}
+
+    def checksum(out: list[dict[str, Any]]) -> str:
+        annotations = by_kind(out, "Deployment")["demo-gateway"]["spec"]["template"]["metadata"][
+            "annotations"
+        ]
+        return str(annotations[names.CONFIG_CHECKSUM_ANNOTATION])
+
+    assert checksum(both) != checksum(only_a)
+    assert checksum(both) == checksum(render(s, {"a": True, "b": True}))
+
+
+def test_gateway_auth_and_tracing_wiring() -> None:
+    s = stack(gateway={"authSecretRef": {"name": "gw", "key": "k"}})
+    out = render(s, all_permitted(s))
+    env = {e["name"]: e for e in container(by_kind(out, "Deployment")["demo-gateway"])["env"]}
+    assert env["LITELLM_MASTER_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "gw", "key": "k"}
+    assert env["MLFLOW_TRACKING_URI"]["value"] == "http://demo-mlflow.ml.svc.cluster.local:5000"
+    cfg = gateway_config(s, list(s.spec.models), RenderConfig())
+    assert cfg["general_settings"] == {"master_key": "os.environ/LITELLM_MASTER_KEY"}
+
+    no_mlflow = stack(mlflow={"enabled": False})
+    out = render(no_mlflow, all_permitted(no_mlflow))
+    env_names = {e["name"] for e in container(by_kind(out, "Deployment")["demo-gateway"])["env"]}
+    assert "MLFLOW_TRACKING_URI" not in env_names
+    assert not [m for m in out if m["metadata"]["name"].startswith("demo-mlflow")]
+
+
+def test_tensor_parallel_on_one_node() -> None:
+    s = stack(models=[{"name": "big", "source": "o/big", "gpus": 4, "tensorParallelSize": 2}])
+    c = container(by_kind(render(s, all_permitted(s)), "Deployment")["demo-vllm-big"])
+    assert c["args"][c["args"].index("--tensor-parallel-size") + 1] == "2"
+    assert c["args"][c["args"].index("--pipeline-parallel-size") + 1] == "2"
+    assert c["resources"]["limits"][GPU_RESOURCE] == 4
+
+
+def test_multi_node_model_is_a_leader_and_workers_per_group() -> None:
+    s = stack(models=[{"name": "huge", "source": "o/huge", "gpus": 8, "nodes": 3, "replicas": 2}])
+    out = render(s, all_permitted(s))
+    deployments = by_kind(out, "Deployment")
+    services = by_kind(out, "Service")
+    for g in range(2):
+        leader = deployments[f"demo-vllm-huge-g{g}-leader"]
+        workers = deployments[f"demo-vllm-huge-g{g}-worker"]
+        assert leader["spec"]["replicas"] == 1
+        assert workers["spec"]["replicas"] == 2
+        for d in (leader, workers):
+            c = container(d)
+            assert c["image"] == container(leader)["image"], "every node needs the same image"
+            assert c["resources"]["limits"][GPU_RESOURCE] == 8
+            anti = d["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+            term = anti["requiredDuringSchedulingIgnoredDuringExecution"][0]
+            assert term["topologyKey"] == "kubernetes.io/hostname"
+            assert term["labelSelector"]["matchLabels"][names.GROUP_LABEL] == str(g)
+        script = container(leader)["args"][0]
+        assert "ray start --head" in script
+        assert "--distributed-executor-backend ray" in script
+        assert "--tensor-parallel-size 8" in script
+        assert "--pipeline-parallel-size 3" in script
+        assert "-ge 3 ]" in script, "the leader waits for all nodes before serving"
+        head = services[f"demo-vllm-huge-g{g}"]
+        assert head["spec"]["clusterIP"] == "None"
+        assert head["spec"]["publishNotReadyAddresses"] is True
+        assert (
+            f"--address=demo-vllm-huge-g{g}.ml.svc.cluster.local:6379"
+            in container(workers)["args"][0]
+        )
+        assert "readinessProbe" not in container(workers)
+        assert container(leader)["readinessProbe"]["httpGet"]["path"] == "/health"
+    # Only leaders are behind the model's Service.
+    selector = services["demo-vllm-huge"]["spec"]["selector"]
+    assert selector[names.ROLE_LABEL] == "leader"
+    assert names.GROUP_LABEL not in selector
+
+
+def test_sources_map_to_vllm_arguments_and_volumes() -> None:
+    s = stack(
+        models=[
+            {"name": "hub", "source": "o/m", "revision": "abc123",
+             "hfTokenSecretRef": {"name": "hf", "key": "token"}},
+            {"name": "disk", "source": "pvc://weights/llama/8b"},
+            {"name": "bucket", "source": "s3://models/qwen",
+             "credentialsSecretRef": {"name": "s3creds"}},
+        ]
+    )  # fmt: skip
+    deployments = by_kind(render(s, all_permitted(s)), "Deployment")
+    hub = container(deployments["demo-vllm-hub"])
+    assert hub["args"][hub["args"].index("--revision") + 1] == "abc123"
+    token = next(e for e in hub["env"] if e["name"] == "HF_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
+
+    disk_deploy = deployments["demo-vllm-disk"]
+    disk = container(disk_deploy)
+    assert disk["args"][0] == "/mnt/models/llama/8b"
+    volume = next(
+        v for v in disk_deploy["spec"]["template"]["spec"]["volumes"] if v["name"] == "model"
+    )
+    assert volume["persistentVolumeClaim"] == {"claimName": "weights", "readOnly": True}
+
+    bucket = container(deployments["demo-vllm-bucket"])
+    assert bucket["args"][0] == "s3://models/qwen"
+    assert bucket["args"][bucket["args"].index("--load-format") + 1] == "runai_streamer"
+    assert bucket["envFrom"] == [{"secretRef": {"name": "s3creds"}}]
+
+
+def test_weight_cache_pvc_or_existing_claim() -> None:
+    s = stack(
+        models=[
+            {
+                "name": "new",
+                "source": "o/a",
+                "cache": {"size": "100Gi", "storageClassName": "fast"},
+            },
+            {"name": "old", "source": "o/b", "cache": {"existingClaim": "shared-weights"}},
+        ]
+    )
+    out = render(s, all_permitted(s))
+    pvcs = by_kind(out, "PersistentVolumeClaim")
+    assert pvcs["demo-vllm-new-cache"]["spec"]["resources"]["requests"]["storage"] == "100Gi"
+    assert pvcs["demo-vllm-new-cache"]["spec"]["storageClassName"] == "fast"
+    assert not [n for n in pvcs if "old" in n]
+    old = by_kind(out, "Deployment")["demo-vllm-old"]["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "cache", "persistentVolumeClaim": {"claimName": "shared-weights"}} in old
+
+
+def test_ray_cluster() -> None:
+    s = stack(ray={"workerGroups": [{"name": "cpu", "replicas": 3}, {"name": "gpu", "gpus": 2}]})
+    out = render(s, all_permitted(s))
+    head_svc = by_kind(out, "Service")["demo-ray-head"]
+    assert {p["port"] for p in head_svc["spec"]["ports"]} >= {6379, 8265, 10001}
+    deployments = by_kind(out, "Deployment")
+    head = container(deployments["demo-ray-head"])
+    assert "--head" in head["args"]
+    env = {e["name"]: e.get("value") for e in head["env"]}
+    assert env["MLFLOW_TRACKING_URI"] == "http://demo-mlflow.ml.svc.cluster.local:5000"
+    cpu = deployments["demo-ray-worker-cpu"]
+    assert cpu["spec"]["replicas"] == 3
+    assert GPU_RESOURCE not in container(cpu)["resources"].get("limits", {})
+    assert "tolerations" not in cpu["spec"]["template"]["spec"]
+    gpu = deployments["demo-ray-worker-gpu"]
+    assert container(gpu)["resources"]["limits"][GPU_RESOURCE] == 2
+    assert "--address=demo-ray-head.ml.svc.cluster.local:6379" in container(gpu)["args"]
+    assert {e["name"] for e in container(gpu)["env"]} >= {"MLFLOW_TRACKING_URI"}
+
+
+def test_mlflow_local_storage_is_kept_by_default() -> None:
+    s = stack()
+    out = render(s, all_permitted(s))
+    pvc = by_kind(out, "PersistentVolumeClaim")["demo-mlflow-data"]
+    assert pvc["metadata"]["annotations"][names.RETAIN_ANNOTATION] == "true"
+    deploy = by_kind(out, "Deployment")["demo-mlflow"]
+    assert deploy["spec"]["strategy"]["type"] == "Recreate"
+    args = container(deploy)["args"]
+    assert args[args.index("--backend-store-uri") + 1] == "sqlite:////mlflow/mlflow.db"
+    hosts = next(
+        e["value"] for e in container(deploy)["env"] if e["name"] == "MLFLOW_SERVER_ALLOWED_HOSTS"
+    )
+    assert "demo-mlflow.ml.*" in hosts.split(",")
+
+    deleting = stack(mlflow={"storage": {"deleteWithStack": True}})
+    pvc = by_kind(render(deleting, all_permitted(deleting)), "PersistentVolumeClaim")[
+        "demo-mlflow-data"
+    ]
+    assert names.RETAIN_ANNOTATION not in pvc["metadata"].get("annotations", {})
+
+
+def test_mlflow_external_stores_come_from_secrets() -> None:
+    s = example(ROOT / "examples" / "external-stores.yaml")
+    out = render(s, all_permitted(s))
+    assert "tracked-mlflow-data" not in by_kind(out, "PersistentVolumeClaim")
+    deploy = by_kind(out, "Deployment")["tracked-mlflow"]
+    c = container(deploy)
+    assert c["args"][c["args"].index("--backend-store-uri") + 1] == "$(MLFLOW_BACKEND_STORE_URI)"
+    env = {e["name"]: e for e in c["env"]}
+    assert env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"] == {
+        "name": "mlflow-db",
+        "key": "uri",
+    }
+    assert c["envFrom"] == [{"secretRef": {"name": "mlflow-s3"}}]
+    assert deploy["spec"]["replicas"] == 2
+
+
+def test_images_come_from_spec_then_operator_config() -> None:
+    config = RenderConfig(vllm_image="registry.local/vllm:1")
+    s = stack(
+        models=[{"name": "a", "source": "o/a"}, {"name": "b", "source": "o/b", "image": "mine:2"}]
+    )
+    deployments = by_kind(render(s, all_permitted(s), config), "Deployment")
+    assert container(deployments["demo-vllm-a"])["image"] == "registry.local/vllm:1"
+    assert container(deployments["demo-vllm-b"])["image"] == "mine:2"
+    s = stack(vllm={"image": "team/vllm:3"})
+    assert (
+        container(by_kind(render(s, all_permitted(s), config), "Deployment")["demo-vllm-m"])[
+            "image"
+        ]
+        == "team/vllm:3"
+    )
+
+
+def test_longest_allowed_names_stay_dns_labels() -> None:
+    stack_name = "s" * names.STACK_NAME_MAX
+    model = "m" * (names.MODEL_NAME_BUDGET - names.STACK_NAME_MAX)
+    group = "g" * (names.RAY_GROUP_BUDGET - names.STACK_NAME_MAX)
+    s = stack(
+        name=stack_name,
+        models=[{"name": model, "source": "o/m", "nodes": 2, "replicas": names.MAX_REPLICAS,
+                 "cache": {"size": "1Gi"}}],
+        ray={"workerGroups": [{"name": group}]},
+    )  # fmt: skip
+    out = render(s, all_permitted(s))
+    longest = max(len(m["metadata"]["name"]) for m in out)
+    assert longest == names.DNS_LABEL_MAX
+    for m in out:
+        kubernetes_validate.validate(m, K8S_VERSION, strict=True)
+
+
+def test_render_is_pure_and_deterministic() -> None:
+    s = example(ROOT / "examples" / "multi-model.yaml")
+    before = copy.deepcopy(s.model_dump())
+    first = render(s, all_permitted(s))
+    second = render(s, all_permitted(s))
+    assert first == second
+    assert s.model_dump() == before
+    first[0]["metadata"]["name"] = "changed"
+    assert render(s, all_permitted(s))[0]["metadata"]["name"] != "changed"
+
+
+def test_disabled_parts_render_nothing() -> None:
+    s = stack(
+        models=[], ray={"enabled": False}, mlflow={"enabled": False}, gateway={"enabled": False}
+    )
+    assert render(s, {}) == []
+
+
+def test_user_strings_cannot_break_out_of_their_yaml_value() -> None:
+    tricky = 'x"\n  injected: true\n- "y'
+    s = stack(models=[{"name": "m", "source": "o/m", "extraArgs": [tricky],
+                       "nodeSelector": {"pool": "a: b"}}])  # fmt: skip
+    deploy = by_kind(render(s, all_permitted(s)), "Deployment")["demo-vllm-m"]
+    assert container(deploy)["args"][-1] == tricky
+    assert deploy["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "a: b"}
+
+
+def test_endpoints() -> None:
+    s = stack()
+    assert endpoints(s) == {
+        "gateway": "http://demo-gateway.ml.svc.cluster.local:4000/v1",
+        "mlflow": "http://demo-mlflow.ml.svc.cluster.local:5000",
+        "rayDashboard": "http://demo-ray-head.ml.svc.cluster.local:8265",
+        "rayClient": "ray://demo-ray-head.ml.svc.cluster.local:10001",
+    }
+    assert endpoints(stack(ray={"enabled": False}), RenderConfig(cluster_domain="corp")) == {
+        "gateway": "http://demo-gateway.ml.svc.corp:4000/v1",
+        "mlflow": "http://demo-mlflow.ml.svc.corp:5000",
+    }
+
+
+def test_render_yaml_round_trips() -> None:
+    s = example(ROOT / "examples" / "multi-model.yaml")
+    out = render(s, all_permitted(s))
+    assert list(yaml.safe_load_all(render_yaml(out))) == out
