@@ -1,0 +1,239 @@
+#!/usr/bin/env bash
+# Build the local e2e toolchain from source via the Go module proxy:
+#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl  (k8s.io/kubernetes)
+#   etcd                                                              (go.etcd.io/etcd/server/v3)
+#   kwok, kwokctl                                                     (sigs.k8s.io/kwok)
+#   helm                                                              (helm.sh/helm/v3)
+# Versions are pinned in hack/versions.env. Nothing is downloaded at run time
+# other than Go modules.
+#
+# Binaries go to a per-version cache directory:
+#   ${AISTACK_TOOLS_CACHE:-$HOME/.cache/aistack-operator/tools}/k8s-<v>_etcd-<v>_kwok-<v>_helm-<v>/bin
+# A tool is rebuilt only when its binary is missing or its --version output
+# does not match the pin, so a second run takes seconds.
+#
+# Usage: hack/build-tools.sh [--print-bin-dir] [--force] [--update-modules] [-h]
+#   (no option)        build what is missing; the last line of stdout is the bin dir
+#   --print-bin-dir    print the bin dir and exit (builds nothing)
+#   --check            exit 0 if every tool is present at the pinned version, else 1
+#   --force            rebuild everything
+#   --update-modules   regenerate hack/k8sbuild and hack/etcdbuild go.mod/go.sum
+#                      from the pinned versions (needs the module proxy), then build
+#
+# Environment:
+#   AISTACK_TOOLS_CACHE   cache root (default $HOME/.cache/aistack-operator/tools)
+#   AISTACK_BUILD_JOBS    go build -p value (default: number of CPUs)
+#   GO                    go command to use (default: go)
+# Go's module and build caches stay in their default locations so they are reused.
+set -euo pipefail
+
+HACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=versions.env
+source "$HACK_DIR/versions.env"
+
+GO=${GO:-go}
+JOBS=${AISTACK_BUILD_JOBS:-$(nproc 2>/dev/null || echo 2)}
+CACHE_ROOT=${AISTACK_TOOLS_CACHE:-$HOME/.cache/aistack-operator/tools}
+KEY="k8s-${KUBE_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}"
+BIN_DIR="$CACHE_ROOT/$KEY/bin"
+
+KUBE_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+
+# Never let the go command fetch a toolchain; build static binaries.
+export GOTOOLCHAIN=local CGO_ENABLED=0
+export GOFLAGS=-buildvcs=false
+
+log() { printf '[build-tools] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
+
+FORCE=0 UPDATE=0 MODE=build
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --print-bin-dir) MODE=print ;;
+    --check) MODE=check ;;
+    --force) FORCE=1 ;;
+    --update-modules) UPDATE=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage >&2; die "unknown argument: $1" ;;
+  esac
+  shift
+done
+
+if [[ $MODE == print ]]; then
+  echo "$BIN_DIR"
+  exit 0
+fi
+
+# --- version checks ---------------------------------------------------------
+# Prints nothing; returns 0 when $BIN_DIR/$1 exists and reports the pinned version.
+tool_ok() {
+  local name=$1 bin="$BIN_DIR/$1" out
+  [[ -x $bin ]] || return 1
+  case $name in
+    kube-apiserver|kube-controller-manager|kube-scheduler)
+      out=$("$bin" --version 2>&1) || return 1
+      [[ $out == "Kubernetes ${KUBE_VERSION}" ]] ;;
+    kubectl)
+      out=$("$bin" version --client 2>&1) || return 1
+      [[ $out == *"Client Version: ${KUBE_VERSION}"* ]] ;;
+    etcd)
+      out=$("$bin" --version 2>&1) || return 1
+      [[ $out == *"etcd Version: ${ETCD_VERSION#v}"* ]] ;;
+    kwok|kwokctl)
+      out=$("$bin" --version 2>&1) || return 1
+      [[ $out == *"${KWOK_VERSION#v}"* ]] ;;
+    helm)
+      out=$("$bin" version --short 2>&1) || return 1
+      [[ $out == "${HELM_VERSION}"* ]] ;;
+    *) return 1 ;;
+  esac
+}
+
+ALL_TOOLS=("${KUBE_BINS[@]}" etcd kwok kwokctl helm)
+
+if [[ $MODE == check ]]; then
+  for t in "${ALL_TOOLS[@]}"; do tool_ok "$t" || { log "missing or wrong version: $t"; exit 1; }; done
+  echo "$BIN_DIR"
+  exit 0
+fi
+
+command -v "$GO" >/dev/null || die "go not found (need Go >= 1.26)"
+
+# --- wrapper modules ---------------------------------------------------------
+update_k8s_module() {
+  local dir="$HACK_DIR/k8sbuild" kv=${KUBE_VERSION#v} gomod m
+  log "regenerating $dir/go.mod for k8s.io/kubernetes ${KUBE_VERSION}"
+  printf 'module aistack.local/k8sbuild\n\ngo 1.26.0\n' > "$dir/go.mod"
+  : > "$dir/go.sum"
+  # k8s.io/kubernetes requires every staging repo at v0.0.0 and replaces it
+  # with ./staging/...; a wrapper module must replace each with its published
+  # v0.<minor>.<patch>. The list comes from the go.mod the proxy serves.
+  gomod=$(cd "$dir" && "$GO" mod download -json "k8s.io/kubernetes@${KUBE_VERSION}" \
+    | python3 -c 'import sys,json; print(json.load(sys.stdin)["GoMod"])')
+  for m in $(sed -n 's|^[[:space:]]*\(k8s.io/[^ ]*\) => \./staging/.*|\1|p' "$gomod"); do
+    (cd "$dir" && "$GO" mod edit "-replace=$m=$m@v0.${kv#1.}")
+  done
+  (cd "$dir" && GOFLAGS=-mod=mod "$GO" get -tool \
+    "k8s.io/kubernetes/cmd/kube-apiserver@${KUBE_VERSION}" \
+    "k8s.io/kubernetes/cmd/kube-controller-manager@${KUBE_VERSION}" \
+    "k8s.io/kubernetes/cmd/kube-scheduler@${KUBE_VERSION}" \
+    "k8s.io/kubernetes/cmd/kubectl@${KUBE_VERSION}")
+}
+
+update_etcd_module() {
+  local dir="$HACK_DIR/etcdbuild"
+  log "regenerating $dir/go.mod for go.etcd.io/etcd/server/v3 ${ETCD_VERSION}"
+  printf 'module aistack.local/etcdbuild\n\ngo 1.26.0\n' > "$dir/go.mod"
+  : > "$dir/go.sum"
+  # server/go.mod has replace lines, so `go install ...@version` is refused;
+  # as a dependency of this module its replaces are ignored.
+  (cd "$dir" && GOFLAGS=-mod=mod "$GO" get -tool "go.etcd.io/etcd/server/v3@${ETCD_VERSION}")
+}
+
+# module_version DIR MODULE -> version the wrapper module selects
+module_version() { (cd "$1" && "$GO" list -mod=readonly -m -f '{{.Version}}' "$2"); }
+
+if [[ $UPDATE == 1 ]]; then
+  update_k8s_module
+  update_etcd_module
+  FORCE=1
+fi
+
+# --- build -------------------------------------------------------------------
+mkdir -p "$CACHE_ROOT"
+exec 9>"$CACHE_ROOT/.$KEY.lock"
+if ! flock -n 9; then
+  log "another build of $KEY is running; waiting for it"
+  flock 9
+fi
+mkdir -p "$BIN_DIR"
+STAGE=$(mktemp -d "$CACHE_ROOT/$KEY/.stage.XXXXXX")
+trap 'rm -rf "$STAGE"' EXIT
+
+need() {  # need TOOL... -> true if any must be (re)built
+  local t
+  [[ $FORCE == 1 ]] && return 0
+  for t in "$@"; do tool_ok "$t" || return 0; done
+  return 1
+}
+
+install_staged() {  # atomically move staged binaries into BIN_DIR
+  local t
+  for t in "$@"; do mv -f "$STAGE/$t" "$BIN_DIR/$t"; done
+}
+
+timed() {  # timed LABEL CMD... ; logs wall-clock seconds
+  local label=$1 start=$SECONDS; shift
+  "$@"
+  log "$label built in $((SECONDS - start))s"
+}
+
+build_kube() {
+  local dir="$HACK_DIR/k8sbuild" got minor date x p
+  got=$(module_version "$dir" k8s.io/kubernetes) || die "hack/k8sbuild is broken; try --update-modules"
+  [[ $got == "$KUBE_VERSION" ]] || die "hack/k8sbuild pins k8s.io/kubernetes $got, versions.env says $KUBE_VERSION; run hack/build-tools.sh --update-modules"
+  minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
+  # Reproducible build date: the release time recorded by the module proxy.
+  date=$(cd "$dir" && "$GO" list -mod=readonly -m -f '{{if .Time}}{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}{{end}}' k8s.io/kubernetes)
+  date=${date:-1970-01-01T00:00:00Z}
+  # Same keys as upstream's kube::version::ldflags. Without them the binaries
+  # report v0.0.0-master, kubectl warns about skew and kwokctl treats them as
+  # an unknown version.
+  x=""
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    x+=" -X $p.gitVersion=${KUBE_VERSION} -X $p.gitMajor=1 -X $p.gitMinor=${minor}"
+    x+=" -X $p.gitTreeState=clean -X $p.gitCommit=unknown -X $p.buildDate=${date}"
+  done
+  log "building ${KUBE_BINS[*]} ${KUBE_VERSION} (go build -p $JOBS; cold: tens of minutes on 2 CPUs)"
+  # One invocation for all four: shared packages compile once, with full parallelism.
+  (cd "$dir" && "$GO" build -mod=readonly -p "$JOBS" -trimpath -ldflags "-s -w$x" -o "$STAGE/" \
+    k8s.io/kubernetes/cmd/kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler \
+    k8s.io/kubernetes/cmd/kubectl)
+  install_staged "${KUBE_BINS[@]}"
+}
+
+build_etcd() {
+  local dir="$HACK_DIR/etcdbuild" got
+  got=$(module_version "$dir" go.etcd.io/etcd/server/v3) || die "hack/etcdbuild is broken; try --update-modules"
+  [[ $got == "$ETCD_VERSION" ]] || die "hack/etcdbuild pins etcd $got, versions.env says $ETCD_VERSION; run hack/build-tools.sh --update-modules"
+  log "building etcd ${ETCD_VERSION}"
+  # -o is needed: the package's default binary name would be "v3".
+  (cd "$dir" && "$GO" build -mod=readonly -p "$JOBS" -trimpath -ldflags "-s -w" -o "$STAGE/etcd" go.etcd.io/etcd/server/v3)
+  install_staged etcd
+}
+
+build_kwok() {
+  log "building kwok, kwokctl ${KWOK_VERSION}"
+  # kwok's go.mod has no replace lines, so go install pkg@version works.
+  # KubeVersion only sets kwokctl's default; local-cluster.sh passes it explicitly too.
+  GOBIN="$STAGE" "$GO" install -p "$JOBS" -trimpath \
+    -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v} -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${KUBE_VERSION#v}" \
+    "sigs.k8s.io/kwok/cmd/kwok@${KWOK_VERSION}" "sigs.k8s.io/kwok/cmd/kwokctl@${KWOK_VERSION}"
+  install_staged kwok kwokctl
+}
+
+build_helm() {
+  local minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
+  log "building helm ${HELM_VERSION}"
+  # ldflags as in helm's Makefile (k8s version used by lint/capabilities).
+  GOBIN="$STAGE" "$GO" install -p "$JOBS" -trimpath \
+    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} -X helm.sh/helm/v3/internal/version.gitTreeState=clean -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=${minor} -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=${minor}" \
+    "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
+  install_staged helm
+}
+
+TOTAL_START=$SECONDS
+if need "${KUBE_BINS[@]}"; then timed "kubernetes" build_kube; fi
+if need etcd; then timed "etcd" build_etcd; fi
+if need kwok kwokctl; then timed "kwok" build_kwok; fi
+if need helm; then timed "helm" build_helm; fi
+
+for t in "${ALL_TOOLS[@]}"; do
+  tool_ok "$t" || die "$t in $BIN_DIR does not report the pinned version after the build"
+done
+log "all tools ready in $((SECONDS - TOTAL_START))s: $BIN_DIR"
+echo "$BIN_DIR"
