@@ -164,6 +164,40 @@ def _cmd_crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    import os
+
+    import kopf
+
+    from aistack import handlers
+
+    defaults = RenderConfig()
+    handlers.Runtime.config = RenderConfig(
+        vllm_image=args.vllm_image or defaults.vllm_image,
+        ray_image=args.ray_image or defaults.ray_image,
+        mlflow_image=args.mlflow_image or defaults.mlflow_image,
+        gateway_image=args.gateway_image or defaults.gateway_image,
+        cluster_domain=args.cluster_domain or defaults.cluster_domain,
+    )
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig
+        handlers.Runtime.kubeconfig = args.kubeconfig
+    kopf.configure(
+        verbose=args.verbose,
+        debug=args.debug,
+        log_format=kopf.LogFormat[args.log_format.upper()],
+    )
+    kopf.run(
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        standalone=args.peering is None,
+        peering_name=args.peering,
+        priority=args.priority,
+        liveness_endpoint=args.liveness,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aistack",
@@ -196,6 +230,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="render as if MODEL's license were not permitted; repeatable",
     )  # fmt: skip
     p_render.set_defaults(func=_cmd_render)
+
+    p_run = sub.add_parser(
+        "run",
+        help="run the operator",
+        description=(
+            "Run the operator against the cluster of the current kubeconfig (or in-cluster "
+            "credentials). Watches every namespace unless -n limits it."
+        ),
+    )
+    p_run.add_argument(
+        "-n", "--namespace", action="append", default=[], metavar="NS",
+        help="serve only this namespace (repeatable; globs like team-* work)",
+    )  # fmt: skip
+    p_run.add_argument(
+        "--peering", metavar="NAME", default=None,
+        help="coordinate with other replicas through this KopfPeering/ClusterKopfPeering "
+        "(needs the kopf.dev CRDs); without it the operator runs standalone",
+    )  # fmt: skip
+    p_run.add_argument("--priority", type=int, default=0, help="peering priority of this replica")
+    p_run.add_argument(
+        "--liveness", metavar="URL", help="serve liveness at URL, e.g. http://0.0.0.0:8080/healthz"
+    )
+    p_run.add_argument("--log-format", choices=["full", "plain", "json"], default="full")
+    p_run.add_argument("-v", "--verbose", action="store_true", help="more logs")
+    p_run.add_argument("--debug", action="store_true", help="even more logs")
+    p_run.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig to use")
+    p_run.add_argument("--vllm-image", help="default vLLM image for stacks that name none")
+    p_run.add_argument("--ray-image", help="default Ray image")
+    p_run.add_argument("--mlflow-image", help="default MLflow image")
+    p_run.add_argument("--gateway-image", help="default gateway (LiteLLM) image")
+    p_run.add_argument("--cluster-domain", help="cluster DNS domain (default: cluster.local)")
+    p_run.set_defaults(func=_cmd_run)
 
     p_crds = sub.add_parser("crds", help="print the CustomResourceDefinitions")
     p_crds.add_argument("--output-dir", metavar="DIR", help="write one file per CRD into DIR")

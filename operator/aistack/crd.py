@@ -193,9 +193,50 @@ def license_policy_crd() -> dict[str, Any]:
     )
 
 
+def kopf_peering_crds() -> list[dict[str, Any]]:
+    """kopf's peering resources, through which operator replicas elect the active one."""
+    out = []
+    for kind, scope in (("ClusterKopfPeering", "Cluster"), ("KopfPeering", "Namespaced")):
+        plural = f"{kind.lower()}s"
+        out.append(
+            {
+                "apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "CustomResourceDefinition",
+                "metadata": {
+                    "name": f"{plural}.kopf.dev",
+                    "labels": {"app.kubernetes.io/part-of": "aistack"},
+                },
+                "spec": {
+                    "group": "kopf.dev",
+                    "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+                    "scope": scope,
+                    "versions": [
+                        {
+                            "name": "v1",
+                            "served": True,
+                            "storage": True,
+                            "schema": {
+                                "openAPIV3Schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "status": {
+                                            "type": "object",
+                                            "x-kubernetes-preserve-unknown-fields": True,
+                                        }
+                                    },
+                                }
+                            },
+                        }
+                    ],
+                },
+            }
+        )
+    return out
+
+
 def all_crds() -> dict[str, dict[str, Any]]:
     """File name in ``crds/`` -> CRD."""
-    crds = [aistack_crd(), license_policy_crd()]
+    crds = [aistack_crd(), license_policy_crd(), *kopf_peering_crds()]
     return {f"{c['spec']['group']}_{c['spec']['names']['plural']}.yaml": c for c in crds}
 
 

@@ -150,10 +150,14 @@ class ModelSpec(APIModel):
     model_config = ConfigDict(
         json_schema_extra=_crd_rules(
             (
-                "!has(self.tensorParallelSize) || self.gpus % self.tensorParallelSize == 0",
+                "!has(self.tensorParallelSize) || !has(self.gpus) "
+                "|| self.gpus % self.tensorParallelSize == 0",
                 rules.TP_DIVIDES_GPUS,
             ),
-            ("self.nodes == 1 || self.replicas <= 64", rules.MULTINODE_REPLICAS),
+            (
+                "!has(self.nodes) || self.nodes == 1 || !has(self.replicas) || self.replicas <= 64",
+                rules.MULTINODE_REPLICAS,
+            ),
         )
     )
 
@@ -348,7 +352,8 @@ class MLflowSpec(APIModel):
     model_config = ConfigDict(
         json_schema_extra=_crd_rules(
             (
-                "self.replicas <= 1 || (has(self.backendStore) && has(self.artifactStore))",
+                "!has(self.replicas) || self.replicas <= 1 "
+                "|| (has(self.backendStore) && has(self.artifactStore))",
                 rules.MLFLOW_REPLICAS,
             )
         )

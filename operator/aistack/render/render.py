@@ -417,6 +417,7 @@ def _render_mlflow(stack: AIStack, config: RenderConfig) -> list[Manifest]:
 def gateway_config(stack: AIStack, served: list[ModelSpec], config: RenderConfig) -> dict[str, Any]:
     """LiteLLM proxy configuration: one route per permitted, deployed model."""
     namespace = _namespace(stack)
+
     def api_base(model: ModelSpec) -> str:
         host = _svc_host(names.model_base(stack.metadata.name, model.name), namespace, config)
         return f"http://{host}:{VLLM_PORT}/v1"

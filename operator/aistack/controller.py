@@ -1,0 +1,322 @@
+"""The level-based reconcile of one stack, and the queue that runs it.
+
+``reconcile_once`` is the fixed, ordered list of steps: parse, decide licenses, render,
+plan against the observed children, apply the plan, compute the status, write the status
+only if it changed, post the Events of real transitions. It reads the cluster only from
+the caches kopf keeps from its watches (a ``StackView`` snapshot), so a converged stack
+costs no API calls at all.
+
+``StackQueue`` runs reconciles: one at a time per stack, bursts of watch events coalesced,
+failures retried with backoff. Nothing here knows about kopf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from aistack.api.v1alpha1 import AIStack, AIStackStatus
+from aistack.kube import Kube, KubeError
+from aistack.plan import Key, key_of, make_plan, with_owner
+from aistack.render import RenderConfig, render
+from aistack.status import (
+    EventSpec,
+    LicenseVerdict,
+    Observed,
+    compute_status,
+    status_dict,
+    transitions,
+)
+
+log = logging.getLogger(__name__)
+
+StackKey = tuple[str, str]  # namespace, name
+Obj = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class StackView:
+    """A snapshot of what the watches have shown about one stack, taken in the event loop
+    and handed to a worker thread (the live caches change under the loop's feet)."""
+
+    stack: Obj | None
+    children: list[Obj] = field(default_factory=list)
+    pods: list[Obj] = field(default_factory=list)
+    policies: list[Obj] = field(default_factory=list)
+
+
+class Licensing(Protocol):
+    def __call__(self, stack: AIStack, policies: list[Obj]) -> Mapping[str, LicenseVerdict]: ...
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """A JSON merge patch turning ``old`` into ``new`` (removed keys become null)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch: dict[str, Any] = {}
+    for k in old.keys() - new.keys():
+        patch[k] = None
+    for k, v in new.items():
+        if k not in old:
+            patch[k] = v
+        elif old[k] != v:
+            patch[k] = merge_patch(old[k], v)
+    return patch
+
+
+_DELETED: Obj = {"metadata": {}}
+
+
+def _newer(a: Obj, b: Obj) -> bool:
+    """Whether ``a`` is a newer version of the same object than ``b``."""
+    try:
+        return int(a["metadata"]["resourceVersion"]) > int(b["metadata"]["resourceVersion"])
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+@dataclass
+class Result:
+    """What one reconcile did (for logs and tests)."""
+
+    applied: list[Key] = field(default_factory=list)
+    deleted: list[Key] = field(default_factory=list)
+    status_written: bool = False
+    events: list[EventSpec] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class Reconciler:
+    kube: Kube
+    licensing: Licensing
+    config: RenderConfig = field(default_factory=RenderConfig)
+    clock: Callable[[], str] = now_rfc3339
+    #: Per stack, our own writes that the watch may not have delivered yet. Each stack is
+    #: reconciled by one worker at a time, so its inner dict has one writer.
+    _written: dict[StackKey, dict[Key, Obj]] = field(default_factory=dict)
+
+    def _observed_children(self, key: StackKey, view: StackView) -> list[Obj]:
+        seen = {key_of(o): o for o in view.children}
+        written = self._written.setdefault(key, {})
+        for k, obj in list(written.items()):
+            cached = seen.get(k)
+            if obj is _DELETED:  # deleted by us; the watch may still show it for a while
+                if cached is None:
+                    del written[k]
+                else:
+                    del seen[k]
+            elif cached is None or _newer(obj, cached):
+                seen[k] = obj
+            else:  # the watch caught up: forget our copy
+                del written[k]
+        return list(seen.values())
+
+    def reconcile_once(self, key: StackKey, view: StackView) -> Result | None:
+        """Bring one stack to its desired state. None when the stack no longer exists."""
+        body = view.stack
+        if body is None:
+            self._written.pop(key, None)
+            return None
+        result = Result()
+        old_status_raw = dict(body.get("status") or {})
+        try:
+            stack = AIStack.model_validate(body)
+        except ValidationError as err:
+            self._write_invalid(body, err, result)
+            return result
+
+        verdicts = self.licensing(stack, view.policies)
+        permitted = {name: v.permitted for name, v in verdicts.items()}
+        desired = [with_owner(m, body) for m in render(stack, permitted, self.config)]
+        observed = self._observed_children(key, view)
+        plan = make_plan(desired, observed, str(body["metadata"]["uid"]))
+
+        errors: list[str] = []
+        for manifest in plan.apply:
+            k = key_of(manifest)
+            try:
+                self._written.setdefault(key, {})[k] = self.kube.apply(manifest)
+                result.applied.append(k)
+                log.info("applied %s/%s (%s)", k[0], k[2], ", ".join(plan.reasons.get(k, [])))
+            except KubeError as exc:
+                errors.append(f"{k[0]} {k[2]}: {exc.message}")
+                if exc.status == 0:
+                    raise  # no answer from the API server: retry the whole reconcile later
+        for k in plan.delete:
+            try:
+                self.kube.delete(k)
+                self._written.setdefault(key, {})[k] = _DELETED
+                result.deleted.append(k)
+                log.info("deleted %s/%s (no longer desired)", k[0], k[2])
+            except KubeError as exc:
+                errors.append(f"delete {k[0]} {k[2]}: {exc.message}")
+                if exc.status == 0:
+                    raise
+        result.error = "; ".join(errors) or None
+
+        now = self.clock()
+        children = self._observed_children(key, view)
+        deployments = {o["metadata"]["name"]: o for o in children if o.get("kind") == "Deployment"}
+        status = compute_status(
+            stack,
+            verdicts,
+            Observed(deployments=deployments, pods=view.pods),
+            now=now,
+            config=self.config,
+            apply_error=result.error,
+        )
+        new_status_raw = status_dict(status)
+        if new_status_raw != old_status_raw:
+            self.kube.patch_status(key[0], key[1], merge_patch(old_status_raw, new_status_raw))
+            result.status_written = True
+        old_status = _parse_status(old_status_raw)
+        result.events = transitions(old_status, status)
+        if result.applied or result.deleted:
+            result.events.insert(0, _applied_event(result))
+        if result.error:
+            result.events.append(EventSpec("Warning", "ApplyFailed", result.error))
+        for ev in result.events:
+            self.kube.post_event(body, type_=ev.type, reason=ev.reason, message=ev.message, now=now)
+        if result.error:
+            raise ReconcileError(result.error)
+        return result
+
+    def _write_invalid(self, body: Obj, err: ValidationError, result: Result) -> None:
+        # The CRD schema and CEL rules catch almost everything; what gets through (e.g. a
+        # stack stored before a rule existed) is reported, not retried.
+        from aistack.cli import format_validation_error
+
+        message = "; ".join(format_validation_error("spec", err))
+        now = self.clock()
+        generation = body["metadata"].get("generation")
+        status = {
+            "observedGeneration": generation,
+            "phase": "Degraded",
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "reason": "InvalidSpec",
+                    "message": message,
+                    "observedGeneration": generation,
+                    "lastTransitionTime": now,
+                }
+            ],
+        }
+        old = dict(body.get("status") or {})
+        if old.get("conditions", [{}])[0].get("message") != message:
+            meta = body["metadata"]
+            self.kube.patch_status(meta["namespace"], meta["name"], merge_patch(old, status))
+            self.kube.post_event(
+                body, type_="Warning", reason="InvalidSpec", message=message, now=now
+            )
+            result.status_written = True
+        result.error = message
+
+
+class ReconcileError(Exception):
+    """The reconcile did not fully succeed; it is retried with backoff."""
+
+
+def _parse_status(raw: Mapping[str, Any]) -> AIStackStatus | None:
+    if not raw:
+        return None
+    try:
+        return AIStackStatus.model_validate(raw)
+    except ValidationError:
+        return None
+
+
+def _applied_event(result: Result) -> EventSpec:
+    parts = [f"{k[0]} {k[2]}" for k in result.applied]
+    msg = f"applied {len(result.applied)}"
+    if parts:
+        msg += f" ({', '.join(parts[:8])}{', ...' if len(parts) > 8 else ''})"
+    if result.deleted:
+        gone = ", ".join(f"{k[0]} {k[2]}" for k in result.deleted[:8])
+        msg += f"; deleted {len(result.deleted)} ({gone})"
+    return EventSpec("Normal", "Applied", msg)
+
+
+class StackQueue:
+    """Runs reconciles: serial per stack, coalescing bursts, retrying with backoff."""
+
+    def __init__(
+        self,
+        reconcile: Callable[[StackKey, StackView], Result | None],
+        snapshot: Callable[[StackKey], StackView],
+        *,
+        debounce: float = 0.2,
+        max_backoff: float = 60.0,
+    ) -> None:
+        self._reconcile = reconcile
+        self._snapshot = snapshot
+        self._debounce = debounce
+        self._max_backoff = max_backoff
+        self._wake: dict[StackKey, asyncio.Event] = {}
+        self._tasks: dict[StackKey, asyncio.Task[None]] = {}
+
+    def request(self, key: StackKey) -> None:
+        wake = self._wake.get(key)
+        if wake is None:
+            wake = self._wake[key] = asyncio.Event()
+            self._tasks[key] = asyncio.get_running_loop().create_task(
+                self._worker(key, wake), name=f"reconcile {key[0]}/{key[1]}"
+            )
+        wake.set()
+
+    def request_all(self, keys: Iterable[StackKey]) -> None:
+        for key in keys:
+            self.request(key)
+
+    async def _worker(self, key: StackKey, wake: asyncio.Event) -> None:
+        backoff = 1.0
+        try:
+            while True:
+                await wake.wait()
+                await asyncio.sleep(self._debounce)
+                wake.clear()
+                try:
+                    view = self._snapshot(key)
+                    result = await asyncio.to_thread(self._reconcile, key, view)
+                except Exception as exc:
+                    level = (
+                        logging.WARNING
+                        if isinstance(exc, ReconcileError | KubeError)
+                        else logging.ERROR
+                    )
+                    log.log(
+                        level,
+                        "reconcile of %s/%s failed, retrying in %.0fs: %s",
+                        *key, backoff, exc,
+                        exc_info=level == logging.ERROR,
+                    )  # fmt: skip
+                    asyncio.get_running_loop().call_later(backoff, wake.set)
+                    backoff = min(backoff * 2, self._max_backoff)
+                    continue
+                backoff = 1.0
+                if result is None and not wake.is_set():
+                    return  # the stack is gone
+        finally:
+            self._wake.pop(key, None)
+            self._tasks.pop(key, None)
+
+    async def close(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,229 @@
+"""kopf wiring: settings, the caches (indexes) and the events that queue reconciles.
+
+No handler here does work of its own. Indexes keep in memory what the watches show of
+stacks, their children, their pods and the license policies; every event on one of them
+queues a reconcile of the stack it belongs to. kopf is used without its per-object state
+(no progress or diff-base annotations, no finalizers): the reconcile is level-based, so
+nothing needs remembering between runs, a converged stack is never written to, and a
+stack can always be deleted, operator running or not.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from aistack import names
+from aistack.controller import Reconciler, StackKey, StackQueue, StackView
+from aistack.kube import Kube, load_client
+from aistack.licensing_bridge import license_verdicts
+from aistack.render import RenderConfig
+
+log = logging.getLogger(__name__)
+
+STACKS = ("aistack.dev", "v1alpha1", "aistacks")
+POLICIES = ("aistack.dev", "v1alpha1", "licensepolicies")
+CHILD_RESOURCES = {
+    "deployments": ("apps", "v1", "deployments"),
+    "services": ("", "v1", "services"),
+    "configmaps": ("", "v1", "configmaps"),
+    "pvcs": ("", "v1", "persistentvolumeclaims"),
+}
+OWNED = {names.STACK_LABEL: kopf.PRESENT}
+
+
+class Runtime:
+    """What the handlers share: operator settings, the caches, the queue."""
+
+    config: RenderConfig = RenderConfig()
+    kubeconfig: str | None = None
+
+    def __init__(self) -> None:
+        self.indexes: dict[str, Any] = {}
+        self.reconciler: Reconciler | None = None
+        self.queue: StackQueue | None = None
+
+    def start(self) -> None:
+        kube = Kube(load_client(self.kubeconfig))
+        self.reconciler = Reconciler(kube=kube, licensing=license_verdicts, config=self.config)
+        self.queue = StackQueue(self.reconciler.reconcile_once, self.snapshot)
+
+    def bind(self, kwargs: Mapping[str, Any]) -> None:
+        """Remember the index objects kopf passes to every handler."""
+        for name in INDEX_NAMES:
+            if name in kwargs:
+                self.indexes[name] = kwargs[name]
+
+    def _values(self, index: str, key: object) -> list[Any]:
+        store = self.indexes.get(index, {}).get(key)
+        return [copy.deepcopy(v) for v in store] if store else []
+
+    def snapshot(self, key: StackKey) -> StackView:
+        stacks = self._values("stack_index", key)
+        children: list[Any] = []
+        for kind in CHILD_RESOURCES:
+            children += self._values(f"{kind}_index", key)
+        policies = [
+            copy.deepcopy(v)
+            for store in self.indexes.get("policy_index", {}).values()
+            for v in store
+        ]
+        return StackView(
+            stack=stacks[0] if stacks else None,
+            children=children,
+            pods=self._values("pods_index", key),
+            policies=policies,
+        )
+
+    def request(self, key: StackKey) -> None:
+        if self.queue is not None:
+            self.queue.request(key)
+
+    def request_all(self) -> None:
+        stacks = self.indexes.get("stack_index", {})
+        for key in list(stacks.keys()):
+            self.request(key)
+
+
+RUNTIME = Runtime()
+
+
+def _trim(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A plain copy without managedFields (large, and never needed here)."""
+    plain = copy.deepcopy(dict(body))
+    plain.get("metadata", {}).pop("managedFields", None)
+    return plain
+
+
+def _trim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body.get("metadata", {})
+    status = body.get("status", {})
+    return {
+        "metadata": {
+            "name": meta.get("name"),
+            "labels": dict(meta.get("labels") or {}),
+            "deletionTimestamp": meta.get("deletionTimestamp"),
+        },
+        "spec": {"nodeName": body.get("spec", {}).get("nodeName")},
+        "status": {
+            "phase": status.get("phase"),
+            "conditions": copy.deepcopy(list(status.get("conditions") or [])),
+            "containerStatuses": copy.deepcopy(list(status.get("containerStatuses") or [])),
+        },
+    }
+
+
+# ---------------------------------------------------------------- settings
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Events are posted deliberately by the reconciler, not for every log line.
+    settings.posting.enabled = False
+    # Our own prefix for anything kopf might store; with only event handlers and
+    # indexes it stores nothing on the objects.
+    settings.persistence.finalizer = f"{names.GROUP}/kopf-finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=names.GROUP, key="last-handled-configuration"
+    )
+    settings.peering.name = "aistack-operator"
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+    RUNTIME.start()
+
+
+@kopf.on.cleanup()
+async def shutdown(**_: Any) -> None:
+    if RUNTIME.queue is not None:
+        await RUNTIME.queue.close()
+
+
+# ---------------------------------------------------------------- caches
+
+
+@kopf.index(*STACKS)
+def stack_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace or "", name): _trim(body)}
+
+
+@kopf.index(*POLICIES)
+def policy_index(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {name: _trim(body)}
+
+
+@kopf.index(*CHILD_RESOURCES["deployments"], labels=OWNED)
+def deployments_index(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Any, Any]:
+    return {(namespace or "", labels[names.STACK_LABEL]): _trim(body)}
+
+
+@kopf.index(*CHILD_RESOURCES["services"], labels=OWNED)
+def services_index(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Any, Any]:
+    return {(namespace or "", labels[names.STACK_LABEL]): _trim(body)}
+
+
+@kopf.index(*CHILD_RESOURCES["configmaps"], labels=OWNED)
+def configmaps_index(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Any, Any]:
+    return {(namespace or "", labels[names.STACK_LABEL]): _trim(body)}
+
+
+@kopf.index(*CHILD_RESOURCES["pvcs"], labels=OWNED)
+def pvcs_index(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Any, Any]:
+    return {(namespace or "", labels[names.STACK_LABEL]): _trim(body)}
+
+
+@kopf.index("", "v1", "pods", labels=OWNED)
+def pods_index(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Any, Any]:
+    return {(namespace or "", labels[names.STACK_LABEL]): _trim_pod(body)}
+
+
+INDEX_NAMES = (
+    "stack_index",
+    "policy_index",
+    "deployments_index",
+    "services_index",
+    "configmaps_index",
+    "pvcs_index",
+    "pods_index",
+)
+
+
+# ---------------------------------------------------------------- triggers
+
+
+@kopf.on.event(*STACKS)
+async def stack_event(namespace: str | None, name: str, **kwargs: Any) -> None:
+    RUNTIME.bind(kwargs)
+    RUNTIME.request((namespace or "", name))
+
+
+@kopf.on.event(*POLICIES)
+async def policy_event(**kwargs: Any) -> None:
+    # A policy change can permit or block models anywhere: re-evaluate every stack.
+    RUNTIME.bind(kwargs)
+    RUNTIME.request_all()
+
+
+async def _child_event(namespace: str | None, labels: Mapping[str, str], **kwargs: Any) -> None:
+    RUNTIME.bind(kwargs)
+    RUNTIME.request((namespace or "", labels[names.STACK_LABEL]))
+
+
+for _resource in CHILD_RESOURCES.values():
+    kopf.on.event(*_resource, labels=OWNED, id=f"child-{_resource[2]}")(_child_event)
+kopf.on.event("", "v1", "pods", labels=OWNED, id="child-pods")(_child_event)

@@ -1,0 +1,210 @@
+"""The one module (with the kopf handlers) that talks to the API server.
+
+A thin REST layer over the official client's authenticated connection: server-side apply
+with one field manager, delete, list by label, status patch, Events. Each call is retry-
+safe: apply is idempotent, a 404 on delete is success, a 409 on create of an Event is
+ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import kubernetes
+
+from aistack.api.v1alpha1 import GROUP, VERSION
+from aistack.plan import Key, Manifest
+
+log = logging.getLogger(__name__)
+
+FIELD_MANAGER = "aistack-operator"
+TIMEOUT = (5.0, 30.0)
+
+#: kind -> (API prefix, plural, namespaced)
+RESOURCES: dict[str, tuple[str, str, bool]] = {
+    "Deployment": ("/apis/apps/v1", "deployments", True),
+    "Service": ("/api/v1", "services", True),
+    "ConfigMap": ("/api/v1", "configmaps", True),
+    "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims", True),
+    "Pod": ("/api/v1", "pods", True),
+    "Event": ("/api/v1", "events", True),
+    "AIStack": (f"/apis/{GROUP}/{VERSION}", "aistacks", True),
+    "LicensePolicy": (f"/apis/{GROUP}/{VERSION}", "licensepolicies", False),
+}
+
+
+class KubeError(Exception):
+    """An API call failed; ``status`` is the HTTP status (0: no answer)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _path(kind: str, namespace: str | None = None, name: str | None = None) -> str:
+    prefix, plural, namespaced = RESOURCES[kind]
+    path = prefix
+    if namespaced and namespace:
+        path += f"/namespaces/{quote(namespace)}"
+    path += f"/{plural}"
+    if name:
+        path += f"/{quote(name)}"
+    return path
+
+
+def load_client(kubeconfig: str | None = None) -> kubernetes.client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig."""
+    config = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=config)  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, client_configuration=config
+        )
+    client = kubernetes.client.ApiClient(configuration=config)
+    client.user_agent = f"{FIELD_MANAGER}/{__import__('aistack').__version__}"
+    return client
+
+
+@dataclass
+class Kube:
+    client: kubernetes.client.ApiClient
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        serialized = self.client.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=list((query or {}).items()),
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self.client.call_api(*serialized, _request_timeout=TIMEOUT)
+            response.read()  # type: ignore[no-untyped-call]
+        except kubernetes.client.ApiException as exc:
+            raise KubeError(int(exc.status or 0), _message(exc.body) or str(exc)) from exc
+        except Exception as exc:  # connection refused, timeouts: no answer at all
+            raise KubeError(0, f"{method} {path}: {exc}") from exc
+        text = response.data.decode() if response.data else ""
+        if response.status >= 400:
+            raise KubeError(
+                response.status, _message(text) or f"{method} {path}: {response.status}"
+            )
+        return json.loads(text) if text else {}
+
+    # ------------------------------------------------------------ objects
+
+    def apply(self, manifest: Manifest) -> dict[str, Any]:
+        """Server-side apply; our field manager wins conflicts (drift is corrected)."""
+        meta = manifest["metadata"]
+        return self.request(
+            "PATCH",
+            _path(manifest["kind"], meta.get("namespace"), meta["name"]),
+            query={"fieldManager": FIELD_MANAGER, "force": "true"},
+            body=manifest,
+            content_type="application/apply-patch+yaml",
+        )
+
+    def delete(self, key: Key) -> None:
+        kind, namespace, name = key
+        try:
+            self.request(
+                "DELETE",
+                _path(kind, namespace, name),
+                body={"propagationPolicy": "Background"},
+            )
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+
+    def list(
+        self, kind: str, namespace: str | None = None, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        query = {"labelSelector": label_selector} if label_selector else None
+        items = self.request("GET", _path(kind, namespace), query=query).get("items", [])
+        api_version = RESOURCES[kind][0].removeprefix("/apis/").removeprefix("/api/")
+        for item in items:  # list items carry no apiVersion/kind of their own
+            item.setdefault("apiVersion", api_version)
+            item.setdefault("kind", kind)
+        return list(items)
+
+    def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        try:
+            return self.request("GET", _path(kind, namespace, name))
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    # ------------------------------------------------------------ AIStack
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        """Replace the AIStack's status (merge patch: null clears a removed field)."""
+        return self.request(
+            "PATCH",
+            _path("AIStack", namespace, name) + "/status",
+            body={"status": status},
+            content_type="application/merge-patch+json",
+        )
+
+    def post_event(
+        self,
+        stack: Mapping[str, Any],
+        *,
+        type_: str,
+        reason: str,
+        message: str,
+        now: str,
+    ) -> None:
+        meta = stack["metadata"]
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": stack["apiVersion"],
+                "kind": stack["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "reportingInstance": FIELD_MANAGER,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.request("POST", _path("Event", meta["namespace"]), body=event)
+        except KubeError as exc:  # an Event is never worth failing a reconcile for
+            log.warning("could not post Event %s on %s: %s", reason, meta["name"], exc)
+
+
+def _message(body: str | bytes | None) -> str:
+    if not body:
+        return ""
+    try:
+        data = json.loads(body)
+    except (TypeError, ValueError):
+        return str(body)[:500]
+    return str(data.get("message", ""))[:2000] if isinstance(data, dict) else str(data)[:500]

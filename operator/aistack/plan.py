@@ -1,0 +1,169 @@
+"""Plan: desired manifests against observed children -> what to apply, what to delete.
+
+Pure. The rule that keeps a converged stack quiet: a desired object is applied only when
+the observed one lacks some field we set, or holds another value there. Fields the API
+server or other controllers add (defaults, status, foreign labels) are not our business.
+Quantities compare by value, because the API server rewrites them (``1`` -> ``"1"``,
+``0.5`` -> ``"500m"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from aistack import names
+
+Manifest = dict[str, Any]
+Key = tuple[str, str, str]  # kind, namespace, name
+
+#: Kinds the operator creates, in the order they are applied (storage and config before
+#: the workloads that mount them).
+KINDS: tuple[str, ...] = ("PersistentVolumeClaim", "ConfigMap", "Service", "Deployment")
+#: Kinds whose spec is (mostly) immutable once created: created when missing, never
+#: re-applied (a PVC cannot shrink or change class; growing it is a deliberate act).
+CREATE_ONLY: frozenset[str] = frozenset({"PersistentVolumeClaim"})
+
+_SUFFIXES: dict[str, int | Decimal] = {
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+    "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
+    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+}  # fmt: skip
+
+
+def key_of(manifest: Mapping[str, Any]) -> Key:
+    meta = manifest["metadata"]
+    return (str(manifest["kind"]), str(meta.get("namespace", "")), str(meta["name"]))
+
+
+def quantity(value: Any) -> Decimal | None:
+    """The value of a Kubernetes quantity, or None when it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return Decimal(str(value))
+    if not isinstance(value, str) or not value:
+        return None
+    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
+        if value.endswith(suffix):
+            number, multiplier = value[: -len(suffix)], Decimal(str(_SUFFIXES[suffix]))
+            break
+    else:
+        number, multiplier = value, Decimal(1)
+    try:
+        return Decimal(number) * multiplier
+    except InvalidOperation:
+        return None
+
+
+def _scalar_equal(want: Any, have: Any) -> bool:
+    if want == have and type(want) is type(have):
+        return True
+    if isinstance(want, bool) or isinstance(have, bool):
+        return False
+    if isinstance(want, str | int | float) and isinstance(have, str | int | float):
+        a, b = quantity(want), quantity(have)
+        return a is not None and a == b
+    return False
+
+
+def differences(want: Any, have: Any, path: str = "") -> list[str]:
+    """Paths where ``have`` does not hold what ``want`` sets (``want`` must be a subset)."""
+    if isinstance(want, dict):
+        if not isinstance(have, dict):
+            return [path or "."]
+        out: list[str] = []
+        for k, v in want.items():
+            if k not in have:
+                out.append(f"{path}.{k}")
+            else:
+                out += differences(v, have[k], f"{path}.{k}")
+        return out
+    if isinstance(want, list):
+        if not isinstance(have, list) or len(want) != len(have):
+            return [path or "."]
+        out = []
+        for i, (w, h) in enumerate(zip(want, have, strict=True)):
+            out += differences(w, h, f"{path}[{i}]")
+        return out
+    return [] if _scalar_equal(want, have) else [path or "."]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one reconcile must do; empty when the stack is converged."""
+
+    apply: list[Manifest] = field(default_factory=list)
+    delete: list[Key] = field(default_factory=list)
+    #: Why each object is applied: key -> first differing paths (for logs and Events).
+    reasons: dict[Key, list[str]] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return not self.apply and not self.delete
+
+
+def owner_reference(stack: Mapping[str, Any]) -> dict[str, Any]:
+    meta = stack["metadata"]
+    return {
+        "apiVersion": stack["apiVersion"],
+        "kind": stack["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def with_owner(manifest: Manifest, stack: Mapping[str, Any]) -> Manifest:
+    """The manifest owned by the stack, so deleting the stack deletes it, unless it is
+    marked to be retained (the MLflow data PVC by default)."""
+    annotations = manifest["metadata"].get("annotations", {})
+    if annotations.get(names.RETAIN_ANNOTATION) == "true":
+        return manifest
+    meta = dict(manifest["metadata"], ownerReferences=[owner_reference(stack)])
+    return dict(manifest, metadata=meta)
+
+
+def is_owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    refs = obj.get("metadata", {}).get("ownerReferences") or []
+    return any(r.get("uid") == uid and r.get("controller") for r in refs)
+
+
+def make_plan(
+    desired: Sequence[Manifest],
+    observed: Iterable[Mapping[str, Any]],
+    owner_uid: str,
+) -> Plan:
+    """Compare desired manifests (already carrying ownerReferences) with observed children.
+
+    Deletes only what this stack owns and no longer wants: objects someone else created,
+    and retained objects (which carry no ownerReference), are never deleted.
+    """
+    seen = {key_of(o): o for o in observed}
+    apply: list[Manifest] = []
+    reasons: dict[Key, list[str]] = {}
+    wanted: set[Key] = set()
+    for manifest in desired:
+        key = key_of(manifest)
+        wanted.add(key)
+        have = seen.get(key)
+        if have is None:
+            apply.append(manifest)
+            reasons[key] = ["missing"]
+            continue
+        if key[0] in CREATE_ONLY:
+            diff = differences(manifest["metadata"], have.get("metadata", {}), "metadata")
+        else:
+            diff = differences(manifest, have)
+        if diff:
+            apply.append(manifest)
+            reasons[key] = diff[:5]
+    apply.sort(key=lambda m: KINDS.index(m["kind"]) if m["kind"] in KINDS else len(KINDS))
+    delete = sorted(
+        key for key, obj in seen.items() if key not in wanted and is_owned_by(obj, owner_uid)
+    )
+    delete.sort(key=lambda k: -KINDS.index(k[0]) if k[0] in KINDS else 0)
+    return Plan(apply=apply, delete=delete, reasons=reasons)

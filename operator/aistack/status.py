@@ -1,0 +1,431 @@
+"""Status: observed children -> conditions, phase, per-model status, Events to post.
+
+Pure: everything it needs is passed in, the clock included. The same observations always
+give the same status, and ``lastTransitionTime`` moves only when a condition's status
+really changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aistack import names
+from aistack.api.v1alpha1 import (
+    AIStack,
+    AIStackStatus,
+    Condition,
+    Endpoints,
+    ModelSpec,
+    ModelStatus,
+)
+from aistack.render import RenderConfig, endpoints
+from aistack.render.render import VLLM_PORT
+
+Obj = Mapping[str, Any]
+Phase = Literal["Pending", "Progressing", "Ready", "Degraded", "Blocked"]
+
+READY = "Ready"
+LICENSE_COMPLIANT = "LicenseCompliant"
+MODELS_READY = "ModelsReady"
+RAY_READY = "RayReady"
+TRACKING_READY = "TrackingReady"
+GATEWAY_READY = "GatewayReady"
+CONDITION_TYPES = (READY, LICENSE_COMPLIANT, MODELS_READY, RAY_READY, TRACKING_READY, GATEWAY_READY)
+
+#: Pod and container states that will not fix themselves: the part is Degraded.
+_STUCK_CONTAINER_REASONS = frozenset(
+    {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError",
+     "InvalidImageName", "CreateContainerError"}
+)  # fmt: skip
+#: Part reasons that make the stack Degraded rather than Progressing.
+PROBLEMS = _STUCK_CONTAINER_REASONS | {
+    "Unschedulable",
+    "ProgressDeadlineExceeded",
+    "ReplicaFailure",
+    "ApplyFailed",
+}
+
+
+@dataclass(frozen=True)
+class LicenseVerdict:
+    """What the license check decided for one model (the status needs no more)."""
+
+    permitted: bool
+    violation: bool
+    reason: str
+    message: str
+    license: str | None = None
+    license_source: str | None = None
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Children of one stack as the operator last saw them (raw API objects)."""
+
+    deployments: Mapping[str, Obj]
+    pods: Sequence[Obj] = ()
+
+
+@dataclass(frozen=True)
+class PartState:
+    desired: int
+    ready: int
+    reason: str
+    message: str
+    exists: bool = True
+
+    @property
+    def is_ready(self) -> bool:
+        return self.reason in ("Ready", "ScaledToZero", "Disabled")
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+# ---------------------------------------------------------------- parts
+
+
+def _labels_match(obj: Obj, selector: Mapping[str, str]) -> bool:
+    labels = obj.get("metadata", {}).get("labels") or {}
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def _pod_problem(pods: Sequence[Obj], selector: Mapping[str, str]) -> tuple[str, str] | None:
+    for pod in pods:
+        if not _labels_match(pod, selector) or pod.get("metadata", {}).get("deletionTimestamp"):
+            continue
+        status = pod.get("status") or {}
+        for cond in status.get("conditions") or []:
+            if (
+                cond.get("type") == "PodScheduled"
+                and cond.get("status") == "False"
+                and cond.get("reason") == "Unschedulable"
+            ):
+                name = pod["metadata"]["name"]
+                return "Unschedulable", f"pod {name}: {cond.get('message', '').strip()}"
+        for cs in status.get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in _STUCK_CONTAINER_REASONS:
+                name = pod["metadata"]["name"]
+                detail = waiting.get("message", "").strip()
+                return waiting["reason"], f"pod {name}, container {cs.get('name')}: {detail}"
+    return None
+
+
+def deployment_state(deploy: Obj | None, name: str) -> PartState:
+    if deploy is None:
+        return PartState(0, 0, "Creating", f"Deployment {name} does not exist yet", exists=False)
+    spec = deploy.get("spec") or {}
+    status = deploy.get("status") or {}
+    desired = int(spec.get("replicas", 1))
+    ready = int(status.get("readyReplicas") or 0)
+    updated = int(status.get("updatedReplicas") or 0)
+    generation = deploy.get("metadata", {}).get("generation")
+    stale = generation is not None and int(status.get("observedGeneration") or 0) < int(generation)
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+            return PartState(desired, ready, "ProgressDeadlineExceeded", cond.get("message", ""))
+        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+            return PartState(desired, ready, "ReplicaFailure", cond.get("message", ""))
+    if desired == 0:
+        return PartState(0, 0, "ScaledToZero", f"{name} is scaled to zero")
+    if not stale and ready >= desired and updated >= desired:
+        return PartState(desired, ready, "Ready", f"{ready}/{desired} replicas ready")
+    return PartState(desired, min(ready, desired), "Starting", f"{ready}/{desired} replicas ready")
+
+
+def part_state(
+    deployments: Sequence[str],
+    selector: Mapping[str, str],
+    observed: Observed,
+) -> PartState:
+    """One part (several Deployments act as one) with its pods' problems folded in."""
+    states = [deployment_state(observed.deployments.get(d), d) for d in deployments]
+    desired = sum(s.desired for s in states)
+    ready = sum(s.ready for s in states)
+    if all(s.is_ready for s in states):
+        reason = "ScaledToZero" if desired == 0 else "Ready"
+        return PartState(desired, ready, reason, f"{ready}/{desired} replicas ready")
+    problem = _pod_problem(observed.pods, selector)
+    if problem is not None:
+        return PartState(desired, ready, problem[0], problem[1])
+    worst = next((s for s in states if s.reason in PROBLEMS), None)
+    worst = worst or next(s for s in states if not s.is_ready)
+    return PartState(
+        desired, ready, worst.reason, worst.message, exists=all(s.exists for s in states)
+    )
+
+
+# ---------------------------------------------------------------- models
+
+
+def _model_state(stack: AIStack, model: ModelSpec, observed: Observed) -> tuple[PartState, int]:
+    """State of a model's servers and the number of replicas (groups) that serve."""
+    stack_name = stack.metadata.name
+    selector = names.selector_labels(stack_name, "model-server", model=model.name)
+    if not model.multi_node:
+        state = part_state([names.model_base(stack_name, model.name)], selector, observed)
+        return state, state.ready
+    serving = 0
+    deployments: list[str] = []
+    for g in range(model.replicas):
+        group = [
+            names.model_group_leader(stack_name, model.name, g),
+            names.model_group_workers(stack_name, model.name, g),
+        ]
+        deployments += group
+        group_selector = dict(selector, **{names.GROUP_LABEL: str(g)})
+        if part_state(group, group_selector, observed).is_ready:
+            serving += 1
+    state = part_state(deployments, selector, observed)
+    return state, serving
+
+
+def _model_endpoint(stack: AIStack, model: ModelSpec, config: RenderConfig) -> str:
+    ns = stack.metadata.namespace or "default"
+    host = f"{names.model_base(stack.metadata.name, model.name)}.{ns}.svc.{config.cluster_domain}"
+    return f"http://{host}:{VLLM_PORT}/v1"
+
+
+# ---------------------------------------------------------------- conditions
+
+
+def _condition(
+    ctype: str,
+    ok: bool,
+    reason: str,
+    message: str,
+    generation: int | None,
+    previous: Mapping[str, Condition],
+    now: str,
+) -> Condition:
+    status: Literal["True", "False"] = "True" if ok else "False"
+    before = previous.get(ctype)
+    since = before.last_transition_time if before and before.status == status else now
+    return Condition(
+        type=ctype,
+        status=status,
+        reason=reason,
+        message=message,
+        observed_generation=generation,
+        last_transition_time=since,
+    )
+
+
+def _part_condition(
+    ctype: str,
+    enabled: bool,
+    state: PartState | None,
+    what: str,
+    generation: int | None,
+    previous: Mapping[str, Condition],
+    now: str,
+) -> Condition:
+    if not enabled or state is None:
+        return _condition(ctype, True, "Disabled", f"{what} is disabled", generation, previous, now)
+    msg = f"{what}: {state.message}"
+    return _condition(ctype, state.is_ready, state.reason, msg, generation, previous, now)
+
+
+def compute_status(
+    stack: AIStack,
+    verdicts: Mapping[str, LicenseVerdict],
+    observed: Observed,
+    *,
+    now: str,
+    config: RenderConfig | None = None,
+    apply_error: str | None = None,
+) -> AIStackStatus:
+    """The stack's status from what was observed. ``now`` stamps conditions that change."""
+    config = config or RenderConfig()
+    stack_name = stack.metadata.name
+    generation = stack.metadata.generation
+    previous = {c.type: c for c in (stack.status.conditions if stack.status else [])}
+    spec = stack.spec
+
+    def cond(ctype: str, ok: bool, reason: str, message: str) -> Condition:
+        return _condition(ctype, ok, reason, message, generation, previous, now)
+
+    # Models
+    model_statuses: list[ModelStatus] = []
+    blocked: list[tuple[ModelSpec, LicenseVerdict]] = []
+    violations: list[tuple[ModelSpec, LicenseVerdict]] = []
+    not_ready: list[tuple[ModelSpec, PartState]] = []
+    ready_models = 0
+    for model in spec.models:
+        verdict = verdicts.get(model.name) or LicenseVerdict(
+            permitted=False, violation=True, reason="LicenseNotChecked",
+            message=f"the license of {model.source} has not been checked yet",
+        )  # fmt: skip
+        if verdict.violation:
+            violations.append((model, verdict))
+        entry: dict[str, Any] = {
+            "name": model.name,
+            "source": model.source,
+            "revision": model.revision,
+            "license": verdict.license,
+            "license_source": verdict.license_source,
+            "permitted": verdict.permitted,
+            "replicas": model.replicas,
+        }
+        if not verdict.permitted:
+            blocked.append((model, verdict))
+            entry.update(reason=verdict.reason, message=verdict.message, ready_replicas=0)
+        else:
+            state, serving = _model_state(stack, model, observed)
+            entry.update(
+                ready_replicas=serving,
+                reason=state.reason,
+                message=state.message,
+                endpoint=_model_endpoint(stack, model, config),
+            )
+            if state.is_ready:
+                ready_models += 1
+            else:
+                not_ready.append((model, state))
+        model_statuses.append(ModelStatus(**entry))
+
+    conditions: list[Condition] = []
+    # LicenseCompliant
+    if not spec.models:
+        conditions.append(cond(LICENSE_COMPLIANT, True, "NoModels", "the stack serves no models"))
+    elif violations:
+        first = violations[0][1]
+        detail = "; ".join(v.message for _, v in violations)
+        conditions.append(cond(LICENSE_COMPLIANT, False, first.reason, detail))
+    else:
+        conditions.append(
+            cond(LICENSE_COMPLIANT, True, "LicensesPermitted", "every model's license is permitted")
+        )
+    # ModelsReady
+    served = len(spec.models) - len(blocked)
+    if not spec.models:
+        conditions.append(cond(MODELS_READY, True, "NoModels", "the stack serves no models"))
+    elif served == 0:
+        conditions.append(
+            cond(MODELS_READY, False, "AllModelsBlocked", "no model is permitted to run")
+        )
+    elif not_ready:
+        worst = next(((m, s) for m, s in not_ready if s.reason in PROBLEMS), not_ready[0])
+        detail = "; ".join(f"{m.name}: {s.message}" for m, s in not_ready)
+        conditions.append(cond(MODELS_READY, False, worst[1].reason, detail))
+    else:
+        conditions.append(
+            cond(MODELS_READY, True, "Ready", f"{ready_models}/{served} permitted models serve")
+        )
+    # Ray, MLflow, gateway
+    ray_state = None
+    if spec.ray.enabled:
+        ray_deployments = [names.ray_head(stack_name)] + [
+            names.ray_worker(stack_name, g.name) for g in spec.ray.worker_groups
+        ]
+        ray_state = part_state(
+            ray_deployments,
+            {names.STACK_LABEL: stack_name, "app.kubernetes.io/name": "ray"},
+            observed,
+        )
+    conditions.append(
+        _part_condition(RAY_READY, spec.ray.enabled, ray_state, "Ray", generation, previous, now)
+    )
+    mlflow_state = None
+    if spec.mlflow.enabled:
+        mlflow_state = part_state(
+            [names.mlflow(stack_name)], names.selector_labels(stack_name, "tracking"), observed
+        )
+    tracking = _part_condition(
+        TRACKING_READY, spec.mlflow.enabled, mlflow_state, "MLflow", generation, previous, now
+    )
+    if spec.mlflow.enabled and spec.mlflow.needs_pvc:
+        kept = (
+            "deleted with the stack"
+            if spec.mlflow.storage.delete_with_stack
+            else "kept when the stack is deleted"
+        )
+        pvc = names.mlflow_data(stack_name)
+        tracking = tracking.model_copy(
+            update={"message": f"{tracking.message}; data PVC {pvc} is {kept}"}
+        )
+    conditions.append(tracking)
+    gateway_state = None
+    if spec.gateway.enabled:
+        gateway_state = part_state(
+            [names.gateway(stack_name)], names.selector_labels(stack_name, "gateway"), observed
+        )
+    conditions.append(
+        _part_condition(
+            GATEWAY_READY, spec.gateway.enabled, gateway_state, "Gateway", generation, previous, now
+        )
+    )
+
+    # Ready and phase
+    # A license violation that was not enforced (Warn, DryRun) is reported by
+    # LicenseCompliant alone; it makes the stack not Ready only when models are blocked.
+    failing = [
+        c for c in conditions if c.status != "True" and (c.type != LICENSE_COMPLIANT or blocked)
+    ]
+    if apply_error:
+        ready = cond(READY, False, "ApplyFailed", apply_error)
+    elif failing:
+        ready = cond(READY, False, failing[0].reason, failing[0].message)
+    else:
+        ready = cond(READY, True, "Ready", "every part of the stack is ready")
+    conditions.insert(0, ready)
+
+    phase: Phase
+    part_states = [s for s in (ray_state, mlflow_state, gateway_state) if s is not None]
+    part_states += [s for _, s in not_ready]
+    if apply_error:
+        phase = "Degraded"
+    elif spec.models and served == 0 and blocked:
+        phase = "Blocked"
+    elif ready.status == "True":
+        phase = "Ready"
+    elif blocked or any(s.reason in PROBLEMS for s in part_states):
+        phase = "Degraded"
+    elif not observed.deployments:
+        phase = "Pending"
+    else:
+        phase = "Progressing"
+
+    eps = endpoints(stack, config)
+    return AIStackStatus(
+        observed_generation=generation,
+        phase=phase,
+        models_ready=f"{ready_models}/{len(spec.models)}",
+        conditions=conditions,
+        models=model_statuses,
+        endpoints=Endpoints.model_validate(eps) if eps else None,
+    )
+
+
+def status_dict(status: AIStackStatus) -> dict[str, Any]:
+    """The status as the API server stores it (camelCase, no nulls)."""
+    return status.model_dump(by_alias=True, exclude_none=True)
+
+
+def transitions(old: AIStackStatus | None, new: AIStackStatus) -> list[EventSpec]:
+    """Events worth posting for the change from ``old`` to ``new``: only real transitions,
+    so a stack that stays the same posts nothing."""
+    events: list[EventSpec] = []
+    before = {m.name: m for m in (old.models if old else [])}
+    for m in new.models:
+        prev = before.get(m.name)
+        if m.permitted is False and (prev is None or prev.permitted is not False):
+            events.append(EventSpec("Warning", "ModelBlocked", f"{m.name}: {m.message}"))
+        was_ready = prev is not None and prev.reason == "Ready"
+        if m.permitted and m.reason == "Ready" and not was_ready:
+            events.append(EventSpec("Normal", "ModelReady", f"{m.name} serves at {m.endpoint}"))
+    old_phase = old.phase if old else None
+    if new.phase != old_phase:
+        ready = next(c for c in new.conditions if c.type == READY)
+        if new.phase == "Ready":
+            events.append(EventSpec("Normal", "StackReady", ready.message))
+        elif new.phase in ("Degraded", "Blocked"):
+            events.append(EventSpec("Warning", new.phase, f"{ready.reason}: {ready.message}"))
+    return events

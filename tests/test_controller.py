@@ -1,0 +1,237 @@
+"""The reconcile loop's steps, against an in-memory stand-in for the API server.
+
+The real API server is exercised by tests/e2e; here the point is the order of the steps,
+what is written when, and that a converged stack is left alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from aistack.api import AIStack
+from aistack.controller import (
+    ReconcileError,
+    Reconciler,
+    StackQueue,
+    StackView,
+    merge_patch,
+)
+from aistack.kube import KubeError
+from aistack.plan import Key, key_of
+from aistack.status import LicenseVerdict
+from helpers import stack_doc
+
+NOW = "2026-01-01T00:00:00Z"
+
+
+class FakeKube:
+    """Stores what is applied; records every call."""
+
+    def __init__(self) -> None:
+        self.objects: dict[Key, dict[str, Any]] = {}
+        self.calls: list[tuple[str, Any]] = []
+        self.status: dict[str, Any] | None = None
+        self.fail: dict[Key, KubeError] = {}
+        self.rv = 100
+
+    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        key = key_of(manifest)
+        self.calls.append(("apply", key))
+        if key in self.fail:
+            raise self.fail[key]
+        self.rv += 1
+        obj = copy.deepcopy(manifest)
+        obj["metadata"]["resourceVersion"] = str(self.rv)
+        self.objects[key] = obj
+        return obj
+
+    def delete(self, key: Key) -> None:
+        self.calls.append(("delete", key))
+        self.objects.pop(key, None)
+
+    def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("status", patch))
+        self.status = merge_apply(self.status or {}, patch)
+        return {}
+
+    def post_event(
+        self, stack: Mapping[str, Any], *, type_: str, reason: str, message: str, now: str
+    ) -> None:
+        self.calls.append(("event", (type_, reason)))
+
+    def writes(self) -> list[tuple[str, Any]]:
+        return [c for c in self.calls if c[0] in ("apply", "delete", "status")]
+
+
+def merge_apply(target: Any, patch: Any) -> Any:
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_apply(out.get(k), v)
+    return out
+
+
+def permit_all(stack: AIStack, policies: list[Any]) -> dict[str, LicenseVerdict]:
+    return {
+        m.name: LicenseVerdict(True, False, "LicenseAllowed", "ok", "MIT", "Catalog")
+        for m in stack.spec.models
+    }
+
+
+def body(**spec: Any) -> dict[str, Any]:
+    doc = stack_doc(**spec)
+    doc["metadata"].update(uid="uid-1", generation=1, resourceVersion="1")
+    return doc
+
+
+def setup(**spec: Any) -> tuple[FakeKube, Reconciler, dict[str, Any]]:
+    kube = FakeKube()
+    rec = Reconciler(kube=kube, licensing=permit_all, clock=lambda: NOW)  # type: ignore[arg-type]
+    return kube, rec, body(**spec)
+
+
+def view(kube: FakeKube, stack: dict[str, Any]) -> StackView:
+    """What the watches would show: the stored objects and the stored status."""
+    current = dict(stack, status=copy.deepcopy(kube.status or {}))
+    return StackView(stack=current, children=[copy.deepcopy(o) for o in kube.objects.values()])
+
+
+KEY = ("ml", "demo")
+
+
+def test_first_reconcile_applies_everything_then_converges_quietly() -> None:
+    kube, rec, stack = setup()
+    result = rec.reconcile_once(KEY, StackView(stack=stack))
+    assert result is not None and result.error is None
+    assert (
+        len(result.applied) == len(kube.objects) == 10
+    )  # 4 Deployments, 4 Services, PVC, ConfigMap
+    assert result.status_written
+    assert kube.status is not None and kube.status["phase"] == "Progressing"
+    events = [c[1] for c in kube.calls if c[0] == "event"]
+    assert events[0] == ("Normal", "Applied")
+    for obj in kube.objects.values():
+        if obj["kind"] != "PersistentVolumeClaim":
+            assert obj["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+
+    kube.calls.clear()
+    result = rec.reconcile_once(KEY, view(kube, stack))
+    assert result is not None
+    assert kube.writes() == [] and kube.calls == []
+
+
+def test_a_removed_model_loses_its_server_and_route() -> None:
+    kube, rec, stack = setup(
+        models=[{"name": "a", "source": "o/a"}, {"name": "b", "source": "o/b"}]
+    )
+    rec.reconcile_once(KEY, StackView(stack=stack))
+    assert ("Deployment", "ml", "demo-vllm-b") in kube.objects
+    smaller = body(models=[{"name": "a", "source": "o/a"}])
+    kube.calls.clear()
+    result = rec.reconcile_once(KEY, view(kube, smaller))
+    assert result is not None
+    assert set(result.deleted) == {
+        ("Deployment", "ml", "demo-vllm-b"),
+        ("Service", "ml", "demo-vllm-b"),
+    }
+    assert ("ConfigMap", "ml", "demo-gateway-config") in result.applied
+    assert (
+        "demo-vllm-b"
+        not in kube.objects[("ConfigMap", "ml", "demo-gateway-config")]["data"]["config.yaml"]
+    )
+    assert [m["name"] for m in kube.status["models"]] == ["a"]  # type: ignore[index]
+
+
+def test_our_own_writes_count_before_the_watch_delivers_them() -> None:
+    kube, rec, stack = setup()
+    rec.reconcile_once(KEY, StackView(stack=stack))
+    kube.calls.clear()
+    # The watch has not delivered anything yet: no re-apply of what we just wrote.
+    rec.reconcile_once(KEY, StackView(stack=dict(stack, status=kube.status)))
+    assert [c for c in kube.calls if c[0] == "apply"] == []
+
+
+def test_an_api_error_is_reported_and_retried() -> None:
+    kube, rec, stack = setup()
+    kube.fail[("Deployment", "ml", "demo-gateway")] = KubeError(
+        403, "deployments.apps is forbidden"
+    )
+    with pytest.raises(ReconcileError, match="forbidden"):
+        rec.reconcile_once(KEY, StackView(stack=stack))
+    assert kube.status is not None and kube.status["phase"] == "Degraded"
+    ready = kube.status["conditions"][0]
+    assert (ready["reason"], ready["status"]) == ("ApplyFailed", "False")
+    assert "Deployment demo-gateway: deployments.apps is forbidden" in ready["message"]
+    assert ("event", ("Warning", "ApplyFailed")) in kube.calls
+    # Everything else was still applied.
+    assert ("Deployment", "ml", "demo-vllm-m") in kube.objects
+
+
+def test_no_answer_from_the_api_server_aborts_the_reconcile() -> None:
+    kube, rec, stack = setup()
+    kube.fail[("ConfigMap", "ml", "demo-gateway-config")] = KubeError(0, "connection refused")
+    with pytest.raises(KubeError):
+        rec.reconcile_once(KEY, StackView(stack=stack))
+    assert kube.status is None
+
+
+def test_a_spec_that_slipped_past_the_schema_is_reported_once() -> None:
+    kube, rec, stack = setup()
+    stack["spec"]["models"][0]["gpus"] = 0
+    result = rec.reconcile_once(KEY, StackView(stack=stack))
+    assert result is not None and result.error is not None
+    assert kube.objects == {}
+    assert kube.status is not None and kube.status["conditions"][0]["reason"] == "InvalidSpec"
+    assert "spec.models[0].gpus" in kube.status["conditions"][0]["message"]
+    kube.calls.clear()
+    rec.reconcile_once(KEY, StackView(stack=dict(stack, status=kube.status)))
+    assert kube.writes() == []
+
+
+def test_a_deleted_stack_ends_its_reconciles() -> None:
+    kube, rec, _ = setup()
+    assert rec.reconcile_once(KEY, StackView(stack=None)) is None
+    assert kube.calls == []
+
+
+def test_merge_patch_clears_removed_fields() -> None:
+    old = {"phase": "Ready", "endpoints": {"gateway": "g", "rayDashboard": "r"}, "models": [1]}
+    new = {"phase": "Ready", "endpoints": {"gateway": "g"}, "models": [1, 2]}
+    assert merge_patch(old, new) == {"endpoints": {"rayDashboard": None}, "models": [1, 2]}
+    assert merge_apply(old, merge_patch(old, new)) == new
+
+
+def test_queue_coalesces_bursts_and_retries_failures() -> None:
+    calls: list[str] = []
+    failures = [ReconcileError("boom")]
+
+    def reconcile(key: tuple[str, str], v: StackView) -> Any:
+        calls.append(key[1])
+        if failures:
+            raise failures.pop()
+        return None if key[1] == "gone" else object()
+
+    async def scenario() -> None:
+        queue = StackQueue(
+            reconcile, lambda key: StackView(stack=None), debounce=0.01, max_backoff=0.05
+        )
+        queue._max_backoff = 0.05
+        for _ in range(20):
+            queue.request(("ml", "a"))
+        await asyncio.sleep(1.3)  # first try fails, the retry after 1s succeeds
+        queue.request(("ml", "gone"))
+        await asyncio.sleep(0.1)
+        await queue.close()
+
+    asyncio.run(scenario())
+    assert calls.count("a") == 2  # 20 requests coalesced into one run, plus one retry
+    assert calls.count("gone") == 1
