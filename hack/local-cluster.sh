@@ -14,7 +14,9 @@
 #
 #   up      builds the tools if needed, creates (or resumes) the cluster, waits
 #           until the API server is ready and the default ServiceAccount exists,
-#           applies the simulated nodes and waits until they are Ready. Writes a
+#           applies the default StorageClass (hack/storage.yaml: PVCs get bound
+#           by kube-controller-manager's hostPath provisioner) and the simulated
+#           nodes, and waits until the nodes are Ready. Writes a
 #           self-contained kubeconfig to --kubeconfig. Safe to run again on a
 #           running cluster (re-applies nodes, rewrites the kubeconfig).
 #   down    deletes the cluster, makes sure none of its processes is left, and
@@ -131,6 +133,13 @@ options:
   kubectlBinary: $BIN_DIR/kubectl
   kwokControllerBinary: $BIN_DIR/kwok
   etcdBinary: $BIN_DIR/etcd
+componentsPatches:
+  # In-tree hostPath provisioner: PVCs of the "standard" class (hack/storage.yaml)
+  # get bound instead of staying Pending for lack of a provisioner.
+  - name: kube-controller-manager
+    extraArgs:
+      - key: enable-hostpath-provisioner
+        value: "true"
 EOF
   echo "$cfg"
 }
@@ -175,6 +184,9 @@ cmd_up() {
   if ! wait_for "ServiceAccount default/default" "$deadline" kc -n default get serviceaccount default; then
     dump_logs; die "kube-controller-manager did not create the default ServiceAccount"
   fi
+
+  log "applying the default StorageClass from $HACK_DIR/storage.yaml"
+  kc apply -f "$HACK_DIR/storage.yaml" >&2
 
   if [[ $NODES_FILE != none ]]; then
     log "applying nodes from $NODES_FILE"
@@ -228,6 +240,12 @@ cmd_down() {
     log "no cluster $NAME in $WORKDIR"
   else
     pids=$(cluster_pids | tr '\n' ' ')
+    local hostpaths=""
+    if tools_if_built && [[ -f $KWOK_KUBECONFIG ]]; then
+      # Directories the hostPath provisioner made for PVs that still exist.
+      hostpaths=$(kc get pv --request-timeout=5s -o jsonpath='{range .items[*]}{.spec.hostPath.path}{"\n"}{end}' 2>/dev/null \
+        | grep '^/tmp/hostpath_pv/' || true)
+    fi
     if tools_if_built; then
       log "deleting cluster $NAME"
       # kwokctl removes a context from --kubeconfig (default ~/.kube/config; an
@@ -248,6 +266,8 @@ cmd_down() {
     done
     left=$(cluster_pids | tr '\n' ' ')
     [[ -z $left ]] || die "processes of cluster $NAME still running: $left"
+    local d
+    for d in $hostpaths; do rmdir -- "$d" 2>/dev/null || true; done
   fi
   rm -rf -- "$CLUSTER_DIR"
   rm -f -- "$WORKDIR/kwokctl.yaml"
