@@ -23,6 +23,7 @@ for that reason.  Tests that need GPU nodes are skipped on clusters without any
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import re
@@ -252,10 +253,8 @@ class _LocalTeardown:
         atexit.register(self)
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGHUP):
-                try:
+                with contextlib.suppress(ValueError, OSError):
                     self._old_handlers[sig] = signal.signal(sig, self._on_signal)
-                except (ValueError, OSError):
-                    pass
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self()
@@ -272,11 +271,9 @@ class _LocalTeardown:
                 return None
             self._done = True
         for sig, old in self._old_handlers.items():
-            try:
+            with contextlib.suppress(ValueError, OSError):
                 if signal.getsignal(sig) == self._on_signal:
                     signal.signal(sig, old)
-            except (ValueError, OSError):
-                pass
         return subprocess.run(self.args, capture_output=True, text=True, timeout=180, check=False)
 
 

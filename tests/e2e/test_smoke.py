@@ -347,3 +347,44 @@ def test_serviceaccount_without_rbac_is_forbidden(cluster, namespace, tmp_path: 
     assert can.stdout.strip() == "no"
     other = cluster.kubectl("get", "pods", "-n", "kube-system", check=False, **as_sa)
     assert other.returncode != 0 and "Forbidden" in other.stderr, other.stderr
+
+
+# --------------------------------------------------------------------------- #
+# (g) PersistentVolumeClaims get storage
+# --------------------------------------------------------------------------- #
+def test_pvc_of_default_storage_class_is_bound(cluster, namespace):
+    classes = cluster.get_json("storageclass")["items"]
+    default = [
+        sc["metadata"]["name"]
+        for sc in classes
+        if sc["metadata"].get("annotations", {}).get("storageclass.kubernetes.io/is-default-class")
+        == "true"
+    ]
+    if not default and not cluster.simulated_nodes:
+        pytest.skip(f"the {cluster.kind} cluster has no default StorageClass")
+    assert default, "the local cluster should have a default StorageClass (hack/storage.yaml)"
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "data"},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "20Gi"}},
+            },
+        },
+        namespace=namespace,
+    )
+    consumer = pod("uses-data")
+    consumer["spec"]["volumes"] = [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]
+    consumer["spec"]["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
+    cluster.apply(consumer, namespace=namespace)
+    wait_running_ready(cluster, namespace, "uses-data")
+
+    def bound_pvc():
+        pvc = cluster.get_json("pvc", "data", "-n", namespace)
+        return pvc if pvc["status"].get("phase") == "Bound" else None
+
+    pvc = cluster.wait_until(bound_pvc, timeout=DEADLINE, message="PVC data to be Bound")
+    assert pvc["spec"]["storageClassName"] in default
+    assert pvc["status"]["capacity"]["storage"] == "20Gi"
