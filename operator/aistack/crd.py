@@ -134,7 +134,6 @@ def _crd(
                 "plural": plural,
                 "singular": kind.lower(),
                 "shortNames": short_names,
-                "categories": ["aistack"],
             },
             "scope": scope,
             "versions": [
