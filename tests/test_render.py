@@ -145,6 +145,20 @@ def test_gateway_routes_every_served_model_and_rolls_when_they_change() -> None:
     assert checksum(both) == checksum(render(s, {"a": True, "b": True}))
 
 
+def test_vllm_sends_traces_to_mlflow_only_when_tracking_is_on() -> None:
+    s = stack()
+    c = container(by_kind(render(s, all_permitted(s)), "Deployment")["demo-vllm-m"])
+    endpoint = c["args"][c["args"].index("--otlp-traces-endpoint") + 1]
+    assert endpoint == "http://demo-mlflow.ml.svc.cluster.local:5000/v1/traces"
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] == "http/protobuf"
+    assert env["OTEL_EXPORTER_OTLP_TRACES_HEADERS"] == "x-mlflow-experiment-id=0"
+    off = stack(mlflow={"enabled": False})
+    c = container(by_kind(render(off, all_permitted(off)), "Deployment")["demo-vllm-m"])
+    assert "--otlp-traces-endpoint" not in c["args"]
+    assert not [e for e in c["env"] if e["name"].startswith("OTEL_")]
+
+
 def test_gateway_auth_and_tracing_wiring() -> None:
     s = stack(gateway={"authSecretRef": {"name": "gw", "key": "k"}})
     out = render(s, all_permitted(s))

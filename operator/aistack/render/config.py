@@ -27,3 +27,5 @@ class RenderConfig(BaseModel):
     cluster_domain: str = "cluster.local"
     #: MLflow experiment the gateway writes its request traces to.
     mlflow_experiment: str = "aistack-gateway"
+    #: MLflow experiment id vLLM's OTLP traces go to ("0" is MLflow's Default experiment).
+    mlflow_trace_experiment_id: str = "0"

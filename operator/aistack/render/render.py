@@ -125,7 +125,9 @@ def _model_path(model: ModelSpec) -> str:
     return model.source
 
 
-def _vllm_args(stack: AIStack, model: ModelSpec, *, multi_node: bool) -> list[str]:
+def _vllm_args(
+    stack: AIStack, model: ModelSpec, config: RenderConfig, *, multi_node: bool
+) -> list[str]:
     vllm = stack.spec.vllm
     args = [
         _model_path(model),
@@ -146,10 +148,15 @@ def _vllm_args(stack: AIStack, model: ModelSpec, *, multi_node: bool) -> list[st
         args += ["--revision", model.revision]
     if model.source.startswith("s3://"):
         args += ["--load-format", "runai_streamer"]
+    if stack.spec.mlflow.enabled:
+        # MLflow (3.6+) takes OTLP/HTTP traces; the experiment is named in a header.
+        args += ["--otlp-traces-endpoint", f"{mlflow_uri(stack, config)}/v1/traces"]
     return args + list(vllm.extra_args) + list(model.extra_args)
 
 
-def _model_env(model: ModelSpec, *, multi_node: bool) -> list[dict[str, Any]]:
+def _model_env(
+    stack: AIStack, model: ModelSpec, config: RenderConfig, *, multi_node: bool
+) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "HOME", "value": "/tmp"},
         {"name": "HF_HOME", "value": "/cache/huggingface"},
@@ -161,6 +168,16 @@ def _model_env(model: ModelSpec, *, multi_node: bool) -> list[dict[str, Any]]:
         env.append(
             {"name": "VLLM_HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
         )
+    if stack.spec.mlflow.enabled:
+        headers = f"x-mlflow-experiment-id={config.mlflow_trace_experiment_id}"
+        env += [
+            {
+                "name": "OTEL_SERVICE_NAME",
+                "value": names.model_base(stack.metadata.name, model.name),
+            },
+            {"name": "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "value": "http/protobuf"},
+            {"name": "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "value": headers},
+        ]
     if model.hf_token_secret_ref is not None:
         ref = model.hf_token_secret_ref
         env.append(
@@ -234,12 +251,12 @@ def _model_context(stack: AIStack, model: ModelSpec, config: RenderConfig) -> di
 def _render_model(stack: AIStack, model: ModelSpec, config: RenderConfig) -> list[Manifest]:
     ctx = _model_context(stack, model, config)
     if not model.multi_node:
-        ctx["args"] = _vllm_args(stack, model, multi_node=False)
-        ctx["env"] = _model_env(model, multi_node=False)
+        ctx["args"] = _vllm_args(stack, model, config, multi_node=False)
+        ctx["env"] = _model_env(stack, model, config, multi_node=False)
         return _template("model.yaml.j2", **ctx)
 
     stack_name = stack.metadata.name
-    serve = shlex.join(["vllm", "serve", *_vllm_args(stack, model, multi_node=True)])
+    serve = shlex.join(["vllm", "serve", *_vllm_args(stack, model, config, multi_node=True)])
     groups = []
     for i in range(model.replicas):
         head = _svc_host(names.model_group(stack_name, model.name, i), ctx["namespace"], config)
@@ -270,7 +287,7 @@ def _render_model(stack: AIStack, model: ModelSpec, config: RenderConfig) -> lis
             }
         )
     ctx["groups"] = groups
-    ctx["env"] = _model_env(model, multi_node=True)
+    ctx["env"] = _model_env(stack, model, config, multi_node=True)
     ctx["role_label"] = names.ROLE_LABEL
     ctx["group_label"] = names.GROUP_LABEL
     ctx["ray_port"] = RAY_GCS_PORT
