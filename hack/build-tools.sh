@@ -19,6 +19,7 @@
 #   --force            rebuild everything
 #   --update-modules   regenerate hack/k8sbuild and hack/etcdbuild go.mod/go.sum
 #                      from the pinned versions (needs the module proxy), then build
+#                      what is missing (binaries are keyed by version)
 #
 # Environment:
 #   AISTACK_TOOLS_CACHE   cache root (default $HOME/.cache/aistack-operator/tools)
@@ -138,7 +139,6 @@ module_version() { (cd "$1" && "$GO" list -mod=readonly -m -f '{{.Version}}' "$2
 if [[ $UPDATE == 1 ]]; then
   update_k8s_module
   update_etcd_module
-  FORCE=1
 fi
 
 # --- build -------------------------------------------------------------------
@@ -186,7 +186,7 @@ build_kube() {
     x+=" -X $p.gitVersion=${KUBE_VERSION} -X $p.gitMajor=1 -X $p.gitMinor=${minor}"
     x+=" -X $p.gitTreeState=clean -X $p.gitCommit=unknown -X $p.buildDate=${date}"
   done
-  log "building ${KUBE_BINS[*]} ${KUBE_VERSION} (go build -p $JOBS; cold: tens of minutes on 2 CPUs)"
+  log "building ${KUBE_BINS[*]} ${KUBE_VERSION} (go build -p $JOBS; 7-11 minutes on 2 CPUs when Go's build cache is cold)"
   # One invocation for all four: shared packages compile once, with full parallelism.
   (cd "$dir" && "$GO" build -mod=readonly -p "$JOBS" -trimpath -ldflags "-s -w$x" -o "$STAGE/" \
     k8s.io/kubernetes/cmd/kube-apiserver \
