@@ -334,7 +334,7 @@ def _local_cluster(tmp_path_factory: pytest.TempPathFactory):
     finally:
         result = teardown()
         if result is not None and result.returncode != 0:
-            # Surfaces as a teardown error of the session fixture.
+            # Surfaces as a teardown error of the `cluster` fixture.
             raise RuntimeError(
                 f"tearing down local cluster {name} failed:\n{result.stdout}\n{result.stderr}"
             )
