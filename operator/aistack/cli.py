@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from aistack import __version__
 from aistack.api.v1alpha1 import API_VERSION, GROUP, AIStack
 from aistack.crd import all_crds, crd_files
+from aistack.errors import format_validation_error
 from aistack.render import RenderConfig, render, render_yaml
 from aistack.yamlio import dump_all
 
@@ -38,26 +39,6 @@ class Document:
     @property
     def where(self) -> str:
         return f"{self.source} (document {self.index + 1})"
-
-
-def _loc(loc: Sequence[int | str]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def format_validation_error(where: str, err: ValidationError) -> list[str]:
-    lines = []
-    for e in err.errors():
-        # Model validators report at the object they validate; their message names fields.
-        loc = [p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
-        msg = e["msg"].removeprefix("Value error, ")
-        got = ""
-        if e["type"] not in ("missing", "value_error") and not isinstance(e["input"], dict):
-            got = f" (got {e['input']!r})"
-        lines.append(f"{where}: {_loc(loc)}: {msg}{got}")
-    return lines
 
 
 def _read(path: str, stdin: TextIO) -> Iterator[Document]:
@@ -182,6 +163,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
         handlers.Runtime.kubeconfig = args.kubeconfig
+    if args.webhook_port:
+        handlers.enable_admission(
+            port=args.webhook_port,
+            addr=args.webhook_addr,
+            host=args.webhook_host,
+            certfile=args.webhook_cert,
+            keyfile=args.webhook_key,
+            managed=args.webhook_managed,
+        )
     kopf.configure(
         verbose=args.verbose,
         debug=args.debug,
@@ -261,6 +251,26 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--mlflow-image", help="default MLflow image")
     p_run.add_argument("--gateway-image", help="default gateway (LiteLLM) image")
     p_run.add_argument("--cluster-domain", help="cluster DNS domain (default: cluster.local)")
+    hook = p_run.add_argument_group(
+        "license webhook",
+        "A validating admission webhook that refuses stacks with models the LicensePolicy "
+        "denies (path /license). Off unless --webhook-port is given.",
+    )
+    hook.add_argument("--webhook-port", type=int, metavar="PORT", help="serve the webhook on PORT")
+    hook.add_argument("--webhook-addr", default="0.0.0.0", metavar="ADDR", help="listen address")
+    hook.add_argument(
+        "--webhook-cert", metavar="FILE", help="TLS certificate (default: self-signed, generated)"
+    )
+    hook.add_argument("--webhook-key", metavar="FILE", help="TLS private key for --webhook-cert")
+    hook.add_argument(
+        "--webhook-managed", metavar="NAME",
+        help="create and maintain the ValidatingWebhookConfiguration NAME, pointing at "
+        "https://HOST:PORT/license (for control planes on the host; in a cluster the Helm "
+        "chart provides it)",
+    )  # fmt: skip
+    hook.add_argument(
+        "--webhook-host", metavar="HOST", help="host the API server reaches the webhook at"
+    )
     p_run.set_defaults(func=_cmd_run)
 
     p_crds = sub.add_parser("crds", help="print the CustomResourceDefinitions")

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from aistack.api.v1alpha1 import AIStack, AIStackStatus
+from aistack.errors import format_validation_error
 from aistack.kube import Kube, KubeError
 from aistack.plan import Key, key_of, make_plan, with_owner
 from aistack.render import RenderConfig, render
@@ -196,8 +197,6 @@ class Reconciler:
     def _write_invalid(self, body: Obj, err: ValidationError, result: Result) -> None:
         # The CRD schema and CEL rules catch almost everything; what gets through (e.g. a
         # stack stored before a rule existed) is reported, not retried.
-        from aistack.cli import format_validation_error
-
         message = "; ".join(format_validation_error("spec", err))
         now = self.clock()
         generation = body["metadata"].get("generation")

@@ -12,15 +12,21 @@ from __future__ import annotations
 
 import copy
 import logging
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
 from aistack import names
+from aistack.api.v1alpha1 import AIStack
+from aistack.certs import self_signed
 from aistack.controller import Reconciler, StackKey, StackQueue, StackView
+from aistack.errors import format_validation_error
 from aistack.kube import Kube, load_client
-from aistack.licensing_bridge import license_verdicts
+from aistack.licensing_bridge import admission_messages, license_verdicts
 from aistack.render import RenderConfig
 
 log = logging.getLogger(__name__)
@@ -227,3 +233,60 @@ async def _child_event(namespace: str | None, labels: Mapping[str, str], **kwarg
 for _resource in CHILD_RESOURCES.values():
     kopf.on.event(*_resource, labels=OWNED, id=f"child-{_resource[2]}")(_child_event)
 kopf.on.event("", "v1", "pods", labels=OWNED, id="child-pods")(_child_event)
+
+
+# ---------------------------------------------------------------- admission
+
+
+async def admit_stack(body: kopf.Body, warnings: list[str], dryrun: bool, **kwargs: Any) -> None:
+    """Validating webhook: refuse a stack that would serve a model the policy denies."""
+    RUNTIME.bind(kwargs)
+    try:
+        stack = AIStack.model_validate(dict(body))
+    except ValidationError as err:
+        raise kopf.AdmissionError("; ".join(format_validation_error("AIStack", err))) from err
+    policies = [
+        copy.deepcopy(v)
+        for store in RUNTIME.indexes.get("policy_index", {}).values()
+        for v in store
+    ]
+    denied, warned = admission_messages(stack, policies)
+    warnings.extend(warned)
+    if denied:
+        raise kopf.AdmissionError("; ".join(denied), code=403)
+
+
+def enable_admission(
+    *,
+    port: int,
+    addr: str = "0.0.0.0",
+    host: str | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    managed: str | None = None,
+) -> None:
+    """Serve the license webhook (called before the operator starts, when asked to).
+
+    With ``managed``, the operator creates and maintains the ValidatingWebhookConfiguration
+    itself, pointing at ``https://HOST:PORT/license`` with its self-signed certificate (for
+    control planes that run on the host, like the local e2e cluster). Otherwise the
+    configuration comes from the Helm chart, with the certificate it mounts.
+    """
+
+    cadata = None
+    if certfile is None:
+        # No mounted certificate: make one (kopf's own generator needs packages that do
+        # not work with current OpenSSL).
+        hosts = [h for h in (host, "localhost", "127.0.0.1") if h]
+        workdir = Path(tempfile.mkdtemp(prefix="aistack-webhook-"))
+        cert_path, key_path, cadata = self_signed(hosts, workdir)
+        certfile, keyfile = str(cert_path), str(key_path)
+
+    @kopf.on.startup(id="admission-settings")
+    def _settings(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.admission.server = kopf.WebhookServer(
+            addr=addr, port=port, host=host, certfile=certfile, pkeyfile=keyfile, cadata=cadata
+        )
+        settings.admission.managed = managed
+
+    kopf.on.validate(*STACKS, id="license", operations=["CREATE", "UPDATE"])(admit_stack)

