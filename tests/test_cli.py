@@ -109,8 +109,10 @@ def test_deny_previews_a_blocked_model(tmp_path: Path) -> None:
     path = write(tmp_path, doc)
     result = aistack("render", "-f", path, "--deny", "b")
     assert result.returncode == 0, result.stderr
-    names = [d["metadata"]["name"] for d in yaml.safe_load_all(result.stdout)]
-    assert "demo-vllm-a" in names and "demo-vllm-b" not in names
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(result.stdout)}
+    assert docs[("Deployment", "demo-vllm-a")]["spec"]["replicas"] == 1
+    assert docs[("Deployment", "demo-vllm-b")]["spec"]["replicas"] == 0
+    assert "model_name: b" not in docs[("ConfigMap", "demo-gateway-config")]["data"]["config.yaml"]
     result = aistack("render", "-f", path, "--deny", "nope")
     assert result.returncode == 2 and "no model named nope" in result.stderr
 

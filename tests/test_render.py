@@ -107,18 +107,30 @@ def test_quickstart_model_server() -> None:
     assert svc["spec"]["ports"][0]["port"] == 8000
 
 
-def test_a_model_that_is_not_permitted_gets_no_server_and_no_route() -> None:
-    s = stack(models=[{"name": "ok", "source": "o/ok"}, {"name": "blocked", "source": "o/nc"}])
-    out = render(s, {"ok": True, "blocked": False})
-    assert "demo-vllm-ok" in by_kind(out, "Deployment")
-    assert not [m for m in out if "blocked" in m["metadata"]["name"]]
+def test_a_model_that_is_not_permitted_runs_nothing_and_gets_no_route() -> None:
+    s = stack(
+        models=[
+            {"name": "ok", "source": "o/ok"},
+            {"name": "blocked", "source": "o/nc", "cache": {"size": "100Gi"}},
+            {"name": "big", "source": "o/big", "nodes": 2, "gpus": 8},
+        ]
+    )
+    out = render(s, {"ok": True, "blocked": False, "big": False})
+    deployments = by_kind(out, "Deployment")
+    assert deployments["demo-vllm-ok"]["spec"]["replicas"] == 1
+    # Scaled to zero, not deleted: its weight cache survives a policy that flips back.
+    for name in ("demo-vllm-blocked", "demo-vllm-big-g0-leader", "demo-vllm-big-g0-worker"):
+        assert deployments[name]["spec"]["replicas"] == 0
+        assert deployments[name]["metadata"]["annotations"][names.LICENSE_BLOCKED_ANNOTATION] == "true"
+    assert "demo-vllm-blocked-cache" in by_kind(out, "PersistentVolumeClaim")
+    assert "annotations" not in deployments["demo-vllm-ok"]["metadata"]
     routes = yaml.safe_load(by_kind(out, "ConfigMap")["demo-gateway-config"]["data"]["config.yaml"])
     assert [r["model_name"] for r in routes["model_list"]] == ["ok"]
 
 
-def test_a_model_without_a_decision_is_not_deployed() -> None:
+def test_a_model_without_a_decision_is_not_started() -> None:
     s = stack(models=[{"name": "m", "source": "o/m"}])
-    assert "demo-vllm-m" not in by_kind(render(s, {}), "Deployment")
+    assert by_kind(render(s, {}), "Deployment")["demo-vllm-m"]["spec"]["replicas"] == 0
 
 
 def test_gateway_routes_every_served_model_and_rolls_when_they_change() -> None:

@@ -23,6 +23,7 @@ RAY_GROUP_LABEL = f"{GROUP}/ray-group"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 RETAIN_ANNOTATION = f"{GROUP}/retain-on-delete"
 CONFIG_CHECKSUM_ANNOTATION = f"{GROUP}/config-checksum"
+LICENSE_BLOCKED_ANNOTATION = f"{GROUP}/license-blocked"
 
 #: A stack name is at most this long, so that ``<stack>-gateway-config`` and friends fit.
 STACK_NAME_MAX = 40

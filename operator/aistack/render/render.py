@@ -248,8 +248,14 @@ def _model_context(stack: AIStack, model: ModelSpec, config: RenderConfig) -> di
     }
 
 
-def _render_model(stack: AIStack, model: ModelSpec, config: RenderConfig) -> list[Manifest]:
+def _render_model(
+    stack: AIStack, model: ModelSpec, config: RenderConfig, *, permitted: bool
+) -> list[Manifest]:
     ctx = _model_context(stack, model, config)
+    # A model whose license is not permitted keeps its objects (and its weight cache)
+    # scaled to zero, so that a policy change in either direction is cheap.
+    ctx["permitted"] = permitted
+    ctx["blocked_annotation"] = names.LICENSE_BLOCKED_ANNOTATION
     if not model.multi_node:
         ctx["args"] = _vllm_args(stack, model, config, multi_node=False)
         ctx["env"] = _model_env(stack, model, config, multi_node=False)
@@ -511,14 +517,14 @@ def render(
 ) -> list[Manifest]:
     """Every manifest the stack needs, in apply order: models, Ray, MLflow, gateway.
 
-    ``permitted`` maps model name to whether its license is permitted; models that are not
-    permitted get no server and no gateway route.
+    ``permitted`` maps model name to whether its license is permitted; a model that is not
+    permitted (or missing from the map) runs no pod and gets no gateway route.
     """
     config = config or RenderConfig()
     served = served_models(stack, permitted)
     manifests: list[Manifest] = []
-    for model in served:
-        manifests += _render_model(stack, model, config)
+    for model in stack.spec.models:
+        manifests += _render_model(stack, model, config, permitted=model in served)
     if stack.spec.ray.enabled:
         manifests += _render_ray(stack, config)
     if stack.spec.mlflow.enabled:
