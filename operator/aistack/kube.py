@@ -31,10 +31,8 @@ RESOURCES: dict[str, tuple[str, str, bool]] = {
     "Service": ("/api/v1", "services", True),
     "ConfigMap": ("/api/v1", "configmaps", True),
     "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims", True),
-    "Pod": ("/api/v1", "pods", True),
     "Event": ("/api/v1", "events", True),
     "AIStack": (f"/apis/{GROUP}/{VERSION}", "aistacks", True),
-    "LicensePolicy": (f"/apis/{GROUP}/{VERSION}", "licensepolicies", False),
 }
 
 
@@ -131,25 +129,6 @@ class Kube:
         except KubeError as exc:
             if exc.status != 404:
                 raise
-
-    def list(
-        self, kind: str, namespace: str | None = None, label_selector: str | None = None
-    ) -> list[dict[str, Any]]:
-        query = {"labelSelector": label_selector} if label_selector else None
-        items = self.request("GET", _path(kind, namespace), query=query).get("items", [])
-        api_version = RESOURCES[kind][0].removeprefix("/apis/").removeprefix("/api/")
-        for item in items:  # list items carry no apiVersion/kind of their own
-            item.setdefault("apiVersion", api_version)
-            item.setdefault("kind", kind)
-        return list(items)
-
-    def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
-        try:
-            return self.request("GET", _path(kind, namespace, name))
-        except KubeError as exc:
-            if exc.status == 404:
-                return None
-            raise
 
     # ------------------------------------------------------------ AIStack
 
