@@ -7,6 +7,7 @@ the field path and what is wrong; never a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -177,6 +178,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         debug=args.debug,
         log_format=kopf.LogFormat[args.log_format.upper()],
     )
+    if not (args.verbose or args.debug):
+        # kopf reports every handler call on every watch event at INFO: our reconciler
+        # logs what it does itself, so keep kopf's per-object chatter for -v.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kopf.run(
         clusterwide=not args.namespace,
         namespaces=args.namespace,
