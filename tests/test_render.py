@@ -121,7 +121,9 @@ def test_a_model_that_is_not_permitted_runs_nothing_and_gets_no_route() -> None:
     # Scaled to zero, not deleted: its weight cache survives a policy that flips back.
     for name in ("demo-vllm-blocked", "demo-vllm-big-g0-leader", "demo-vllm-big-g0-worker"):
         assert deployments[name]["spec"]["replicas"] == 0
-        assert deployments[name]["metadata"]["annotations"][names.LICENSE_BLOCKED_ANNOTATION] == "true"
+        assert (
+            deployments[name]["metadata"]["annotations"][names.LICENSE_BLOCKED_ANNOTATION] == "true"
+        )
     assert "demo-vllm-blocked-cache" in by_kind(out, "PersistentVolumeClaim")
     assert "annotations" not in deployments["demo-vllm-ok"]["metadata"]
     routes = yaml.safe_load(by_kind(out, "ConfigMap")["demo-gateway-config"]["data"]["config.yaml"])

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HACK_DIR = REPO_ROOT / "hack"
@@ -429,3 +430,14 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
 
 
 __all__: Sequence[str] = ["Cluster", "KubectlError", "wait_until"]
+
+
+# --------------------------------------------------------------------------- #
+# The project's CRDs, installed once per cluster
+# --------------------------------------------------------------------------- #
+@pytest.fixture(scope="session")
+def crds(cluster: Any) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
+    for path in sorted((REPO_ROOT / "crds").glob("*.yaml")):
+        name = yaml.safe_load(path.read_text())["metadata"]["name"]
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")

@@ -1,0 +1,75 @@
+"""Helpers the e2e tests share: examples as dicts, stack status, children."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+from operator_process import REPO_ROOT
+
+EXAMPLES = REPO_ROOT / "examples"
+READY_TIMEOUT = 90
+
+
+def load(name: str) -> dict[str, Any]:
+    doc = yaml.safe_load((EXAMPLES / name).read_text())
+    doc["metadata"].pop("namespace", None)
+    return doc
+
+
+def get_stack(cluster: Any, ns: str, name: str) -> dict[str, Any]:
+    return cluster.get_json("aistack", name, "-n", ns)  # type: ignore[no-any-return]
+
+
+def conditions(stack: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in stack.get("status", {}).get("conditions", [])}
+
+
+def wait_phase(
+    cluster: Any, ns: str, name: str, phase: str, timeout: float = READY_TIMEOUT
+) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        stack = get_stack(cluster, ns, name)
+        status = stack.get("status", {})
+        generation = stack["metadata"]["generation"]
+        if status.get("phase") == phase and status.get("observedGeneration") == generation:
+            return stack
+        return None
+
+    try:
+        return cluster.wait_until(check, timeout=timeout, interval=1, message=f"{name} {phase}")  # type: ignore[no-any-return]
+    except AssertionError as exc:
+        stack = get_stack(cluster, ns, name)
+        raise AssertionError(
+            f"{exc}\nstatus: {json.dumps(stack.get('status'), indent=1)}"
+        ) from None
+
+
+def deployments(cluster: Any, ns: str) -> dict[str, dict[str, Any]]:
+    items = cluster.get_json("deployments", "-n", ns, "-l", "aistack.dev/stack")["items"]
+    return {d["metadata"]["name"]: d for d in items}
+
+
+def pods(cluster: Any, ns: str, selector: str) -> list[dict[str, Any]]:
+    return cluster.get_json("pods", "-n", ns, "-l", selector)["items"]  # type: ignore[no-any-return]
+
+
+def routes(cluster: Any, ns: str, stack: str) -> list[str]:
+    cm = cluster.get_json("configmap", f"{stack}-gateway-config", "-n", ns)
+    return [r["model_name"] for r in yaml.safe_load(cm["data"]["config.yaml"])["model_list"]]
+
+
+def events(cluster: Any, ns: str, name: str) -> list[tuple[str, str]]:
+    items = cluster.get_json("events", "-n", ns, "--field-selector", f"involvedObject.name={name}")[
+        "items"
+    ]
+    return [(e["type"], e["reason"]) for e in items]
+
+
+def resource_versions(cluster: Any, ns: str) -> dict[str, str]:
+    out = {}
+    for kind in ("aistack", "deployments", "services", "configmaps", "persistentvolumeclaims"):
+        for item in cluster.get_json(kind, "-n", ns)["items"]:
+            out[f"{item['kind']}/{item['metadata']['name']}"] = item["metadata"]["resourceVersion"]
+    return out
