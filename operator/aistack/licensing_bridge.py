@@ -1,4 +1,4 @@
-"""Adapter from license decisions to what the reconciler needs (interim: declared only)."""
+"""What the reconciler and the webhook ask of license governance."""
 
 from __future__ import annotations
 
@@ -6,30 +6,23 @@ from collections.abc import Mapping
 from typing import Any
 
 from aistack.api.v1alpha1 import AIStack
+from aistack.licenses import decide_stack
 from aistack.status import LicenseVerdict
 
 
 def license_verdicts(
     stack: AIStack, policies: list[Mapping[str, Any]]
 ) -> dict[str, LicenseVerdict]:
-    out = {}
-    for m in stack.spec.models:
-        ok = True
-        out[m.name] = LicenseVerdict(
-            permitted=True,
-            violation=not ok,
-            reason="LicenseAllowed" if ok else "LicenseUnknown",
-            message=f"{m.source}: {m.license}",
-            license=m.license,
-            license_source="Declared",
-        )
-    return out
+    return decide_stack(stack, policies)
 
 
 def admission_messages(
     stack: AIStack, policies: list[Mapping[str, Any]]
 ) -> tuple[list[str], list[str]]:
+    """Messages that refuse the stack (enforced denials) and admission warnings (Warn)."""
     verdicts = license_verdicts(stack, policies)
     denied = [v.message for v in verdicts.values() if not v.permitted]
-    warned = [v.message for v in verdicts.values() if v.permitted and v.violation]
+    warned = [
+        v.message for v in verdicts.values() if v.permitted and v.violation and "Warn:" in v.message
+    ]
     return denied, warned

@@ -1,0 +1,343 @@
+"""Model licenses: resolve each model's license, evaluate it against the LicensePolicies.
+
+Pure given its inputs (the catalog is package data). Resolution order, recorded as
+``licenseSource``: the catalog shipped in the package (Hugging Face repo ids), then the
+license declared in the spec (the only source for pvc:// and s3://, and the fallback for
+repos the catalog does not know). A declared license that contradicts the catalog denies
+the model (``LicenseMismatch``). No answer never means permitted: an unresolved license is
+``unknown``, and the policy's ``unknown`` setting decides.
+
+Evaluation parses SPDX expressions with license-expression: ``OR`` is permitted when any
+branch is, ``AND`` only when all are, ``X WITH exception`` is judged by ``X``; deny wins
+over allow; allow lists are exhaustive (a license on neither list is not permitted).
+Several policies all apply (the strictest wins); with none, the built-in default policy
+(the same as ``data/default-licensepolicy.yaml``) applies.
+"""
+
+from __future__ import annotations
+
+import csv
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from functools import cache
+from importlib import resources
+from typing import Any, Literal
+
+import yaml
+from license_expression import (
+    AND,
+    OR,
+    ExpressionError,
+    LicenseSymbol,
+    LicenseWithExceptionSymbol,
+    get_spdx_licensing,
+)
+from pydantic import ValidationError
+
+from aistack.api.v1alpha1 import AIStack, LicensePolicy, ModelSpec
+from aistack.status import LicenseVerdict
+
+Source = Literal["Catalog", "Declared"]
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    repo_id: str
+    hub_license: str
+    license_name: str
+    status: str
+    source: str
+
+    @property
+    def spdx(self) -> str | None:
+        return hub_to_spdx(self.hub_license, self.license_name)
+
+
+@cache
+def catalog() -> dict[str, CatalogEntry]:
+    """The shipped catalog, keyed by lower-cased repo id."""
+    text = resources.files("aistack").joinpath("data/model-licenses.tsv").read_text()
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    out = {}
+    for row in csv.DictReader(lines, delimiter="\t"):
+        entry = CatalogEntry(
+            row["repo_id"], row["hub_license"], row["license_name"], row["status"], row["source"]
+        )
+        out[entry.repo_id.lower()] = entry
+    return out
+
+
+@cache
+def default_policy() -> LicensePolicy:
+    text = resources.files("aistack").joinpath("data/default-licensepolicy.yaml").read_text()
+    return LicensePolicy.model_validate(yaml.safe_load(text))
+
+
+# ---------------------------------------------------------------- SPDX
+
+
+@cache
+def _licensing() -> Any:
+    # Building the SPDX symbol table takes a second: once per process.
+    return get_spdx_licensing()
+
+
+#: Hub ids that name a license family but no version; SPDX would map "gpl" to
+#: GPL-1.0-or-later, which is not what a card saying "gpl" promises.
+_FAMILY_IDS = frozenset({"gpl", "lgpl", "agpl", "bsd", "cc", "apache", "openrail", "openrail++"})
+
+
+def hub_to_spdx(hub_id: str, license_name: str = "") -> str | None:
+    """A Hugging Face card's license id as an SPDX expression (None: unknown)."""
+    hub_id = hub_id.strip()
+    if not hub_id or hub_id == "unknown":
+        return None
+    if hub_id == "other":
+        return f"LicenseRef-{license_name}" if license_name else None
+    if hub_id.lower() not in _FAMILY_IDS and not _licensing().validate(hub_id).errors:
+        return str(_licensing().parse(hub_id))
+    # Model-family licenses (llama3.1, gemma, bigscience-bloom-rail-1.0, ...) have no SPDX
+    # id; family ids such as "gpl" or "cc" name no version, so they are no SPDX id either.
+    return f"LicenseRef-{hub_id}"
+
+
+class ExpressionProblem(ValueError):
+    """An expression that does not parse, or names a license SPDX does not know."""
+
+
+def parse(expression: str) -> Any:
+    """Parse and validate; ``LicenseRef-*`` ids are accepted as custom licenses."""
+    try:
+        parsed = _licensing().parse(expression)
+    except ExpressionError as exc:
+        raise ExpressionProblem(f"{expression!r} is not a valid SPDX expression: {exc}") from exc
+    if parsed is None:
+        raise ExpressionProblem("empty license expression")
+    known = _licensing().known_symbols
+    unknown = [
+        s.key
+        for s in _licensing().license_symbols(parsed, decompose=True)
+        if s.key not in known and not s.key.startswith("LicenseRef-")
+    ]
+    if unknown:
+        raise ExpressionProblem(
+            f"{', '.join(unknown)} is not an SPDX license id (use LicenseRef-<name> for "
+            f"custom licenses)"
+        )
+    return parsed
+
+
+def normalize_id(license_id: str) -> str:
+    parsed = parse(license_id)
+    return str(parsed)
+
+
+def same_license(a: str, b: str) -> bool:
+    """Whether two expressions name the same licenses (case, order and deprecated ids
+    aside): ``apache-2.0`` is ``Apache-2.0``, ``MIT OR Apache-2.0`` is ``Apache-2.0 OR MIT``."""
+    try:
+        return bool(_licensing().is_equivalent(a, b))
+    except ExpressionError:
+        return a == b
+
+
+# ---------------------------------------------------------------- resolution
+
+
+@dataclass(frozen=True)
+class Resolution:
+    license: str | None
+    source: Source | None
+    mismatch: str | None = None
+    #: Why the license is unknown, when it is.
+    unknown_because: str = "not in the catalog, none declared in spec.models[].license"
+
+
+def resolve(model: ModelSpec, known: Mapping[str, CatalogEntry] | None = None) -> Resolution:
+    known = catalog() if known is None else known
+    entry = None
+    if not model.source.startswith(("pvc://", "s3://")):
+        entry = known.get(model.source.lower())
+    if entry is not None and entry.spdx is not None:
+        if model.license is not None and not same_license(model.license, entry.spdx):
+            return Resolution(
+                entry.spdx,
+                "Catalog",
+                mismatch=(
+                    f"{model.source} declares {model.license}, but its model card says "
+                    f"{entry.spdx} ({entry.source})"
+                ),
+            )
+        return Resolution(entry.spdx, "Catalog")
+    if model.license is not None:
+        return Resolution(model.license, "Declared")
+    if entry is not None:
+        card = entry.hub_license + (f"/{entry.license_name}" if entry.license_name else "")
+        return Resolution(
+            None, None, unknown_because=f"its model card says {card!r}, which names no license"
+        )
+    return Resolution(None, None)
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+class Leaf(IntEnum):
+    DENIED = 0
+    NOT_ALLOWED = 1
+    ALLOWED = 2
+
+
+@dataclass(frozen=True)
+class CompiledPolicy:
+    name: str
+    allow: frozenset[str]
+    deny: frozenset[str]
+    unknown: str
+    enforcement: str
+    exceptions: tuple[tuple[str, str | None, str], ...]
+
+
+def compile_policy(policy: LicensePolicy) -> tuple[CompiledPolicy, list[str]]:
+    """The policy with its ids normalized, and the problems found in it."""
+    problems: list[str] = []
+
+    def ids(values: Iterable[str], field: str) -> frozenset[str]:
+        out = set()
+        for value in values:
+            try:
+                out.add(normalize_id(value))
+            except ExpressionProblem as exc:
+                problems.append(f"spec.{field}: {exc}")
+        return frozenset(out)
+
+    spec = policy.spec
+    compiled = CompiledPolicy(
+        name=policy.metadata.name,
+        allow=ids(spec.allow, "allow"),
+        deny=ids(spec.deny, "deny"),
+        unknown=spec.unknown,
+        enforcement=spec.enforcement,
+        exceptions=tuple((e.model.lower(), e.revision, e.reason) for e in spec.exceptions),
+    )
+    return compiled, problems
+
+
+def _leaf(symbol: Any, policy: CompiledPolicy) -> tuple[Leaf, str]:
+    if isinstance(symbol, LicenseWithExceptionSymbol):
+        symbol = symbol.license_symbol
+    key = str(symbol.key)
+    if key in policy.deny:
+        return Leaf.DENIED, key
+    if key in policy.allow:
+        return Leaf.ALLOWED, key
+    return Leaf.NOT_ALLOWED, key
+
+
+def judge(parsed: Any, policy: CompiledPolicy) -> tuple[Leaf, str]:
+    """The verdict on an expression tree and the license that decided it."""
+    if isinstance(parsed, LicenseSymbol | LicenseWithExceptionSymbol):
+        return _leaf(parsed, policy)
+    results = [judge(arg, policy) for arg in parsed.args]
+    if isinstance(parsed, OR):
+        return max(results, key=lambda r: r[0])
+    if isinstance(parsed, AND):
+        return min(results, key=lambda r: r[0])
+    raise ExpressionProblem(f"unsupported expression {parsed}")
+
+
+@dataclass(frozen=True)
+class PolicyVerdict:
+    ok: bool
+    reason: str
+    message: str
+
+
+def evaluate_one(model: ModelSpec, resolved: Resolution, policy: CompiledPolicy) -> PolicyVerdict:
+    what = model.source + (f"@{model.revision}" if model.revision else "")
+    for exc_model, exc_revision, exc_reason in policy.exceptions:
+        if exc_model == model.source.lower() and exc_revision in (None, model.revision):
+            return PolicyVerdict(
+                True, "PolicyException", f"{what} is permitted by an exception in policy "
+                f"{policy.name}: {exc_reason}",
+            )  # fmt: skip
+    if resolved.mismatch:
+        return PolicyVerdict(False, "LicenseMismatch", resolved.mismatch)
+    if resolved.license is None:
+        ok = policy.unknown == "Warn"
+        return PolicyVerdict(
+            ok, "LicenseUnknown", f"the license of {what} is unknown "
+            f"({resolved.unknown_because}); policy {policy.name} "
+            f"{'warns about' if ok else 'denies'} unknown licenses",
+        )  # fmt: skip
+    try:
+        parsed = parse(resolved.license)
+    except ExpressionProblem as exc:
+        return PolicyVerdict(False, "LicenseInvalid", f"{what}: {exc}")
+    verdict, deciding = judge(parsed, policy)
+    lic = str(parsed)
+    if verdict is Leaf.ALLOWED:
+        via = f" (via {deciding})" if deciding != lic else ""
+        return PolicyVerdict(True, "LicenseAllowed", f"{what} is under {lic}{via}, allowed")
+    if verdict is Leaf.DENIED:
+        return PolicyVerdict(
+            False, "LicenseDenied", f"{what} is under {lic}, which policy {policy.name} denies"
+        )
+    return PolicyVerdict(
+        False, "LicenseNotAllowed",
+        f"{what} is under {lic}, which policy {policy.name} does not allow",
+    )  # fmt: skip
+
+
+def policies_from(raw: Sequence[Mapping[str, Any]]) -> list[CompiledPolicy]:
+    """The cluster's policies; none -> the built-in default. A policy that does not parse
+    still counts: its valid entries apply (its problems are reported on it)."""
+    out = []
+    for body in raw:
+        try:
+            policy = LicensePolicy.model_validate(body)
+        except ValidationError:
+            continue
+        out.append(compile_policy(policy)[0])
+    if not out:
+        out.append(compile_policy(default_policy())[0])
+    return out
+
+
+def decide(
+    model: ModelSpec,
+    policies: Sequence[CompiledPolicy],
+    known: Mapping[str, CatalogEntry] | None = None,
+) -> LicenseVerdict:
+    """One model against every policy: a violation of any policy counts; it blocks the
+    model when that policy enforces (``Deny``), else the model runs and the status says."""
+    resolved = resolve(model, known)
+    violations = [(p, v) for p in policies if not (v := evaluate_one(model, resolved, p)).ok]
+    if not violations:
+        v = evaluate_one(model, resolved, policies[0])
+        return LicenseVerdict(True, False, v.reason, v.message, resolved.license, resolved.source)
+    blocking = [(p, v) for p, v in violations if p.enforcement == "Deny"]
+    if blocking:
+        _, v = blocking[0]
+        return LicenseVerdict(False, True, v.reason, v.message, resolved.license, resolved.source)
+    p, v = violations[0]
+    mode = "Warn: deployed anyway" if p.enforcement == "Warn" else "DryRun: only reported"
+    return LicenseVerdict(
+        True, True, v.reason, f"{v.message} ({mode})", resolved.license, resolved.source
+    )
+
+
+#: license-expression builds its SPDX tables lazily and not thread-safely: stacks
+#: reconciled in parallel right after start-up saw "mit" as an unknown id. One evaluation
+#: at a time (each takes well under a millisecond once warm).
+_LOCK = threading.Lock()
+
+
+def decide_stack(
+    stack: AIStack, raw_policies: Sequence[Mapping[str, Any]]
+) -> dict[str, LicenseVerdict]:
+    with _LOCK:
+        policies = policies_from(raw_policies)
+        return {m.name: decide(m, policies) for m in stack.spec.models}

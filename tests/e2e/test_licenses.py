@@ -1,0 +1,160 @@
+"""License governance against the real API server: the webhook refuses denied models at
+`kubectl apply`, Warn mode admits them with a warning, and a policy change re-evaluates
+running stacks (a model that becomes denied stops and loses its route; allowed again, it
+comes back)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from operator_process import OperatorProcess
+from stacks import conditions, deployments, events, get_stack, load, routes, wait_phase
+
+NC_MODEL = "CohereForAI/c4ai-command-r-plus"  # CC-BY-NC-4.0 on its model card
+LLAMA = "meta-llama/Llama-3.1-8B-Instruct"  # LicenseRef-llama3.1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def governed(
+    cluster: Any, crds: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """The operator with its license webhook, reachable by the API server on 127.0.0.1."""
+    webhook = f"e2e-{uuid.uuid4().hex[:6]}.aistack.dev"
+    op = OperatorProcess(
+        cluster.env,
+        tmp_path_factory.mktemp("governed"),
+        ["--webhook-port", str(free_port()), "--webhook-addr", "127.0.0.1",
+         "--webhook-host", "127.0.0.1", "--webhook-managed", webhook],
+    )  # fmt: skip
+    op.start()
+    try:
+        cluster.wait_until(
+            lambda: cluster.kubectl(
+                "get", "validatingwebhookconfiguration", webhook, check=False
+            ).returncode == 0,
+            timeout=30, message="the webhook configuration",
+        )  # fmt: skip
+        yield op
+    finally:
+        op.stop()
+        # Fail-closed webhooks outlive their server: remove it, or every later AIStack
+        # write would be refused.
+        cluster.kubectl("delete", "validatingwebhookconfiguration", webhook, check=False)
+        cluster.kubectl("delete", "mutatingwebhookconfiguration", webhook, check=False)
+
+
+@pytest.fixture
+def policy(cluster: Any) -> Iterator[Any]:
+    """Apply LicensePolicies for one test; all are removed afterwards."""
+    made: list[str] = []
+
+    def apply(**spec: Any) -> str:
+        name = spec.pop("name", f"e2e-{uuid.uuid4().hex[:6]}")
+        cluster.apply({"apiVersion": "aistack.dev/v1alpha1", "kind": "LicensePolicy",
+                       "metadata": {"name": name}, "spec": spec})  # fmt: skip
+        made.append(name)
+        return name
+
+    yield apply
+    for name in made:
+        cluster.kubectl("delete", "licensepolicy", name, check=False)
+
+
+def stack_with(*sources: str) -> dict[str, Any]:
+    doc = load("quickstart.yaml")
+    doc["spec"]["models"] = [
+        {"name": f"m{i}", "source": s, "gpus": 1} for i, s in enumerate(sources)
+    ]
+    doc["spec"]["ray"] = {"enabled": False}
+    return doc
+
+
+def apply(cluster: Any, doc: dict[str, Any], ns: str) -> Any:
+    return cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(doc), check=False)
+
+
+def test_a_non_commercial_model_is_refused_at_apply_time(
+    cluster: Any, governed: OperatorProcess, namespace: str
+) -> None:
+    result = apply(cluster, stack_with("microsoft/phi-4", NC_MODEL), namespace)
+    assert result.returncode != 0
+    assert "admission webhook" in result.stderr
+    assert f"{NC_MODEL} is under CC-BY-NC-4.0, which policy default denies" in result.stderr
+    assert (
+        cluster.kubectl("get", "aistack", "quickstart", "-n", namespace, check=False).returncode
+        != 0
+    )
+
+
+def test_warn_mode_admits_with_a_warning_and_reports_it(
+    cluster: Any, governed: OperatorProcess, namespace: str, policy: Any
+) -> None:
+    policy(allow=["MIT", "Apache-2.0"], deny=["CC-BY-NC-4.0"], enforcement="Warn")
+    result = apply(cluster, stack_with(NC_MODEL), namespace)
+    assert result.returncode == 0, result.stderr
+    assert "Warning:" in result.stderr and "Warn: deployed anyway" in result.stderr
+    stack = wait_phase(cluster, namespace, "quickstart", "Ready")
+    cond = conditions(stack)
+    assert cond["LicenseCompliant"]["status"] == "False"
+    assert cond["LicenseCompliant"]["reason"] == "LicenseDenied"
+    model = stack["status"]["models"][0]
+    assert (model["permitted"], model["license"], model["licenseSource"]) == (
+        True,
+        "CC-BY-NC-4.0",
+        "Catalog",
+    )
+    assert routes(cluster, namespace, "quickstart") == ["m0"]
+
+
+def test_a_policy_change_re_evaluates_running_stacks(
+    cluster: Any, governed: OperatorProcess, namespace: str, policy: Any
+) -> None:
+    name = policy(allow=["MIT", "Apache-2.0", "LicenseRef-llama3.1"])
+    assert apply(cluster, stack_with("microsoft/phi-4", LLAMA), namespace).returncode == 0
+    stack = wait_phase(cluster, namespace, "quickstart", "Ready")
+    assert routes(cluster, namespace, "quickstart") == ["m0", "m1"]
+    assert stack["status"]["models"][1]["license"] == "LicenseRef-llama3.1"
+
+    # Legal withdraws the Llama approval: the running model stops and loses its route.
+    policy(name=name, allow=["MIT", "Apache-2.0"])
+    stack = wait_phase(cluster, namespace, "quickstart", "Degraded")
+    llama = stack["status"]["models"][1]
+    assert (llama["permitted"], llama["reason"]) == (False, "LicenseNotAllowed")
+    assert "which policy" in llama["message"] and "does not allow" in llama["message"]
+    assert deployments(cluster, namespace)["quickstart-vllm-m1"]["spec"]["replicas"] == 0
+    assert routes(cluster, namespace, "quickstart") == ["m0"]
+    assert ("Warning", "ModelBlocked") in events(cluster, namespace, "quickstart")
+    assert conditions(stack)["LicenseCompliant"]["status"] == "False"
+
+    # Approved again: it comes back.
+    policy(name=name, allow=["MIT", "Apache-2.0", "LicenseRef-llama3.1"])
+    wait_phase(cluster, namespace, "quickstart", "Ready")
+    assert deployments(cluster, namespace)["quickstart-vllm-m1"]["spec"]["replicas"] == 1
+    assert routes(cluster, namespace, "quickstart") == ["m0", "m1"]
+
+
+def test_every_model_blocked_is_blocked_and_dry_run_only_reports(
+    cluster: Any, governed: OperatorProcess, namespace: str, policy: Any
+) -> None:
+    name = policy(allow=["MIT"], enforcement="DryRun")
+    result = apply(cluster, stack_with(LLAMA), namespace)
+    assert result.returncode == 0 and "Warning:" not in result.stderr
+    stack = wait_phase(cluster, namespace, "quickstart", "Ready")
+    assert conditions(stack)["LicenseCompliant"]["status"] == "False"
+    assert "DryRun: only reported" in conditions(stack)["LicenseCompliant"]["message"]
+
+    policy(name=name, allow=["MIT"], enforcement="Deny")
+    stack = wait_phase(cluster, namespace, "quickstart", "Blocked")
+    assert conditions(stack)["ModelsReady"]["reason"] == "AllModelsBlocked"
+    assert get_stack(cluster, namespace, "quickstart")["status"]["modelsReady"] == "0/1"
