@@ -11,7 +11,8 @@ import yaml
 from aistack.api import AIStack
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+#: The example stacks (examples/ also holds a LicensePolicy).
+EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml") if "kind: AIStack" in p.read_text())
 
 
 def stack_doc(name: str = "demo", namespace: str = "ml", **spec: Any) -> dict[str, Any]:

@@ -193,6 +193,84 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_policies(paths: Sequence[str]) -> list[dict[str, Any]]:
+    from aistack.api.v1alpha1 import LicensePolicy
+    from aistack.licenses import compile_policy
+
+    policies: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for path in paths:
+        try:
+            docs = list(_read(path, sys.stdin))
+        except InputError as exc:
+            problems.append(str(exc))
+            continue
+        for doc in docs:
+            if doc.body.get("kind") != "LicensePolicy":
+                continue
+            try:
+                policy = LicensePolicy.model_validate(doc.body)
+            except ValidationError as err:
+                problems += format_validation_error(doc.where, err)
+                continue
+            problems += [f"{doc.where}: {p}" for p in compile_policy(policy)[1]]
+            policies.append(doc.body)
+        if not any(d.body.get("kind") == "LicensePolicy" for d in docs) and not problems:
+            problems.append(f"{path}: no LicensePolicy found")
+    if problems:
+        raise InputError("\n".join(problems))
+    return policies
+
+
+def _cmd_license_check(args: argparse.Namespace) -> int:
+    import json
+
+    from aistack.api.v1alpha1 import ModelSpec
+    from aistack.licenses import decide, policies_from
+
+    policies = policies_from(_load_policies(args.policy))
+    models: list[tuple[str, ModelSpec]] = []
+    if args.filename:
+        if args.model:
+            raise InputError("give either MODEL or -f FILE, not both")
+        stacks, _ = load_stacks(args.filename)
+        models = [(s.metadata.name, m) for s in stacks for m in s.spec.models]
+    elif args.model:
+        fields: dict[str, Any] = {"name": "model", "source": args.model}
+        if args.license:
+            fields["license"] = args.license
+        if args.revision:
+            fields["revision"] = args.revision
+        try:
+            models = [("", ModelSpec.model_validate(fields))]
+        except ValidationError as err:
+            raise InputError("\n".join(format_validation_error("MODEL", err))) from err
+    else:
+        raise InputError("give a MODEL (a Hugging Face repo id, pvc:// or s3:// source) or -f FILE")
+
+    rows = []
+    for stack_name, model in models:
+        v = decide(model, policies)
+        rows.append({
+            "stack": stack_name or None, "model": model.name if stack_name else None,
+            "source": model.source, "revision": model.revision, "license": v.license,
+            "licenseSource": v.license_source, "permitted": v.permitted,
+            "violation": v.violation, "reason": v.reason, "message": v.message,
+        })  # fmt: skip
+    if args.output == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            verdict = "PERMITTED" if row["permitted"] else "DENIED"
+            if row["permitted"] and row["violation"]:
+                verdict = "PERMITTED (policy violated, not enforced)"
+            who = f"{row['stack']}/{row['model']}: " if row["stack"] else ""
+            print(f"{who}{verdict}  license={row['license'] or 'unknown'}  "
+                  f"source={row['licenseSource'] or '-'}  reason={row['reason']}")  # fmt: skip
+            print(f"  {row['message']}")
+    return 0 if all(r["permitted"] for r in rows) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aistack",
@@ -277,6 +355,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--webhook-host", metavar="HOST", help="host the API server reaches the webhook at"
     )
     p_run.set_defaults(func=_cmd_run)
+
+    p_lic = sub.add_parser("license", help="check model licenses against a policy")
+    lic_sub = p_lic.add_subparsers(dest="license_command", required=True)
+    p_check = lic_sub.add_parser(
+        "check",
+        help="decide whether models may be served",
+        description=(
+            "Resolve each model's license (shipped catalog, then the declared license) and "
+            "evaluate it against the policies given (default: the built-in default policy). "
+            "Works offline. Exit status: 0 all permitted, 1 any denied, 2 bad input."
+        ),
+    )
+    p_check.add_argument("model", nargs="?", metavar="MODEL", help="e.g. mistralai/Mistral-7B-v0.3")
+    p_check.add_argument("--license", metavar="EXPR", help="declared SPDX expression")
+    p_check.add_argument("--revision", metavar="REV", help="pinned revision")
+    p_check.add_argument(
+        "-f", "--filename", action="append", default=[], metavar="FILE",
+        help="check every model of the AIStacks in FILE (repeatable)",
+    )  # fmt: skip
+    p_check.add_argument(
+        "--policy", action="append", default=[], metavar="FILE",
+        help="LicensePolicy manifest(s); several all apply (repeatable)",
+    )  # fmt: skip
+    p_check.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    p_check.set_defaults(func=_cmd_license_check)
 
     p_crds = sub.add_parser("crds", help="print the CustomResourceDefinitions")
     p_crds.add_argument("--output-dir", metavar="DIR", help="write one file per CRD into DIR")
