@@ -162,32 +162,14 @@ def policy_index(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     return {name: _trim(body)}
 
 
-@kopf.index(*CHILD_RESOURCES["deployments"], labels=OWNED)
-def deployments_index(
+def _child_index(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> dict[Any, Any]:
     return {(namespace or "", labels[names.STACK_LABEL]): _trim(body)}
 
 
-@kopf.index(*CHILD_RESOURCES["services"], labels=OWNED)
-def services_index(
-    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
-) -> dict[Any, Any]:
-    return {(namespace or "", labels[names.STACK_LABEL]): _trim(body)}
-
-
-@kopf.index(*CHILD_RESOURCES["configmaps"], labels=OWNED)
-def configmaps_index(
-    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
-) -> dict[Any, Any]:
-    return {(namespace or "", labels[names.STACK_LABEL]): _trim(body)}
-
-
-@kopf.index(*CHILD_RESOURCES["pvcs"], labels=OWNED)
-def pvcs_index(
-    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
-) -> dict[Any, Any]:
-    return {(namespace or "", labels[names.STACK_LABEL]): _trim(body)}
+for _kind, _resource in CHILD_RESOURCES.items():
+    kopf.index(*_resource, labels=OWNED, id=f"{_kind}_index")(_child_index)
 
 
 @kopf.index("", "v1", "pods", labels=OWNED)

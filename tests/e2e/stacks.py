@@ -73,3 +73,12 @@ def resource_versions(cluster: Any, ns: str) -> dict[str, str]:
         for item in cluster.get_json(kind, "-n", ns)["items"]:
             out[f"{item['kind']}/{item['metadata']['name']}"] = item["metadata"]["resourceVersion"]
     return out
+
+
+def wait_exists(cluster: Any, kind: str, name: str, ns: str, timeout: float = 30) -> None:
+    """Wait until the object exists (again), e.g. after the operator undoes a deletion."""
+    cluster.wait_until(
+        lambda: cluster.kubectl("get", kind, name, "-n", ns, check=False).returncode == 0,
+        timeout=timeout,
+        message=f"{kind} {name} to exist",
+    )

@@ -20,6 +20,7 @@ from stacks import (
     pods,
     resource_versions,
     routes,
+    wait_exists,
     wait_phase,
 )
 
@@ -243,16 +244,7 @@ def test_restarting_the_operator_on_a_converged_stack_writes_nothing(
     assert [w for w in operator.writes() if f"/namespaces/{namespace}/" in w] == []
     # ...and the restarted operator is alive: it still undoes drift.
     cluster.kubectl("delete", "service", "quickstart-mlflow", "-n", namespace)
-    cluster.wait_until(
-        lambda: (
-            cluster.kubectl(
-                "get", "service", "quickstart-mlflow", "-n", namespace, check=False
-            ).returncode
-            == 0
-        ),
-        timeout=30,
-        message="service to be restored after restart",
-    )
+    wait_exists(cluster, "service", "quickstart-mlflow", namespace)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from operator_process import OperatorProcess
-from stacks import get_stack, load, wait_phase
+from stacks import get_stack, load, wait_exists, wait_phase
 
 
 @pytest.fixture
@@ -75,16 +75,7 @@ def test_two_replicas_elect_one_through_peering(
         # The active replica goes away: the standby takes over and undoes drift.
         active.stop()
         cluster.kubectl("delete", "service", "quickstart-gateway", "-n", namespace)
-        cluster.wait_until(
-            lambda: (
-                cluster.kubectl(
-                    "get", "service", "quickstart-gateway", "-n", namespace, check=False
-                ).returncode
-                == 0
-            ),
-            timeout=90,
-            message="the standby to take over",
-        )
+        wait_exists(cluster, "service", "quickstart-gateway", namespace, timeout=90)
         assert [w for w in standby.writes() if f"/namespaces/{namespace}/" in w]
     finally:
         active.stop()
