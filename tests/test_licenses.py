@@ -267,3 +267,81 @@ print(len(bad))
             [sys.executable, "-c", script], capture_output=True, text=True, check=True
         )
         assert out.stdout.strip() == "0", out.stdout
+
+
+class FakeHub:
+    """Model cards as the hub would answer, per (repo, revision)."""
+
+    def __init__(self, cards: dict[tuple[str, str | None], Any]) -> None:
+        self.cards = cards
+        self.asked: list[tuple[str, str | None]] = []
+
+    def card_license(self, repo_id: str, revision: str | None) -> Any:
+        from aistack.licenses import CardLicense
+
+        self.asked.append((repo_id, revision))
+        answer = self.cards.get((repo_id, revision))
+        return None if answer is None else CardLicense(*answer)
+
+
+def test_the_hub_answers_for_models_the_catalog_does_not_know() -> None:
+    hub = FakeHub({("openai/gpt-oss-120b", None): ("apache-2.0", ""),
+                   ("org/model", "abc123"): ("other", "acme-research")})  # fmt: skip
+    verdict = decide(model("openai/gpt-oss-120b"), default(), hub=hub)
+    assert (verdict.permitted, verdict.license, verdict.license_source) == (
+        True,
+        "Apache-2.0",
+        "Hub",
+    )
+    pinned = decide(model("org/model", revision="abc123"), default(), hub=hub)
+    assert (pinned.license, pinned.reason) == ("LicenseRef-acme-research", "LicenseNotAllowed")
+    assert ("org/model", "abc123") in hub.asked, "the license is checked at the pinned revision"
+    # Catalog first: the hub is not asked about models the catalog knows.
+    decide(model("microsoft/phi-4"), default(), hub=hub)
+    assert ("microsoft/phi-4", None) not in hub.asked
+
+
+def test_no_answer_from_the_hub_is_never_a_permission() -> None:
+    hub = FakeHub({})
+    verdict = decide(model("org/unknown"), default(), hub=hub)
+    assert (verdict.permitted, verdict.reason) == (False, "LicenseUnknown")
+    declared = decide(model("org/unknown", license="MIT"), default(), hub=hub)
+    assert (declared.permitted, declared.license_source) == (True, "Declared")
+
+
+def test_a_declaration_contradicting_the_hub_is_a_mismatch() -> None:
+    hub = FakeHub({("org/model", None): ("cc-by-nc-4.0", "")})
+    verdict = decide(model("org/model", license="Apache-2.0"), default(), hub=hub)
+    assert verdict.reason == "LicenseMismatch"
+    assert "Hugging Face card" in verdict.message
+
+
+def test_card_license_reading() -> None:
+    from aistack.licenses import CardLicense, card_license_of
+
+    assert card_license_of({"license": "mit"}, []) == CardLicense("mit")
+    assert card_license_of({"license": "other", "license_name": "x"}, []) == CardLicense(
+        "other", "x"
+    )
+    assert card_license_of({}, ["text-generation", "license:apache-2.0"]) == CardLicense(
+        "apache-2.0"
+    )
+    assert card_license_of(None, []) is None
+
+
+def test_hf_hub_failures_are_cached_and_mean_no_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    from aistack.licenses import HfHub
+
+    calls: list[Any] = []
+
+    def unreachable(self: Any, repo_id: str, **kwargs: Any) -> Any:
+        calls.append((repo_id, kwargs.get("revision"), kwargs.get("timeout")))
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", unreachable)
+    hub = HfHub(timeout=1.5)
+    assert hub.card_license("org/m", "rev1") is None
+    assert hub.card_license("org/m", "rev1") is None
+    assert calls == [("org/m", "rev1", 1.5)]

@@ -164,6 +164,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
         handlers.Runtime.kubeconfig = args.kubeconfig
+    if args.hub:
+        from aistack import licensing_bridge
+        from aistack.licenses import HfHub
+
+        licensing_bridge.HUB = HfHub(token=os.environ.get("HF_TOKEN") or None)
     if args.webhook_port:
         handlers.enable_admission(
             port=args.webhook_port,
@@ -248,9 +253,16 @@ def _cmd_license_check(args: argparse.Namespace) -> int:
     else:
         raise InputError("give a MODEL (a Hugging Face repo id, pvc:// or s3:// source) or -f FILE")
 
+    hub = None
+    if args.hub:
+        import os
+
+        from aistack.licenses import HfHub
+
+        hub = HfHub(token=os.environ.get("HF_TOKEN") or None)
     rows = []
     for stack_name, model in models:
-        v = decide(model, policies)
+        v = decide(model, policies, hub=hub)
         rows.append({
             "stack": stack_name or None, "model": model.name if stack_name else None,
             "source": model.source, "revision": model.revision, "license": v.license,
@@ -334,6 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--mlflow-image", help="default MLflow image")
     p_run.add_argument("--gateway-image", help="default gateway (LiteLLM) image")
     p_run.add_argument("--cluster-domain", help="cluster DNS domain (default: cluster.local)")
+    p_run.add_argument(
+        "--hub", action="store_true",
+        help="look up licenses of models the catalog does not know on the Hugging Face Hub "
+        "(model card at the pinned revision; 3 s timeout; answers cached 10 min; HF_TOKEN "
+        "for gated models). Without it, such models need spec.models[].license",
+    )  # fmt: skip
     hook = p_run.add_argument_group(
         "license webhook",
         "A validating admission webhook that refuses stacks with models the LicensePolicy "
@@ -379,6 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="LicensePolicy manifest(s); several all apply (repeatable)",
     )  # fmt: skip
     p_check.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    p_check.add_argument(
+        "--hub", action="store_true",
+        help="also ask the Hugging Face Hub (HF_TOKEN for gated models)",
+    )  # fmt: skip
     p_check.set_defaults(func=_cmd_license_check)
 
     p_crds = sub.add_parser("crds", help="print the CustomResourceDefinitions")

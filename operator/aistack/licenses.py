@@ -2,8 +2,9 @@
 
 Pure given its inputs (the catalog is package data). Resolution order, recorded as
 ``licenseSource``: the catalog shipped in the package (Hugging Face repo ids), then the
-license declared in the spec (the only source for pvc:// and s3://, and the fallback for
-repos the catalog does not know). A declared license that contradicts the catalog denies
+model card on the Hugging Face Hub at the pinned revision (when the operator is allowed to
+ask it), then the license declared in the spec (the only source for pvc:// and s3://, and
+the fallback for repos nothing else knows). A declared license that contradicts the catalog denies
 the model (``LicenseMismatch``). No answer never means permitted: an unresolved license is
 ``unknown``, and the policy's ``unknown`` setting decides.
 
@@ -18,12 +19,13 @@ from __future__ import annotations
 
 import csv
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from functools import cache
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import yaml
 from license_expression import (
@@ -39,7 +41,7 @@ from pydantic import ValidationError
 from aistack.api.v1alpha1 import AIStack, LicensePolicy, ModelSpec
 from aistack.status import LicenseVerdict
 
-Source = Literal["Catalog", "Declared"]
+Source = Literal["Catalog", "Hub", "Declared"]
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,80 @@ def same_license(a: str, b: str) -> bool:
         return a == b
 
 
+# ---------------------------------------------------------------- Hugging Face Hub
+
+
+@dataclass(frozen=True)
+class CardLicense:
+    """What a model card says: the hub license id and, for ``other``, its name."""
+
+    hub_license: str
+    license_name: str = ""
+
+    @property
+    def spdx(self) -> str | None:
+        return hub_to_spdx(self.hub_license, self.license_name)
+
+
+class HubClient(Protocol):
+    """Looks a model card's license up; None when the hub gives no answer (offline,
+    timeout, gated without a token, no such repo). No answer is never a permission."""
+
+    def card_license(self, repo_id: str, revision: str | None) -> CardLicense | None: ...
+
+
+def card_license_of(card_data: Mapping[str, Any] | None, tags: Sequence[str]) -> CardLicense | None:
+    """The license a card declares: ``license`` (+ ``license_name``), else a ``license:`` tag."""
+    card = dict(card_data or {})
+    lic = card.get("license")
+    if isinstance(lic, list):  # some cards list several
+        lic = " OR ".join(str(x) for x in lic) if len(lic) > 1 else (lic[0] if lic else None)
+    if isinstance(lic, str) and lic:
+        return CardLicense(lic, str(card.get("license_name") or ""))
+    for tag in tags:
+        if tag.startswith("license:"):
+            return CardLicense(tag.removeprefix("license:"))
+    return None
+
+
+class HfHub:
+    """The Hugging Face Hub through ``huggingface_hub``, with a short timeout and a cache
+    (answers and failures alike, so an unreachable hub costs one timeout per TTL)."""
+
+    def __init__(self, *, timeout: float = 3.0, ttl: float = 600.0, token: str | None = None):
+        self.timeout = timeout
+        self.ttl = ttl
+        self.token = token
+        self._cache: dict[tuple[str, str | None], tuple[float, CardLicense | None]] = {}
+        self._lock = threading.Lock()
+
+    def card_license(self, repo_id: str, revision: str | None) -> CardLicense | None:
+        key = (repo_id, revision)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        answer: CardLicense | None
+        try:
+            from huggingface_hub import HfApi
+
+            info = HfApi().model_info(
+                repo_id,
+                revision=revision,
+                timeout=self.timeout,
+                expand=["cardData", "tags"],
+                token=self.token or False,
+            )
+            card = info.card_data.to_dict() if info.card_data is not None else {}  # type: ignore[no-untyped-call]
+            answer = card_license_of(card, info.tags or [])
+        except Exception:  # network, auth, 404: all mean "the hub does not say"
+            answer = None
+        with self._lock:
+            self._cache[key] = (now + self.ttl, answer)
+        return answer
+
+
 # ---------------------------------------------------------------- resolution
 
 
@@ -155,28 +231,41 @@ class Resolution:
     unknown_because: str = "not in the catalog, none declared in spec.models[].license"
 
 
-def resolve(model: ModelSpec, known: Mapping[str, CatalogEntry] | None = None) -> Resolution:
+def _checked(model: ModelSpec, spdx: str, source: Source, where: str) -> Resolution:
+    if model.license is not None and not same_license(model.license, spdx):
+        return Resolution(
+            spdx,
+            source,
+            mismatch=f"{model.source} declares {model.license}, but its model card says "
+            f"{spdx} ({where})",
+        )
+    return Resolution(spdx, source)
+
+
+def resolve(
+    model: ModelSpec,
+    known: Mapping[str, CatalogEntry] | None = None,
+    hub: HubClient | None = None,
+) -> Resolution:
+    """Catalog, then the hub (at the pinned revision), then the declared license."""
     known = catalog() if known is None else known
     entry = None
-    if not model.source.startswith(("pvc://", "s3://")):
+    on_hub = not model.source.startswith(("pvc://", "s3://"))
+    if on_hub:
         entry = known.get(model.source.lower())
     if entry is not None and entry.spdx is not None:
-        if model.license is not None and not same_license(model.license, entry.spdx):
-            return Resolution(
-                entry.spdx,
-                "Catalog",
-                mismatch=(
-                    f"{model.source} declares {model.license}, but its model card says "
-                    f"{entry.spdx} ({entry.source})"
-                ),
-            )
-        return Resolution(entry.spdx, "Catalog")
+        return _checked(model, entry.spdx, "Catalog", entry.source)
+    if on_hub and hub is not None:
+        card = hub.card_license(model.source, model.revision)
+        if card is not None and card.spdx is not None:
+            at = f"Hugging Face card at {model.revision}" if model.revision else "Hugging Face card"
+            return _checked(model, card.spdx, "Hub", at)
     if model.license is not None:
         return Resolution(model.license, "Declared")
     if entry is not None:
-        card = entry.hub_license + (f"/{entry.license_name}" if entry.license_name else "")
+        said = entry.hub_license + (f"/{entry.license_name}" if entry.license_name else "")
         return Resolution(
-            None, None, unknown_because=f"its model card says {card!r}, which names no license"
+            None, None, unknown_because=f"its model card says {said!r}, which names no license"
         )
     return Resolution(None, None)
 
@@ -310,10 +399,11 @@ def decide(
     model: ModelSpec,
     policies: Sequence[CompiledPolicy],
     known: Mapping[str, CatalogEntry] | None = None,
+    hub: HubClient | None = None,
 ) -> LicenseVerdict:
     """One model against every policy: a violation of any policy counts; it blocks the
     model when that policy enforces (``Deny``), else the model runs and the status says."""
-    resolved = resolve(model, known)
+    resolved = resolve(model, known, hub)
     violations = [(p, v) for p in policies if not (v := evaluate_one(model, resolved, p)).ok]
     if not violations:
         v = evaluate_one(model, resolved, policies[0])
@@ -336,8 +426,13 @@ _LOCK = threading.Lock()
 
 
 def decide_stack(
-    stack: AIStack, raw_policies: Sequence[Mapping[str, Any]]
+    stack: AIStack, raw_policies: Sequence[Mapping[str, Any]], hub: HubClient | None = None
 ) -> dict[str, LicenseVerdict]:
+    # Hub answers are fetched first, outside the lock: they may take a network timeout.
+    if hub is not None:
+        for m in stack.spec.models:
+            if m.source.lower() not in catalog() and not m.source.startswith(("pvc://", "s3://")):
+                hub.card_license(m.source, m.revision)
     with _LOCK:
         policies = policies_from(raw_policies)
-        return {m.name: decide(m, policies) for m in stack.spec.models}
+        return {m.name: decide(m, policies, hub=hub) for m in stack.spec.models}

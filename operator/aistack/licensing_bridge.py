@@ -6,14 +6,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from aistack.api.v1alpha1 import AIStack
-from aistack.licenses import decide_stack
+from aistack.licenses import HubClient, decide_stack
 from aistack.status import LicenseVerdict
+
+#: Set by `aistack run --hub`: look licenses up on the Hugging Face Hub.
+HUB: HubClient | None = None
 
 
 def license_verdicts(
     stack: AIStack, policies: list[Mapping[str, Any]]
 ) -> dict[str, LicenseVerdict]:
-    return decide_stack(stack, policies)
+    return decide_stack(stack, policies, HUB)
 
 
 def admission_messages(
