@@ -345,3 +345,19 @@ def test_hf_hub_failures_are_cached_and_mean_no_answer(monkeypatch: pytest.Monke
     assert hub.card_license("org/m", "rev1") is None
     assert hub.card_license("org/m", "rev1") is None
     assert calls == [("org/m", "rev1", 1.5)]
+
+
+def test_policy_status_names_the_entries_that_do_not_parse() -> None:
+    from aistack.licenses import policy_status
+
+    body = policy(allow=["MIT", "not((valid"], deny=["CC-BY-NC-4.0"])
+    body["metadata"]["generation"] = 2
+    status = policy_status(body, None, "T0")
+    (valid,) = status["conditions"]
+    assert (valid["status"], valid["reason"]) == ("False", "InvalidLicenseIds")
+    assert "spec.allow" in valid["message"] and status["observedGeneration"] == 2
+    again = policy_status(body, status, "T1")
+    assert again == status, "unchanged: same status, same lastTransitionTime"
+    fixed = policy_status(policy(allow=["MIT"]), status, "T2")
+    assert fixed["conditions"][0]["status"] == "True"
+    assert fixed["conditions"][0]["lastTransitionTime"] == "T2"

@@ -10,6 +10,7 @@ stack can always be deleted, operator running or not.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import tempfile
@@ -23,9 +24,17 @@ from pydantic import ValidationError
 from aistack import names
 from aistack.api.v1alpha1 import AIStack
 from aistack.certs import self_signed
-from aistack.controller import Reconciler, StackKey, StackQueue, StackView
+from aistack.controller import (
+    Reconciler,
+    StackKey,
+    StackQueue,
+    StackView,
+    merge_patch,
+    now_rfc3339,
+)
 from aistack.errors import format_validation_error
-from aistack.kube import Kube, load_client
+from aistack.kube import Kube, KubeError, load_client
+from aistack.licenses import policy_status
 from aistack.licensing_bridge import admission_messages, license_verdicts
 from aistack.render import RenderConfig
 
@@ -200,10 +209,22 @@ async def stack_event(namespace: str | None, name: str, **kwargs: Any) -> None:
 
 
 @kopf.on.event(*POLICIES)
-async def policy_event(**kwargs: Any) -> None:
+async def policy_event(type: str | None, name: str, body: kopf.Body, **kwargs: Any) -> None:
     # A policy change can permit or block models anywhere: re-evaluate every stack.
     RUNTIME.bind(kwargs)
     RUNTIME.request_all()
+    if type != "DELETED" and RUNTIME.reconciler is not None:
+        await asyncio.to_thread(_write_policy_status, RUNTIME.reconciler.kube, name, _trim(body))
+
+
+def _write_policy_status(kube: Kube, name: str, body: dict[str, Any]) -> None:
+    old = body.get("status") or {}
+    new = policy_status(body, old, now_rfc3339())
+    if new != old:
+        try:
+            kube.patch_status("", name, merge_patch(old, new), kind="LicensePolicy")
+        except KubeError as exc:
+            log.warning("could not write the status of LicensePolicy %s: %s", name, exc)
 
 
 async def _child_event(namespace: str | None, labels: Mapping[str, str], **kwargs: Any) -> None:

@@ -33,6 +33,7 @@ RESOURCES: dict[str, tuple[str, str, bool]] = {
     "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims", True),
     "Event": ("/api/v1", "events", True),
     "AIStack": (f"/apis/{GROUP}/{VERSION}", "aistacks", True),
+    "LicensePolicy": (f"/apis/{GROUP}/{VERSION}", "licensepolicies", False),
 }
 
 
@@ -132,11 +133,13 @@ class Kube:
 
     # ------------------------------------------------------------ AIStack
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
-        """Replace the AIStack's status (merge patch: null clears a removed field)."""
+    def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any], kind: str = "AIStack"
+    ) -> dict[str, Any]:
+        """Patch an object's status (merge patch: null clears a removed field)."""
         return self.request(
             "PATCH",
-            _path("AIStack", namespace, name) + "/status",
+            _path(kind, namespace, name) + "/status",
             body={"status": status},
             content_type="application/merge-patch+json",
         )

@@ -436,3 +436,33 @@ def decide_stack(
     with _LOCK:
         policies = policies_from(raw_policies)
         return {m.name: decide(m, policies, hub=hub) for m in stack.spec.models}
+
+
+def policy_status(
+    body: Mapping[str, Any], previous: Mapping[str, Any] | None, now: str
+) -> dict[str, Any]:
+    """A LicensePolicy's status: a ``Valid`` condition naming the entries that do not parse
+    (they are ignored; the rest of the policy applies)."""
+    generation = body.get("metadata", {}).get("generation")
+    try:
+        problems = compile_policy(LicensePolicy.model_validate(body))[1]
+    except ValidationError as err:
+        problems = [str(e["msg"]) for e in err.errors()]
+    status = "False" if problems else "True"
+    old = next(
+        (c for c in (previous or {}).get("conditions", []) if c.get("type") == "Valid"), None
+    )
+    since = old["lastTransitionTime"] if old and old.get("status") == status else now
+    return {
+        "observedGeneration": generation,
+        "conditions": [
+            {
+                "type": "Valid",
+                "status": status,
+                "reason": "InvalidLicenseIds" if problems else "Valid",
+                "message": "; ".join(problems) if problems else "every listed license parses",
+                "observedGeneration": generation,
+                "lastTransitionTime": since,
+            }
+        ],
+    }

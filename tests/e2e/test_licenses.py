@@ -158,3 +158,17 @@ def test_every_model_blocked_is_blocked_and_dry_run_only_reports(
     stack = wait_phase(cluster, namespace, "quickstart", "Blocked")
     assert conditions(stack)["ModelsReady"]["reason"] == "AllModelsBlocked"
     assert get_stack(cluster, namespace, "quickstart")["status"]["modelsReady"] == "0/1"
+
+
+def test_a_policy_with_an_unparseable_id_says_so_in_its_status(
+    cluster: Any, governed: OperatorProcess, policy: Any
+) -> None:
+    name = policy(allow=["MIT", "Apache 2"], deny=["CC-BY-NC-4.0"])
+
+    def valid_condition() -> dict[str, Any] | None:
+        status = cluster.get_json("licensepolicy", name).get("status", {})
+        return next((c for c in status.get("conditions", []) if c["type"] == "Valid"), None)
+
+    cond = cluster.wait_until(valid_condition, timeout=30, message="the policy's status")
+    assert (cond["status"], cond["reason"]) == ("False", "InvalidLicenseIds")
+    assert "spec.allow" in cond["message"] and "Apache 2" in cond["message"]
