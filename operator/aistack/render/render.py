@@ -17,6 +17,7 @@ from aistack.api.v1alpha1 import (
     ModelSpec,
     RayWorkerGroup,
     ResourceRequirements,
+    SecretKeyRef,
     Toleration,
 )
 from aistack.render.config import RenderConfig
@@ -102,6 +103,11 @@ def _container_security() -> dict[str, Any]:
     }
 
 
+def _secret_env(name: str, ref: SecretKeyRef) -> dict[str, Any]:
+    """An environment variable read from a Secret: secrets never appear in manifests."""
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+
+
 def _checksum(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -179,10 +185,7 @@ def _model_env(
             {"name": "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "value": headers},
         ]
     if model.hf_token_secret_ref is not None:
-        ref = model.hf_token_secret_ref
-        env.append(
-            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
-        )
+        env.append(_secret_env("HF_TOKEN", model.hf_token_secret_ref))
     return env
 
 
@@ -372,24 +375,13 @@ def _render_mlflow(stack: AIStack, config: RenderConfig) -> list[Manifest]:
     service = names.mlflow(stack_name)
     env: list[dict[str, Any]] = []
     if mlflow.backend_store is not None:
-        ref = mlflow.backend_store.uri_secret_ref
-        env.append(
-            {
-                "name": "MLFLOW_BACKEND_STORE_URI",
-                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
-            }
-        )
+        env.append(_secret_env("MLFLOW_BACKEND_STORE_URI", mlflow.backend_store.uri_secret_ref))
         backend = "$(MLFLOW_BACKEND_STORE_URI)"
     else:
         backend = "sqlite:////mlflow/mlflow.db"
     if mlflow.artifact_store is not None:
-        ref = mlflow.artifact_store.destination_secret_ref
-        env.append(
-            {
-                "name": "MLFLOW_ARTIFACTS_DESTINATION",
-                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
-            }
-        )
+        destination = mlflow.artifact_store.destination_secret_ref
+        env.append(_secret_env("MLFLOW_ARTIFACTS_DESTINATION", destination))
         artifacts = "$(MLFLOW_ARTIFACTS_DESTINATION)"
         creds = mlflow.artifact_store.credentials_secret_ref
     else:
@@ -468,13 +460,7 @@ def _render_gateway(
     config_text = yaml.safe_dump(gateway_config(stack, served, config), sort_keys=False)
     env: list[dict[str, Any]] = []
     if gateway.auth_secret_ref is not None:
-        ref = gateway.auth_secret_ref
-        env.append(
-            {
-                "name": "LITELLM_MASTER_KEY",
-                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
-            }
-        )
+        env.append(_secret_env("LITELLM_MASTER_KEY", gateway.auth_secret_ref))
     if stack.spec.mlflow.enabled:
         env += [
             {"name": "MLFLOW_TRACKING_URI", "value": mlflow_uri(stack, config)},
