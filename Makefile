@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv lint unit e2e test crds check-crds demo demo-down cluster-tools clean
+.PHONY: help venv lint unit e2e test crds check-crds demo demo-down cluster-tools clean \
+	chart chart-crds
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -34,10 +35,17 @@ cluster-tools: ## build the local control plane (kube-apiserver, etcd, kwok, hel
 e2e: $(STAMP) cluster-tools ## end-to-end tests against a real local API server
 	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
 
-test: lint unit e2e ## everything CI runs
+test: lint unit chart e2e ## everything CI runs
 
 crds: $(STAMP) ## regenerate crds/ from the API models
 	$(BIN)/aistack crds --output-dir crds
+
+chart: $(STAMP) cluster-tools ## helm lint and the chart's template tests (with the built helm)
+	"$$(hack/build-tools.sh --print-bin-dir)/helm" lint --strict charts/aistack-operator
+	AISTACK_REQUIRE_HELM=1 $(BIN)/pytest tests/test_chart.py $(PYTEST_ARGS)
+
+chart-crds: ## copy crds/ into the Helm chart (after `make crds`)
+	cp crds/*.yaml charts/aistack-operator/crds/
 
 demo: $(STAMP) cluster-tools ## local cluster + operator + the quickstart stack, then its status
 	hack/demo.sh up

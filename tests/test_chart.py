@@ -1,0 +1,497 @@
+"""The Helm chart: lint, schema-valid renders of every variant, golden files, least privilege.
+
+Needs the `helm` that `hack/build-tools.sh` builds (or AISTACK_HELM). Without it these
+tests skip, unless AISTACK_REQUIRE_HELM=1 (set by `make chart`, which builds helm first).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "charts" / "aistack-operator"
+GOLDEN = ROOT / "tests" / "golden" / "chart"
+K8S_VERSION = "1.36.0"
+RELEASE, NAMESPACE = "aistack-operator", "aistack-system"
+
+#: name -> values (as --set-json / -f would give them)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "namespaced": {"watchNamespaces": ["team-a", "team-b"]},
+    "cert-manager": {"webhook": {"certManager": {"enabled": True}}},
+    "cert-manager-issuer": {
+        "webhook": {
+            "certManager": {"enabled": True, "issuerRef": {"kind": "ClusterIssuer", "name": "ca"}}
+        }
+    },
+    "webhook-off": {"webhook": {"enabled": False}},
+    "two-replicas": {"replicaCount": 2},
+    "everything": {
+        "replicaCount": 2,
+        "watchNamespaces": ["ml"],
+        "images": {"vllm": "example.com/vllm:1", "gateway": "example.com/litellm:1"},
+        "clusterDomain": "example.local",
+        "hub": {"enabled": True, "tokenSecretRef": {"name": "hf-token", "key": "token"}},
+        "extraArgs": ["--debug"],
+        "verbose": True,
+        "imagePullSecrets": [{"name": "regcred"}],
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "ops", "operator": "Exists", "effect": "NoSchedule"}],
+        "priorityClassName": "system-cluster-critical",
+        "podAnnotations": {"example.com/scrape": "false"},
+        "serviceAccount": {"annotations": {"example.com/role": "operator"}},
+    },
+}
+
+#: Every (apiGroup, resource, verb) the operator may be granted, and nothing else. Adding
+#: to it needs a reason in templates/_helpers.tpl and a run of tests/e2e/test_helm_rbac.py.
+ALLOWED: set[tuple[str, str, str]] = {
+    *{("aistack.dev", "aistacks", v) for v in ("list", "watch")},
+    ("aistack.dev", "aistacks/status", "patch"),
+    ("aistack.dev", "aistacks/finalizers", "update"),
+    *{("aistack.dev", "licensepolicies", v) for v in ("list", "watch")},
+    ("aistack.dev", "licensepolicies/status", "patch"),
+    *{
+        (g, r, v)
+        for g, r in (
+            ("apps", "deployments"),
+            ("", "services"),
+            ("", "configmaps"),
+            ("", "persistentvolumeclaims"),
+        )
+        for v in ("list", "watch", "create", "patch", "delete")
+    },
+    *{("", "pods", v) for v in ("list", "watch")},
+    ("", "events", "create"),
+    *{("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")},
+    *{("", "namespaces", v) for v in ("list", "watch")},  # namespaced mode only
+    *{
+        ("kopf.dev", r, v)
+        for r in ("clusterkopfpeerings", "kopfpeerings")
+        for v in ("list", "watch")
+    },
+    *{("kopf.dev", r, "patch") for r in ("clusterkopfpeerings", "kopfpeerings")},  # by name
+}
+
+
+# ---------------------------------------------------------------- helm
+
+
+@cache
+def helm_path() -> str | None:
+    if os.environ.get("AISTACK_HELM"):
+        return os.environ["AISTACK_HELM"]
+    try:
+        bin_dir = subprocess.run(
+            [str(ROOT / "hack" / "build-tools.sh"), "--print-bin-dir"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    helm = Path(bin_dir) / "helm"
+    return str(helm) if helm.exists() else None
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    path = helm_path()
+    if path is None:
+        if os.environ.get("AISTACK_REQUIRE_HELM") == "1":
+            pytest.fail("helm is not built: run hack/build-tools.sh", pytrace=False)
+        pytest.skip("helm is not built (hack/build-tools.sh; `make chart` runs these tests)")
+    return path
+
+
+def run_helm(helm: str, *args: str, values: dict[str, Any] | None = None) -> str:
+    cmd = [helm, *args]
+    if values:
+        cmd += ["-f", "-"]
+    proc = subprocess.run(
+        cmd, input=yaml.safe_dump(values or {}), capture_output=True, text=True, timeout=60
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed:\n{proc.stderr}")
+    return proc.stdout
+
+
+def template(helm: str, values: dict[str, Any], *extra: str) -> list[dict[str, Any]]:
+    out = run_helm(
+        helm,
+        "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
+        "--kube-version", f"v{K8S_VERSION}", *extra,
+        values=values,
+    )  # fmt: skip
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+@pytest.fixture(scope="module")
+def rendered(helm: str) -> dict[str, list[dict[str, Any]]]:
+    return {name: template(helm, values) for name, values in VARIANTS.items()}
+
+
+def by_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def one(objs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = by_kind(objs, kind)
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def container(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    return one(objs, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
+
+
+def rules(objs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for obj in objs:
+        if obj["kind"] in ("ClusterRole", "Role"):
+            for rule in obj["rules"]:
+                yield obj["kind"], rule
+
+
+# ---------------------------------------------------------------- lint and schema
+
+
+def test_helm_lint_is_clean(helm: str) -> None:
+    for name, values in VARIANTS.items():
+        out = run_helm(helm, "lint", "--strict", str(CHART), values=values)
+        assert "0 chart(s) failed" in out, f"{name}: {out}"
+        assert "[WARNING]" not in out and "[ERROR]" not in out, f"{name}: {out}"
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_rendered_object_is_valid_kubernetes(
+    helm: str, rendered: dict[str, list[dict[str, Any]]], variant: str
+) -> None:
+    objs = rendered[variant]
+    for obj in objs:
+        group = obj["apiVersion"].rpartition("/")[0]
+        if group in ("kopf.dev", "cert-manager.io"):
+            continue  # custom resources: checked below
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        assert obj["metadata"].get("namespace", NAMESPACE) in (NAMESPACE, "team-a", "team-b", "ml")
+    for obj in by_kind(objs, "Certificate") + by_kind(objs, "Issuer"):
+        assert obj["apiVersion"] == "cert-manager.io/v1"
+        assert obj["metadata"]["namespace"] == NAMESPACE
+
+
+def test_the_crds_the_chart_installs_are_valid_and_identical_to_crds(helm: str) -> None:
+    chart_crds = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
+    top_crds = {p.name: p.read_bytes() for p in (ROOT / "crds").glob("*.yaml")}
+    assert chart_crds == top_crds, "charts/aistack-operator/crds/ differs: run `make chart-crds`"
+    objs = template(helm, {}, "--include-crds")
+    crds = by_kind(objs, "CustomResourceDefinition")
+    assert sorted(c["metadata"]["name"] for c in crds) == [
+        "aistacks.aistack.dev",
+        "clusterkopfpeerings.kopf.dev",
+        "kopfpeerings.kopf.dev",
+        "licensepolicies.aistack.dev",
+    ]
+    for crd in crds:
+        kubernetes_validate.validate(crd, K8S_VERSION, strict=True)
+
+
+def test_every_object_carries_the_chart_labels(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for objs in rendered.values():
+        for obj in objs:
+            labels = obj["metadata"]["labels"]
+            assert labels["app.kubernetes.io/name"] == "aistack-operator"
+            assert labels["app.kubernetes.io/instance"] == RELEASE
+            assert labels["app.kubernetes.io/managed-by"] == "Helm"
+            assert labels["app.kubernetes.io/part-of"] == "aistack"
+            assert labels["app.kubernetes.io/version"] == "0.1.0"
+            assert labels["helm.sh/chart"] == "aistack-operator-0.1.0"
+
+
+# ---------------------------------------------------------------- golden files
+
+
+def _mask(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Certificates are generated anew on every render: keep their place, not their bytes."""
+    for obj in objs:
+        if obj["kind"] == "Secret" and obj.get("type") == "kubernetes.io/tls":
+            obj["data"] = dict.fromkeys(obj["data"], "<generated>")
+        for hook in obj.get("webhooks", []):
+            if "caBundle" in hook["clientConfig"]:
+                hook["clientConfig"]["caBundle"] = "<generated>"
+    return objs
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_renders_match_their_golden_files(
+    rendered: dict[str, list[dict[str, Any]]], variant: str, update_goldens: bool
+) -> None:
+    text = yaml.safe_dump_all(_mask(rendered[variant]), sort_keys=False)
+    golden = GOLDEN / f"{variant}.yaml"
+    if update_goldens:
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(text)
+    assert golden.exists(), f"no golden file for {variant}: run pytest --update-goldens"
+    assert text == golden.read_text(), f"{golden.name} differs: review, then --update-goldens"
+
+
+# ---------------------------------------------------------------- least privilege
+
+
+def test_rbac_grants_nothing_beyond_the_allow_list(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    granted: set[tuple[str, str, str]] = set()
+    for variant, objs in rendered.items():
+        for kind, rule in rules(objs):
+            assert set(rule) <= {"apiGroups", "resources", "verbs", "resourceNames"}, rule
+            for field in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[field], f"{variant} {kind}: wildcard in {rule}"
+            assert "secrets" not in rule["resources"], f"{variant}: {rule}"
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    for verb in rule["verbs"]:
+                        entry = (group, resource, verb)
+                        assert entry in ALLOWED, f"{variant} {kind} grants {entry}"
+                        granted.add(entry)
+            if rule["apiGroups"] == ["kopf.dev"] and "patch" in rule["verbs"]:
+                assert rule["resourceNames"] == ["aistack-operator"], rule
+    assert granted == ALLOWED, f"allowed but never granted: {ALLOWED - granted}"
+
+
+def test_cluster_wide_mode_binds_one_cluster_role(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    objs = rendered["default"]
+    assert by_kind(objs, "Role") == [] and by_kind(objs, "RoleBinding") == []
+    binding = one(objs, "ClusterRoleBinding")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "aistack-operator", "namespace": NAMESPACE}
+    ]
+    assert "--namespace" not in " ".join(container(objs)["args"])
+    assert one(objs, "ClusterKopfPeering")["metadata"]["name"] == "aistack-operator"
+
+
+def test_namespaced_mode_keeps_namespaced_grants_in_roles(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    objs = rendered["namespaced"]
+    cluster_resources = {
+        r for _, rule in rules(by_kind(objs, "ClusterRole")) for r in rule["resources"]
+    }
+    assert cluster_resources == {
+        "licensepolicies",
+        "licensepolicies/status",
+        "customresourcedefinitions",
+        "namespaces",
+    }
+    roles = by_kind(objs, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in by_kind(objs, "RoleBinding")) == [
+        "team-a",
+        "team-b",
+    ]
+    assert sorted(p["metadata"]["namespace"] for p in by_kind(objs, "KopfPeering")) == [
+        "team-a",
+        "team-b",
+    ]
+    assert by_kind(objs, "ClusterKopfPeering") == []
+    args = container(objs)["args"]
+    assert "--namespace=team-a" in args and "--namespace=team-b" in args
+    hook = one(objs, "ValidatingWebhookConfiguration")["webhooks"][0]
+    assert hook["namespaceSelector"]["matchExpressions"] == [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}
+    ]
+
+
+# ---------------------------------------------------------------- the operator's pod
+
+
+def test_the_operator_pod_is_locked_down(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    sts = one(rendered["default"], "StatefulSet")
+    pod = sts["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    c = pod["containers"][0]
+    assert c["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert c["image"] == "ghcr.io/aistack-dev/aistack-operator:0.1.0"
+    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert "--liveness=http://0.0.0.0:8080/healthz" in c["args"]
+    assert {v["name"] for v in pod["volumes"]} == {"tmp", "webhook-tls"}
+    anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+
+
+def test_replicas_get_distinct_peering_priorities(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    sts = one(rendered["two-replicas"], "StatefulSet")
+    assert sts["spec"]["replicas"] == 2
+    c = sts["spec"]["template"]["spec"]["containers"][0]
+    assert "--peering=aistack-operator" in c["args"]
+    assert "--priority=-$(POD_INDEX)" in c["args"]
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"]}
+    assert env == {
+        "POD_ID": "metadata.name",
+        "POD_INDEX": "metadata.labels['apps.kubernetes.io/pod-index']",
+    }
+    # The webhook goes to the preferred (active) replica only.
+    svc = one(rendered["two-replicas"], "Service")
+    assert svc["spec"]["selector"]["statefulset.kubernetes.io/pod-name"] == "aistack-operator-0"
+
+
+def test_more_than_one_replica_without_peering_is_refused(helm: str) -> None:
+    with pytest.raises(AssertionError, match=r"replicaCount > 1 needs peering\.enabled"):
+        template(helm, {"replicaCount": 2, "peering": {"enabled": False}})
+
+
+def test_the_webhook_wiring(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objs = rendered["default"]
+    hook = one(objs, "ValidatingWebhookConfiguration")["webhooks"][0]
+    assert hook["failurePolicy"] == "Fail" and hook["sideEffects"] == "None"
+    assert hook["clientConfig"]["service"] == {
+        "name": "aistack-operator-webhook",
+        "namespace": NAMESPACE,
+        "path": "/license",
+        "port": 443,
+    }
+    assert hook["rules"] == [
+        {
+            "apiGroups": ["aistack.dev"],
+            "apiVersions": ["v1alpha1"],
+            "operations": ["CREATE", "UPDATE"],
+            "resources": ["aistacks"],
+            "scope": "Namespaced",
+        }
+    ]
+    svc = one(objs, "Service")
+    assert svc["spec"]["ports"] == [
+        {"name": "https", "port": 443, "targetPort": "webhook", "protocol": "TCP"}
+    ]
+    c = container(objs)
+    assert {"name": "webhook", "containerPort": 9443, "protocol": "TCP"} in c["ports"]
+    assert "--webhook-port=9443" in c["args"]
+    assert "--webhook-cert=/etc/aistack/webhook-tls/tls.crt" in c["args"]
+    secret = one(objs, "Secret")
+    assert secret["metadata"]["name"] == "aistack-operator-webhook-tls"
+    assert hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+    assert "annotations" not in one(objs, "ValidatingWebhookConfiguration")["metadata"]
+
+
+def test_the_self_signed_certificate_serves_the_service_name(helm: str) -> None:
+    from base64 import b64decode
+
+    from cryptography import x509
+
+    objs = template(helm, {})
+    secret = one(objs, "Secret")
+    cert = x509.load_pem_x509_certificate(b64decode(secret["data"]["tls.crt"]))
+    ca = x509.load_pem_x509_certificate(b64decode(secret["data"]["ca.crt"]))
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert f"aistack-operator-webhook.{NAMESPACE}.svc" in names.get_values_for_type(x509.DNSName)
+    assert cert.issuer == ca.subject
+    cert.verify_directly_issued_by(ca)
+
+
+def test_cert_manager_replaces_the_generated_certificate(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    objs = rendered["cert-manager"]
+    assert by_kind(objs, "Secret") == []
+    cert = one(objs, "Certificate")
+    assert cert["spec"]["secretName"] == "aistack-operator-webhook-tls"
+    assert cert["spec"]["issuerRef"] == {"kind": "Issuer", "name": "aistack-operator-selfsigned"}
+    assert f"aistack-operator-webhook.{NAMESPACE}.svc" in cert["spec"]["dnsNames"]
+    vwc = one(objs, "ValidatingWebhookConfiguration")
+    assert vwc["metadata"]["annotations"] == {
+        "cert-manager.io/inject-ca-from": f"{NAMESPACE}/aistack-operator-webhook"
+    }
+    assert "caBundle" not in vwc["webhooks"][0]["clientConfig"]
+    issued = rendered["cert-manager-issuer"]
+    assert by_kind(issued, "Issuer") == []
+    assert one(issued, "Certificate")["spec"]["issuerRef"] == {
+        "kind": "ClusterIssuer",
+        "name": "ca",
+    }
+
+
+def test_webhook_off_renders_no_webhook_objects(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    objs = rendered["webhook-off"]
+    kinds = {o["kind"] for o in objs}
+    assert kinds.isdisjoint({"ValidatingWebhookConfiguration", "Service", "Secret", "Certificate"})
+    c = container(objs)
+    assert not [a for a in c["args"] if a.startswith("--webhook")]
+    assert [v["name"] for v in c["volumeMounts"]] == ["tmp"]
+
+
+def test_operator_settings_become_flags(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    c = container(rendered["everything"])
+    for flag in (
+        "--vllm-image=example.com/vllm:1",
+        "--gateway-image=example.com/litellm:1",
+        "--cluster-domain=example.local",
+        "--hub",
+        "--verbose",
+        "--debug",
+        "--namespace=ml",
+    ):
+        assert flag in c["args"], flag
+    assert not [a for a in c["args"] if a.startswith(("--ray-image", "--mlflow-image"))]
+    hf = next(e for e in c["env"] if e["name"] == "HF_TOKEN")
+    assert hf["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "token"}
+
+
+def test_the_default_license_policy_has_its_place(helm: str) -> None:
+    with pytest.raises(AssertionError, match=r"default-licensepolicy\.yaml"):
+        template(helm, {"licensePolicy": {"installDefault": True}})
+
+
+# ---------------------------------------------------------------- values.yaml
+
+
+def test_every_value_is_documented() -> None:
+    """Every key has a comment right above it, or sits inside a documented map value
+    (resources, securityContext), or is a plain group whose keys are documented."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    undocumented = []
+    documented_at: list[int] = []  # indents of the documented ancestors
+    for i, line in enumerate(lines):
+        match = re.match(r"^(\s*)([A-Za-z][A-Za-z0-9]*):", line)
+        if not match:
+            continue
+        indent, key = len(match.group(1)), match.group(2)
+        assert key[0].islower() and "_" not in key, f"values keys are lowerCamelCase: {key}"
+        documented_at = [d for d in documented_at if d < indent]
+        if lines[i - 1].strip().startswith("#"):
+            documented_at.append(indent)
+            continue
+        is_group = i + 1 < len(lines) and re.match(rf"^\s{{{indent + 1},}}\S", lines[i + 1])
+        if not documented_at and not is_group:
+            undocumented.append(key)
+    assert undocumented == []
+
+
+def test_rendering_is_fast(helm: str) -> None:
+    start = time.monotonic()
+    template(helm, VARIANTS["everything"])
+    assert time.monotonic() - start < 5
