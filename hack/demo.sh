@@ -112,11 +112,20 @@ start_operator() {
     return 0
   fi
   stop_operator
-  say "Starting the operator: .venv/bin/aistack run --namespace $NS (log: .demo/operator.log)"
+  local args=(run --namespace "$NS")
+  if [[ $(backend) == local ]]; then
+    # The local API server runs on this host, so it can call the license webhook on
+    # 127.0.0.1; the operator maintains the webhook configuration itself.
+    local port
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    args+=(--webhook-port "$port" --webhook-addr 127.0.0.1 --webhook-host 127.0.0.1
+           --webhook-managed aistack-demo.aistack.dev)
+  fi
+  say "Starting the operator: .venv/bin/aistack ${args[*]} (log: .demo/operator.log)"
   # setsid: own process group, so `down` can stop it and anything it spawned.
   (
     cd "$REPO_ROOT"
-    KUBECONFIG="$KUBECONFIG" setsid "$AISTACK" run --namespace "$NS" >>"$OPERATOR_LOG" 2>&1 </dev/null &
+    KUBECONFIG="$KUBECONFIG" setsid "$AISTACK" "${args[@]}" >>"$OPERATOR_LOG" 2>&1 </dev/null &
     echo $! >"$PID_FILE"
   )
   sleep 2
@@ -173,6 +182,11 @@ apply_quickstart() {
     say "Example: examples/quickstart.yaml does not exist yet; skipping"
     return 0
   fi
+  if ! operator_pid >/dev/null; then
+    # A license webhook left by an operator that is gone would refuse the apply
+    # (it fails closed); the operator recreates it when it starts.
+    kubectl delete validatingwebhookconfiguration aistack-demo.aistack.dev --ignore-not-found >/dev/null
+  fi
   say "Applying examples/quickstart.yaml to namespace $NS"
   kubectl apply -n "$NS" -f "$qs" || warn "applying the quickstart failed (are the CRDs installed?)"
 }
@@ -219,6 +233,9 @@ Look around:
   export PATH=$(dirname "$(command -v kubectl)"):\$PATH   # kubectl matching the cluster
   kubectl get ${res:-all} -n $NS
 Operator: $op
+Try the license gate (a non-commercial model is refused at apply time):
+  .venv/bin/aistack license check CohereForAI/c4ai-command-r-plus
+  kubectl patch ais quickstart -n $NS --type=json -p '[{"op":"add","path":"/spec/models/-","value":{"name":"command-r","source":"CohereForAI/c4ai-command-r-plus"}}]'
 Stop everything: make demo-down   (or hack/demo.sh down)
 EOF
   if [[ $(backend) == local ]]; then
