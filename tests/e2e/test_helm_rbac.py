@@ -1,0 +1,309 @@
+"""The Helm chart's RBAC, proven: the chart is installed with `helm install`, then the real
+operator runs authenticated as the chart's ServiceAccount through a whole scenario (create,
+update, policy change, drift, delete) and the API server refuses none of its requests.
+
+The chart's own operator pods are only simulated here (kwok runs no container), so the
+operator runs on the host with a token of the chart's ServiceAccount, with the same
+peering flags the chart gives it. The license webhook is off: the API server of the local
+cluster runs on the host and cannot reach a Service (the chart's webhook objects are
+schema-checked in tests/test_chart.py).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from operator_process import REPO_ROOT, OperatorProcess
+from stacks import conditions, deployments, load, routes, wait_exists, wait_phase
+
+CHART = REPO_ROOT / "charts" / "aistack-operator"
+MISTRAL = {"name": "mistral", "source": "mistralai/Mistral-7B-Instruct-v0.3"}  # Apache-2.0
+#: How a refusal shows in the operator's log: the API server's message ("... is forbidden:
+#: User ... cannot ..."), kopf's APIForbiddenError, kopf's fallback warnings.
+REFUSED = re.compile(r"forbidden|unauthorized|not enough permissions", re.IGNORECASE)
+
+
+def helm_binary() -> str:
+    bin_dir = subprocess.run(
+        [str(REPO_ROOT / "hack" / "build-tools.sh"), "--print-bin-dir"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    helm = Path(bin_dir) / "helm"
+    assert helm.exists(), "helm is not built: run hack/build-tools.sh"
+    return str(helm)
+
+
+def refusals(cluster: Any) -> dict[str, float]:
+    """The API server's counts of requests it did not authenticate or authorize.
+
+    (apiserver_request_total does not see requests the authorization filter refuses; these
+    counters do, for every client: the test window holds only the operator's and the
+    admin's requests, and the admin is never refused.)
+    """
+    out: dict[str, float] = {}
+    for line in cluster.kubectl("get", "--raw", "/metrics", timeout=30).stdout.splitlines():
+        if re.match(r'authorization_attempts_total\{result="(?!allowed")', line) or re.match(
+            r'authentication_attempts\{result="(?!success")', line
+        ):
+            labels, value = line.rsplit(" ", 1)
+            out[labels] = float(value)
+    return out
+
+
+def new_refusals(before: dict[str, float], after: dict[str, float]) -> list[str]:
+    return [k for k, v in after.items() if v > before.get(k, 0)]
+
+
+def sa_kubeconfig(cluster: Any, namespace: str, sa: str, path: Path) -> str:
+    token = cluster.kubectl("create", "token", sa, "-n", namespace, "--duration=1h").stdout
+    admin = json.loads(
+        cluster.kubectl("config", "view", "--raw", "--minify", "--flatten", "-o", "json").stdout
+    )
+    path.write_text(
+        json.dumps({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "c", "cluster": admin["clusters"][0]["cluster"]}],
+            "users": [{"name": sa, "user": {"token": token.strip()}}],
+            "contexts": [{"name": "c", "context": {"cluster": "c", "user": sa}}],
+            "current-context": "c",
+        })
+    )  # fmt: skip
+    path.chmod(0o600)
+    return str(path)
+
+
+@dataclass
+class Release:
+    name: str  # also the full name: ServiceAccount, ClusterRole, peering object
+    namespace: str
+    kubeconfig: str  # a token of the release's ServiceAccount
+
+    @property
+    def user(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.name}"
+
+
+@pytest.fixture
+def install(cluster: Any, tmp_path: Path) -> Iterator[Any]:
+    """`helm install` the chart (webhook off) into a fresh namespace; uninstalled after."""
+    helm = helm_binary()
+    made: list[Release] = []
+
+    def _install(**values: Any) -> Release:
+        name = f"aistack-operator-{uuid.uuid4().hex[:6]}"
+        namespace = f"{name}-system"
+        values = {"webhook": {"enabled": False}, **values}
+        started = time.monotonic()
+        proc = subprocess.run(
+            [helm, "install", name, str(CHART), "--namespace", namespace, "--create-namespace",
+             "--wait", "--timeout", "120s", "-f", "-"],
+            input=json.dumps(values), capture_output=True, text=True, env=cluster.env,
+            timeout=180,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        print(f"helm install {name}: {time.monotonic() - started:.1f}s")
+        release = Release(name, namespace, "")
+        made.append(release)
+        release.kubeconfig = sa_kubeconfig(cluster, namespace, name, tmp_path / f"{name}.kcfg")
+        return release
+
+    yield _install
+    for release in made:
+        subprocess.run(
+            [helm, "uninstall", release.name, "--namespace", release.namespace, "--wait"],
+            capture_output=True, text=True, env=cluster.env, timeout=120, check=False,
+        )  # fmt: skip
+        cluster.kubectl("delete", "namespace", release.namespace, "--wait=false", check=False)
+
+
+@pytest.fixture
+def policy(cluster: Any) -> Iterator[Any]:
+    made: list[str] = []
+
+    def apply(name: str, **spec: Any) -> None:
+        cluster.apply({"apiVersion": "aistack.dev/v1alpha1", "kind": "LicensePolicy",
+                       "metadata": {"name": name}, "spec": spec})  # fmt: skip
+        made.append(name)
+
+    yield apply
+    for name in made:
+        cluster.kubectl("delete", "licensepolicy", name, "--ignore-not-found", check=False)
+
+
+def operator_as(cluster: Any, release: Release, log_dir: Path, *args: str) -> OperatorProcess:
+    """The operator as the chart runs it (peering, pod 0's priority), as the release's SA."""
+    env = {**cluster.env, "KUBECONFIG": release.kubeconfig, "POD_ID": f"{release.name}-0"}
+    op = OperatorProcess(
+        env,
+        log_dir,
+        ["--kubeconfig", release.kubeconfig, f"--peering={release.name}", "--priority=-0", *args],
+    )
+    who = cluster.kubectl("auth", "whoami", "-o", "json", kubeconfig=release.kubeconfig)
+    assert json.loads(who.stdout)["status"]["userInfo"]["username"] == release.user
+    return op
+
+
+def scenario(cluster: Any, namespace: str, policy: Any) -> None:
+    """Create, update, policy change, drift, delete: every API call the operator makes."""
+    doc = load("quickstart.yaml")
+    cluster.apply(doc, namespace=namespace)
+    wait_phase(cluster, namespace, "quickstart", "Ready")
+
+    # Update: a second model, then the first removed (prune: DELETE of its objects).
+    doc["spec"]["models"].append(dict(MISTRAL))
+    cluster.apply(doc, namespace=namespace)
+    stack = wait_phase(cluster, namespace, "quickstart", "Ready")
+    assert stack["status"]["modelsReady"] == "2/2"
+    assert routes(cluster, namespace, "quickstart") == ["phi-3-5-mini", "mistral"]
+
+    # Policy change: mistral (Apache-2.0) denied, then the policy goes and it comes back.
+    name = f"e2e-rbac-{uuid.uuid4().hex[:6]}"
+    policy(name, allow=["MIT"])
+    stack = wait_phase(cluster, namespace, "quickstart", "Degraded")
+    assert conditions(stack)["LicenseCompliant"]["status"] == "False"
+    assert deployments(cluster, namespace)["quickstart-vllm-mistral"]["spec"]["replicas"] == 0
+    cluster.wait_until(
+        lambda: cluster.get_json("licensepolicy", name).get("status", {}).get("conditions"),
+        timeout=30, message="the LicensePolicy's status",
+    )  # fmt: skip
+    cluster.kubectl("delete", "licensepolicy", name)
+    wait_phase(cluster, namespace, "quickstart", "Ready")
+
+    doc["spec"]["models"] = [dict(MISTRAL)]
+    cluster.apply(doc, namespace=namespace)
+    wait_phase(cluster, namespace, "quickstart", "Ready")
+    cluster.wait_until(
+        lambda: "quickstart-vllm-phi-3-5-mini" not in deployments(cluster, namespace),
+        timeout=30, message="the removed model's Deployment to go",
+    )  # fmt: skip
+    assert routes(cluster, namespace, "quickstart") == ["mistral"]
+
+    # Drift: deleted children come back.
+    cluster.kubectl("delete", "deployment", "quickstart-ray-head", "-n", namespace)
+    cluster.kubectl("delete", "service", "quickstart-gateway", "-n", namespace)
+    wait_exists(cluster, "deployment", "quickstart-ray-head", namespace)
+    wait_exists(cluster, "service", "quickstart-gateway", namespace)
+    wait_phase(cluster, namespace, "quickstart", "Ready")
+
+    # Delete: the children go with the stack.
+    cluster.kubectl("delete", "aistack", "quickstart", "-n", namespace, "--wait=true", timeout=60)
+    cluster.wait_until(
+        lambda: not cluster.get_json(
+            "deployments,services,configmaps", "-n", namespace, "-l", "aistack.dev/stack"
+        )["items"],
+        timeout=60, message="the children to be garbage-collected",
+    )  # fmt: skip
+
+
+def assert_nothing_refused(op: OperatorProcess, before: dict[str, float], after: Any) -> None:
+    refused = new_refusals(before, after)
+    assert refused == [], "the API server refused requests:\n" + "\n".join(refused)
+    lines = [line for line in op.log().splitlines() if REFUSED.search(line)]
+    assert lines == [], "refusals in the operator's log:\n" + "\n".join(lines[:20])
+
+
+def assert_cannot_read_secrets(cluster: Any, release: Release, namespace: str) -> None:
+    cluster.kubectl("create", "secret", "generic", "hf-token", "-n", namespace,
+                    "--from-literal=token=not-for-the-operator")  # fmt: skip
+    for verb in ("get", "list", "watch"):
+        can = cluster.kubectl(
+            "auth", "can-i", verb, "secrets", "-n", namespace, f"--as={release.user}",
+            check=False,
+        )  # fmt: skip
+        assert can.stdout.strip() == "no", (verb, can.stdout, can.stderr)
+    before = refusals(cluster)
+    got = cluster.kubectl(
+        "get", "secret", "hf-token", "-n", namespace, kubeconfig=release.kubeconfig, check=False
+    )
+    assert got.returncode != 0
+    assert "Forbidden" in got.stderr and 'cannot get resource "secrets"' in got.stderr
+    # ... and the refusal counter sees it: an empty diff above means something.
+    assert new_refusals(before, refusals(cluster))
+
+
+def test_the_operator_runs_the_whole_scenario_as_the_charts_service_account(
+    cluster: Any, crds: None, namespace: str, install: Any, policy: Any, tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    release = install()
+    op = operator_as(cluster, release, tmp_path)
+    before = refusals(cluster)
+    op.start()
+    try:
+        scenario(cluster, namespace, policy)
+        after = refusals(cluster)
+    finally:
+        op.stop()
+    assert_nothing_refused(op, before, after)
+    assert f"Keep-alive in '{release.name}' cluster-wide: ok" in op.log()
+    assert_cannot_read_secrets(cluster, release, namespace)
+    for verb, resource in (("update", "deployments"), ("get", "deployments"), ("create", "pods")):
+        can = cluster.kubectl(
+            "auth", "can-i", verb, resource, "-n", namespace, f"--as={release.user}", check=False
+        )
+        assert can.stdout.strip() == "no", (verb, resource)
+    print(f"cluster-wide RBAC scenario: {time.monotonic() - started:.1f}s")
+
+
+def test_a_namespaced_release_works_in_its_namespaces_and_nowhere_else(
+    cluster: Any, crds: None, namespace: str, install: Any, policy: Any, tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    release = install(watchNamespaces=[namespace])
+    assert cluster.get_json("kopfpeering", release.name, "-n", namespace)
+    op = operator_as(cluster, release, tmp_path, "--namespace", namespace)
+    before = refusals(cluster)
+    op.start()
+    try:
+        scenario(cluster, namespace, policy)
+        after = refusals(cluster)
+    finally:
+        op.stop()
+    assert_nothing_refused(op, before, after)
+    assert f"Keep-alive in '{release.name}' in '{namespace}': ok" in op.log()
+    assert_cannot_read_secrets(cluster, release, namespace)
+    for verb, resource in (("list", "aistacks"), ("create", "deployments"), ("list", "pods")):
+        for ns in (release.namespace, "default"):
+            can = cluster.kubectl(
+                "auth", "can-i", verb, resource, "-n", ns, f"--as={release.user}", check=False
+            )
+            assert can.stdout.strip() == "no", (verb, resource, ns)
+    print(f"namespaced RBAC scenario: {time.monotonic() - started:.1f}s")
+
+
+def test_server_side_apply_that_creates_needs_create(
+    cluster: Any, namespace: str, tmp_path: Path
+) -> None:
+    """Why the chart grants `create` beside `patch`: SSA of a new object is a create."""
+    sa = "ssa-probe"
+    cluster.kubectl("create", "serviceaccount", sa, "-n", namespace)
+    cluster.kubectl("create", "role", "patch-only", "--verb=patch", "--resource=configmaps",
+                    "-n", namespace)  # fmt: skip
+    cluster.kubectl("create", "rolebinding", "patch-only", "--role=patch-only",
+                    f"--serviceaccount={namespace}:{sa}", "-n", namespace)  # fmt: skip
+    kubeconfig = sa_kubeconfig(cluster, namespace, sa, tmp_path / "ssa.kcfg")
+    cm = json.dumps({"apiVersion": "v1", "kind": "ConfigMap",
+                     "metadata": {"name": "probe", "namespace": namespace}})  # fmt: skip
+
+    def ssa() -> subprocess.CompletedProcess[str]:
+        return cluster.kubectl(  # type: ignore[no-any-return]
+            "apply", "--server-side", "--field-manager=probe", "-f", "-",
+            input=cm, kubeconfig=kubeconfig, check=False,
+        )  # fmt: skip
+
+    refused = ssa()
+    assert refused.returncode != 0 and 'cannot create resource "configmaps"' in refused.stderr
+    cluster.kubectl("create", "role", "create-too", "--verb=create", "--resource=configmaps",
+                    "-n", namespace)  # fmt: skip
+    cluster.kubectl("create", "rolebinding", "create-too", "--role=create-too",
+                    f"--serviceaccount={namespace}:{sa}", "-n", namespace)  # fmt: skip
+    cluster.wait_until(lambda: ssa().returncode == 0, timeout=30, message="SSA to be allowed")
