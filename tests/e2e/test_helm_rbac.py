@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lupa import lua51
 from operator_process import REPO_ROOT, OperatorProcess
 from stacks import conditions, deployments, load, routes, wait_exists, wait_phase
 
@@ -29,6 +30,7 @@ CHART = REPO_ROOT / "charts" / "aistack-operator"
 MISTRAL = {"name": "mistral", "source": "mistralai/Mistral-7B-Instruct-v0.3"}  # Apache-2.0
 #: How a refusal shows in the operator's log: the API server's message ("... is forbidden:
 #: User ... cannot ..."), kopf's APIForbiddenError, kopf's fallback warnings.
+ARGOCD_HEALTH = REPO_ROOT / "operator" / "aistack" / "argocd" / "health.lua"
 REFUSED = re.compile(r"forbidden|unauthorized|not enough permissions", re.IGNORECASE)
 
 
@@ -152,6 +154,13 @@ def operator_as(cluster: Any, release: Release, log_dir: Path, *args: str) -> Op
     return op
 
 
+def argocd_health(stack: dict[str, Any]) -> str:
+    """What Argo CD's health check (the chart's Lua) says of a real stack."""
+    lua = lua51.LuaRuntime()
+    lua.globals().obj = lua.table_from(stack, recursive=True)
+    return str(lua.execute(ARGOCD_HEALTH.read_text())["status"])
+
+
 def scenario(cluster: Any, namespace: str, policy: Any) -> None:
     """Create, update, policy change, drift, delete: every API call the operator makes."""
     doc = load("quickstart.yaml")
@@ -163,6 +172,7 @@ def scenario(cluster: Any, namespace: str, policy: Any) -> None:
     cluster.apply(doc, namespace=namespace)
     stack = wait_phase(cluster, namespace, "quickstart", "Ready")
     assert stack["status"]["modelsReady"] == "2/2"
+    assert argocd_health(stack) == "Healthy"
     assert routes(cluster, namespace, "quickstart") == ["phi-3-5-mini", "mistral"]
 
     # Policy change: mistral (Apache-2.0) denied, then the policy goes and it comes back.
@@ -170,6 +180,7 @@ def scenario(cluster: Any, namespace: str, policy: Any) -> None:
     policy(name, allow=["MIT"])
     stack = wait_phase(cluster, namespace, "quickstart", "Degraded")
     assert conditions(stack)["LicenseCompliant"]["status"] == "False"
+    assert argocd_health(stack) == "Degraded"
     assert deployments(cluster, namespace)["quickstart-vllm-mistral"]["spec"]["replicas"] == 0
     cluster.wait_until(
         lambda: cluster.get_json("licensepolicy", name).get("status", {}).get("conditions"),
