@@ -18,6 +18,7 @@ Several policies all apply (the strictest wins); with none, the built-in default
 from __future__ import annotations
 
 import csv
+import re
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,7 +35,8 @@ from license_expression import (
     ExpressionError,
     LicenseSymbol,
     LicenseWithExceptionSymbol,
-    get_spdx_licensing,
+    get_license_index,
+    load_licensing_from_license_index,
 )
 from pydantic import ValidationError
 
@@ -82,8 +84,29 @@ def default_policy() -> LicensePolicy:
 
 @cache
 def _licensing() -> Any:
-    # Building the SPDX symbol table takes a second: once per process.
-    return get_spdx_licensing()
+    """SPDX ids (and their deprecated spellings), and no ``LicenseRef-*`` aliases.
+
+    license-expression's own SPDX table (``get_spdx_licensing``) comes from ScanCode, which
+    maps some ``LicenseRef-*`` names to real licenses: ``LicenseRef-apache`` to Apache-2.0,
+    ``LicenseRef-gpl`` to GPL-1.0-or-later. A custom model license (``other`` with
+    ``license_name: apache``) must stay itself, so those aliases are left out. Building the
+    table takes a second: once per process.
+    """
+    entries = [
+        {
+            "key": lic["spdx_license_key"],
+            "aliases": [
+                alias
+                for alias in lic.get("other_spdx_license_keys", [])
+                if not alias.lower().startswith("licenseref-")
+            ],
+            "is_deprecated": lic.get("is_deprecated", False),
+            "is_exception": lic.get("is_exception", False),
+        }
+        for lic in get_license_index()
+        if lic.get("spdx_license_key")
+    ]
+    return load_licensing_from_license_index(entries)
 
 
 #: Hub ids that name a license family but no version; SPDX would map "gpl" to
@@ -91,13 +114,34 @@ def _licensing() -> Any:
 _FAMILY_IDS = frozenset({"gpl", "lgpl", "agpl", "bsd", "cc", "apache", "openrail", "openrail++"})
 
 
+#: What a card's license id looks like; anything else (spaces, operators) is free text.
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]*")
+
+
+def _license_ref(name: str) -> str | None:
+    """``LicenseRef-<name>``, with what is not a letter, digit or dot turned into ``-``."""
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-")
+    return f"LicenseRef-{slug}" if slug else None
+
+
 def hub_to_spdx(hub_id: str, license_name: str = "") -> str | None:
-    """A Hugging Face card's license id as an SPDX expression (None: unknown)."""
+    """A Hugging Face card's license id as an SPDX expression (None: unknown).
+
+    Card metadata is written by whoever owns the repo: it is never read as an expression.
+    ``license_name: "x OR mit"`` is the custom license ``LicenseRef-x-OR-mit``, and a value
+    that is no single id resolves to unknown. Several ids (a card listing licenses, joined
+    with `` AND `` by ``card_license_of``) must all be acceptable.
+    """
     hub_id = hub_id.strip()
-    if not hub_id or hub_id == "unknown":
+    if " AND " in hub_id:
+        parts = [hub_to_spdx(part) for part in hub_id.split(" AND ")]
+        return None if None in parts else " AND ".join(str(p) for p in parts)
+    if not hub_id or hub_id.lower() == "unknown":
         return None
-    if hub_id == "other":
-        return f"LicenseRef-{license_name}" if license_name else None
+    if hub_id.lower() == "other":
+        return _license_ref(license_name)
+    if not _HUB_ID.fullmatch(hub_id):
+        return None
     if hub_id.lower() not in _FAMILY_IDS and not _licensing().validate(hub_id).errors:
         return str(_licensing().parse(hub_id))
     # Model-family licenses (llama3.1, gemma, bigscience-bloom-rail-1.0, ...) have no SPDX
@@ -171,8 +215,8 @@ def card_license_of(card_data: Mapping[str, Any] | None, tags: Sequence[str]) ->
     """The license a card declares: ``license`` (+ ``license_name``), else a ``license:`` tag."""
     card = dict(card_data or {})
     lic = card.get("license")
-    if isinstance(lic, list):  # some cards list several
-        lic = " OR ".join(str(x) for x in lic) if len(lic) > 1 else (lic[0] if lic else None)
+    if isinstance(lic, list):  # some cards list several: each must be acceptable
+        lic = " AND ".join(str(x) for x in lic) if len(lic) > 1 else (lic[0] if lic else None)
     if isinstance(lic, str) and lic:
         return CardLicense(lic, str(card.get("license_name") or ""))
     for tag in tags:
@@ -297,9 +341,19 @@ def compile_policy(policy: LicensePolicy) -> tuple[CompiledPolicy, list[str]]:
         out = set()
         for value in values:
             try:
-                out.add(normalize_id(value))
+                parsed = parse(value)
             except ExpressionProblem as exc:
                 problems.append(f"spec.{field}: {exc}")
+                continue
+            if not isinstance(parsed, LicenseSymbol):
+                # Leaves are compared one license at a time, "X WITH exception" as X: an
+                # expression here would never match anything.
+                problems.append(
+                    f"spec.{field}: {value!r} is an expression; list single license ids "
+                    f"('X WITH exception' is judged as X)"
+                )
+                continue
+            out.add(str(parsed))
         return frozenset(out)
 
     spec = policy.spec
@@ -412,7 +466,9 @@ def decide(
     if blocking:
         _, v = blocking[0]
         return LicenseVerdict(False, True, v.reason, v.message, resolved.license, resolved.source)
-    p, v = violations[0]
+    # The strictest mode among the violated policies speaks: Warn before DryRun, whatever
+    # order the policies were listed in (a Warn gets an admission warning, a DryRun not).
+    p, v = next(((p, v) for p, v in violations if p.enforcement == "Warn"), violations[0])
     mode = "Warn: deployed anyway" if p.enforcement == "Warn" else "DryRun: only reported"
     return LicenseVerdict(
         True, True, v.reason, f"{v.message} ({mode})", resolved.license, resolved.source
