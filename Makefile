@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
 .PHONY: help venv lint unit e2e test crds check-crds demo demo-down cluster-tools clean \
-	chart chart-crds
+	chart chart-crds docs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ chart: $(STAMP) cluster-tools ## helm lint and the chart's template tests (with 
 
 chart-crds: ## copy crds/ into the Helm chart (after `make crds`)
 	cp crds/*.yaml charts/aistack-operator/crds/
+
+docs: $(STAMP) ## regenerate docs/api.md from the CRD schema
+	$(BIN)/python -m aistack.apidocs > docs/api.md
 
 demo: $(STAMP) cluster-tools ## local cluster + operator + the quickstart stack, then its status
 	hack/demo.sh up
