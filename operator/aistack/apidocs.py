@@ -151,13 +151,13 @@ def render() -> str:
     crds = [c for c in all_crds().values() if c["spec"]["group"] == "aistack.dev"]
     for crd in crds:
         kind = crd["spec"]["names"]["kind"]
-        root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        schema: Schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
         out.append(
             f"- [{kind}](#{_anchor(kind)}): "
             + ", ".join(
                 f"[`{path}`](#{_anchor(f'{kind}-{path}')})"
                 for part in ("spec", "status")
-                for path, _ in _sections(part, root["properties"][part])
+                for path, _ in _sections(part, schema["properties"][part])
             )
         )
     out.append("")
