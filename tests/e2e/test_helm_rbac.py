@@ -104,9 +104,14 @@ def install(cluster: Any, tmp_path: Path) -> Iterator[Any]:
         name = f"aistack-operator-{uuid.uuid4().hex[:6]}"
         namespace = f"{name}-system"
         values = {"webhook": {"enabled": False}, **values}
+        # The restricted Pod Security Standard, enforced: --wait fails unless the
+        # operator's pods are admitted.
+        cluster.kubectl("create", "namespace", namespace)
+        cluster.kubectl("label", "namespace", namespace,
+                        "pod-security.kubernetes.io/enforce=restricted")  # fmt: skip
         started = time.monotonic()
         proc = subprocess.run(
-            [helm, "install", name, str(CHART), "--namespace", namespace, "--create-namespace",
+            [helm, "install", name, str(CHART), "--namespace", namespace,
              "--wait", "--timeout", "120s", "-f", "-"],
             input=json.dumps(values), capture_output=True, text=True, env=cluster.env,
             timeout=180,
@@ -291,6 +296,28 @@ def test_a_namespaced_release_works_in_its_namespaces_and_nowhere_else(
     print(f"namespaced RBAC scenario: {time.monotonic() - started:.1f}s")
 
 
+def test_uninstall_keeps_the_crds_and_the_stacks(
+    cluster: Any, crds: None, namespace: str, install: Any
+) -> None:
+    release = install(replicaCount=2)
+    pods = cluster.get_json("pods", "-n", release.namespace)["items"]
+    assert sorted(p["metadata"]["labels"]["apps.kubernetes.io/pod-index"] for p in pods) == [
+        "0",
+        "1",
+    ]
+    cluster.apply(load("quickstart.yaml"), namespace=namespace)
+    subprocess.run(
+        [helm_binary(), "uninstall", release.name, "--namespace", release.namespace, "--wait"],
+        capture_output=True, text=True, env=cluster.env, timeout=120, check=True,
+    )  # fmt: skip
+    for kind, name in (("clusterrole", release.name), ("clusterkopfpeering", release.name)):
+        gone = cluster.kubectl("get", kind, name, check=False)
+        assert gone.returncode != 0 and "NotFound" in gone.stderr, (kind, gone.stderr)
+    for crd in ("aistacks.aistack.dev", "licensepolicies.aistack.dev"):
+        cluster.kubectl("get", "crd", crd)
+    cluster.kubectl("get", "aistack", "quickstart", "-n", namespace)
+
+
 def test_server_side_apply_that_creates_needs_create(
     cluster: Any, namespace: str, tmp_path: Path
 ) -> None:
@@ -318,3 +345,30 @@ def test_server_side_apply_that_creates_needs_create(
     cluster.kubectl("create", "rolebinding", "create-too", "--role=create-too",
                     f"--serviceaccount={namespace}:{sa}", "-n", namespace)  # fmt: skip
     cluster.wait_until(lambda: ssa().returncode == 0, timeout=30, message="SSA to be allowed")
+
+
+def test_the_webhook_objects_install_and_fail_closed(
+    cluster: Any, crds: None, namespace: str, install: Any
+) -> None:
+    """The chart's webhook as the API server sees it. Its Service cannot be reached from
+    the host-run API server, which is what failurePolicy Fail shows: the stack is refused.
+    The webhook only judges the release's namespace, so no other test is affected."""
+    release = install(watchNamespaces=[namespace], webhook={"enabled": True})
+    name = release.name
+    hook = cluster.get_json("validatingwebhookconfiguration", name)["webhooks"][0]
+    secret = cluster.get_json("secret", f"{name}-webhook-tls", "-n", release.namespace)
+    assert hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+    assert hook["clientConfig"]["service"]["name"] == f"{name}-webhook"
+    endpoints = cluster.get_json(
+        "endpointslices",
+        "-n",
+        release.namespace,
+        "-l",
+        f"kubernetes.io/service-name={name}-webhook",
+    )["items"]
+    assert [len(e.get("endpoints") or []) for e in endpoints] == [1], "pod 0 only"
+    refused = cluster.kubectl(
+        "apply", "-n", namespace, "-f", "-", input=json.dumps(load("quickstart.yaml")), check=False
+    )
+    assert refused.returncode != 0
+    assert 'failed calling webhook "license.aistack.dev"' in refused.stderr, refused.stderr
