@@ -495,3 +495,17 @@ def test_rendering_is_fast(helm: str) -> None:
     start = time.monotonic()
     template(helm, VARIANTS["everything"])
     assert time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"watchNamespace": ["a"]}, "additional properties 'watchNamespace' not allowed"),
+        ({"webhook": {"failurePolicy": "Sometimes"}}, "value must be one of 'Fail', 'Ignore'"),
+        ({"watchNamespaces": ["Team_A"]}, "/watchNamespaces/0"),
+        ({"replicaCount": 0}, "/replicaCount"),
+    ],
+)
+def test_values_schema_catches_mistakes(helm: str, values: dict[str, Any], message: str) -> None:
+    with pytest.raises(AssertionError, match=re.escape(message)):
+        template(helm, values)
