@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from lupa import lua51
 from operator_process import REPO_ROOT, OperatorProcess
 from stacks import conditions, deployments, load, routes, wait_exists, wait_phase
@@ -30,6 +31,7 @@ CHART = REPO_ROOT / "charts" / "aistack-operator"
 MISTRAL = {"name": "mistral", "source": "mistralai/Mistral-7B-Instruct-v0.3"}  # Apache-2.0
 #: How a refusal shows in the operator's log: the API server's message ("... is forbidden:
 #: User ... cannot ..."), kopf's APIForbiddenError, kopf's fallback warnings.
+ARGOCD_STACKS = REPO_ROOT / "examples" / "argocd" / "stacks"
 ARGOCD_HEALTH = REPO_ROOT / "operator" / "aistack" / "argocd" / "health.lua"
 REFUSED = re.compile(r"forbidden|unauthorized|not enough permissions", re.IGNORECASE)
 
@@ -220,6 +222,20 @@ def scenario(cluster: Any, namespace: str, policy: Any) -> None:
     )  # fmt: skip
 
 
+def argocd_example(cluster: Any, namespace: str) -> None:
+    """examples/argocd/stacks/ in its sync-wave order: the policy, then the stack, which
+    becomes Ready and Healthy to Argo CD's health check."""
+    docs = [
+        d for p in sorted(ARGOCD_STACKS.glob("*.yaml")) for d in yaml.safe_load_all(p.read_text())
+    ]
+    wave = "argocd.argoproj.io/sync-wave"
+    for doc in sorted(docs, key=lambda d: int(d["metadata"]["annotations"][wave])):
+        cluster.apply(doc, namespace=namespace if doc["kind"] == "AIStack" else None)
+    stack = wait_phase(cluster, namespace, "chat", "Ready")
+    assert [m["license"] for m in stack["status"]["models"]] == ["MIT", "Apache-2.0"]
+    assert argocd_health(stack) == "Healthy"
+
+
 def assert_nothing_refused(op: OperatorProcess, before: dict[str, float], after: Any) -> None:
     refused = new_refusals(before, after)
     assert refused == [], "the API server refused requests:\n" + "\n".join(refused)
@@ -256,9 +272,11 @@ def test_the_operator_runs_the_whole_scenario_as_the_charts_service_account(
     op.start()
     try:
         scenario(cluster, namespace, policy)
+        argocd_example(cluster, namespace)
         after = refusals(cluster)
     finally:
         op.stop()
+        cluster.kubectl("delete", "-f", str(ARGOCD_STACKS), "--ignore-not-found", check=False)
     assert_nothing_refused(op, before, after)
     assert f"Keep-alive in '{release.name}' cluster-wide: ok" in op.log()
     assert_cannot_read_secrets(cluster, release, namespace)
