@@ -11,8 +11,12 @@ schema-checked in tests/test_chart.py).
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
 import re
+import socket
+import ssl
 import subprocess
 import time
 import uuid
@@ -365,12 +369,44 @@ def test_server_side_apply_that_creates_needs_create(
     cluster.wait_until(lambda: ssa().returncode == 0, timeout=30, message="SSA to be allowed")
 
 
+def admission_review(port: int, ca: Path, host: str, namespace: str, source: str) -> dict[str, Any]:
+    """POST an AdmissionReview for a stack to https://127.0.0.1:PORT/license, verifying the
+    server's certificate for HOST (the Service's DNS name) against CA, as the API server
+    would."""
+    stack = load("quickstart.yaml")
+    stack["metadata"]["namespace"] = namespace
+    stack["spec"]["models"][0]["source"] = source
+    review = {
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": str(uuid.uuid4()), "operation": "CREATE", "dryRun": False,
+            "kind": {"group": "aistack.dev", "version": "v1alpha1", "kind": "AIStack"},
+            "resource": {"group": "aistack.dev", "version": "v1alpha1", "resource": "aistacks"},
+            "namespace": namespace, "name": "quickstart", "object": stack,
+            "userInfo": {"username": "e2e"},
+        },
+    }  # fmt: skip
+    context = ssl.create_default_context(cafile=str(ca))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        conn = http.client.HTTPConnection(host, timeout=10)
+        conn.sock = context.wrap_socket(raw, server_hostname=host)
+        conn.request(
+            "POST", "/license", body=json.dumps(review),
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        answer = conn.getresponse()
+        assert answer.status == 200, answer.read()
+        return json.loads(answer.read())["response"]  # type: ignore[no-any-return]
+
+
 def test_the_webhook_objects_install_and_fail_closed(
-    cluster: Any, crds: None, namespace: str, install: Any
+    cluster: Any, crds: None, namespace: str, install: Any, tmp_path: Path
 ) -> None:
     """The chart's webhook as the API server sees it. Its Service cannot be reached from
     the host-run API server, which is what failurePolicy Fail shows: the stack is refused.
-    The webhook only judges the release's namespace, so no other test is affected."""
+    The webhook only judges the release's namespace, so no other test is affected. Then
+    the operator serves the webhook on the host with the chart's certificate, and answers
+    a client that verifies it as the API server would."""
     release = install(watchNamespaces=[namespace], webhook={"enabled": True})
     name = release.name
     hook = cluster.get_json("validatingwebhookconfiguration", name)["webhooks"][0]
@@ -390,3 +426,39 @@ def test_the_webhook_objects_install_and_fail_closed(
     )
     assert refused.returncode != 0
     assert 'failed calling webhook "license.aistack.dev"' in refused.stderr, refused.stderr
+
+    files = {}
+    for key in ("ca.crt", "tls.crt", "tls.key"):
+        files[key] = tmp_path / key
+        files[key].write_bytes(base64.b64decode(secret["data"][key]))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    op = operator_as(
+        cluster, release, tmp_path, "--namespace", namespace,
+        f"--webhook-port={port}", "--webhook-addr=127.0.0.1",
+        f"--webhook-cert={files['tls.crt']}", f"--webhook-key={files['tls.key']}",
+    )  # fmt: skip
+    host = f"{name}-webhook.{release.namespace}.svc"
+    op.start()
+    try:
+
+        def first_answer() -> dict[str, Any] | None:
+            try:
+                return admission_review(
+                    port, files["ca.crt"], host, namespace, "CohereForAI/c4ai-command-r-plus"
+                )
+            except OSError:  # not listening yet
+                return None
+
+        denied = cluster.wait_until(first_answer, timeout=30, message="the webhook to answer")
+        allowed = admission_review(
+            port, files["ca.crt"], host, namespace, "microsoft/Phi-3.5-mini-instruct"
+        )
+    finally:
+        op.stop()
+    assert denied["allowed"] is False
+    assert "CC-BY-NC-4.0" in denied["status"]["message"], denied
+    assert allowed["allowed"] is True, allowed
+    lines = [line for line in op.log().splitlines() if REFUSED.search(line)]
+    assert lines == [], lines
