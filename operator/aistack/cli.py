@@ -380,7 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
         "check",
         help="decide whether models may be served",
         description=(
-            "Resolve each model's license (shipped catalog, then the declared license) and "
+            "Resolve each model's license (shipped catalog, then the Hub with --hub, then the "
+            "declared license) and "
             "evaluate it against the policies given (default: the built-in default policy). "
             "Works offline. Exit status: 0 all permitted, 1 any denied, 2 bad input."
         ),
