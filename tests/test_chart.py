@@ -12,12 +12,16 @@ import subprocess
 import time
 from collections.abc import Iterator
 from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
+
+from aistack.api.v1alpha1 import LicensePolicy
+from aistack.licenses import default_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "aistack-operator"
@@ -37,6 +41,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "webhook-off": {"webhook": {"enabled": False}},
     "two-replicas": {"replicaCount": 2},
+    "license-policy": {"licensePolicy": {"installDefault": True}},
     "everything": {
         "replicaCount": 2,
         "watchNamespaces": ["ml"],
@@ -181,13 +186,16 @@ def test_every_rendered_object_is_valid_kubernetes(
     objs = rendered[variant]
     for obj in objs:
         group = obj["apiVersion"].rpartition("/")[0]
-        if group in ("kopf.dev", "cert-manager.io"):
+        if group in ("kopf.dev", "cert-manager.io", "aistack.dev"):
             continue  # custom resources: checked below
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
         assert obj["metadata"].get("namespace", NAMESPACE) in (NAMESPACE, "team-a", "team-b", "ml")
     for obj in by_kind(objs, "Certificate") + by_kind(objs, "Issuer"):
         assert obj["apiVersion"] == "cert-manager.io/v1"
         assert obj["metadata"]["namespace"] == NAMESPACE
+    for obj in by_kind(objs, "LicensePolicy"):
+        LicensePolicy.model_validate(obj)  # the operator's own model: schema, CEL rules
+        assert "namespace" not in obj["metadata"]  # cluster-scoped
 
 
 def test_the_crds_the_chart_installs_are_valid_and_identical_to_crds(helm: str) -> None:
@@ -353,9 +361,12 @@ def test_replicas_get_distinct_peering_priorities(
         "POD_ID": "metadata.name",
         "POD_INDEX": "metadata.labels['apps.kubernetes.io/pod-index']",
     }
-    # The webhook goes to the preferred (active) replica only.
+    # The webhook goes to every replica: each judges by the policies it reads per review.
     svc = one(rendered["two-replicas"], "Service")
-    assert svc["spec"]["selector"]["statefulset.kubernetes.io/pod-name"] == "aistack-operator-0"
+    assert svc["spec"]["selector"] == {
+        "app.kubernetes.io/name": "aistack-operator",
+        "app.kubernetes.io/instance": RELEASE,
+    }
 
 
 def test_more_than_one_replica_without_peering_is_refused(helm: str) -> None:
@@ -461,9 +472,21 @@ def test_operator_settings_become_flags(rendered: dict[str, list[dict[str, Any]]
     assert hf["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "token"}
 
 
-def test_the_default_license_policy_has_its_place(helm: str) -> None:
-    with pytest.raises(AssertionError, match=r"default-licensepolicy\.yaml"):
-        template(helm, {"licensePolicy": {"installDefault": True}})
+def test_the_chart_ships_the_operators_default_license_policy(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    shipped = (CHART / "files" / "default-licensepolicy.yaml").read_text()
+    builtin = resources.files("aistack").joinpath("data/default-licensepolicy.yaml").read_text()
+    assert shipped == builtin, "files/default-licensepolicy.yaml differs from the operator's"
+    policy = one(rendered["license-policy"], "LicensePolicy")
+    assert policy["metadata"]["name"] == "default"
+    assert policy["spec"] == yaml.safe_load(builtin)["spec"]
+    assert LicensePolicy.model_validate(policy).spec == default_policy().spec
+    assert policy["metadata"]["annotations"] == {"argocd.argoproj.io/sync-wave": "-1"}
+    # Off by default: a policy of one's own then replaces the built-in default, where an
+    # installed default would still apply beside it (the strictest policy wins).
+    assert not [o for v, objs in rendered.items() if v != "license-policy"
+                for o in by_kind(objs, "LicensePolicy")]  # fmt: skip
 
 
 # ---------------------------------------------------------------- values.yaml
