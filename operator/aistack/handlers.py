@@ -247,15 +247,36 @@ async def admit_stack(body: kopf.Body, warnings: list[str], dryrun: bool, **kwar
         stack = AIStack.model_validate(dict(body))
     except ValidationError as err:
         raise kopf.AdmissionError("; ".join(format_validation_error("AIStack", err))) from err
-    policies = [
-        copy.deepcopy(v)
-        for store in RUNTIME.indexes.get("policy_index", {}).values()
-        for v in store
-    ]
+    policies = await asyncio.to_thread(_current_policies)
     denied, warned = admission_messages(stack, policies)
     warnings.extend(warned)
     if denied:
         raise kopf.AdmissionError("; ".join(denied), code=403)
+
+
+def _current_policies() -> list[dict[str, Any]]:
+    """The cluster's LicensePolicies as the API server has them now.
+
+    Not the policy cache: a standby replica (paused by peering) does not watch, and a
+    replica that has just started may not have listed yet; either would judge by the
+    built-in default policy. One LIST per admission review keeps every replica right, so
+    the webhook Service can send to any of them. When the list cannot be read, the stack
+    is refused (fail closed) with a message that says to retry.
+    """
+    if RUNTIME.reconciler is None:
+        raise kopf.AdmissionError(
+            "the aistack operator is starting and cannot judge licenses yet; "
+            "retry in a few seconds",
+            code=503,
+        )
+    try:
+        return [_trim(p) for p in RUNTIME.reconciler.kube.list("LicensePolicy")]
+    except KubeError as exc:
+        raise kopf.AdmissionError(
+            f"the aistack operator cannot read the cluster's LicensePolicies ({exc.message}); "
+            "licenses are not judged without them: retry in a few seconds",
+            code=503,
+        ) from exc
 
 
 def enable_admission(

@@ -119,6 +119,11 @@ class Kube:
             content_type="application/apply-patch+yaml",
         )
 
+    def list(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Every object of a kind (in a namespace, or everywhere), straight from the server."""
+        items: list[dict[str, Any]] = self.request("GET", _path(kind, namespace)).get("items", [])
+        return items
+
     def delete(self, key: Key) -> None:
         kind, namespace, name = key
         try:

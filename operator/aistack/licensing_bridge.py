@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aistack.api.v1alpha1 import AIStack
@@ -14,13 +14,13 @@ HUB: HubClient | None = None
 
 
 def license_verdicts(
-    stack: AIStack, policies: list[Mapping[str, Any]]
+    stack: AIStack, policies: Sequence[Mapping[str, Any]]
 ) -> dict[str, LicenseVerdict]:
     return decide_stack(stack, policies, HUB)
 
 
 def admission_messages(
-    stack: AIStack, policies: list[Mapping[str, Any]]
+    stack: AIStack, policies: Sequence[Mapping[str, Any]]
 ) -> tuple[list[str], list[str]]:
     """Messages that refuse the stack (enforced denials) and admission warnings (Warn)."""
     verdicts = license_verdicts(stack, policies)

@@ -401,14 +401,15 @@ def admission_review(port: int, ca: Path, host: str, namespace: str, source: str
 
 
 def test_the_webhook_objects_install_and_fail_closed(
-    cluster: Any, crds: None, namespace: str, install: Any, tmp_path: Path
+    cluster: Any, crds: None, namespace: str, install: Any, policy: Any, tmp_path: Path
 ) -> None:
     """The chart's webhook as the API server sees it. Its Service cannot be reached from
     the host-run API server, which is what failurePolicy Fail shows: the stack is refused.
     The webhook only judges the release's namespace, so no other test is affected. Then
     the operator serves the webhook on the host with the chart's certificate, and answers
-    a client that verifies it as the API server would."""
-    release = install(watchNamespaces=[namespace], webhook={"enabled": True})
+    a client that verifies it as the API server would: as a standby replica (another
+    operator of the release is active), by the LicensePolicies of the moment."""
+    release = install(watchNamespaces=[namespace], webhook={"enabled": True}, replicaCount=2)
     name = release.name
     hook = cluster.get_json("validatingwebhookconfiguration", name)["webhooks"][0]
     secret = cluster.get_json("secret", f"{name}-webhook-tls", "-n", release.namespace)
@@ -422,7 +423,7 @@ def test_the_webhook_objects_install_and_fail_closed(
         f"kubernetes.io/service-name={name}-webhook",
     )["items"]
     if cluster.simulated_nodes:
-        assert [len(e.get("endpoints") or []) for e in endpoints] == [1], "pod 0 only"
+        assert [len(e.get("endpoints") or []) for e in endpoints] == [2], "every replica"
     refused = cluster.kubectl(
         "apply", "-n", namespace, "-f", "-", input=json.dumps(load("quickstart.yaml")), check=False
     )
@@ -442,8 +443,21 @@ def test_the_webhook_objects_install_and_fail_closed(
         f"--webhook-cert={files['tls.crt']}", f"--webhook-key={files['tls.key']}",
     )  # fmt: skip
     host = f"{name}-webhook.{release.namespace}.svc"
+    active = OperatorProcess(
+        {**cluster.env, "KUBECONFIG": release.kubeconfig, "POD_ID": f"{name}-active"},
+        tmp_path / "active",
+        ["--kubeconfig", release.kubeconfig, f"--peering={name}", "--priority=100",
+         "--namespace", namespace],
+    )  # fmt: skip
+    (tmp_path / "active").mkdir()
+    active.start()
     op.start()
     try:
+        cluster.wait_until(
+            lambda: "Pausing the watch-stream for licensepolicies" in op.log(),
+            timeout=30,
+            message="the webhook's operator to hold its watches (the standby)",
+        )
 
         def first_answer() -> dict[str, Any] | None:
             try:
@@ -457,10 +471,22 @@ def test_the_webhook_objects_install_and_fail_closed(
         allowed = admission_review(
             port, files["ca.crt"], host, namespace, "microsoft/Phi-3.5-mini-instruct"
         )
+        # A policy that appears while this replica is paused (it watches nothing) counts.
+        policy(f"{name}-no-mit", deny=["MIT"])
+        denied_now = admission_review(
+            port, files["ca.crt"], host, namespace, "microsoft/Phi-3.5-mini-instruct"
+        )
+        standby_log = op.log()
     finally:
         op.stop()
+        active.stop()
+    # It stayed paused the whole time: it never watched, never listed into its caches.
+    assert "Resuming operations" not in standby_log
+    assert "Resuming operations" in active.log()
     assert denied["allowed"] is False
     assert "CC-BY-NC-4.0" in denied["status"]["message"], denied
     assert allowed["allowed"] is True, allowed
+    assert denied_now["allowed"] is False, denied_now
+    assert "MIT" in denied_now["status"]["message"], denied_now
     lines = [line for line in op.log().splitlines() if REFUSED.search(line)]
     assert lines == [], lines
