@@ -82,6 +82,19 @@ def test_stack_and_model_name_together_stay_within_a_dns_label() -> None:
     assert rules.MODEL_NAME_LENGTH in msg and fits + "x" in msg
 
 
+@pytest.mark.parametrize("other", ["a-g0", "a-g12-leader", "a-g3-worker"])
+def test_a_model_name_may_not_be_a_multi_node_models_object_name(other: str) -> None:
+    doc = stack_doc(models=[{"name": "a", "source": "o/m", "nodes": 2},
+                            {"name": other, "source": "o/m"}])  # fmt: skip
+    msg = errors_of(doc)
+    assert rules.MODEL_NAME_CLASH in msg and other in msg
+
+
+@pytest.mark.parametrize("other", ["a-guard", "a-g0x", "a-gpu", "ab-g0", "a-g-leader"])
+def test_similar_model_names_are_fine(other: str) -> None:
+    stack(models=[{"name": "a", "source": "o/m"}, {"name": other, "source": "o/m"}])
+
+
 def test_stack_name_must_be_short_dns_1035() -> None:
     assert rules.STACK_NAME in errors_of(stack_doc(name="s" * (names.STACK_NAME_MAX + 1)))
     assert rules.STACK_NAME in errors_of(stack_doc(name="9lives"))

@@ -92,7 +92,12 @@ def test_defaults_and_list_maps_reach_the_crd() -> None:
 def test_cel_rules_carry_the_shared_messages() -> None:
     schema = schema_of(aistack_crd())
     root = {v["message"] for v in schema["x-kubernetes-validations"]}
-    assert root == {rules.STACK_NAME, rules.MODEL_NAME_LENGTH, rules.WORKER_GROUP_NAME_LENGTH}
+    assert root == {
+        rules.STACK_NAME,
+        rules.MODEL_NAME_LENGTH,
+        rules.WORKER_GROUP_NAME_LENGTH,
+        rules.MODEL_NAME_CLASH,
+    }
     model = schema["properties"]["spec"]["properties"]["models"]["items"]
     assert rules.TP_DIVIDES_GPUS in {v["message"] for v in model["x-kubernetes-validations"]}
     mlflow = schema["properties"]["spec"]["properties"]["mlflow"]

@@ -272,6 +272,15 @@ def test_restarting_the_operator_on_a_converged_stack_writes_nothing(
             {"models": [{"name": "m", "source": "o/m", "cache": {}}]},
             "cache needs exactly one of size",
         ),
+        (
+            {
+                "models": [
+                    {"name": "m", "source": "o/m", "nodes": 2},
+                    {"name": "m-g0-leader", "source": "o/m"},
+                ]
+            },
+            "a model name must not be another model's name followed by -g<N>",
+        ),
     ],
 )
 def test_the_api_server_refuses_bad_stacks_with_a_clear_message(

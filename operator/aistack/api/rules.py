@@ -40,6 +40,14 @@ WORKER_GROUP_NAME_LENGTH = (
     f"DNS label; shorten either"
 )
 
+MODEL_NAME_CLASH = (
+    "a model name must not be another model's name followed by -g<N>, -g<N>-leader or "
+    "-g<N>-worker: a multi-node model's objects are named that way, and the two would "
+    "collide; rename the model"
+)
+#: The part of a clashing name after "<other model>-g".
+_CLASH_TAIL = "^[0-9]+(-leader|-worker)?$"
+
 # CEL rules at the root of the AIStack schema (only there can CEL see metadata.name).
 ROOT_CEL_RULES: list[tuple[str, str]] = [
     (
@@ -57,6 +65,12 @@ ROOT_CEL_RULES: list[tuple[str, str]] = [
         "self.spec.ray.workerGroups.all(g, "
         f"size(self.metadata.name) + size(g.name) <= {names.RAY_GROUP_BUDGET})",
         WORKER_GROUP_NAME_LENGTH,
+    ),
+    (
+        "!has(self.spec.models) || self.spec.models.all(a, self.spec.models.all(b, "
+        "!b.name.startsWith(a.name + '-g') || "
+        f"!b.name.substring(size(a.name) + 2).matches('{_CLASH_TAIL}')))",
+        MODEL_NAME_CLASH,
     ),
 ]
 
@@ -76,4 +90,12 @@ def stack_name_errors(
     too_long = [g for g in worker_groups if len(stack) + len(g) > names.RAY_GROUP_BUDGET]
     if too_long:
         errors.append(f"{WORKER_GROUP_NAME_LENGTH} (too long: {', '.join(too_long)})")
+    clashes = sorted(
+        b
+        for a in model_names
+        for b in model_names
+        if b.startswith(a + "-g") and re.match(_CLASH_TAIL, b[len(a) + 2 :])
+    )
+    if clashes:
+        errors.append(f"{MODEL_NAME_CLASH} (got {', '.join(clashes)})")
     return errors
