@@ -70,8 +70,7 @@ def model(draw: st.DrawFn, name: str) -> dict[str, Any]:
 @st.composite
 def stacks(draw: st.DrawFn) -> dict[str, Any]:
     stack_name = draw(dns_label(names.STACK_NAME_MAX))
-    budget = min(names.MODEL_NAME_BUDGET, names.DNS_LABEL_MAX)
-    model_names = draw(st.lists(dns_label(budget), max_size=4, unique=True))
+    model_names = draw(st.lists(dns_label(names.MODEL_NAME_BUDGET), max_size=4, unique=True))
     group_names = draw(st.lists(dns_label(20), max_size=3, unique=True))
     spec: dict[str, Any] = {
         "models": [draw(model(n)) for n in model_names],

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +25,6 @@ from stacks import (
 
 EXAMPLES = REPO_ROOT / "examples"
 READY_TIMEOUT = 90
-
-
-@pytest.fixture(scope="module")
-def operator(
-    cluster: Any, crds: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(cluster.env, tmp_path_factory.mktemp("operator"))
-    op.start()
-    try:
-        yield op
-    finally:
-        op.stop()
 
 
 def test_quickstart_becomes_ready_on_a_gpu_node(

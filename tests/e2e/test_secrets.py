@@ -9,23 +9,11 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from operator_process import OperatorProcess
 from stacks import wait_phase
-
-
-@pytest.fixture
-def operator(cluster: Any, crds: None, tmp_path: Path) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(cluster.env, tmp_path)
-    op.start()
-    try:
-        yield op
-    finally:
-        op.stop()
 
 
 def secret(name: str, **data: str) -> dict[str, Any]:
