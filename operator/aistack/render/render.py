@@ -53,9 +53,14 @@ def _environment() -> jinja2.Environment:
     return env
 
 
+#: libyaml's loader when PyYAML was built with it (the wheels are): the same safe YAML,
+#: about ten times faster than the pure-Python one, which took most of a reconcile's time.
+_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _template(template_name: str, /, **context: Any) -> list[Manifest]:
     text = _environment().get_template(template_name).render(**context)
-    return [doc for doc in yaml.safe_load_all(text) if doc]
+    return [doc for doc in yaml.load_all(text, Loader=_LOADER) if doc]
 
 
 # ---------------------------------------------------------------- helpers
