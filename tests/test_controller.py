@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -235,3 +236,33 @@ def test_queue_coalesces_bursts_and_retries_failures() -> None:
     asyncio.run(scenario())
     assert calls.count("a") == 2  # 20 requests coalesced into one run, plus one retry
     assert calls.count("gone") == 1
+
+
+def test_queue_runs_a_quiet_stack_at_once_and_coalesces_what_follows() -> None:
+    calls: list[float] = []
+
+    def reconcile(key: tuple[str, str], v: StackView) -> Any:
+        calls.append(time.monotonic())
+        return object()
+
+    async def scenario() -> None:
+        queue = StackQueue(reconcile, lambda key: StackView(stack=None), debounce=0.5)
+        start = time.monotonic()
+        queue.request(("ml", "a"))
+        await asyncio.sleep(0.1)
+        assert len(calls) == 1  # leading edge: no wait for a quiet stack
+        assert calls[0] - start < 0.1
+        for _ in range(5):  # the echo of its own writes, right after
+            queue.request(("ml", "a"))
+        await asyncio.sleep(0.2)
+        assert len(calls) == 1  # held back: within the debounce of the last run
+        await asyncio.sleep(0.5)
+        assert len(calls) == 2  # the burst of five ran as one
+        assert calls[1] - calls[0] >= 0.5
+        await asyncio.sleep(0.6)  # quiet again
+        queue.request(("ml", "a"))
+        await asyncio.sleep(0.05)
+        assert len(calls) == 3
+        await queue.close()
+
+    asyncio.run(scenario())

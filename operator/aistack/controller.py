@@ -6,8 +6,9 @@ only if it changed, post the Events of real transitions. It reads the cluster on
 the caches kopf keeps from its watches (a ``StackView`` snapshot), so a converged stack
 costs no API calls at all.
 
-``StackQueue`` runs reconciles: one at a time per stack, bursts of watch events coalesced,
-failures retried with backoff. Nothing here knows about kopf.
+``StackQueue`` runs reconciles: one at a time per stack, the first event of a quiet stack
+at once, later bursts of watch events coalesced, failures retried with backoff. Nothing
+here knows about kopf.
 """
 
 from __future__ import annotations
@@ -281,16 +282,25 @@ class StackQueue:
             self.request(key)
 
     async def _worker(self, key: StackKey, wake: asyncio.Event) -> None:
+        # Leading edge: a stack that has been quiet is reconciled at once (a new stack's
+        # children exist sooner). Events during or right after a reconcile (the watch
+        # echoing our own writes, pods of one rollout getting ready one by one) are
+        # coalesced: the next reconcile starts ``debounce`` seconds after the last ended.
+        loop = asyncio.get_running_loop()
         backoff = 1.0
+        last_end = -float("inf")
         try:
             while True:
                 await wake.wait()
-                await asyncio.sleep(self._debounce)
+                delay = self._debounce - (loop.time() - last_end)
+                if delay > 0:
+                    await asyncio.sleep(delay)
                 wake.clear()
                 try:
                     view = self._snapshot(key)
                     result = await asyncio.to_thread(self._reconcile, key, view)
                 except Exception as exc:
+                    last_end = loop.time()
                     level = (
                         logging.WARNING
                         if isinstance(exc, ReconcileError | KubeError)
@@ -305,6 +315,7 @@ class StackQueue:
                     asyncio.get_running_loop().call_later(backoff, wake.set)
                     backoff = min(backoff * 2, self._max_backoff)
                     continue
+                last_end = loop.time()
                 backoff = 1.0
                 if result is None and not wake.is_set():
                     return  # the stack is gone
