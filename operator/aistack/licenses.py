@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any, Literal, Protocol
 
@@ -154,7 +154,16 @@ class ExpressionProblem(ValueError):
 
 
 def parse(expression: str) -> Any:
-    """Parse and validate; ``LicenseRef-*`` ids are accepted as custom licenses."""
+    """Parse and validate; ``LicenseRef-*`` ids are accepted as custom licenses.
+
+    Remembered per expression (a reconcile parses the same few dozen ids every time; the
+    parsed expressions are never changed by their users). Refusals are not remembered.
+    """
+    return _parse(expression)
+
+
+@lru_cache(maxsize=4096)
+def _parse(expression: str) -> Any:
     try:
         parsed = _licensing().parse(expression)
     except ExpressionError as exc:
