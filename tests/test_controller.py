@@ -266,3 +266,45 @@ def test_queue_runs_a_quiet_stack_at_once_and_coalesces_what_follows() -> None:
         await queue.close()
 
     asyncio.run(scenario())
+
+
+def test_a_stack_is_rendered_again_only_when_its_spec_or_verdicts_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import aistack.controller as controller
+
+    renders: list[str] = []
+    real_render = controller.render
+
+    def counting_render(stack: AIStack, permitted: Any, config: Any) -> Any:
+        renders.append(stack.metadata.name)
+        return real_render(stack, permitted, config)
+
+    monkeypatch.setattr(controller, "render", counting_render)
+    kube, rec, stack = setup()
+    rec.reconcile_once(KEY, view(kube, stack))
+    first = copy.deepcopy(kube.objects)
+    for _ in range(3):  # pods change, status changes: same spec, same verdicts
+        rec.reconcile_once(KEY, view(kube, stack))
+    assert len(renders) == 1
+    assert kube.objects == first
+
+    stack["spec"]["models"][0]["replicas"] = 3  # a spec change is rendered and applied
+    stack["metadata"]["generation"] = 2
+    rec.reconcile_once(KEY, view(kube, stack))
+    assert len(renders) == 2
+    model = stack["spec"]["models"][0]["name"]
+    server = kube.objects[("Deployment", "ml", f"demo-vllm-{model}")]
+    assert server["spec"]["replicas"] == 3
+
+    rec.licensing = lambda s, p: {  # type: ignore[assignment]
+        m.name: LicenseVerdict(False, True, "LicenseNotAllowed", "no", "X", "Catalog")
+        for m in s.spec.models
+    }
+    rec.reconcile_once(KEY, view(kube, stack))  # a verdict change is rendered too
+    assert len(renders) == 3
+    server = kube.objects[("Deployment", "ml", f"demo-vllm-{model}")]
+    assert server["spec"]["replicas"] == 0
+
+    rec.reconcile_once(KEY, StackView(stack=None))  # gone: nothing kept for it
+    assert KEY not in rec._rendered

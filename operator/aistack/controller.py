@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ from pydantic import ValidationError
 from aistack.api.v1alpha1 import AIStack, AIStackStatus
 from aistack.errors import format_validation_error
 from aistack.kube import Kube, KubeError
-from aistack.plan import Key, key_of, make_plan, with_owner
+from aistack.plan import Key, Manifest, key_of, make_plan, with_owner
 from aistack.render import RenderConfig, render
 from aistack.status import (
     EventSpec,
@@ -108,6 +110,25 @@ class Reconciler:
     #: Per stack, our own writes that the watch may not have delivered yet. Each stack is
     #: reconciled by one worker at a time, so its inner dict has one writer.
     _written: dict[StackKey, dict[Key, Obj]] = field(default_factory=dict)
+    #: Per stack, the last render: (fingerprint of its inputs, the manifests as JSON). A
+    #: stack is reconciled on every change of its pods; it is rendered only when its spec
+    #: or its license verdicts change.
+    _rendered: dict[StackKey, tuple[str, str]] = field(default_factory=dict)
+
+    def _desired(self, key: StackKey, stack: AIStack, permitted: dict[str, bool]) -> list[Manifest]:
+        fingerprint = hashlib.sha256(
+            json.dumps(
+                [stack.metadata.namespace, stack.metadata.name, sorted(permitted.items())]
+            ).encode()
+            + stack.spec.model_dump_json().encode()
+        ).hexdigest()
+        cached = self._rendered.get(key)
+        if cached is not None and cached[0] == fingerprint:
+            manifests: list[Manifest] = json.loads(cached[1])
+            return manifests
+        manifests = render(stack, permitted, self.config)
+        self._rendered[key] = (fingerprint, json.dumps(manifests, separators=(",", ":")))
+        return manifests
 
     def _observed_children(self, key: StackKey, view: StackView) -> list[Obj]:
         seen = {key_of(o): o for o in view.children}
@@ -130,6 +151,7 @@ class Reconciler:
         body = view.stack
         if body is None:
             self._written.pop(key, None)
+            self._rendered.pop(key, None)
             return None
         result = Result()
         old_status_raw = dict(body.get("status") or {})
@@ -141,7 +163,7 @@ class Reconciler:
 
         verdicts = self.licensing(stack, view.policies)
         permitted = {name: v.permitted for name, v in verdicts.items()}
-        desired = [with_owner(m, body) for m in render(stack, permitted, self.config)]
+        desired = [with_owner(m, body) for m in self._desired(key, stack, permitted)]
         observed = self._observed_children(key, view)
         plan = make_plan(desired, observed, str(body["metadata"]["uid"]))
 
