@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import logging
 import tempfile
 from collections.abc import Mapping
@@ -75,7 +76,7 @@ class Runtime:
 
     def _values(self, index: str, key: object) -> list[Any]:
         store = self.indexes.get(index, {}).get(key)
-        return [copy.deepcopy(v) for v in store] if store else []
+        return [json.loads(v) for v in store] if store else []
 
     def snapshot(self, key: StackKey) -> StackView:
         stacks = self._values("stack_index", key)
@@ -83,9 +84,7 @@ class Runtime:
         for kind in CHILD_RESOURCES:
             children += self._values(f"{kind}_index", key)
         policies = [
-            copy.deepcopy(v)
-            for store in self.indexes.get("policy_index", {}).values()
-            for v in store
+            json.loads(v) for store in self.indexes.get("policy_index", {}).values() for v in store
         ]
         return StackView(
             stack=stacks[0] if stacks else None,
@@ -114,22 +113,35 @@ def _trim(body: Mapping[str, Any]) -> dict[str, Any]:
     return plain
 
 
-def _trim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
+def _packed(body: Mapping[str, Any]) -> str:
+    """What the caches hold: compact JSON without managedFields.
+
+    With a thousand stacks the caches hold tens of thousands of objects; as JSON text
+    they take about their size on the wire, as nested dicts several times that. Every
+    read parses a fresh copy, which the reconcile (in a worker thread) may keep or change.
+    """
+    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
+    return json.dumps({**body, "metadata": meta}, separators=(",", ":"))
+
+
+def _trim_pod(body: Mapping[str, Any]) -> str:
     meta = body.get("metadata", {})
     status = body.get("status", {})
-    return {
-        "metadata": {
-            "name": meta.get("name"),
-            "labels": dict(meta.get("labels") or {}),
-            "deletionTimestamp": meta.get("deletionTimestamp"),
-        },
-        "spec": {"nodeName": body.get("spec", {}).get("nodeName")},
-        "status": {
-            "phase": status.get("phase"),
-            "conditions": copy.deepcopy(list(status.get("conditions") or [])),
-            "containerStatuses": copy.deepcopy(list(status.get("containerStatuses") or [])),
-        },
-    }
+    return _packed(
+        {
+            "metadata": {
+                "name": meta.get("name"),
+                "labels": dict(meta.get("labels") or {}),
+                "deletionTimestamp": meta.get("deletionTimestamp"),
+            },
+            "spec": {"nodeName": body.get("spec", {}).get("nodeName")},
+            "status": {
+                "phase": status.get("phase"),
+                "conditions": copy.deepcopy(list(status.get("conditions") or [])),
+                "containerStatuses": copy.deepcopy(list(status.get("containerStatuses") or [])),
+            },
+        }
+    )
 
 
 # ---------------------------------------------------------------- settings
@@ -163,18 +175,18 @@ async def shutdown(**_: Any) -> None:
 
 @kopf.index(*STACKS)
 def stack_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace or "", name): _trim(body)}
+    return {(namespace or "", name): _packed(body)}
 
 
 @kopf.index(*POLICIES)
 def policy_index(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {name: _trim(body)}
+    return {name: _packed(body)}
 
 
 def _child_index(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> dict[Any, Any]:
-    return {(namespace or "", labels[names.STACK_LABEL]): _trim(body)}
+    return {(namespace or "", labels[names.STACK_LABEL]): _packed(body)}
 
 
 for _kind, _resource in CHILD_RESOURCES.items():
