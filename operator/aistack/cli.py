@@ -21,6 +21,7 @@ from aistack import __version__
 from aistack.api.v1alpha1 import API_VERSION, GROUP, AIStack
 from aistack.crd import all_crds, crd_files
 from aistack.errors import format_validation_error
+from aistack.limits import DEFAULT_BURST, DEFAULT_QPS, DEFAULT_WORKERS
 from aistack.render import RenderConfig, render, render_yaml
 from aistack.yamlio import dump_all
 
@@ -146,6 +147,16 @@ def _cmd_crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import os
 
@@ -161,6 +172,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         gateway_image=args.gateway_image or defaults.gateway_image,
         cluster_domain=args.cluster_domain or defaults.cluster_domain,
     )
+    handlers.Runtime.workers = args.workers
+    handlers.Runtime.api_qps = args.api_qps
+    handlers.Runtime.api_burst = args.api_burst
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
         handlers.Runtime.kubeconfig = args.kubeconfig
@@ -334,6 +348,18 @@ def build_parser() -> argparse.ArgumentParser:
         "(needs the kopf.dev CRDs); without it the operator runs standalone",
     )  # fmt: skip
     p_run.add_argument("--priority", type=int, default=0, help="peering priority of this replica")
+    p_run.add_argument(
+        "--workers", type=_positive_int, default=DEFAULT_WORKERS, metavar="N",
+        help=f"stacks reconciled at the same time (default: {DEFAULT_WORKERS})",
+    )  # fmt: skip
+    p_run.add_argument(
+        "--api-qps", type=float, default=DEFAULT_QPS, metavar="QPS",
+        help=f"average API requests per second, at most (default: {DEFAULT_QPS:g}; 0: no limit)",
+    )  # fmt: skip
+    p_run.add_argument(
+        "--api-burst", type=_positive_int, default=DEFAULT_BURST, metavar="N",
+        help=f"API requests at once above --api-qps (default: {DEFAULT_BURST})",
+    )  # fmt: skip
     p_run.add_argument(
         "--liveness", metavar="URL", help="serve liveness at URL, e.g. http://0.0.0.0:8080/healthz"
     )

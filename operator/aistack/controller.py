@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -28,6 +29,7 @@ from pydantic import ValidationError
 from aistack.api.v1alpha1 import AIStack, AIStackStatus
 from aistack.errors import format_validation_error
 from aistack.kube import Kube, KubeError
+from aistack.limits import DEFAULT_WORKERS
 from aistack.plan import Key, Manifest, key_of, make_plan, with_owner
 from aistack.render import RenderConfig, render
 from aistack.status import (
@@ -282,10 +284,15 @@ class StackQueue:
         *,
         debounce: float = 0.2,
         max_backoff: float = 60.0,
+        workers: int = DEFAULT_WORKERS,
     ) -> None:
         self._reconcile = reconcile
         self._snapshot = snapshot
         self._debounce = debounce
+        # Reconciles spend most of their time waiting for the API server's answers: more
+        # of them in flight than asyncio's default pool (CPUs + 4) keeps it busy when
+        # hundreds of stacks are created at once. The webhook keeps the default pool.
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile")
         self._max_backoff = max_backoff
         self._wake: dict[StackKey, asyncio.Event] = {}
         self._tasks: dict[StackKey, asyncio.Task[None]] = {}
@@ -320,7 +327,7 @@ class StackQueue:
                 wake.clear()
                 try:
                     view = self._snapshot(key)
-                    result = await asyncio.to_thread(self._reconcile, key, view)
+                    result = await loop.run_in_executor(self._executor, self._reconcile, key, view)
                 except Exception as exc:
                     last_end = loop.time()
                     level = (
@@ -352,3 +359,4 @@ class StackQueue:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._executor.shutdown(wait=False, cancel_futures=True)

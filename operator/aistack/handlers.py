@@ -34,9 +34,10 @@ from aistack.controller import (
     now_rfc3339,
 )
 from aistack.errors import format_validation_error
-from aistack.kube import Kube, KubeError, load_client
+from aistack.kube import Kube, KubeError, RateLimit, load_client
 from aistack.licenses import policy_status
 from aistack.licensing_bridge import admission_messages, license_verdicts
+from aistack.limits import DEFAULT_BURST, DEFAULT_QPS, DEFAULT_WORKERS
 from aistack.render import RenderConfig
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ class Runtime:
 
     config: RenderConfig = RenderConfig()
     kubeconfig: str | None = None
+    workers: int = DEFAULT_WORKERS
+    api_qps: float = DEFAULT_QPS
+    api_burst: int = DEFAULT_BURST
 
     def __init__(self) -> None:
         self.indexes: dict[str, Any] = {}
@@ -64,9 +68,9 @@ class Runtime:
         self.queue: StackQueue | None = None
 
     def start(self) -> None:
-        kube = Kube(load_client(self.kubeconfig))
+        kube = Kube(load_client(self.kubeconfig), RateLimit(self.api_qps, self.api_burst))
         self.reconciler = Reconciler(kube=kube, licensing=license_verdicts, config=self.config)
-        self.queue = StackQueue(self.reconciler.reconcile_once, self.snapshot)
+        self.queue = StackQueue(self.reconciler.reconcile_once, self.snapshot, workers=self.workers)
 
     def bind(self, kwargs: Mapping[str, Any]) -> None:
         """Remember the index objects kopf passes to every handler."""

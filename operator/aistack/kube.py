@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 import kubernetes
 
 from aistack.api.v1alpha1 import GROUP, VERSION
+from aistack.limits import DEFAULT_BURST, DEFAULT_QPS, DEFAULT_WORKERS
 from aistack.plan import Key, Manifest
 
 log = logging.getLogger(__name__)
@@ -66,14 +69,48 @@ def load_client(kubeconfig: str | None = None) -> kubernetes.client.ApiClient:
         kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
             config_file=kubeconfig, client_configuration=config
         )
+    # One connection per reconcile worker (and a few for the webhook and policy status),
+    # so no request waits for a free connection.
+    config.connection_pool_maxsize = DEFAULT_WORKERS + 8
     client = kubernetes.client.ApiClient(configuration=config)
     client.user_agent = f"{FIELD_MANAGER}/{__import__('aistack').__version__}"
     return client
 
 
+class RateLimit:
+    """A token bucket shared by every thread: at most ``qps`` requests a second on
+    average, ``burst`` at once. It protects the API server from the operator (a thousand
+    stacks created at once); client-go's controllers do the same. ``qps <= 0``: no limit."""
+
+    def __init__(self, qps: float, burst: int, clock: Callable[[], float] = time.monotonic):
+        self.qps = qps
+        self.burst = max(1, burst)
+        self._clock = clock
+        self._tokens = float(self.burst)
+        self._last = clock()
+        self._lock = threading.Lock()
+
+    def delay(self) -> float:
+        """Take a token; the seconds to wait before using it."""
+        if self.qps <= 0:
+            return 0.0
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.qps)
+            self._last = now
+            self._tokens -= 1
+            return 0.0 if self._tokens >= 0 else -self._tokens / self.qps
+
+    def wait(self) -> None:
+        pause = self.delay()
+        if pause > 0:
+            time.sleep(pause)
+
+
 @dataclass
 class Kube:
     client: kubernetes.client.ApiClient
+    limit: RateLimit = field(default_factory=lambda: RateLimit(DEFAULT_QPS, DEFAULT_BURST))
 
     def request(
         self,
@@ -84,6 +121,7 @@ class Kube:
         body: Any = None,
         content_type: str = "application/json",
     ) -> dict[str, Any]:
+        self.limit.wait()
         serialized = self.client.param_serialize(
             method=method,
             resource_path=path,
