@@ -7,9 +7,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: help venv lint unit e2e test crds check-crds demo demo-down cluster-tools clean \
-	chart chart-crds docs
+	chart chart-crds docs bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -22,9 +23,10 @@ $(STAMP): pyproject.toml
 venv: $(STAMP) ## create .venv with the operator and its dev tools
 
 lint: $(STAMP) ## ruff and mypy
-	$(BIN)/ruff check operator tests
-	$(BIN)/ruff format --check operator tests
+	$(BIN)/ruff check operator tests bench
+	$(BIN)/ruff format --check operator tests bench
 	$(BIN)/mypy
+	$(BIN)/mypy bench/analysis.py bench/bench.py
 
 unit: $(STAMP) ## unit tests: API, CRDs, renderer, CLI (no cluster)
 	$(BIN)/pytest tests --ignore=tests/e2e $(PYTEST_ARGS)
@@ -36,6 +38,9 @@ e2e: $(STAMP) cluster-tools ## end-to-end tests against a real local API server
 	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
 
 test: lint unit chart e2e ## everything CI runs
+
+bench: $(STAMP) cluster-tools ## benchmark: operator vs raw `kubectl apply` (table, bench/results/*.json, *.png)
+	$(BIN)/python bench/bench.py $(BENCH_ARGS)
 
 crds: $(STAMP) ## regenerate crds/ from the API models
 	$(BIN)/aistack crds --output-dir crds

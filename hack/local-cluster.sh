@@ -31,6 +31,11 @@
 #                        (default: ${AISTACK_CLUSTERS_DIR:-$HOME/.cache/aistack-operator/clusters}/NAME)
 #   --nodes FILE         AISTACK_NODES_FILE         (default: hack/nodes.yaml; "none" = no nodes)
 #   --timeout SECONDS    AISTACK_CLUSTER_TIMEOUT    readiness deadline for up (default: 180)
+#   --audit-policy FILE  AISTACK_AUDIT_POLICY       kube-apiserver audit policy; the audit log
+#                        is written to <workdir>/clusters/NAME/logs/audit.log (default: none)
+#   --no-qps-limits      AISTACK_NO_QPS_LIMITS=1    lift the client QPS limits of the controller
+#                        manager and scheduler and the API server's in-flight limits (for
+#                        benchmarks: the cluster's own controllers must not be the bottleneck)
 #   AISTACK_TOOLS_CACHE  passed through to hack/build-tools.sh
 #
 # Every component listens on 127.0.0.1 only. Ports are picked by kwokctl (free
@@ -55,6 +60,8 @@ KUBECONFIG_OUT=${AISTACK_KUBECONFIG:-}
 WORKDIR=${AISTACK_KWOK_WORKDIR:-}
 NODES_FILE=${AISTACK_NODES_FILE:-$HACK_DIR/nodes.yaml}
 TIMEOUT=${AISTACK_CLUSTER_TIMEOUT:-180}
+AUDIT_POLICY=${AISTACK_AUDIT_POLICY:-}
+NO_QPS_LIMITS=${AISTACK_NO_QPS_LIMITS:-}
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --name) NAME=$2; shift ;;
@@ -67,6 +74,9 @@ while [[ $# -gt 0 ]]; do
     --nodes=*) NODES_FILE=${1#*=} ;;
     --timeout) TIMEOUT=$2; shift ;;
     --timeout=*) TIMEOUT=${1#*=} ;;
+    --audit-policy) AUDIT_POLICY=$2; shift ;;
+    --audit-policy=*) AUDIT_POLICY=${1#*=} ;;
+    --no-qps-limits) NO_QPS_LIMITS=1 ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
   esac
@@ -78,6 +88,10 @@ abspath() { local d; d=$(dirname -- "$1"); mkdir -p -- "$d"; printf '%s/%s\n' "$
 
 WORKDIR=$(abspath "${WORKDIR:-${AISTACK_CLUSTERS_DIR:-$HOME/.cache/aistack-operator/clusters}/$NAME}")
 [[ -n $KUBECONFIG_OUT ]] && KUBECONFIG_OUT=$(abspath "$KUBECONFIG_OUT")
+if [[ -n $AUDIT_POLICY ]]; then
+  [[ -f $AUDIT_POLICY ]] || die "audit policy $AUDIT_POLICY does not exist"
+  AUDIT_POLICY=$(abspath "$AUDIT_POLICY")
+fi
 CLUSTER_DIR="$WORKDIR/clusters/$NAME"
 KWOK_KUBECONFIG="$CLUSTER_DIR/kubeconfig.yaml"
 
@@ -133,7 +147,14 @@ options:
   kubectlBinary: $BIN_DIR/kubectl
   kwokControllerBinary: $BIN_DIR/kwok
   etcdBinary: $BIN_DIR/etcd
+${AUDIT_POLICY:+  kubeAuditPolicy: $AUDIT_POLICY}
+${NO_QPS_LIMITS:+  disableQPSLimits: true}
 componentsPatches:
+  # Room for thousands of Services (kwokctl's default range has 254 addresses).
+  - name: kube-apiserver
+    extraArgs:
+      - key: service-cluster-ip-range
+        value: 10.96.0.0/16
   # In-tree hostPath provisioner: PVCs of the "standard" class (hack/storage.yaml)
   # get bound instead of staying Pending for lack of a provisioner.
   - name: kube-controller-manager
