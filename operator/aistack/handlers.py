@@ -68,7 +68,9 @@ class Runtime:
         self.queue: StackQueue | None = None
 
     def start(self) -> None:
-        kube = Kube(load_client(self.kubeconfig), RateLimit(self.api_qps, self.api_burst))
+        kube = Kube(
+            load_client(self.kubeconfig, self.workers), RateLimit(self.api_qps, self.api_burst)
+        )
         self.reconciler = Reconciler(kube=kube, licensing=license_verdicts, config=self.config)
         self.queue = StackQueue(self.reconciler.reconcile_once, self.snapshot, workers=self.workers)
 
@@ -141,8 +143,8 @@ def _trim_pod(body: Mapping[str, Any]) -> str:
             "spec": {"nodeName": body.get("spec", {}).get("nodeName")},
             "status": {
                 "phase": status.get("phase"),
-                "conditions": copy.deepcopy(list(status.get("conditions") or [])),
-                "containerStatuses": copy.deepcopy(list(status.get("containerStatuses") or [])),
+                "conditions": list(status.get("conditions") or []),
+                "containerStatuses": list(status.get("containerStatuses") or []),
             },
         }
     )

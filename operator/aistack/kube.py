@@ -60,7 +60,9 @@ def _path(kind: str, namespace: str | None = None, name: str | None = None) -> s
     return path
 
 
-def load_client(kubeconfig: str | None = None) -> kubernetes.client.ApiClient:
+def load_client(
+    kubeconfig: str | None = None, workers: int = DEFAULT_WORKERS
+) -> kubernetes.client.ApiClient:
     """In-cluster credentials when running in a pod, else the kubeconfig."""
     config = kubernetes.client.Configuration()
     try:
@@ -71,7 +73,7 @@ def load_client(kubeconfig: str | None = None) -> kubernetes.client.ApiClient:
         )
     # One connection per reconcile worker (and a few for the webhook and policy status),
     # so no request waits for a free connection.
-    config.connection_pool_maxsize = DEFAULT_WORKERS + 8
+    config.connection_pool_maxsize = workers + 8
     client = kubernetes.client.ApiClient(configuration=config)
     client.user_agent = f"{FIELD_MANAGER}/{__import__('aistack').__version__}"
     return client
