@@ -81,7 +81,13 @@ def merge_patch(old: Any, new: Any) -> Any:
     return patch
 
 
-_DELETED: Obj = {"metadata": {}}
+_DELETED = ""  # in ``Reconciler._written``: deleted by us
+
+
+def pack(obj: Obj) -> str:
+    """Compact JSON of an object without its managedFields (large, and never needed)."""
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
+    return json.dumps({**obj, "metadata": meta}, separators=(",", ":"))
 
 
 def _newer(a: Obj, b: Obj) -> bool:
@@ -109,9 +115,11 @@ class Reconciler:
     licensing: Licensing
     config: RenderConfig = field(default_factory=RenderConfig)
     clock: Callable[[], str] = now_rfc3339
-    #: Per stack, our own writes that the watch may not have delivered yet. Each stack is
-    #: reconciled by one worker at a time, so its inner dict has one writer.
-    _written: dict[StackKey, dict[Key, Obj]] = field(default_factory=dict)
+    #: Per stack, our own writes that the watch may not have delivered yet, as compact
+    #: JSON without managedFields (a thousand stacks created at once leave thousands of
+    #: them here until the watches catch up). Each stack is reconciled by one worker at
+    #: a time, so its inner dict has one writer.
+    _written: dict[StackKey, dict[Key, str]] = field(default_factory=dict)
     #: Per stack, the last render: (fingerprint of its inputs, the manifests as JSON). A
     #: stack is reconciled on every change of its pods; it is rendered only when its spec
     #: or its license verdicts change.
@@ -135,14 +143,16 @@ class Reconciler:
     def _observed_children(self, key: StackKey, view: StackView) -> list[Obj]:
         seen = {key_of(o): o for o in view.children}
         written = self._written.setdefault(key, {})
-        for k, obj in list(written.items()):
+        for k, packed in list(written.items()):
             cached = seen.get(k)
-            if obj is _DELETED:  # deleted by us; the watch may still show it for a while
+            if packed == _DELETED:  # deleted by us; the watch may still show it for a while
                 if cached is None:
                     del written[k]
                 else:
                     del seen[k]
-            elif cached is None or _newer(obj, cached):
+                continue
+            obj = json.loads(packed)
+            if cached is None or _newer(obj, cached):
                 seen[k] = obj
             else:  # the watch caught up: forget our copy
                 del written[k]
@@ -173,7 +183,7 @@ class Reconciler:
         for manifest in plan.apply:
             k = key_of(manifest)
             try:
-                self._written.setdefault(key, {})[k] = self.kube.apply(manifest)
+                self._written.setdefault(key, {})[k] = pack(self.kube.apply(manifest))
                 result.applied.append(k)
                 log.info("applied %s/%s (%s)", k[0], k[2], ", ".join(plan.reasons.get(k, [])))
             except KubeError as exc:
