@@ -115,7 +115,9 @@ class WriteBreakdown:
         return self.child_writes / self.children if self.children else 0.0
 
 
-CHILD_RESOURCES = frozenset({"deployments", "services", "configmaps", "persistentvolumeclaims"})
+CHILD_RESOURCES = frozenset(
+    {"deployments", "services", "configmaps", "persistentvolumeclaims", "networkpolicies"}
+)
 
 
 def write_breakdown(requests: Iterable[Request], children: int) -> WriteBreakdown:

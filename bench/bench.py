@@ -63,6 +63,7 @@ WATCHED = {
     "Service": "/api/v1/services",
     "ConfigMap": "/api/v1/configmaps",
     "PersistentVolumeClaim": "/api/v1/persistentvolumeclaims",
+    "NetworkPolicy": "/apis/networking.k8s.io/v1/networkpolicies",
 }
 STACKS_PATH = "/apis/aistack.dev/v1alpha1/aistacks"
 LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -74,6 +74,7 @@ ALLOWED: set[tuple[str, str, str]] = {
             ("", "services"),
             ("", "configmaps"),
             ("", "persistentvolumeclaims"),
+            ("networking.k8s.io", "networkpolicies"),
         )
         for v in ("list", "watch", "create", "patch", "delete")
     },

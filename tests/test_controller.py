@@ -114,7 +114,7 @@ def test_first_reconcile_applies_everything_then_converges_quietly() -> None:
     result = rec.reconcile_once(KEY, StackView(stack=stack))
     assert result is not None and result.error is None
     assert (
-        len(result.applied) == len(kube.objects) == 10
+        len(result.applied) == len(kube.objects) == 12
     )  # 4 Deployments, 4 Services, PVC, ConfigMap
     assert result.status_written
     assert kube.status is not None and kube.status["phase"] == "Progressing"

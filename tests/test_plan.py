@@ -48,7 +48,8 @@ def test_nothing_observed_applies_everything_in_kind_order() -> None:
     assert len(plan.apply) == len(desired())
     kinds = [m["kind"] for m in plan.apply]
     assert kinds == sorted(
-        kinds, key=["PersistentVolumeClaim", "ConfigMap", "Service", "Deployment"].index
+        kinds,
+        key=["NetworkPolicy", "PersistentVolumeClaim", "ConfigMap", "Service", "Deployment"].index,
     )
     assert plan.delete == []
 

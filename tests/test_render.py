@@ -17,7 +17,6 @@ from helpers import EXAMPLES, ROOT, example, stack
 
 GOLDEN = ROOT / "tests" / "golden"
 K8S_VERSION = "1.36.0"
-KINDS_IN_ORDER = ("PersistentVolumeClaim", "ConfigMap", "Service", "Deployment")
 
 
 def all_permitted(s: Any) -> dict[str, bool]:

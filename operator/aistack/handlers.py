@@ -32,6 +32,7 @@ from aistack.controller import (
     StackView,
     merge_patch,
     now_rfc3339,
+    pack,
 )
 from aistack.errors import format_validation_error
 from aistack.kube import Kube, KubeError, RateLimit, load_client
@@ -49,6 +50,7 @@ CHILD_RESOURCES = {
     "services": ("", "v1", "services"),
     "configmaps": ("", "v1", "configmaps"),
     "pvcs": ("", "v1", "persistentvolumeclaims"),
+    "networkpolicies": ("networking.k8s.io", "v1", "networkpolicies"),
 }
 OWNED = {names.STACK_LABEL: kopf.PRESENT}
 
@@ -119,15 +121,11 @@ def _trim(body: Mapping[str, Any]) -> dict[str, Any]:
     return plain
 
 
-def _packed(body: Mapping[str, Any]) -> str:
-    """What the caches hold: compact JSON without managedFields.
-
-    With a thousand stacks the caches hold tens of thousands of objects; as JSON text
-    they take about their size on the wire, as nested dicts several times that. Every
-    read parses a fresh copy, which the reconcile (in a worker thread) may keep or change.
-    """
-    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
-    return json.dumps({**body, "metadata": meta}, separators=(",", ":"))
+# What the caches hold: compact JSON without managedFields (``pack``). With a thousand
+# stacks they hold tens of thousands of objects; as JSON text these take about their size
+# on the wire, as nested dicts several times that. Every read parses a fresh copy, which
+# the reconcile (in a worker thread) may keep or change.
+_packed = pack
 
 
 def _trim_pod(body: Mapping[str, Any]) -> str:
@@ -209,10 +207,7 @@ def pods_index(
 INDEX_NAMES = (
     "stack_index",
     "policy_index",
-    "deployments_index",
-    "services_index",
-    "configmaps_index",
-    "pvcs_index",
+    *(f"{kind}_index" for kind in CHILD_RESOURCES),
     "pods_index",
 )
 

@@ -34,6 +34,7 @@ RESOURCES: dict[str, tuple[str, str, bool]] = {
     "Service": ("/api/v1", "services", True),
     "ConfigMap": ("/api/v1", "configmaps", True),
     "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims", True),
+    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies", True),
     "Event": ("/api/v1", "events", True),
     "AIStack": (f"/apis/{GROUP}/{VERSION}", "aistacks", True),
     "LicensePolicy": (f"/apis/{GROUP}/{VERSION}", "licensepolicies", False),

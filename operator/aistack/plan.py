@@ -19,9 +19,15 @@ from aistack import names
 Manifest = dict[str, Any]
 Key = tuple[str, str, str]  # kind, namespace, name
 
-#: Kinds the operator creates, in the order they are applied (storage and config before
-#: the workloads that mount them).
-KINDS: tuple[str, ...] = ("PersistentVolumeClaim", "ConfigMap", "Service", "Deployment")
+#: Kinds the operator creates, in the order they are applied (isolation first, storage
+#: and config before the workloads that mount them).
+KINDS: tuple[str, ...] = (
+    "NetworkPolicy",
+    "PersistentVolumeClaim",
+    "ConfigMap",
+    "Service",
+    "Deployment",
+)
 #: Kinds whose spec is (mostly) immutable once created: created when missing, never
 #: re-applied (a PVC cannot shrink or change class; growing it is a deliberate act).
 CREATE_ONLY: frozenset[str] = frozenset({"PersistentVolumeClaim"})

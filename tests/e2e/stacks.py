@@ -69,7 +69,10 @@ def events(cluster: Any, ns: str, name: str) -> list[tuple[str, str]]:
 
 def resource_versions(cluster: Any, ns: str) -> dict[str, str]:
     out = {}
-    for kind in ("aistack", "deployments", "services", "configmaps", "persistentvolumeclaims"):
+    for kind in (
+        "aistack", "deployments", "services", "configmaps", "persistentvolumeclaims",
+        "networkpolicies",
+    ):  # fmt: skip
         for item in cluster.get_json(kind, "-n", ns)["items"]:
             out[f"{item['kind']}/{item['metadata']['name']}"] = item["metadata"]["resourceVersion"]
     return out

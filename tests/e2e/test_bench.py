@@ -40,7 +40,7 @@ def test_every_stack_got_ready_on_both_sides(results: dict) -> None:
         many = results["many"]["3"][mode]
         assert many["exists"] is not None, many
         assert many["ready"] is not None, many
-    assert results["many"]["3"]["operator"]["children"] == 3 * 12
+    assert results["many"]["3"]["operator"]["children"] == 3 * 14
 
 
 def test_the_operator_writes_each_child_once(results: dict) -> None:

@@ -90,6 +90,9 @@ refused request.
 - apiGroups: [""]
   resources: [services, configmaps, persistentvolumeclaims]
   verbs: [list, watch, create, patch, delete]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [list, watch, create, patch, delete]
 # Pods of the stacks: read only, to say why a model is not ready (Unschedulable, ...).
 - apiGroups: [""]
   resources: [pods]

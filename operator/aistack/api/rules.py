@@ -19,6 +19,10 @@ TP_DIVIDES_GPUS = (
 MULTINODE_REPLICAS = (
     f"a multi-node model (nodes > 1) may have at most {names.MAX_REPLICAS} replicas"
 )
+NETWORK_PEER = (
+    "a network peer needs either ipBlock or podSelector/namespaceSelector (not both): "
+    "NetworkPolicy peers are one or the other"
+)
 CACHE_SIZE_OR_CLAIM = "cache needs exactly one of size (a new PVC) or existingClaim"
 MLFLOW_REPLICAS = (
     "mlflow.replicas > 1 needs both backendStore and artifactStore: SQLite and artifacts on "

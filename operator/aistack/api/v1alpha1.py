@@ -418,6 +418,93 @@ class GatewaySpec(APIModel):
     """CPU and memory per gateway pod."""
 
 
+# ---------------------------------------------------------------- network isolation
+
+
+class LabelSelectorRequirement(APIModel):
+    """One expression of a label selector (meta/v1 LabelSelectorRequirement)."""
+
+    key: Annotated[str, StringConstraints(min_length=1, max_length=317)]
+    """Label key."""
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    """How the key's value is matched against ``values``."""
+    values: Annotated[
+        list[Annotated[str, StringConstraints(max_length=63)]], Field(max_length=64)
+    ] = Field(default_factory=list)
+    """Values for In and NotIn; empty for Exists and DoesNotExist."""
+
+
+class LabelSelector(APIModel):
+    """A label selector (meta/v1 LabelSelector); empty selects everything."""
+
+    match_labels: dict[str, Annotated[str, StringConstraints(max_length=63)]] = Field(
+        default_factory=dict
+    )
+    """Labels that must all be present with these values."""
+    match_expressions: Annotated[list[LabelSelectorRequirement], Field(max_length=16)] = Field(
+        default_factory=list
+    )
+    """Expressions that must all hold."""
+
+
+class IPBlock(APIModel):
+    """A CIDR range (networking/v1 IPBlock)."""
+
+    cidr: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    """Range admitted, e.g. ``10.0.0.0/8``."""
+    except_: Annotated[
+        list[Annotated[str, StringConstraints(max_length=64)]], Field(max_length=16)
+    ] = Field(default_factory=list, alias="except")
+    """Ranges within ``cidr`` that are not admitted."""
+
+
+class NetworkPeer(APIModel):
+    """Who may connect (networking/v1 NetworkPolicyPeer): pods chosen by labels, in this
+    namespace or in namespaces chosen by labels, or an IP range."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_crd_rules(
+            (
+                "has(self.ipBlock) != (has(self.podSelector) || has(self.namespaceSelector))",
+                rules.NETWORK_PEER,
+            )
+        )
+    )
+
+    pod_selector: LabelSelector | None = None
+    """Pods with these labels (in ``namespaceSelector``'s namespaces, or in the stack's)."""
+    namespace_selector: LabelSelector | None = None
+    """Namespaces with these labels; ``{}`` means every namespace."""
+    ip_block: IPBlock | None = None
+    """An IP range, usually outside the cluster (load balancers, VPN)."""
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> NetworkPeer:
+        selectors = self.pod_selector is not None or self.namespace_selector is not None
+        if (self.ip_block is not None) == selectors:
+            raise ValueError(rules.NETWORK_PEER)
+        return self
+
+
+NetworkPeers = Annotated[list[NetworkPeer], Field(max_length=16)]
+
+
+class NetworkSpec(APIModel):
+    """Network isolation of the stack's pods with NetworkPolicies (ingress only)."""
+
+    policies: bool = True
+    """Create NetworkPolicies: model servers, Ray and MLflow accept connections only from
+    pods of this stack and from ``allowFrom``; the gateway from ``gatewayFrom``. They take
+    effect only where the cluster's network plugin enforces NetworkPolicy."""
+    allow_from: NetworkPeers = Field(default_factory=list)
+    """Also admitted to every part of the stack, e.g. a monitoring namespace that scrapes
+    metrics or notebooks that log runs to MLflow."""
+    gateway_from: NetworkPeers = Field(default_factory=list)
+    """Who may reach the gateway (on its port only), besides this stack's pods and
+    ``allowFrom``. Empty: anyone, since the gateway is the stack's front door; protect it
+    with ``gateway.authSecretRef``."""
+
+
 # ---------------------------------------------------------------- AIStack
 
 
@@ -443,6 +530,8 @@ class AIStackSpec(APIModel):
     """The MLflow tracking server."""
     gateway: GatewaySpec = Field(default_factory=GatewaySpec, json_schema_extra={"default": {}})
     """The OpenAI-compatible gateway."""
+    network: NetworkSpec = Field(default_factory=NetworkSpec, json_schema_extra={"default": {}})
+    """Who may connect to the stack's pods."""
 
     @model_validator(mode="after")
     def _unique(self) -> AIStackSpec:

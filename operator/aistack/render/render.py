@@ -15,6 +15,7 @@ from aistack import names
 from aistack.api.v1alpha1 import (
     AIStack,
     ModelSpec,
+    NetworkPeer,
     RayWorkerGroup,
     ResourceRequirements,
     SecretKeyRef,
@@ -492,6 +493,36 @@ def _render_gateway(
     )
 
 
+# ---------------------------------------------------------------- network isolation
+
+
+def _peers(peers: list[NetworkPeer]) -> list[dict[str, Any]]:
+    return [p.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True) for p in peers]
+
+
+def _render_network(stack: AIStack) -> list[Manifest]:
+    stack_name = stack.metadata.name
+    network = stack.spec.network
+    spec = stack.spec
+    return _template(
+        "network.yaml.j2",
+        namespace=_namespace(stack),
+        internal=bool(spec.models) or spec.ray.enabled or spec.mlflow.enabled,
+        internal_name=names.network_internal(stack_name),
+        gateway_name=names.gateway(stack_name),
+        labels=names.common_labels(stack_name, "network", "aistack"),
+        stack_label=names.STACK_LABEL,
+        stack=stack_name,
+        component_label=names.COMPONENT_LABEL,
+        own_pods={"podSelector": {"matchLabels": {names.STACK_LABEL: stack_name}}},
+        allow_from=_peers(network.allow_from),
+        gateway=stack.spec.gateway.enabled,
+        gateway_selector=names.selector_labels(stack_name, "gateway"),
+        gateway_port=GATEWAY_PORT,
+        gateway_from=_peers(network.gateway_from),
+    )
+
+
 # ---------------------------------------------------------------- entry points
 
 
@@ -506,7 +537,7 @@ def render(
     permitted: Mapping[str, bool],
     config: RenderConfig | None = None,
 ) -> list[Manifest]:
-    """Every manifest the stack needs, in apply order: models, Ray, MLflow, gateway.
+    """Every manifest the stack needs: NetworkPolicies, models, Ray, MLflow, gateway.
 
     ``permitted`` maps model name to whether its license is permitted; a model that is not
     permitted (or missing from the map) runs no pod and gets no gateway route.
@@ -514,6 +545,8 @@ def render(
     config = config or RenderConfig()
     served = served_models(stack, permitted)
     manifests: list[Manifest] = []
+    if stack.spec.network.policies:
+        manifests += _render_network(stack)
     for model in stack.spec.models:
         manifests += _render_model(stack, model, config, permitted=model in served)
     if stack.spec.ray.enabled:
