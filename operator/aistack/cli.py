@@ -26,6 +26,41 @@ from aistack.render import RenderConfig, render, render_yaml
 from aistack.yamlio import dump_all
 
 EXIT_USAGE = 2
+#: Input larger than this is refused unread (the API server takes at most 3 MiB per request).
+MAX_INPUT_BYTES = 4 * 2**20
+#: Nodes a document may hold once its aliases are expanded: far more than any manifest,
+#: far fewer than a "billion laughs" document, which a few dozen aliases blow up.
+MAX_NODES = 1_000_000
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML that refuses documents whose aliases expand beyond ``MAX_NODES``."""
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        if _expanded_size(node, {}) > MAX_NODES:
+            raise yaml.YAMLError(
+                f"expands into more than {MAX_NODES:,} nodes through its aliases (*name); refused"
+            )
+        return node
+
+
+def _expanded_size(node: Any, memo: dict[int, int]) -> int:
+    """Nodes under ``node`` with every alias expanded (shared nodes are counted once each
+    time they are referenced, computed once)."""
+    key = id(node)
+    if key in memo:
+        if memo[key] < 0:
+            raise yaml.YAMLError("a recursive alias (a node that contains itself); refused")
+        return memo[key]
+    memo[key] = -1
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        total += sum(_expanded_size(child, memo) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        total += sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    memo[key] = min(total, MAX_NODES + 1)
+    return memo[key]
 
 
 class InputError(Exception):
@@ -45,13 +80,23 @@ class Document:
 
 def _read(path: str, stdin: TextIO) -> Iterator[Document]:
     try:
-        text = stdin.read() if path == "-" else Path(path).read_text()
+        if path == "-":
+            text = stdin.read(MAX_INPUT_BYTES + 1)
+        else:
+            with Path(path).open(encoding="utf-8") as f:
+                text = f.read(MAX_INPUT_BYTES + 1)
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    if len(text) > MAX_INPUT_BYTES:
+        raise InputError(f"{path}: larger than {MAX_INPUT_BYTES // 2**20} MiB; refused unread")
     try:
-        bodies = list(yaml.safe_load_all(text))
+        bodies = list(yaml.load_all(text, Loader=_Loader))
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
+    except RecursionError as exc:
+        raise InputError(f"{path}: nested too deeply to be a manifest; refused") from exc
     for i, body in enumerate(bodies):
         if body is None:
             continue

@@ -22,6 +22,9 @@ def format_validation_error(where: str, err: ValidationError) -> list[str]:
         msg = e["msg"].removeprefix("Value error, ")
         got = ""
         if e["type"] not in ("missing", "value_error") and not isinstance(e["input"], dict):
-            got = f" (got {e['input']!r})"
+            shown = repr(e["input"])
+            if len(shown) > 80:  # a hostile or runaway value: enough to recognise it
+                shown = f"{shown[:60]}... ({len(shown)} characters)"
+            got = f" (got {shown})"
         lines.append(f"{where}: {_loc(loc)}: {msg}{got}")
     return lines

@@ -29,8 +29,9 @@ GROUP = names.GROUP
 VERSION = "v1alpha1"
 API_VERSION: Final = "aistack.dev/v1alpha1"
 
+# Non-negative: no resource, size or limit of a stack can be below zero.
 QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 Quantity = Annotated[
@@ -50,6 +51,36 @@ SOURCE_PATTERN = (
     r"|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?)$"
 )
 SOURCE_RE = re.compile(SOURCE_PATTERN)
+# A container image reference: [registry[:port]/]path[:tag][@sha256:digest] (the grammar of
+# the distribution project, without upper-case repository paths).
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_PATTERN = (
+    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+    rf"(?::[0-9]+)?/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+Image = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=IMAGE_PATTERN)]
+#: A license: an SPDX id or expression, a ``LicenseRef-``, or a Hugging Face license name.
+LicenseText = Annotated[
+    str, StringConstraints(min_length=1, max_length=512, pattern=r"^[A-Za-z0-9.+:()_ -]+$")
+]
+#: Node labels a part's pods require (label values are at most 63 characters).
+NodeSelector = Annotated[
+    dict[
+        Annotated[str, StringConstraints(min_length=1, max_length=317)],
+        Annotated[str, StringConstraints(max_length=63)],
+    ],
+    Field(max_length=32),
+]
+#: Extra ``vllm serve`` arguments: passed as argv (never through a shell), bounded in size.
+ExtraArgs = Annotated[
+    list[Annotated[str, StringConstraints(max_length=4096)]], Field(max_length=64)
+]
+#: A Host header MLflow accepts: a host name or address, optionally ``:port`` or ``:*``,
+#: ``*`` wildcards allowed.
+HostPattern = Annotated[
+    str, StringConstraints(min_length=1, max_length=261, pattern=r"^[A-Za-z0-9*.\[\]:-]+$")
+]
 
 
 class APIModel(BaseModel):
@@ -168,10 +199,13 @@ class ModelSpec(APIModel):
     source: Annotated[str, StringConstraints(pattern=SOURCE_PATTERN, max_length=512)]
     """Where the weights come from: a Hugging Face repo id (``org/name``),
     ``pvc://<claim>/<path>`` or ``s3://<bucket>/<prefix>``."""
-    revision: Annotated[str, StringConstraints(min_length=1, max_length=255)] | None = None
+    revision: (
+        Annotated[str, StringConstraints(max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")]
+        | None
+    ) = None
     """Pinned commit, branch or tag of a Hugging Face source (``--revision``). The license is
     checked at this revision."""
-    license: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
+    license: LicenseText | None = None
     """Declared license as an SPDX expression (``LicenseRef-*`` for custom model licenses).
     Needed for sources nothing else knows the license of (pvc://, s3://)."""
     replicas: Annotated[int, Field(ge=0, le=1024)] = 1
@@ -185,11 +219,11 @@ class ModelSpec(APIModel):
     tensor_parallel_size: Annotated[int, Field(ge=1, le=64)] | None = None
     """``--tensor-parallel-size``; defaults to ``gpus``. Must divide ``gpus``; the rest of the
     GPUs of a node become pipeline stages."""
-    max_model_len: Annotated[int, Field(ge=1)] | None = None
+    max_model_len: Annotated[int, Field(ge=1, le=2**24)] | None = None
     """``--max-model-len``: the context length to serve; vLLM's default when empty."""
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] | None = None
     """``--gpu-memory-utilization``; defaults to ``spec.vllm.gpuMemoryUtilization``."""
-    node_selector: dict[str, str] = Field(default_factory=dict)
+    node_selector: NodeSelector = Field(default_factory=dict)
     """Node labels the model's pods require, e.g. ``nvidia.com/gpu.product``."""
     tolerations: Annotated[list[Toleration], Field(max_length=32)] = Field(default_factory=list)
     """Extra tolerations. A toleration for the ``nvidia.com/gpu`` taint is always added."""
@@ -202,9 +236,9 @@ class ModelSpec(APIModel):
     ``AWS_SECRET_ACCESS_KEY`` and ``AWS_ENDPOINT_URL`` for s3:// sources."""
     cache: WeightCache | None = None
     """Persistent weight cache; without it weights are downloaded into an emptyDir."""
-    extra_args: Annotated[list[str], Field(max_length=64)] = Field(default_factory=list)
+    extra_args: ExtraArgs = Field(default_factory=list)
     """Extra ``vllm serve`` arguments, appended after the operator's own."""
-    image: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
+    image: Image | None = None
     """vLLM image for this model; defaults to ``spec.vllm.image`` or the operator's default."""
 
     @property
@@ -232,7 +266,7 @@ class ModelSpec(APIModel):
 class VLLMDefaults(APIModel):
     """Defaults for every model of the stack."""
 
-    image: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
+    image: Image | None = None
     """vLLM image (``vllm/vllm-openai``); the operator's default when empty."""
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
     """Fraction of GPU memory vLLM may use."""
@@ -246,7 +280,7 @@ class VLLMDefaults(APIModel):
     """Size of the in-memory ``/dev/shm`` (NCCL and PyTorch need more than the 64Mi default)."""
     startup_timeout_seconds: Annotated[int, Field(ge=60, le=86400)] = 3600
     """How long a model may take to download and load its weights before it is restarted."""
-    extra_args: Annotated[list[str], Field(max_length=64)] = Field(default_factory=list)
+    extra_args: ExtraArgs = Field(default_factory=list)
     """Arguments added to every model's ``vllm serve`` (before the model's own)."""
 
 
@@ -279,7 +313,7 @@ class RayWorkerGroup(APIModel):
         )
     )
     """CPU and memory per worker."""
-    node_selector: dict[str, str] = Field(default_factory=dict)
+    node_selector: NodeSelector = Field(default_factory=dict)
     """Node labels the workers require."""
     tolerations: Annotated[list[Toleration], Field(max_length=32)] = Field(default_factory=list)
     """Extra tolerations; GPU groups always tolerate the ``nvidia.com/gpu`` taint."""
@@ -290,7 +324,7 @@ class RaySpec(APIModel):
 
     enabled: bool = True
     """Create the Ray cluster."""
-    image: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
+    image: Image | None = None
     """Ray image (``rayproject/ray``); the operator's default when empty."""
     head: RayHead = Field(default_factory=RayHead, json_schema_extra={"default": {}})
     """The head pod."""
@@ -361,7 +395,7 @@ class MLflowSpec(APIModel):
 
     enabled: bool = True
     """Create the tracking server."""
-    image: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
+    image: Image | None = None
     """MLflow image; the operator's default when empty. External stores need an image
     with their drivers (psycopg2, boto3)."""
     replicas: Annotated[int, Field(ge=0, le=16)] = 1
@@ -372,7 +406,7 @@ class MLflowSpec(APIModel):
     """External metadata database instead of SQLite on the PVC."""
     artifact_store: MLflowArtifactStore | None = None
     """External artifact store instead of the PVC."""
-    allowed_hosts: Annotated[list[str], Field(max_length=32)] = Field(default_factory=list)
+    allowed_hosts: Annotated[list[HostPattern], Field(max_length=32)] = Field(default_factory=list)
     """Extra Host headers the server accepts (e.g. an Ingress host); the in-cluster
     Service names are always allowed."""
     resources: ResourceRequirements = Field(
@@ -401,7 +435,7 @@ class GatewaySpec(APIModel):
 
     enabled: bool = True
     """Create the gateway."""
-    image: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
+    image: Image | None = None
     """Gateway image (LiteLLM proxy); the operator's default when empty."""
     replicas: Annotated[int, Field(ge=0, le=64)] = 1
     """Gateway replicas."""
@@ -679,10 +713,10 @@ class LicenseException(APIModel):
 class LicensePolicySpec(APIModel):
     """Which model licenses the cluster permits."""
 
-    allow: Annotated[list[str], Field(max_length=256)] = Field(default_factory=list)
+    allow: Annotated[list[LicenseText], Field(max_length=256)] = Field(default_factory=list)
     """Permitted licenses (SPDX ids, ``LicenseRef-*``). The list is exhaustive: a license on
     neither list is not permitted."""
-    deny: Annotated[list[str], Field(max_length=256)] = Field(default_factory=list)
+    deny: Annotated[list[LicenseText], Field(max_length=256)] = Field(default_factory=list)
     """Licenses never permitted; deny wins over allow."""
     unknown: Literal["Deny", "Warn"] = "Deny"
     """What to do with a model whose license cannot be resolved."""
