@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     StringConstraints,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -28,6 +29,8 @@ from aistack.api import rules
 GROUP = names.GROUP
 VERSION = "v1alpha1"
 API_VERSION: Final = "aistack.dev/v1alpha1"
+#: What the API server allows all annotations of an object together.
+ANNOTATIONS_MAX_BYTES = 256 * 1024
 
 # Non-negative: no resource, size or limit of a stack can be below zero.
 QUANTITY_PATTERN = (
@@ -84,9 +87,11 @@ HostPattern = Annotated[
 
 
 class APIModel(BaseModel):
-    """Base of every API object: camelCase on the wire, immutable, unknown fields refused."""
+    """Base of every API object: camelCase on the wire, immutable, unknown fields refused,
+    types as strict as the API server's schema (``"on"`` is no boolean, ``"2"`` no integer)."""
 
     model_config = ConfigDict(
+        strict=True,
         alias_generator=to_camel,
         validate_by_name=True,
         validate_by_alias=True,
@@ -671,6 +676,17 @@ class ObjectMeta(BaseModel):
     uid: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("annotations")
+    @classmethod
+    def _annotations_size(cls, value: dict[str, str]) -> dict[str, str]:
+        size = sum(len(k) + len(v) for k, v in value.items())
+        if size > ANNOTATIONS_MAX_BYTES:
+            raise ValueError(
+                f"Too long: annotations may hold at most {ANNOTATIONS_MAX_BYTES} bytes in all "
+                f"(the API server's limit), these hold {size}"
+            )
+        return value
 
 
 class AIStack(APIModel):
