@@ -10,6 +10,8 @@
 #   hack/local-cluster.sh up     [--name NAME] [--kubeconfig PATH] [--workdir DIR] [--nodes FILE] [--timeout SECONDS]
 #   hack/local-cluster.sh down   [--name NAME] [--kubeconfig PATH] [--workdir DIR]
 #   hack/local-cluster.sh status [--name NAME] [--workdir DIR]
+#   hack/local-cluster.sh stop   [--name NAME] [--workdir DIR]
+#   hack/local-cluster.sh start  [--name NAME] [--workdir DIR] [--timeout SECONDS]
 #   hack/local-cluster.sh bin-dir          print the directory with kubectl, kwokctl, helm, ...
 #
 #   up      builds the tools if needed, creates (or resumes) the cluster, waits
@@ -22,6 +24,10 @@
 #   down    deletes the cluster, makes sure none of its processes is left, and
 #           removes its work dir (and --kubeconfig if given).
 #   status  prints the cluster's state; exit 0 when its API server is ready.
+#   stop    stops every component (etcd, API server, controllers, kwok) and keeps
+#           their data: an outage of the whole control plane, for fault tests.
+#   start   starts a stopped cluster again on the same ports (the kubeconfig stays
+#           valid) and waits until its API server is ready.
 #
 # Options / environment:
 #   --name NAME          AISTACK_CLUSTER_NAME       (default: aistack-local)
@@ -318,8 +324,29 @@ cmd_status() {
   return 1
 }
 
+cmd_stop() {
+  [[ -f $KWOK_KUBECONFIG ]] || die "cluster $NAME: not created (work dir $WORKDIR)"
+  tools
+  log "stopping cluster $NAME (data kept)"
+  kwokctl stop cluster --name "$NAME" >&2
+}
+
+cmd_start() {
+  [[ -f $KWOK_KUBECONFIG ]] || die "cluster $NAME: not created (work dir $WORKDIR)"
+  tools
+  local deadline=$(( $(date +%s) + TIMEOUT ))
+  log "starting cluster $NAME"
+  kwokctl start cluster --name "$NAME" >&2
+  if ! wait_for "API server /readyz" "$deadline" kc get --raw /readyz; then
+    dump_logs; die "API server of $NAME is not ready"
+  fi
+  log "cluster $NAME is running"
+}
+
 case $CMD in
   up) cmd_up ;;
+  stop) cmd_stop ;;
+  start) cmd_start ;;
   down) cmd_down ;;
   status) cmd_status ;;
   bin-dir) "$HACK_DIR/build-tools.sh" --print-bin-dir ;;

@@ -193,6 +193,24 @@ def test_stuck_containers_and_deadlines_degrade() -> None:
     assert st.phase == "Degraded"
 
 
+def test_a_server_that_fails_readiness_after_starting_degrades_but_a_starting_one_does_not() -> None:
+    s = make()
+    pod = unschedulable_pod("m", "")
+    running = {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
+    pod["status"] = {"containerStatuses": [
+        {"name": "vllm", "state": running, "started": False, "ready": False}]}  # fmt: skip
+    observed = Observed(deployments_for(s, **{"demo-vllm-m": 0}), [pod])
+    st = compute_status(s, {"m": OK}, observed, now=T0)
+    assert (st.models[0].reason, st.phase) == ("Starting", "Progressing")
+
+    pod["status"]["containerStatuses"][0]["started"] = True
+    st = compute_status(s, {"m": OK}, observed, now=T0)
+    assert st.models[0].reason == "NotReady"
+    assert "failing its readiness probe" in (st.models[0].message or "")
+    assert st.phase == "Degraded"
+    assert conditions(st)["ModelsReady"] == ("False", "NotReady")
+
+
 def test_a_rollout_not_yet_observed_is_not_ready() -> None:
     s = make()
     deployments = deployments_for(s)

@@ -45,6 +45,7 @@ PROBLEMS = _STUCK_CONTAINER_REASONS | {
     "ProgressDeadlineExceeded",
     "ReplicaFailure",
     "ApplyFailed",
+    "NotReady",
 }
 
 
@@ -115,6 +116,15 @@ def _pod_problem(pods: Sequence[Obj], selector: Mapping[str, str]) -> tuple[str,
                 name = pod["metadata"]["name"]
                 detail = waiting.get("message", "").strip()
                 return waiting["reason"], f"pod {name}, container {cs.get('name')}: {detail}"
+            # Started (its startup probe passed) and running, yet not ready: the server
+            # came up and now fails its readiness probe. A pod still starting has
+            # started=False, and is only Starting.
+            if cs.get("started") and not cs.get("ready") and "running" in (cs.get("state") or {}):
+                name = pod["metadata"]["name"]
+                return "NotReady", (
+                    f"pod {name}, container {cs.get('name')}: running but failing its "
+                    "readiness probe"
+                )
     return None
 
 

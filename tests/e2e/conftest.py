@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -122,6 +123,20 @@ class Cluster:
     #: True when nodes come from hack/nodes.yaml (gpu-node-0/1, cpu-node-0).
     simulated_nodes: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: kwok's work dir of a local cluster (its control plane can be stopped and started).
+    workdir: str = ""
+
+    def control_plane(self, action: str) -> None:
+        """Stop or start the whole control plane of a local cluster (etcd included)."""
+        if self.kind != "local":
+            pytest.skip("stopping the control plane needs the local (kwok) cluster")
+        proc = subprocess.run(
+            [str(HACK_DIR / "local-cluster.sh"), action, "--name", self.name,
+             "--workdir", self.workdir],
+            capture_output=True, text=True, timeout=240, check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise RuntimeError(f"local-cluster.sh {action} failed:\n{proc.stderr[-3000:]}")
 
     @property
     def env(self) -> dict[str, str]:
@@ -317,6 +332,7 @@ def _local_cluster(tmp_path_factory: pytest.TempPathFactory):
             kubectl_path=str(Path(bin_dir) / "kubectl"),
             name=name,
             simulated_nodes=True,
+            workdir=str(workdir),
         )
     finally:
         result = teardown()
@@ -447,6 +463,41 @@ def crds(cluster: Any) -> None:
 # --------------------------------------------------------------------------- #
 # The operator, as `aistack run` on the host (one per test module)
 # --------------------------------------------------------------------------- #
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def governed(
+    cluster: Any, crds: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """The operator with its license webhook, reachable by the API server on 127.0.0.1."""
+    webhook = f"e2e-{uuid.uuid4().hex[:6]}.aistack.dev"
+    op = OperatorProcess(
+        cluster.env,
+        tmp_path_factory.mktemp("governed"),
+        ["--webhook-port", str(free_port()), "--webhook-addr", "127.0.0.1",
+         "--webhook-host", "127.0.0.1", "--webhook-managed", webhook],
+    )  # fmt: skip
+    op.start()
+    try:
+        cluster.wait_until(
+            lambda: cluster.kubectl(
+                "get", "validatingwebhookconfiguration", webhook, check=False
+            ).returncode == 0,
+            timeout=30, message="the webhook configuration",
+        )  # fmt: skip
+        yield op
+    finally:
+        op.stop()
+        # Fail-closed webhooks outlive their server: remove it, or every later AIStack
+        # write would be refused.
+        cluster.kubectl("delete", "validatingwebhookconfiguration", webhook, check=False)
+        cluster.kubectl("delete", "mutatingwebhookconfiguration", webhook, check=False)
+
+
 @pytest.fixture(scope="module")
 def operator(
     cluster: Any, crds: None, tmp_path_factory: pytest.TempPathFactory

@@ -6,7 +6,6 @@ comes back)."""
 from __future__ import annotations
 
 import json
-import socket
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -17,41 +16,6 @@ from stacks import conditions, deployments, events, get_stack, load, routes, wai
 
 NC_MODEL = "CohereForAI/c4ai-command-r-plus"  # CC-BY-NC-4.0 on its model card
 LLAMA = "meta-llama/Llama-3.1-8B-Instruct"  # LicenseRef-llama3.1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def governed(
-    cluster: Any, crds: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    """The operator with its license webhook, reachable by the API server on 127.0.0.1."""
-    webhook = f"e2e-{uuid.uuid4().hex[:6]}.aistack.dev"
-    op = OperatorProcess(
-        cluster.env,
-        tmp_path_factory.mktemp("governed"),
-        ["--webhook-port", str(free_port()), "--webhook-addr", "127.0.0.1",
-         "--webhook-host", "127.0.0.1", "--webhook-managed", webhook],
-    )  # fmt: skip
-    op.start()
-    try:
-        cluster.wait_until(
-            lambda: cluster.kubectl(
-                "get", "validatingwebhookconfiguration", webhook, check=False
-            ).returncode == 0,
-            timeout=30, message="the webhook configuration",
-        )  # fmt: skip
-        yield op
-    finally:
-        op.stop()
-        # Fail-closed webhooks outlive their server: remove it, or every later AIStack
-        # write would be refused.
-        cluster.kubectl("delete", "validatingwebhookconfiguration", webhook, check=False)
-        cluster.kubectl("delete", "mutatingwebhookconfiguration", webhook, check=False)
 
 
 @pytest.fixture
@@ -172,3 +136,28 @@ def test_a_policy_with_an_unparseable_id_says_so_in_its_status(
     cond = cluster.wait_until(valid_condition, timeout=30, message="the policy's status")
     assert (cond["status"], cond["reason"]) == ("False", "InvalidLicenseIds")
     assert "spec.allow" in cond["message"] and "Apache 2" in cond["message"]
+
+
+def test_with_the_webhook_unreachable_stacks_are_refused_until_it_is_back(
+    cluster: Any, governed: OperatorProcess, namespace: str
+) -> None:
+    """Fail closed: no operator answering means no stack gets past license enforcement."""
+    config = json.loads(cluster.kubectl(
+        "get", "validatingwebhookconfigurations", "-o", "json"
+    ).stdout)["items"]  # fmt: skip
+    ours = [c for c in config if c["metadata"]["name"].endswith(".aistack.dev")]
+    assert ours and all(w["failurePolicy"] == "Fail" for c in ours for w in c["webhooks"])
+    governed.stop()
+    try:
+        result = apply(cluster, stack_with("microsoft/phi-4"), namespace)
+        assert result.returncode != 0
+        assert "failed calling webhook" in result.stderr, result.stderr
+        assert cluster.get_json("aistacks", "-n", namespace)["items"] == []
+    finally:
+        governed.start()
+
+    def admitted() -> bool:
+        again = apply(cluster, stack_with("microsoft/phi-4"), namespace)
+        return again.returncode == 0
+
+    cluster.wait_until(admitted, timeout=60, message="the webhook to admit again")

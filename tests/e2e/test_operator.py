@@ -4,6 +4,7 @@ undone, deletion cleans up but keeps data, and a converged stack is left alone."
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,68 @@ def test_deleting_a_stack_removes_its_parts_and_keeps_its_data(
         cluster.get_json("pvc", "quickstart-mlflow-data", "-n", namespace)["metadata"]["uid"]
         == kept_uid
     )
+
+
+def test_a_model_server_failing_readiness_degrades_the_stack_until_it_recovers(
+    cluster: Any, operator: OperatorProcess, namespace: str
+) -> None:
+    """A vLLM pod that started but fails its readiness probe (its pod status set the way
+    the kubelet would on a real node): Degraded, with the model and the pod named."""
+    cluster.apply(load("quickstart.yaml"), namespace=namespace)
+    wait_phase(cluster, namespace, "quickstart", "Ready")
+    (pod,) = pods(cluster, namespace, "aistack.dev/model=phi-3-5-mini")
+    name = pod["metadata"]["name"]
+
+    def set_ready(ready: bool) -> None:
+        current = cluster.get_json("pod", name, "-n", namespace)["status"]
+        ops = [{"op": "replace", "path": f"/status/containerStatuses/{i}/ready", "value": ready}
+               for i in range(len(current["containerStatuses"]))]  # fmt: skip
+        ops += [
+            {"op": "replace", "path": f"/status/conditions/{i}/status",
+             "value": "True" if ready else "False"}
+            for i, c in enumerate(current["conditions"])
+            if c["type"] in ("Ready", "ContainersReady")
+        ]  # fmt: skip
+        cluster.kubectl("patch", "pod", name, "-n", namespace, "--subresource=status",
+                        "--type=json", "-p", json.dumps(ops))  # fmt: skip
+
+    set_ready(False)
+    stack = wait_phase(cluster, namespace, "quickstart", "Degraded")
+    model = stack["status"]["models"][0]
+    assert (model["name"], model["reason"]) == ("phi-3-5-mini", "NotReady")
+    assert name in model["message"] and "readiness probe" in model["message"]
+    cond = conditions(stack)["ModelsReady"]
+    assert (cond["status"], cond["reason"]) == ("False", "NotReady")
+    assert "phi-3-5-mini" in cond["message"]
+
+    set_ready(True)
+    wait_phase(cluster, namespace, "quickstart", "Ready")
+
+
+def test_the_mlflow_claim_survives_operator_restarts_and_unrelated_edits(
+    cluster: Any, operator: OperatorProcess, namespace: str
+) -> None:
+    doc = load("quickstart.yaml")
+    cluster.apply(doc, namespace=namespace)
+    wait_phase(cluster, namespace, "quickstart", "Ready")
+
+    def claim() -> tuple[str, str, str]:
+        pvc = cluster.get_json("pvc", "quickstart-mlflow-data", "-n", namespace)
+        return (pvc["metadata"]["name"], pvc["metadata"]["uid"], pvc["spec"]["resources"]
+                ["requests"]["storage"])  # fmt: skip
+
+    before = claim()
+    operator.stop(signal.SIGKILL)
+    operator.start()
+    doc["spec"]["gateway"] = {"replicas": 2}
+    doc["spec"]["mlflow"] = {"resources": {"requests": {"cpu": "200m", "memory": "512Mi"}}}
+    cluster.apply(doc, namespace=namespace)
+    cluster.wait_until(
+        lambda: deployments(cluster, namespace)["quickstart-gateway"]["spec"]["replicas"] == 2,
+        timeout=60, message="the edit to be applied",
+    )  # fmt: skip
+    wait_phase(cluster, namespace, "quickstart", "Ready")
+    assert claim() == before
 
 
 def test_a_model_that_cannot_be_scheduled_is_reported(
