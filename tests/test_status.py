@@ -193,7 +193,7 @@ def test_stuck_containers_and_deadlines_degrade() -> None:
     assert st.phase == "Degraded"
 
 
-def test_a_server_that_fails_readiness_after_starting_degrades_but_a_starting_one_does_not() -> None:
+def test_a_server_failing_readiness_after_starting_degrades_a_starting_one_does_not() -> None:
     s = make()
     pod = unschedulable_pod("m", "")
     running = {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
