@@ -32,7 +32,7 @@ def as_server_returns(manifest: dict[str, Any]) -> dict[str, Any]:
     obj["metadata"].setdefault("labels", {})["team"] = "someone-else"
     obj["status"] = {"observedGeneration": 1}
     if obj["kind"] == "Deployment":
-        obj["spec"]["progressDeadlineSeconds"] = 600
+        obj["spec"].setdefault("progressDeadlineSeconds", 600)
         pod = obj["spec"].setdefault("template", {}).setdefault("spec", {})
         pod["dnsPolicy"] = "ClusterFirst"
         for c in pod.get("containers", []):

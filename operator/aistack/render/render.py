@@ -37,6 +37,9 @@ RAY_AGENT_PORT = 52365
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 MODEL_MOUNT = "/mnt/models"
+#: Time a model pod may take to be scheduled and pull its (large) image before its
+#: startup budget starts counting.
+PULL_AND_SCHEDULE_SECONDS = 900
 # Non-root user of the rayproject/ray image; the others run fine under the same id.
 RUN_AS_USER = 1000
 
@@ -244,6 +247,7 @@ def _model_context(stack: AIStack, model: ModelSpec, config: RenderConfig) -> di
         "port": VLLM_PORT,
         "startup_period": period,
         "startup_failures": -(-stack.spec.vllm.startup_timeout_seconds // period),
+        "progress_deadline": stack.spec.vllm.startup_timeout_seconds + PULL_AND_SCHEDULE_SECONDS,
         "cache_pvc": (
             {
                 "name": names.model_cache(stack_name, model.name),
