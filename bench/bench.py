@@ -331,12 +331,19 @@ class Operator:
                  "--webhook-host", "127.0.0.1", "--webhook-managed", "bench.aistack.dev"],
                 stdout=out, stderr=subprocess.STDOUT, env=cluster.env, start_new_session=True,
             )  # fmt: skip
+        try:
+            self._wait_ready(cluster)
+        except BaseException:
+            self.stop()  # never leave an operator behind
+            raise
+
+    def _wait_ready(self, cluster: Cluster) -> None:
         # Ready when the API server admits a stack through the webhook (dry run).
         probe = json.dumps(stack_manifest("probe", "default"))
         deadline = time.monotonic() + 60
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"operator exited:\n{log_path.read_text()[-3000:]}")
+                raise RuntimeError(f"operator exited:\n{self.log_path.read_text()[-3000:]}")
             try:
                 cluster.kubectl("get", "validatingwebhookconfiguration", "bench.aistack.dev")
                 cluster.kubectl(

@@ -336,8 +336,7 @@ class StackQueue:
                     await asyncio.sleep(delay)
                 wake.clear()
                 try:
-                    view = self._snapshot(key)
-                    result = await loop.run_in_executor(self._executor, self._reconcile, key, view)
+                    gone = await self._run_once(key)
                 except Exception as exc:
                     last_end = loop.time()
                     level = (
@@ -356,11 +355,24 @@ class StackQueue:
                     continue
                 last_end = loop.time()
                 backoff = 1.0
-                if result is None and not wake.is_set():
+                if gone and not wake.is_set():
                     return  # the stack is gone
         finally:
             self._wake.pop(key, None)
             self._tasks.pop(key, None)
+
+    async def _run_once(self, key: StackKey) -> bool:
+        """One reconcile; True when the stack no longer exists.
+
+        A function of its own so that the snapshot (the stack's children and pods, parsed)
+        is dropped when it returns: the worker waits for the next event for as long as
+        the stack lives, and with a thousand stacks their last snapshots added up to most
+        of the operator's memory.
+        """
+        view = self._snapshot(key)
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(self._executor, self._reconcile, key, view)
+        return result is None
 
     async def close(self) -> None:
         tasks = list(self._tasks.values())
