@@ -163,10 +163,18 @@ componentsPatches:
         value: 10.96.0.0/16
   # In-tree hostPath provisioner: PVCs of the "standard" class (hack/storage.yaml)
   # get bound instead of staying Pending for lack of a provisioner.
+  # One instance each: no leader election, so that after a restart (local-cluster.sh
+  # stop/start) they work at once instead of waiting out their predecessor's lease.
   - name: kube-controller-manager
     extraArgs:
       - key: enable-hostpath-provisioner
         value: "true"
+      - key: leader-elect
+        value: "false"
+  - name: kube-scheduler
+    extraArgs:
+      - key: leader-elect
+        value: "false"
 EOF
   echo "$cfg"
 }

@@ -308,3 +308,20 @@ def test_a_stack_is_rendered_again_only_when_its_spec_or_verdicts_change(
 
     rec.reconcile_once(KEY, StackView(stack=None))  # gone: nothing kept for it
     assert KEY not in rec._rendered
+
+
+def test_kopf_retries_are_logged_as_warnings_and_give_ups_as_errors() -> None:
+    import logging
+
+    from aistack.handlers import RetriesAreWarnings
+
+    def record(msg: str, name: str = "kopf._cogs.clients.watching") -> logging.LogRecord:
+        return logging.LogRecord(name, logging.ERROR, __file__, 1, msg, None, None)
+
+    retry = record("Request attempt #1/9 failed; will retry: GET /api -> refused")
+    give_up = record("Request attempt #9/9 failed; escalating: GET /api -> refused")
+    ours = record("x; will retry: y", name="aistack.controller")
+    for r in (retry, give_up, ours):
+        assert RetriesAreWarnings().filter(r)
+    assert (retry.levelno, retry.levelname) == (logging.WARNING, "WARNING")
+    assert give_up.levelno == ours.levelno == logging.ERROR

@@ -284,6 +284,10 @@ def _applied_event(result: Result) -> EventSpec:
     return EventSpec("Normal", "Applied", msg)
 
 
+#: Longest wait between reconciles of a stack while the API server does not answer.
+UNREACHABLE_RETRY = 5.0
+
+
 class StackQueue:
     """Runs reconciles: serial per stack, coalescing bursts, retrying with backoff."""
 
@@ -351,7 +355,12 @@ class StackQueue:
                         exc_info=level == logging.ERROR,
                     )  # fmt: skip
                     asyncio.get_running_loop().call_later(backoff, wake.set)
-                    backoff = min(backoff * 2, self._max_backoff)
+                    # No answer at all (the API server is down or restarting): keep
+                    # trying every few seconds, to be back soon after it is.
+                    unreachable = isinstance(exc, KubeError) and exc.status == 0
+                    backoff = min(
+                        backoff * 2, UNREACHABLE_RETRY if unreachable else self._max_backoff
+                    )
                     continue
                 last_end = loop.time()
                 backoff = 1.0

@@ -151,6 +151,21 @@ def _trim_pod(body: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------- settings
 
 
+class RetriesAreWarnings(logging.Filter):
+    """kopf logs every failed API request it is going to retry at ERROR, e.g. each watch
+    while the API server restarts. A retry is a warning; a request kopf gives up on
+    (``escalating``) stays an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (
+            record.levelno == logging.ERROR
+            and record.name.startswith("kopf.")
+            and "; will retry: " in record.getMessage()
+        ):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Events are posted deliberately by the reconciler, not for every log line.
@@ -165,6 +180,13 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
+    # Ride out an outage of the API server of up to about five minutes (an upgrade of the
+    # control plane, a restart of etcd) before kopf gives up on a request (its default
+    # gives up within a minute), and retry every few seconds meanwhile, so that the
+    # watches are back soon after the API server is (the default waits up to 21 s).
+    settings.networking.error_backoffs = (1, 1, 2, 2, 3, 3, *[5] * 56)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RetriesAreWarnings())
     # kopf keeps a worker per object, holding the object's last watch event, until no
     # event came for ``idle_timeout`` (5 s by default). When a thousand stacks are created
     # at once, tens of thousands of objects each see a few events within seconds: that
