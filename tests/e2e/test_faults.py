@@ -83,8 +83,7 @@ def pool(cluster: Any) -> Iterator[str]:
         cluster.kubectl("wait", "--for=condition=Ready", f"node/{n['metadata']['name']}",
                         "--timeout=60s")  # fmt: skip
     yield name
-    cluster.kubectl("delete", "node", *[n["metadata"]["name"] for n in nodes], "--wait=false",
-                    check=False)  # fmt: skip
+    cluster.kubectl("delete", "node", *[n["metadata"]["name"] for n in nodes], check=False)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +95,8 @@ def fault_ns(cluster: Any) -> Iterator[str]:
         timeout=60, message="the default ServiceAccount",
     )  # fmt: skip
     yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    # Wait, so that later tests do not share the machine with 50 stacks being collected.
+    cluster.kubectl("delete", "namespace", name, "--timeout=180s", check=False, timeout=200)
 
 
 @pytest.fixture(scope="module")
