@@ -189,9 +189,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         handler.addFilter(RetriesAreWarnings())
     # kopf keeps a worker per object, holding the object's last watch event, until no
     # event came for ``idle_timeout`` (5 s by default). When a thousand stacks are created
-    # at once, tens of thousands of objects each see a few events within seconds: that
-    # retention was most of the operator's peak memory. Our handlers are cheap and
-    # stateless; a worker made again for a later event costs little.
+    # at once, tens of thousands of objects each see a few events within seconds, and
+    # their workers pile up (300 stacks: 5% less peak memory with 0.5 s). Our handlers are
+    # cheap and stateless; a worker made again for a later event costs little.
     settings.queueing.idle_timeout = 0.5
     RUNTIME.start()
 
