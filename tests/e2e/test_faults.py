@@ -218,7 +218,7 @@ class World:
             elif status.get("observedGeneration") != stack["metadata"]["generation"]:
                 out.append(f"{name}: status is for generation {status.get('observedGeneration')}")
             elif ready and status.get("phase") != "Ready":
-                out.append(f"{name}: phase {status.get('phase')}")
+                out.append(f"{name}: phase {status.get('phase')}, Deployments ready: {all_ready}")
             elif ready and status.get("modelsReady") != "1/1":
                 out.append(f"{name}: modelsReady {status.get('modelsReady')}")
             elif (status.get("phase") == "Ready") != all_ready:

@@ -6,6 +6,7 @@ comes back)."""
 from __future__ import annotations
 
 import json
+import signal
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -147,7 +148,9 @@ def test_with_the_webhook_unreachable_stacks_are_refused_until_it_is_back(
     ).stdout)["items"]  # fmt: skip
     ours = [c for c in config if c["metadata"]["name"].endswith(".aistack.dev")]
     assert ours and all(w["failurePolicy"] == "Fail" for c in ours for w in c["webhooks"])
-    governed.stop()
+    # SIGKILL: a crashed operator leaves its webhook registered (on a clean stop kopf
+    # removes the configuration it manages).
+    governed.stop(signal.SIGKILL)
     try:
         result = apply(cluster, stack_with("microsoft/phi-4"), namespace)
         assert result.returncode != 0

@@ -215,8 +215,11 @@ def test_a_model_server_failing_readiness_degrades_the_stack_until_it_recovers(
 
     def set_ready(ready: bool) -> None:
         current = cluster.get_json("pod", name, "-n", namespace)["status"]
-        ops = [{"op": "replace", "path": f"/status/containerStatuses/{i}/ready", "value": ready}
-               for i in range(len(current["containerStatuses"]))]  # fmt: skip
+        # Started (its startup probe passed) and running, ready or not, as a kubelet says.
+        ops = [op for i in range(len(current["containerStatuses"])) for op in (
+            {"op": "add", "path": f"/status/containerStatuses/{i}/ready", "value": ready},
+            {"op": "add", "path": f"/status/containerStatuses/{i}/started", "value": True},
+        )]  # fmt: skip
         ops += [
             {"op": "replace", "path": f"/status/conditions/{i}/status",
              "value": "True" if ready else "False"}
