@@ -125,13 +125,12 @@ def _trim(body: Mapping[str, Any]) -> dict[str, Any]:
 # stacks they hold tens of thousands of objects; as JSON text these take about their size
 # on the wire, as nested dicts several times that. Every read parses a fresh copy, which
 # the reconcile (in a worker thread) may keep or change.
-_packed = pack
 
 
 def _trim_pod(body: Mapping[str, Any]) -> str:
     meta = body.get("metadata", {})
     status = body.get("status", {})
-    return _packed(
+    return pack(
         {
             "metadata": {
                 "name": meta.get("name"),
@@ -207,18 +206,18 @@ async def shutdown(**_: Any) -> None:
 
 @kopf.index(*STACKS)
 def stack_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace or "", name): _packed(body)}
+    return {(namespace or "", name): pack(body)}
 
 
 @kopf.index(*POLICIES)
 def policy_index(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {name: _packed(body)}
+    return {name: pack(body)}
 
 
 def _child_index(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> dict[Any, Any]:
-    return {(namespace or "", labels[names.STACK_LABEL]): _packed(body)}
+    return {(namespace or "", labels[names.STACK_LABEL]): pack(body)}
 
 
 for _kind, _resource in CHILD_RESOURCES.items():

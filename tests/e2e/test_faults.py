@@ -99,16 +99,6 @@ def fault_ns(cluster: Any) -> Iterator[str]:
     cluster.kubectl("delete", "namespace", name, "--timeout=180s", check=False, timeout=200)
 
 
-@pytest.fixture(scope="module")
-def victim(
-    cluster: Any, crds: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(cluster.env, tmp_path_factory.mktemp("faults"))
-    op.start()
-    yield op
-    op.stop()
-
-
 def stack_doc(name: str, pool: str, model_replicas: int = 1, gateway_replicas: int = 1) -> Any:
     return {
         "apiVersion": "aistack.dev/v1alpha1",
@@ -256,7 +246,7 @@ def log_problems(log: str) -> list[str]:
 
 
 def test_sigkill_at_random_moments_loses_nothing(
-    cluster: Any, pool: str, fault_ns: str, victim: OperatorProcess,
+    cluster: Any, pool: str, fault_ns: str, operator: OperatorProcess,
     record_property: Any,
 ) -> None:  # fmt: skip
     rng = random.Random(SEED)
@@ -267,10 +257,10 @@ def test_sigkill_at_random_moments_loses_nothing(
         # The first kill lands during the creation of all 50.
         what = world.churn() if kill else f"created {STACKS}"
         time.sleep(rng.uniform(0, 2.0))
-        victim.stop(signal.SIGKILL)
-        victim.start()
+        operator.stop(signal.SIGKILL)
+        operator.start()
         times.append(world.converge(CONVERGE_TIMEOUT, f"kill {kill + 1} ({what})"))
-    for path in sorted(Path(victim.log_dir).glob("operator-*.log")):
+    for path in sorted(Path(operator.log_dir).glob("operator-*.log")):
         text = path.read_text(errors="replace")
         assert "Traceback" not in text, f"{path.name}:\n{text[-3000:]}"
     summary = {"seed": SEED, "kills": KILLS, "stacks": STACKS, "deleted": len(world.deleted),
@@ -281,7 +271,7 @@ def test_sigkill_at_random_moments_loses_nothing(
 
 
 def test_control_plane_restarts_mid_rollout_converge_within_30s(
-    cluster: Any, pool: str, fault_ns: str, victim: OperatorProcess,
+    cluster: Any, pool: str, fault_ns: str, operator: OperatorProcess,
     record_property: Any,
 ) -> None:  # fmt: skip
     rng = random.Random(SEED + 1)
@@ -293,8 +283,8 @@ def test_control_plane_restarts_mid_rollout_converge_within_30s(
     world.serial = 1000
     world.converge(CONVERGE_TIMEOUT, "taking over the stacks left by the previous test")
     # Only this test's lines count.
-    since = len(victim.log())
-    started = victim.starts
+    since = len(operator.log())
+    started = operator.starts
     times: list[float] = []
     for restart in range(3):
         world.create(5)  # a rollout: new stacks, their pods not yet Ready
@@ -311,10 +301,10 @@ def test_control_plane_restarts_mid_rollout_converge_within_30s(
         # sometimes take minutes to make pods again, and the status must say so.
         what = f"control plane restart {restart + 1}"
         times.append(world.converge(BACK_WITHIN, what, ready=False))
-    assert victim.starts == started and victim.proc is not None and victim.proc.poll() is None, (
-        "the operator must ride out the outage without a restart"
-    )
-    worse = log_problems(victim.log()[since:])
+    assert (
+        operator.starts == started and operator.proc is not None and operator.proc.poll() is None
+    ), "the operator must ride out the outage without a restart"
+    worse = log_problems(operator.log()[since:])
     assert not worse, "\n".join(worse[:20])
     summary = {"restarts": 3, "converge_max_s": round(max(times), 1)}
     record_property("control_plane", summary)

@@ -506,8 +506,8 @@ def _peers(peers: list[NetworkPeer]) -> list[dict[str, Any]]:
 
 def _render_network(stack: AIStack) -> list[Manifest]:
     stack_name = stack.metadata.name
-    network = stack.spec.network
     spec = stack.spec
+    own_stack = {names.STACK_LABEL: stack_name}
     return _template(
         "network.yaml.j2",
         namespace=_namespace(stack),
@@ -515,15 +515,14 @@ def _render_network(stack: AIStack) -> list[Manifest]:
         internal_name=names.network_internal(stack_name),
         gateway_name=names.gateway(stack_name),
         labels=names.common_labels(stack_name, "network", "aistack"),
-        stack_label=names.STACK_LABEL,
-        stack=stack_name,
+        own_stack=own_stack,
         component_label=names.COMPONENT_LABEL,
-        own_pods={"podSelector": {"matchLabels": {names.STACK_LABEL: stack_name}}},
-        allow_from=_peers(network.allow_from),
-        gateway=stack.spec.gateway.enabled,
+        own_pods={"podSelector": {"matchLabels": own_stack}},
+        allow_from=_peers(spec.network.allow_from),
+        gateway=spec.gateway.enabled,
         gateway_selector=names.selector_labels(stack_name, "gateway"),
         gateway_port=GATEWAY_PORT,
-        gateway_from=_peers(network.gateway_from),
+        gateway_from=_peers(spec.network.gateway_from),
     )
 
 
