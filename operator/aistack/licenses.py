@@ -124,8 +124,12 @@ def _license_ref(name: str) -> str | None:
     return f"LicenseRef-{slug}" if slug else None
 
 
+@lru_cache(maxsize=4096)
 def hub_to_spdx(hub_id: str, license_name: str = "") -> str | None:
     """A Hugging Face card's license id as an SPDX expression (None: unknown).
+
+    Remembered per (id, name): a reconcile looks up the same few ids every time, and
+    validating one with ``license_expression`` takes about half a millisecond.
 
     Card metadata is written by whoever owns the repo: it is never read as an expression.
     ``license_name: "x OR mit"`` is the custom license ``LicenseRef-x-OR-mit``, and a value

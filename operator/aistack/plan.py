@@ -77,24 +77,47 @@ def _scalar_equal(want: Any, have: Any) -> bool:
 
 def differences(want: Any, have: Any, path: str = "") -> list[str]:
     """Paths where ``have`` does not hold what ``want`` sets (``want`` must be a subset)."""
+    out: list[str] = []
+    _walk(want, have, [], out, path)
+    return out
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _walk(want: Any, have: Any, parts: list[str | int], out: list[str], prefix: str) -> None:
+    # Runs over every field of every child at every reconcile: a path is only spelled
+    # out where something differs.
     if isinstance(want, dict):
         if not isinstance(have, dict):
-            return [path or "."]
-        out: list[str] = []
+            out.append(_spell(prefix, parts))
+            return
         for k, v in want.items():
+            parts.append(k)
             if k not in have:
-                out.append(f"{path}.{k}")
+                out.append(_spell(prefix, parts))
             else:
-                out += differences(v, have[k], f"{path}.{k}")
-        return out
+                h = have[k]
+                if not (type(v) is type(h) and type(v) in _SCALARS and v == h):
+                    _walk(v, h, parts, out, prefix)
+            parts.pop()
+        return
     if isinstance(want, list):
         if not isinstance(have, list) or len(want) != len(have):
-            return [path or "."]
-        out = []
+            out.append(_spell(prefix, parts))
+            return
         for i, (w, h) in enumerate(zip(want, have, strict=True)):
-            out += differences(w, h, f"{path}[{i}]")
-        return out
-    return [] if _scalar_equal(want, have) else [path or "."]
+            parts.append(i)
+            _walk(w, h, parts, out, prefix)
+            parts.pop()
+        return
+    if not _scalar_equal(want, have):
+        out.append(_spell(prefix, parts))
+
+
+def _spell(prefix: str, parts: list[str | int]) -> str:
+    path = prefix + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts)
+    return path or "."
 
 
 @dataclass(frozen=True)
