@@ -268,6 +268,39 @@ def test_queue_runs_a_quiet_stack_at_once_and_coalesces_what_follows() -> None:
     asyncio.run(scenario())
 
 
+def test_queue_snapshots_a_stack_only_when_a_thread_is_free_for_it() -> None:
+    # A thousand stacks created at once must not each hold a parsed snapshot while they
+    # wait for one of the few reconcile threads.
+    alive: list[int] = [0]
+    most: list[int] = [0]
+    done: list[str] = []
+
+    def snapshot(key: tuple[str, str]) -> StackView:
+        alive[0] += 1
+        most[0] = max(most[0], alive[0])
+        return StackView(stack={"name": key[1]})
+
+    def reconcile(key: tuple[str, str], v: StackView) -> Any:
+        time.sleep(0.01)
+        done.append(key[1])
+        alive[0] -= 1
+        return object()
+
+    async def scenario() -> None:
+        queue = StackQueue(reconcile, snapshot, workers=3)
+        for i in range(40):
+            queue.request(("ml", f"s{i}"))
+        for _ in range(200):
+            if len(done) == 40:
+                break
+            await asyncio.sleep(0.02)
+        await queue.close()
+
+    asyncio.run(scenario())
+    assert sorted(done) == sorted(f"s{i}" for i in range(40))
+    assert most[0] == 3
+
+
 def test_a_stack_is_rendered_again_only_when_its_spec_or_verdicts_change(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
