@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .PHONY: help venv lint unit e2e test crds check-crds demo demo-down cluster-tools clean \
-	chart chart-crds docs bench
+	chart chart-crds docs bench conformance conformance-envs gpu-smoke
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -29,7 +29,7 @@ lint: $(STAMP) ## ruff and mypy
 	$(BIN)/mypy bench/analysis.py bench/bench.py
 
 unit: $(STAMP) ## unit tests: API, CRDs, renderer, CLI (no cluster)
-	$(BIN)/pytest tests --ignore=tests/e2e $(PYTEST_ARGS)
+	$(BIN)/pytest tests --ignore=tests/e2e --ignore=tests/conformance $(PYTEST_ARGS)
 
 cluster-tools: ## build the local control plane (kube-apiserver, etcd, kwok, helm) from Go modules
 	hack/build-tools.sh
@@ -37,7 +37,17 @@ cluster-tools: ## build the local control plane (kube-apiserver, etcd, kwok, hel
 e2e: $(STAMP) cluster-tools ## end-to-end tests against a real local API server
 	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
 
-test: lint unit chart e2e ## everything CI runs
+conformance-envs: $(STAMP) ## build (or reuse) the conformance suite's cached environments and stores
+	$(BIN)/python tests/conformance/envs.py
+	hack/conformance-stores.sh >/dev/null
+
+conformance: $(STAMP) conformance-envs ## the real vLLM, Ray, MLflow, LiteLLM started from what we render
+	$(BIN)/pytest tests/conformance $(PYTEST_ARGS)
+
+gpu-smoke: $(STAMP) ## on a GPU machine: real vLLM serves a tiny local model behind the real gateway
+	$(BIN)/python tests/conformance/gpu_smoke.py
+
+test: lint unit chart e2e conformance ## everything CI runs
 
 bench: $(STAMP) cluster-tools ## benchmark: operator vs raw `kubectl apply` (table, bench/results/*.json, *.png)
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)

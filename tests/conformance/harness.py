@@ -1,0 +1,475 @@
+"""Start what ``aistack render`` produced as host processes, the way a kubelet would.
+
+Everything a test starts is read from the rendered manifests: the container's command and
+args, its env (plain values, Secret references filled with test values, field references),
+``$(VAR)`` expansion as Kubernetes does it, ConfigMap volumes written to files, and its
+probes. Three test-only translations stand in for what a cluster provides, and nothing else
+is changed:
+
+- **Mounts.** Each volumeMount's ``mountPath`` becomes a host directory; an arg or env value
+  that starts with a mount path is rewritten to the host directory (``/etc/litellm/...``).
+- **Service DNS.** :class:`HostMap` gives every rendered Service its own ``127.0.0.N`` and
+  makes every Python process started here resolve the Service's in-cluster names (short,
+  ``.ns``, ``.ns.svc``, ``.ns.svc.<domain>``) to it, through a ``sitecustomize`` module on
+  ``PYTHONPATH``. All four programs are Python, so this reaches every client they open.
+- **Users.** Processes run as this user unless a test asks for the pod's ``runAsUser``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[1]
+EXAMPLES = REPO_ROOT / "examples"
+CLUSTER_DOMAIN = "cluster.local"
+
+Manifest = dict[str, Any]
+
+
+# --------------------------------------------------------------------------- render
+
+
+def aistack_cli() -> list[str]:
+    """The ``aistack`` command of the environment running the tests."""
+    script = Path(sys.executable).parent / "aistack"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "aistack.cli"]
+
+
+def render_example(
+    path: str | Path, *, deny: Sequence[str] = (), namespace: str = ""
+) -> list[Manifest]:
+    """What ``aistack render -f PATH`` prints, parsed (``deny``: models rendered as blocked)."""
+    argv = [*aistack_cli(), "render", "-f", str(path)]
+    for model in deny:
+        argv += ["--deny", model]
+    if namespace:
+        argv += ["-n", namespace]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def example(name: str) -> Path:
+    return EXAMPLES / name
+
+
+def find(manifests: Iterable[Manifest], kind: str, name: str) -> Manifest:
+    for m in manifests:
+        if m.get("kind") == kind and m["metadata"]["name"] == name:
+            return m
+    raise LookupError(f"no {kind} {name} in the render")
+
+
+def of_kind(manifests: Iterable[Manifest], kind: str) -> list[Manifest]:
+    return [m for m in manifests if m.get("kind") == kind]
+
+
+def workload(manifests: Iterable[Manifest], name: str) -> Manifest:
+    """The Deployment (or StatefulSet) called ``name``."""
+    for m in manifests:
+        if m.get("kind") in ("Deployment", "StatefulSet") and m["metadata"]["name"] == name:
+            return m
+    raise LookupError(f"no workload {name} in the render")
+
+
+def pod_spec(manifests: Iterable[Manifest], name: str) -> dict[str, Any]:
+    spec: dict[str, Any] = workload(manifests, name)["spec"]["template"]["spec"]
+    return spec
+
+
+def container(manifests: Iterable[Manifest], name: str, container_name: str | None = None) -> Any:
+    containers = pod_spec(manifests, name)["containers"]
+    if container_name is None:
+        return containers[0]
+    for c in containers:
+        if c["name"] == container_name:
+            return c
+    raise LookupError(f"no container {container_name} in {name}")
+
+
+# --------------------------------------------------------------------------- processes
+
+
+_VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)|\$\$")
+
+
+def expand(text: str, env: Mapping[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion: known variables are replaced, unknown ones are left
+    as written, ``$$`` is a literal ``$``."""
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group(1)
+        return env[name] if name in env else m.group(0)
+
+    return _VAR.sub(sub, text)
+
+
+@dataclass
+class ProcessSpec:
+    """A container turned into a host process."""
+
+    argv: list[str]
+    env: dict[str, str]
+    #: container mountPath -> host directory
+    mounts: dict[str, Path] = field(default_factory=dict)
+    #: the pod's runAsUser, if any (used only when a test asks for it)
+    run_as_user: int | None = None
+    workdir: Path | None = None
+
+    def host_path(self, container_path: str) -> Path:
+        for mount in sorted(self.mounts, key=len, reverse=True):
+            if container_path == mount or container_path.startswith(mount.rstrip("/") + "/"):
+                rest = container_path[len(mount) :].lstrip("/")
+                return self.mounts[mount] / rest
+        raise LookupError(f"{container_path} is on no mounted volume")
+
+
+def _rewrite(value: str, mounts: Mapping[str, Path]) -> str:
+    """Mount paths in ``value`` -> host directories: a value that is a path, ``KEY=path``,
+    or a URI with a local path (``sqlite:////mlflow/mlflow.db``, ``file:///data``)."""
+    for mount in sorted(mounts, key=len, reverse=True):
+        pattern = rf"(^|=|:///?)({re.escape(mount.rstrip('/'))})(?=/|$)"
+        new = re.sub(pattern, lambda m, h=str(mounts[mount]): m.group(1) + h, value, count=1)
+        if new != value:
+            return new
+    return value
+
+
+def container_process(
+    manifests: Sequence[Manifest],
+    deployment: str,
+    container_name: str | None = None,
+    *,
+    workdir: Path,
+    secrets: Mapping[tuple[str, str], str] | None = None,
+    secret_env_from: Mapping[str, Mapping[str, str]] | None = None,
+    field_refs: Mapping[str, str] | None = None,
+) -> ProcessSpec:
+    """The rendered container ``deployment``/``container_name`` as a :class:`ProcessSpec`.
+
+    ``secrets`` gives test values to ``secretKeyRef`` (``(secret, key) -> value``),
+    ``secret_env_from`` to ``envFrom.secretRef`` (``secret -> {key: value}``) and
+    ``field_refs`` to ``fieldRef`` (``fieldPath -> value``, e.g. ``status.podIP``). A
+    reference without a test value is an error: the rendered pod could not start either.
+    """
+    secrets = secrets or {}
+    secret_env_from = secret_env_from or {}
+    field_refs = field_refs or {}
+    spec = pod_spec(manifests, deployment)
+    c = container(manifests, deployment, container_name)
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    # Volumes -> host directories.
+    volume_dirs: dict[str, Path] = {}
+    for vol in spec.get("volumes", []):
+        target = workdir / "volumes" / vol["name"]
+        target.mkdir(parents=True, exist_ok=True)
+        if "configMap" in vol:
+            cm = find(manifests, "ConfigMap", vol["configMap"]["name"])
+            for key, text in cm.get("data", {}).items():
+                (target / key).write_text(text)
+        volume_dirs[vol["name"]] = target
+    mounts: dict[str, Path] = {}
+    for mount in c.get("volumeMounts", []):
+        base = volume_dirs[mount["name"]]
+        if mount.get("subPath"):
+            base = base / mount["subPath"]
+        mounts[mount["mountPath"]] = base
+
+    # Environment, in order, as the kubelet builds it.
+    env: dict[str, str] = {}
+    for src in c.get("envFrom", []):
+        ref = src.get("secretRef")
+        if ref is None:
+            raise NotImplementedError(f"envFrom source {src} in {deployment}")
+        if ref["name"] not in secret_env_from:
+            raise KeyError(f"{deployment}: no test value for envFrom Secret {ref['name']}")
+        env.update(secret_env_from[ref["name"]])
+    for var in c.get("env", []):
+        if "value" in var:
+            env[var["name"]] = expand(var["value"], env)
+            continue
+        source = var["valueFrom"]
+        if "secretKeyRef" in source:
+            key = (source["secretKeyRef"]["name"], source["secretKeyRef"]["key"])
+            if key not in secrets:
+                raise KeyError(f"{deployment}: no test value for Secret key {key}")
+            env[var["name"]] = secrets[key]
+        elif "fieldRef" in source:
+            path = source["fieldRef"]["fieldPath"]
+            if path not in field_refs:
+                raise KeyError(f"{deployment}: no test value for fieldRef {path}")
+            env[var["name"]] = field_refs[path]
+        else:
+            raise NotImplementedError(f"valueFrom {source} in {deployment}")
+    env = {k: _rewrite(v, mounts) for k, v in env.items()}
+
+    argv = [expand(a, env) for a in [*c.get("command", []), *c.get("args", [])]]
+    argv = [_rewrite(a, mounts) for a in argv]
+    security = spec.get("securityContext", {})
+    return ProcessSpec(
+        argv=argv,
+        env=env,
+        mounts=mounts,
+        run_as_user=security.get("runAsUser"),
+        workdir=workdir,
+    )
+
+
+def probe_urls(
+    manifests: Sequence[Manifest], deployment: str, host: str, container_name: str | None = None
+) -> list[tuple[str, str]]:
+    """``(probe kind, URL)`` for every httpGet probe of the container, ports resolved."""
+    c = container(manifests, deployment, container_name)
+    ports = {p["name"]: p["containerPort"] for p in c.get("ports", []) if "name" in p}
+    out = []
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        probe = c.get(kind)
+        if not probe:
+            continue
+        get = probe.get("httpGet")
+        if get is None:
+            raise NotImplementedError(f"{deployment} {kind} is not httpGet: {probe}")
+        port = get["port"]
+        port = ports[port] if isinstance(port, str) else port
+        out.append((kind, f"http://{host}:{port}{get.get('path', '/')}"))
+    return out
+
+
+# --------------------------------------------------------------------------- DNS
+
+
+_SITECUSTOMIZE = '''\
+"""Test-only: resolve in-cluster Service names to loopback addresses (aistack conformance)."""
+import json as _json
+import os as _os
+import socket as _socket
+
+_path = _os.environ.get("AISTACK_TEST_HOSTS")
+if _path:
+    with open(_path) as _f:
+        _HOSTS = {k.lower(): v for k, v in _json.load(_f).items()}
+    _getaddrinfo = _socket.getaddrinfo
+    _gethostbyname = _socket.gethostbyname
+    _gethostbyname_ex = _socket.gethostbyname_ex
+
+    def _lookup(host):
+        if isinstance(host, bytes):
+            host = host.decode()
+        if isinstance(host, str):
+            return _HOSTS.get(host.lower().rstrip("."))
+        return None
+
+    def getaddrinfo(host, *args, **kwargs):
+        return _getaddrinfo(_lookup(host) or host, *args, **kwargs)
+
+    def gethostbyname(host):
+        return _lookup(host) or _gethostbyname(host)
+
+    def gethostbyname_ex(host):
+        ip = _lookup(host)
+        return (host, [], [ip]) if ip else _gethostbyname_ex(host)
+
+    _socket.getaddrinfo = getaddrinfo
+    _socket.gethostbyname = gethostbyname
+    _socket.gethostbyname_ex = gethostbyname_ex
+'''
+
+
+class HostMap:
+    """Loopback addresses for the rendered Services, resolvable by every Python child."""
+
+    def __init__(self, directory: Path, first: int = 2) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+        self.hosts_file = directory / "hosts.json"
+        self._next = first
+        self.names: dict[str, str] = {}
+        self._write()
+
+    def _write(self) -> None:
+        self.hosts_file.write_text(json.dumps(self.names, indent=1, sort_keys=True))
+
+    def add(self, service: str, namespace: str, ip: str | None = None) -> str:
+        """Give ``service`` an address (a new ``127.0.0.N`` unless ``ip``); returns it."""
+        fqdn = f"{service}.{namespace}.svc.{CLUSTER_DOMAIN}"
+        if fqdn in self.names:
+            return self.names[fqdn]
+        if ip is None:
+            ip = f"127.0.0.{self._next}"
+            self._next += 1
+        for name in (service, f"{service}.{namespace}", f"{service}.{namespace}.svc", fqdn):
+            self.names[name] = ip
+        self._write()
+        return ip
+
+    def add_services(self, manifests: Iterable[Manifest]) -> None:
+        for svc in of_kind(manifests, "Service"):
+            self.add(svc["metadata"]["name"], svc["metadata"].get("namespace", "default"))
+
+    def ip(self, name: str) -> str:
+        return self.names[name.lower().rstrip(".")]
+
+    def env(self) -> dict[str, str]:
+        return {"AISTACK_TEST_HOSTS": str(self.hosts_file), "PYTHONPATH": str(self.directory)}
+
+
+# --------------------------------------------------------------------------- running
+
+
+class ProcessFailed(AssertionError):
+    pass
+
+
+@dataclass
+class Running:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def wait_http(
+        self,
+        url: str,
+        *,
+        timeout: float = 120,
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
+    ) -> bytes:
+        """Poll ``url`` until it answers ``status``; fail with the log if the process dies."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise ProcessFailed(
+                    f"{self.name} exited with {self.process.returncode} while waiting for "
+                    f"{url}:\n{self.log_tail()}"
+                )
+            code, body = http(url, headers=headers, timeout=5)
+            if code == status:
+                return body
+            last = f"HTTP {code}: {body[:200]!r}" if code else body.decode(errors="replace")
+            time.sleep(0.5)
+        raise ProcessFailed(
+            f"{self.name}: {url} did not answer {status} in {timeout:.0f} s ({last}):\n"
+            f"{self.log_tail()}"
+        )
+
+    def stop(self, timeout: float = 20) -> None:
+        if not self.alive():
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+
+def http(
+    url: str,
+    *,
+    method: str = "GET",
+    body: Any = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 30,
+) -> tuple[int, bytes]:
+    """``(status, body)``; status 0 with the error text when nothing answered."""
+    data = None
+    hdrs = dict(headers or {})
+    if body is not None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        hdrs.setdefault("Content-Type", "application/json")
+    req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+    except (urllib.error.URLError, OSError) as err:
+        return 0, str(err).encode()
+
+
+def base_env(bin_dir: Path | None, home: Path) -> dict[str, str]:
+    """A clean environment, like a container's: no variables of the test runner leak in."""
+    path = "/usr/local/bin:/usr/bin:/bin"
+    if bin_dir is not None:
+        path = f"{bin_dir}:{path}"
+    return {"PATH": path, "HOME": str(home), "LANG": "C.UTF-8", "TMPDIR": str(home)}
+
+
+def start(
+    spec: ProcessSpec,
+    *,
+    name: str,
+    bin_dir: Path | None,
+    log_dir: Path,
+    hosts: HostMap | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    argv: Sequence[str] | None = None,
+    as_pod_user: bool = False,
+) -> Running:
+    """Start ``spec`` (or ``argv`` with its env) with ``bin_dir`` first on ``PATH``.
+
+    ``extra_env`` is for test-side settings the cluster would not need (it is named in the
+    test that uses it). ``as_pod_user`` runs the process as the pod's ``runAsUser``.
+    """
+    home = (spec.workdir or log_dir) / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    env = base_env(bin_dir, home)
+    if hosts is not None:
+        env.update(hosts.env())
+    env.update(spec.env)
+    env.update(extra_env or {})
+    command = list(argv if argv is not None else spec.argv)
+    if bin_dir is not None and command and not os.path.isabs(command[0]):
+        resolved = shutil.which(command[0], path=env["PATH"])
+        if resolved:
+            command[0] = resolved
+    if as_pod_user and spec.run_as_user is not None and os.geteuid() == 0:
+        uid = str(spec.run_as_user)
+        for path in [spec.workdir or log_dir, *spec.mounts.values()]:
+            subprocess.run(["chown", "-R", f"{uid}:{uid}", str(path)], check=True)
+        command = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *command]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{name}.log"
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            command,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=str(home),
+            start_new_session=True,
+        )
+    return Running(name=name, process=process, log=log)

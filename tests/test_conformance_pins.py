@@ -1,0 +1,46 @@
+"""One pin per component: the default images and the conformance suite's environments run
+the same program versions (a default image moves only with the suite)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from aistack.render import config
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "conformance"))
+import envs
+
+# component environment -> (package pinned in it, version pin, default image)
+PINS = {
+    "vllm": ("vllm", config.VLLM_VERSION, config.DEFAULT_VLLM_IMAGE),
+    "ray": ("ray", config.RAY_VERSION, config.DEFAULT_RAY_IMAGE),
+    "mlflow": ("mlflow", config.MLFLOW_VERSION, config.DEFAULT_MLFLOW_IMAGE),
+    "litellm": ("litellm", config.LITELLM_VERSION, config.DEFAULT_GATEWAY_IMAGE),
+}
+
+
+@pytest.mark.parametrize("component", sorted(PINS))
+def test_environment_runs_the_default_image_version(component: str) -> None:
+    package, version, _image = PINS[component]
+    assert envs.pinned(component, package) == version
+
+
+@pytest.mark.parametrize("component", sorted(PINS))
+def test_default_image_tag_carries_the_pinned_version(component: str) -> None:
+    _package, version, image = PINS[component]
+    tag = image.rpartition(":")[2]
+    assert re.fullmatch(rf"v?{re.escape(version)}(-[a-z0-9.]+)?", tag), (image, version)
+
+
+def test_every_environment_is_pinned_exactly() -> None:
+    # Every requirement line pins one version (==): an environment that floats would not be
+    # the image's package set on the next run.
+    for component in envs.components():
+        for raw in envs.requirements(component).read_text().splitlines():
+            line = raw.split("#", 1)[0].strip()
+            if line and not line.startswith("-"):
+                assert "==" in line, f"{component}: {line!r} is not pinned with =="
