@@ -378,6 +378,31 @@ def _render_ray(stack: AIStack, config: RenderConfig) -> list[Manifest]:
 # ---------------------------------------------------------------- MLflow
 
 
+def mlflow_allowed_hosts(stack: AIStack, config: RenderConfig) -> list[str]:
+    """The Host headers MLflow accepts (its DNS-rebinding protection).
+
+    MLFLOW_SERVER_ALLOWED_HOSTS replaces MLflow's defaults (loopback names on any port,
+    private IP ranges), and an entry matches exactly unless it holds ``*`` (then it is an
+    fnmatch pattern, where ``*`` also spans dots). So the list names every in-cluster
+    spelling of the Service, without a port and with the Service's port, and loopback on
+    any port (``kubectl port-forward``); no pattern covers names below the Service's, such
+    as ``<svc>.<ns>.attacker.example``. The user's ``allowedHosts`` come last.
+    """
+    service = names.mlflow(stack.metadata.name)
+    namespace = _namespace(stack)
+    allowed: list[str] = []
+    for host in (
+        service,
+        f"{service}.{namespace}",
+        f"{service}.{namespace}.svc",
+        f"{service}.{namespace}.svc.{config.cluster_domain}",
+    ):
+        allowed += [host, f"{host}:{MLFLOW_PORT}"]
+    for host in ("localhost", "127.0.0.1"):
+        allowed += [host, f"{host}:*"]
+    return allowed + list(stack.spec.mlflow.allowed_hosts)
+
+
 def _render_mlflow(stack: AIStack, config: RenderConfig) -> list[Manifest]:
     stack_name = stack.metadata.name
     namespace = _namespace(stack)
@@ -397,13 +422,12 @@ def _render_mlflow(stack: AIStack, config: RenderConfig) -> list[Manifest]:
     else:
         artifacts = "/mlflow/artifacts"
         creds = None
-    # MLflow refuses Host headers it does not know (DNS-rebinding protection): allow every
-    # in-cluster spelling of its Service, any port, plus what the user adds.
-    allowed = [
-        service, f"{service}:*", f"{service}.{namespace}", f"{service}.{namespace}:*",
-        f"{service}.{namespace}.*", "localhost", "localhost:*", *mlflow.allowed_hosts,
-    ]  # fmt: skip
-    env.append({"name": "MLFLOW_SERVER_ALLOWED_HOSTS", "value": ",".join(allowed)})
+    env.append(
+        {
+            "name": "MLFLOW_SERVER_ALLOWED_HOSTS",
+            "value": ",".join(mlflow_allowed_hosts(stack, config)),
+        }
+    )
     env.append({"name": "HOME", "value": "/tmp"})
     return _template(
         "mlflow.yaml.j2",
