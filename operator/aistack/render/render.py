@@ -480,9 +480,16 @@ def gateway_config(stack: AIStack, served: list[ModelSpec], config: RenderConfig
     ]
     cfg: dict[str, Any] = {"model_list": model_list}
     if stack.spec.mlflow.enabled:
-        cfg["litellm_settings"] = {"callbacks": ["mlflow"]}
+        # Request traces go to MLflow's OTLP endpoint (env set in _render_gateway). The
+        # image has no `mlflow` package: LiteLLM's own `mlflow` callback cannot load there,
+        # and from 1.110 an unloadable callback stops the proxy at startup.
+        cfg["litellm_settings"] = {"callbacks": ["otel"]}
     if stack.spec.gateway.auth_secret_ref is not None:
         cfg["general_settings"] = {"master_key": "os.environ/LITELLM_MASTER_KEY"}
+    else:
+        # No key asked for: an open gateway, reachable only as the NetworkPolicies allow.
+        # LiteLLM (from 1.110) refuses to start without a master key unless told so.
+        cfg["general_settings"] = {"dangerously_permit_weak_or_unset_master_key": True}
     return cfg
 
 
@@ -496,9 +503,15 @@ def _render_gateway(
     if gateway.auth_secret_ref is not None:
         env.append(_secret_env("LITELLM_MASTER_KEY", gateway.auth_secret_ref))
     if stack.spec.mlflow.enabled:
+        # LiteLLM's `otel` callback: OTLP over HTTP to MLflow's trace endpoint, into the
+        # experiment named by id (MLflow's OTLP endpoint takes an id, not a name).
         env += [
-            {"name": "MLFLOW_TRACKING_URI", "value": mlflow_uri(stack, config)},
-            {"name": "MLFLOW_EXPERIMENT_NAME", "value": config.mlflow_experiment},
+            {"name": "OTEL_EXPORTER", "value": "otlp_http"},
+            {"name": "OTEL_ENDPOINT", "value": f"{mlflow_uri(stack, config)}/v1/traces"},
+            {
+                "name": "OTEL_HEADERS",
+                "value": f"x-mlflow-experiment-id={config.mlflow_trace_experiment_id}",
+            },
         ]
     env.append({"name": "HOME", "value": "/tmp"})
     return _template(
