@@ -1,0 +1,357 @@
+"""vLLM: the rendered ``vllm serve`` command lines judged by vLLM itself, and stand-ins.
+
+No GPU here, so no model is served. What runs instead, in the vLLM environment (the vLLM
+version of the default image with that image's packages, ``envs/vllm.txt``):
+
+- :func:`vllm_check`: ``vllm_check.py`` (vLLM's own ``serve`` parser, serve-argument
+  validation and engine-config construction) on the rendered args, with the rendered env.
+- :func:`start_vllm_standin`: once the args passed, the stand-in (``standin.py``) serves the
+  rendered ``--served-model-name`` on the rendered port, at its Service's address, from the
+  vLLM environment's Python; with a rendered ``--otlp-traces-endpoint`` it emits one span per
+  request through vLLM's own tracer setup (``vllm_check.tracing_hook``).
+
+The check reads the model's Hugging Face config offline from the rendered ``HF_HOME`` (a
+host directory here); :data:`MODEL_CONFIGS` holds, per model the examples name, a config of
+the model's architecture with its published head, layer, vocabulary and position counts
+(what vLLM's config validation reads), seeded into that cache at the rendered revision.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import envs
+import harness
+import pytest
+from harness import HostMap, Manifest, ProcessSpec, Running
+
+HERE = Path(__file__).resolve().parent
+CHECK = HERE / "vllm_check.py"
+STANDIN = HERE / "standin.py"
+VLLM_ENV = "vllm"
+#: the revision a cache entry gets when the render names none (any 40-hex commit id)
+DEFAULT_COMMIT = "0" * 40
+CHECK_TIMEOUT = 300
+
+
+def _llama_like(arch: str, model_type: str, **fields: Any) -> dict[str, Any]:
+    return {"architectures": [arch], "model_type": model_type, "torch_dtype": "bfloat16", **fields}
+
+
+#: Hugging Face configs (config.json) of the models the examples serve: architecture and the
+#: sizes vLLM's config validation reads, as published on each model's card. gpt-oss's
+#: ``quantization_config`` (mxfp4) is left out: the CPU platform of the check has no mxfp4
+#: kernels, and that is a property of this machine, not of the render.
+MODEL_CONFIGS: dict[str, dict[str, Any]] = {
+    "microsoft/Phi-3.5-mini-instruct": _llama_like(
+        "Phi3ForCausalLM",
+        "phi3",
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32064,
+        max_position_embeddings=131072,
+        original_max_position_embeddings=4096,
+        rope_theta=10000.0,
+        rope_scaling={"type": "longrope", "long_factor": [1.0] * 48, "short_factor": [1.0] * 48},
+        sliding_window=262144,
+        bos_token_id=1,
+        eos_token_id=32000,
+        pad_token_id=32000,
+    ),
+    "mistralai/Mistral-7B-Instruct-v0.3": _llama_like(
+        "MistralForCausalLM",
+        "mistral",
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=32768,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        sliding_window=None,
+    ),
+    "mistralai/Mixtral-8x7B-Instruct-v0.1": _llama_like(
+        "MixtralForCausalLM",
+        "mixtral",
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        num_local_experts=8,
+        num_experts_per_tok=2,
+        vocab_size=32000,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        sliding_window=None,
+    ),
+    "Qwen/Qwen2.5-7B-Instruct": _llama_like(
+        "Qwen2ForCausalLM",
+        "qwen2",
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        sliding_window=131072,
+        max_window_layers=28,
+        use_sliding_window=False,
+    ),
+    "openai/gpt-oss-120b": _llama_like(
+        "GptOssForCausalLM",
+        "gpt_oss",
+        hidden_size=2880,
+        intermediate_size=2880,
+        num_hidden_layers=36,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        head_dim=64,
+        num_local_experts=128,
+        num_experts_per_tok=4,
+        experts_per_token=4,
+        vocab_size=201088,
+        max_position_embeddings=131072,
+        rope_theta=150000.0,
+        rope_scaling={
+            "rope_type": "yarn",
+            "factor": 32.0,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+            "original_max_position_embeddings": 4096,
+            "truncate": False,
+        },
+        sliding_window=128,
+        layer_types=["sliding_attention", "full_attention"] * 18,
+        attention_bias=True,
+        swiglu_limit=7.0,
+        tie_word_embeddings=False,
+    ),
+}
+
+
+# --------------------------------------------------------------------------- the check
+
+
+def serve_args(spec: ProcessSpec) -> list[str]:
+    """What follows ``vllm serve`` in a rendered container's command line."""
+    if spec.argv[:2] != ["vllm", "serve"]:
+        raise AssertionError(f"not a `vllm serve` container: {spec.argv}")
+    return spec.argv[2:]
+
+
+def model_and_revision(args: Sequence[str]) -> tuple[str, str | None]:
+    """The model positional and ``--revision`` of ``vllm serve`` args (for seeding only;
+    vLLM's parser is what judges them)."""
+    model = args[0]
+    revision = None
+    for i, arg in enumerate(args):
+        if arg == "--revision" and i + 1 < len(args):
+            revision = args[i + 1]
+        elif arg.startswith("--revision="):
+            revision = arg.split("=", 1)[1]
+    return model, revision
+
+
+def seed_hf_cache(hf_home: Path, model: str, revision: str | None) -> None:
+    """Put ``model``'s config into a Hugging Face hub cache at ``revision``, the layout
+    ``huggingface_hub`` reads offline (``hub/models--org--name/snapshots/<commit>/``)."""
+    config = MODEL_CONFIGS.get(model)
+    if config is None:
+        raise KeyError(f"no config for {model} in fixtures_vllm.MODEL_CONFIGS: add one")
+    commit = revision or DEFAULT_COMMIT
+    repo = hf_home / "hub" / ("models--" + model.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (snapshot / "config.json").write_text(json.dumps(config, indent=1))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / (revision if revision and len(revision) != 40 else "main")).write_text(commit)
+
+
+@dataclass
+class CheckResult:
+    ok: bool
+    stage: str
+    error: str
+    values: dict[str, Any]
+    output: str
+
+
+@dataclass
+class CheckJob:
+    """One command line for vllm_check: the args after ``vllm serve`` and the container env
+    (paths already mapped to this host)."""
+
+    args: list[str]
+    env: dict[str, str]
+
+
+def vllm_check_batch(
+    jobs: Sequence[CheckJob], *, home: Path, timeout: float = CHECK_TIMEOUT
+) -> list[CheckResult]:
+    """Run ``vllm_check.py`` on every job in one process of the vLLM environment (vLLM is
+    imported once). All jobs must share ``HF_HOME``; the first job's env is the process's
+    base env, each job's env is set around its own check."""
+    home.mkdir(parents=True, exist_ok=True)
+    batch = home / "vllm-check-batch.json"
+    batch.write_text(json.dumps([{"args": j.args, "env": j.env} for j in jobs]))
+    run_env = harness.base_env(envs.bin_dir(VLLM_ENV), home)
+    run_env.update(jobs[0].env)
+    proc = subprocess.run(
+        [str(envs.python(VLLM_ENV)), str(CHECK), "--batch", str(batch)],
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    output = (proc.stdout + proc.stderr)[-8000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("VLLM_CHECK ")]
+    if len(lines) != len(jobs):
+        raise AssertionError(
+            f"vllm_check gave {len(lines)} results for {len(jobs)} jobs "
+            f"(exit {proc.returncode}):\n{output}"
+        )
+    results = []
+    for line in lines:
+        r = json.loads(line[len("VLLM_CHECK ") :])
+        results.append(
+            CheckResult(
+                ok=r["ok"],
+                stage=r.get("stage", ""),
+                error=r.get("error", ""),
+                values=r.get("values", {}),
+                output=output,
+            )
+        )
+    if all(r.ok for r in results) != (proc.returncode == 0):
+        raise AssertionError(f"vllm_check: results and exit {proc.returncode} disagree:\n{output}")
+    return results
+
+
+def vllm_check(
+    args: Sequence[str], env: Mapping[str, str], *, home: Path, timeout: float = CHECK_TIMEOUT
+) -> CheckResult:
+    """``vllm_check.py`` on one command line (see :func:`vllm_check_batch`)."""
+    return vllm_check_batch([CheckJob(list(args), dict(env))], home=home, timeout=timeout)[0]
+
+
+def prepare_deployment(
+    manifests: Sequence[Manifest], deployment: str, workdir: Path
+) -> tuple[ProcessSpec, CheckJob]:
+    """The rendered ``vllm serve`` container of ``deployment`` as a host process spec and a
+    check job, with its model's config seeded into the rendered ``HF_HOME``."""
+    spec = harness.container_process(
+        manifests, deployment, workdir=workdir, field_refs={"status.podIP": "127.0.0.1"}
+    )
+    args = serve_args(spec)
+    model, revision = model_and_revision(args)
+    seed_hf_cache(Path(spec.env["HF_HOME"]), model, revision)
+    return spec, CheckJob(args, dict(spec.env))
+
+
+def check_deployment(
+    manifests: Sequence[Manifest], deployment: str, workdir: Path
+) -> tuple[ProcessSpec, CheckResult]:
+    """The rendered ``vllm serve`` container of ``deployment`` judged by vLLM."""
+    spec, job = prepare_deployment(manifests, deployment, workdir)
+    return spec, vllm_check(job.args, job.env, home=workdir / "home")
+
+
+def single_node_model_servers(manifests: Sequence[Manifest]) -> list[str]:
+    """Deployments whose container runs ``vllm serve`` directly (multi-node groups run a
+    shell script; test_multinode.py covers those)."""
+    out = []
+    for m in harness.of_kind(manifests, "Deployment"):
+        c = m["spec"]["template"]["spec"]["containers"][0]
+        if c.get("command", [])[:2] == ["vllm", "serve"]:
+            out.append(m["metadata"]["name"])
+    return out
+
+
+# --------------------------------------------------------------------------- the stand-in
+
+
+@dataclass
+class VllmStandin:
+    deployment: str
+    address: str
+    port: int
+    check: CheckResult
+    running: Running
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.address}:{self.port}"
+
+    def stop(self) -> None:
+        self.running.stop()
+
+
+def start_vllm_standin(
+    manifests: Sequence[Manifest],
+    deployment: str,
+    *,
+    hosts: HostMap,
+    workdir: Path,
+    log_dir: Path,
+    service: str | None = None,
+) -> VllmStandin:
+    """Check the rendered args of ``deployment`` with vLLM, then run the stand-in with them
+    in the vLLM environment on the Service's address; wait for the rendered probes.
+
+    With a rendered ``--otlp-traces-endpoint`` the stand-in emits one ``llm_request`` span per
+    request through vLLM's tracer setup (rendered ``OTEL_*`` env in effect)."""
+    spec, result = check_deployment(manifests, deployment, workdir)
+    if not result.ok:
+        raise AssertionError(
+            f"vLLM rejects the args of {deployment} at {result.stage}: {result.error}\n"
+            f"{result.output}"
+        )
+    namespace = harness.workload(manifests, deployment)["metadata"].get("namespace", "default")
+    address = hosts.add(service or deployment, namespace)
+    extra = {
+        "STANDIN_BIND": address,
+        "PYTHONPATH": f"{hosts.directory}:{HERE}",
+        "VLLM_TARGET_DEVICE": "cpu",
+    }
+    if result.values.get("otlp_traces_endpoint"):
+        extra["STANDIN_HOOK"] = "vllm_check:tracing_hook"
+    running = harness.start(
+        spec,
+        name=f"standin-{deployment}",
+        bin_dir=envs.bin_dir(VLLM_ENV),
+        log_dir=log_dir,
+        hosts=hosts,
+        extra_env=extra,
+        argv=[str(envs.python(VLLM_ENV)), str(STANDIN), *spec.argv[1:]],
+    )
+    try:
+        for _kind, url in harness.probe_urls(manifests, deployment, address):
+            running.wait_http(url, timeout=120)
+    except BaseException:
+        running.stop()
+        raise
+    return VllmStandin(
+        deployment=deployment,
+        address=address,
+        port=int(result.values["port"]),
+        check=result,
+        running=running,
+    )
+
+
+@pytest.fixture(scope="session")
+def vllm_env() -> Path:
+    """The vLLM environment (built once, cached)."""
+    return envs.ensure_env(VLLM_ENV)

@@ -1,0 +1,222 @@
+"""Have vLLM itself judge a rendered ``vllm serve`` command line, without a GPU.
+
+Run it with the Python of the vLLM environment (``envs.python("vllm")``)::
+
+    python vllm_check.py '["org/model", "--served-model-name", "m", ...]'
+
+The argument is the JSON list of what follows ``vllm serve`` in the render (the ``model``
+positional included). The check does what ``vllm serve`` does before it starts serving, with
+vLLM's own code at the pinned version:
+
+1. **Parser.** The ``vllm`` CLI's top-level ``FlexibleArgumentParser`` with the ``serve``
+   subcommand registered by ``ServeSubcommand.subparser_init`` (``make_arg_parser``), as
+   ``vllm.entrypoints.cli.main.main`` builds them (its other subcommands, which take no
+   part in parsing ``serve``, are not registered); an unknown flag or a bad value exits
+   with argparse's status 2, as ``vllm serve`` would.
+2. **Serve validation.** ``ServeSubcommand.validate`` (``validate_parsed_serve_args``).
+3. **Engine arguments.** ``AsyncEngineArgs.from_cli_args`` on the parsed namespace (after
+   ``ServeSubcommand.cmd``'s ``model_tag`` -> ``model`` step), then
+   ``create_engine_config(UsageContext.OPENAI_API_SERVER)``: the model's Hugging Face config
+   (read from ``HF_HOME``, offline), ``ModelConfig``/``ParallelConfig``/``CacheConfig``/
+   ``LoadConfig``/``ObservabilityConfig`` validation (e.g. attention heads divisible by the
+   tensor-parallel size, ``--max-model-len`` within the model's positions, the OpenTelemetry
+   check of ``--otlp-traces-endpoint``, Ray's presence for ``--distributed-executor-backend
+   ray``) and the platform's config hooks.
+
+What it cannot cover: everything after the config is built (device and memory probing,
+weights, tokenizer, kernels, the HTTP server). The platform is vLLM's CPU platform, chosen
+with ``VLLM_TARGET_DEVICE=cpu`` (vLLM's switch for running an accelerator wheel on a host
+without the accelerator) and ``CUDA_VISIBLE_DEVICES=""`` (no GPU visible), so CUDA-only
+checks (GPU count per node, GPU memory, attention backend and quantization kernel
+selection, the CUDA platform's config hook) are not exercised. The model's config comes from
+the Hugging Face cache the caller prepared (``HF_HUB_OFFLINE=1``): a small config of the
+model's architecture with its real head, layer and position counts, not the model itself.
+
+It prints one JSON object: ``{"ok": true, "values": {...}}`` with the values vLLM settled
+on, or ``{"ok": false, "stage": ..., "error": ...}`` (exit status 1; 2 for a parser error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+import traceback
+from typing import Any
+
+
+def _values(args: argparse.Namespace, config: Any) -> dict[str, Any]:
+    model = config.model_config
+    parallel = config.parallel_config
+    backend = parallel.distributed_executor_backend
+    return {
+        "model": args.model,
+        "model_path": model.model,
+        "served_model_name": model.served_model_name,
+        "host": args.host,
+        "port": args.port,
+        "tensor_parallel_size": parallel.tensor_parallel_size,
+        "pipeline_parallel_size": parallel.pipeline_parallel_size,
+        "max_model_len": model.max_model_len,
+        "load_format": str(config.load_config.load_format),
+        "revision": model.revision,
+        "otlp_traces_endpoint": config.observability_config.otlp_traces_endpoint,
+        "distributed_executor_backend": backend if isinstance(backend, str) else repr(backend),
+        "gpu_memory_utilization": config.cache_config.gpu_memory_utilization,
+        "architectures": list(model.architectures or []),
+        "otel_available": _otel_available(),
+    }
+
+
+def _otel_available() -> bool:
+    # vllm.tracing.is_tracing_available() cannot say: at 0.34.0 it returns
+    # any([<function objects>]), True whether or not OpenTelemetry imports.
+    from vllm.tracing.otel import is_otel_available
+
+    return bool(is_otel_available())
+
+
+def _defaults() -> None:
+    """The check's own settings (see the module docstring); set before vLLM is imported."""
+    os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
+    # No GPU is visible (the form Ray workers see before their devices are assigned): vLLM's
+    # Triton import check then accepts the image's (CUDA) Triton instead of asking for
+    # triton-cpu, which the CPU platform's config hook would otherwise require.
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+
+
+def check(argv: list[str]) -> dict[str, Any]:
+    _defaults()
+
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.entrypoints.cli.serve import ServeSubcommand
+    from vllm.entrypoints.common.startup import cli_env_setup
+    from vllm.usage.usage_lib import UsageContext
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    cli_env_setup()
+    parser = FlexibleArgumentParser(description="vLLM CLI")
+    subparsers = parser.add_subparsers(required=False, dest="subparser")
+    serve = ServeSubcommand()
+    serve.subparser_init(subparsers).set_defaults(dispatch_function=serve.cmd)
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            args = parser.parse_args(["serve", *argv])
+    except SystemExit as exc:
+        return {"ok": False, "stage": "parse", "error": stderr.getvalue().strip(), "code": exc.code}
+
+    stage = "validate"
+    try:
+        serve.validate(args)
+        if getattr(args, "model_tag", None) is not None:
+            args.model = args.model_tag
+        stage = "engine_args"
+        engine_args = AsyncEngineArgs.from_cli_args(args)
+        stage = "engine_config"
+        config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+    except Exception as exc:
+        return {
+            "ok": False,
+            "stage": stage,
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(limit=6),
+        }
+    return {"ok": True, "values": _values(args, config)}
+
+
+def tracing_hook(_args: argparse.Namespace) -> Any:
+    """``STANDIN_HOOK=vllm_check:tracing_hook``: the stand-in's per-request callback that
+    emits, through vLLM's own tracer setup, the span vLLM emits for each request.
+
+    The tracer is set up as ``AsyncLLM.__init__`` does it (``vllm.tracing.init_tracer(
+    "vllm.llm_engine", otlp_traces_endpoint)``) from the ``--otlp-traces-endpoint`` that
+    vLLM's parser read from the rendered command line, with the rendered ``OTEL_*``
+    environment (protocol, headers, service name) in effect; each request then gets the
+    ``llm_request`` span through ``vllm.tracing.instrument_manual``, as
+    ``OutputProcessor.do_tracing`` makes it. Returns ``None`` when no endpoint is rendered.
+    """
+    import time
+
+    from vllm.entrypoints.cli.serve import ServeSubcommand
+    from vllm.tracing import SpanAttributes, SpanKind, init_tracer, instrument_manual
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser(description="vLLM CLI")
+    subparsers = parser.add_subparsers(required=False, dest="subparser")
+    ServeSubcommand().subparser_init(subparsers)
+    argv = sys.argv[1:]
+    if argv[:1] != ["serve"]:
+        argv = ["serve", *argv]
+    parsed = parser.parse_args(argv)
+    endpoint = parsed.otlp_traces_endpoint
+    if endpoint is None:
+        return None
+    init_tracer("vllm.llm_engine", endpoint)
+
+    from opentelemetry import trace
+
+    def callback(path: str, request: dict[str, Any], response: dict[str, Any]) -> None:
+        now = time.time_ns()
+        usage = response.get("usage", {})
+        attributes: dict[str, Any] = {
+            SpanAttributes.GEN_AI_REQUEST_ID: response["id"],
+            SpanAttributes.GEN_AI_USAGE_PROMPT_TOKENS: usage.get("prompt_tokens", 0),
+            SpanAttributes.GEN_AI_USAGE_COMPLETION_TOKENS: usage.get("completion_tokens", 0),
+            SpanAttributes.GEN_AI_LATENCY_E2E: 0.0,
+        }
+        if request.get("max_tokens"):
+            attributes[SpanAttributes.GEN_AI_REQUEST_MAX_TOKENS] = request["max_tokens"]
+        instrument_manual(
+            span_name="llm_request", start_time=now, attributes=attributes, kind=SpanKind.SERVER
+        )
+        # Test-side: export now rather than on the batch processor's timer.
+        trace.get_tracer_provider().force_flush()
+
+    return callback
+
+
+def main() -> int:
+    """``vllm_check.py JSON_ARGV`` checks one command line; ``vllm_check.py --batch FILE``
+    checks each ``{"args": [...], "env": {...}}`` of a JSON list (one vLLM import for all;
+    each job's env is set around its check, and ``HF_HOME`` must be the same for all, as
+    huggingface_hub reads it once). Prints one ``VLLM_CHECK <json>`` line per check."""
+    if len(sys.argv) == 3 and sys.argv[1] == "--batch":
+        with open(sys.argv[2]) as f:
+            jobs = json.load(f)
+    elif len(sys.argv) == 2:
+        jobs = [{"args": json.loads(sys.argv[1]), "env": {}}]
+    else:
+        print("usage: vllm_check.py JSON_ARGV | --batch FILE", file=sys.stderr)
+        return 64
+    homes = {job["env"].get("HF_HOME", os.environ.get("HF_HOME")) for job in jobs}
+    if len(homes) > 1:
+        print(f"one HF_HOME per batch, not {sorted(map(str, homes))}", file=sys.stderr)
+        return 64
+    _defaults()
+    status = 0
+    for job in jobs:
+        argv = job["args"]
+        if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+            print("args must be a list of strings", file=sys.stderr)
+            return 64
+        saved = dict(os.environ)
+        os.environ.update(job["env"])
+        try:
+            result = check(argv)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        print("VLLM_CHECK " + json.dumps(result, default=str), flush=True)
+        if not result["ok"]:
+            status = max(status, 2 if result["stage"] == "parse" else 1)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
