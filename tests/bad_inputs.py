@@ -119,8 +119,9 @@ CASES: list[Case] = [
     # --- cross-field rules (CEL in the CRD, validators in the CLI)
     both("tp-does-not-divide-gpus", model(gpus=4, tensorParallelSize=3),
          rules.TP_DIVIDES_GPUS),
-    both("multinode-too-many-replicas", model(nodes=2, replicas=65),
+    both("multinode-too-many-replicas", model(nodes=2, replicas=65, image="r/vllm-ray:1"),
          rules.MULTINODE_REPLICAS),
+    both("multinode-without-ray-image", model(nodes=2), rules.MULTINODE_IMAGE),
     both("cache-size-and-claim", model(cache={"size": "10Gi", "existingClaim": "w"}),
          rules.CACHE_SIZE_OR_CLAIM),
     both("cache-neither", model(cache={"accessMode": "ReadWriteOnce"}),

@@ -43,7 +43,7 @@ def test_camel_case_on_the_wire_and_snake_case_in_python() -> None:
 def test_parallelism_follows_gpus_nodes_and_tp(
     gpus: int, tp: int | None, nodes: int, pp: int
 ) -> None:
-    model = {"name": "m", "source": "o/m", "gpus": gpus, "nodes": nodes}
+    model = {"name": "m", "source": "o/m", "gpus": gpus, "nodes": nodes, "image": "r/vllm-ray:1"}
     if tp is not None:
         model["tensorParallelSize"] = tp
     m = stack(models=[model]).spec.models[0]
@@ -84,7 +84,7 @@ def test_stack_and_model_name_together_stay_within_a_dns_label() -> None:
 
 @pytest.mark.parametrize("other", ["a-g0", "a-g12-leader", "a-g3-worker"])
 def test_a_model_name_may_not_be_a_multi_node_models_object_name(other: str) -> None:
-    doc = stack_doc(models=[{"name": "a", "source": "o/m", "nodes": 2},
+    doc = stack_doc(models=[{"name": "a", "source": "o/m", "nodes": 2, "image": "r/v:1"},
                             {"name": other, "source": "o/m"}])  # fmt: skip
     msg = errors_of(doc)
     assert rules.MODEL_NAME_CLASH in msg and other in msg
@@ -160,3 +160,22 @@ def test_spec_is_required() -> None:
     doc = stack_doc()
     del doc["spec"]
     assert "spec" in errors_of(doc)
+
+
+def test_a_multi_node_model_needs_an_image_with_ray() -> None:
+    # vllm/vllm-openai has no Ray, and a multi-node group runs on Ray: without an image of
+    # its own (or a stack-wide one) the group would crash-loop, so the API refuses it.
+    without = stack_doc(models=[{"name": "big", "source": "o/m", "gpus": 8, "nodes": 2}])
+    msg = errors_of(without)
+    assert rules.MULTINODE_IMAGE in msg and "big" in msg
+    per_model = stack_doc(
+        models=[{"name": "big", "source": "o/m", "gpus": 8, "nodes": 2, "image": "r/v:1"}]
+    )
+    assert AIStack.model_validate(per_model).spec.models[0].image == "r/v:1"
+    stack_wide = stack_doc(
+        models=[{"name": "big", "source": "o/m", "gpus": 8, "nodes": 2}],
+        vllm={"image": "r/v:1"},
+    )
+    assert AIStack.model_validate(stack_wide).spec.vllm.image == "r/v:1"
+    # One node needs nothing: the default image serves it.
+    assert AIStack.model_validate(stack_doc(models=[{"name": "one", "source": "o/m"}]))

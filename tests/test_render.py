@@ -111,7 +111,7 @@ def test_a_model_that_is_not_permitted_runs_nothing_and_gets_no_route() -> None:
         models=[
             {"name": "ok", "source": "o/ok"},
             {"name": "blocked", "source": "o/nc", "cache": {"size": "100Gi"}},
-            {"name": "big", "source": "o/big", "nodes": 2, "gpus": 8},
+            {"name": "big", "source": "o/big", "nodes": 2, "gpus": 8, "image": "r/vllm-ray:1"},
         ]
     )
     out = render(s, {"ok": True, "blocked": False, "big": False})
@@ -146,7 +146,9 @@ def test_gateway_routes_every_served_model_and_rolls_when_they_change() -> None:
             "api_base": "http://demo-vllm-b.ml.svc.cluster.local:8000/v1",
         },
     }
-    assert cfg["litellm_settings"] == {"callbacks": ["mlflow"]}
+    # Traces go out through LiteLLM's OpenTelemetry callback: its `mlflow` callback needs a
+    # package the gateway image lacks, and from 1.110 that stops the proxy at startup.
+    assert cfg["litellm_settings"] == {"callbacks": ["otel"]}
 
     def checksum(out: list[dict[str, Any]]) -> str:
         annotations = by_kind(out, "Deployment")["demo-gateway"]["spec"]["template"]["metadata"][
@@ -177,15 +179,29 @@ def test_gateway_auth_and_tracing_wiring() -> None:
     out = render(s, all_permitted(s))
     env = {e["name"]: e for e in container(by_kind(out, "Deployment")["demo-gateway"])["env"]}
     assert env["LITELLM_MASTER_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "gw", "key": "k"}
-    assert env["MLFLOW_TRACKING_URI"]["value"] == "http://demo-mlflow.ml.svc.cluster.local:5000"
+    # OTLP/HTTP to MLflow's trace endpoint, into the experiment named by id in a header.
+    assert env["OTEL_EXPORTER"]["value"] == "otlp_http"
+    assert env["OTEL_ENDPOINT"]["value"] == "http://demo-mlflow.ml.svc.cluster.local:5000/v1/traces"
+    assert env["OTEL_HEADERS"]["value"] == "x-mlflow-experiment-id=0"
+    assert "MLFLOW_TRACKING_URI" not in env
     cfg = gateway_config(s, list(s.spec.models), RenderConfig())
     assert cfg["general_settings"] == {"master_key": "os.environ/LITELLM_MASTER_KEY"}
 
     no_mlflow = stack(mlflow={"enabled": False})
     out = render(no_mlflow, all_permitted(no_mlflow))
     env_names = {e["name"] for e in container(by_kind(out, "Deployment")["demo-gateway"])["env"]}
-    assert "MLFLOW_TRACKING_URI" not in env_names
+    assert not {n for n in env_names if n.startswith(("OTEL_", "MLFLOW_"))}
+    assert "litellm_settings" not in gateway_config(no_mlflow, [], RenderConfig())
     assert not [m for m in out if m["metadata"]["name"].startswith("demo-mlflow")]
+
+
+def test_gateway_without_a_key_is_open_on_purpose() -> None:
+    # LiteLLM refuses to start without a master key unless told that it is meant: a stack
+    # without authSecretRef keeps an open gateway (reachable as its NetworkPolicy allows).
+    s = stack()
+    cfg = gateway_config(s, list(s.spec.models), RenderConfig())
+    assert cfg["general_settings"] == {"dangerously_permit_weak_or_unset_master_key": True}
+    assert "master_key" not in cfg["general_settings"]
 
 
 def test_tensor_parallel_on_one_node() -> None:
@@ -197,7 +213,10 @@ def test_tensor_parallel_on_one_node() -> None:
 
 
 def test_multi_node_model_is_a_leader_and_workers_per_group() -> None:
-    s = stack(models=[{"name": "huge", "source": "o/huge", "gpus": 8, "nodes": 3, "replicas": 2}])
+    s = stack(
+        models=[{"name": "huge", "source": "o/huge", "gpus": 8, "nodes": 3, "replicas": 2}],
+        vllm={"image": "r/vllm-ray:1"},
+    )
     out = render(s, all_permitted(s))
     deployments = by_kind(out, "Deployment")
     services = by_kind(out, "Service")
@@ -314,16 +333,41 @@ def test_mlflow_local_storage_is_kept_by_default() -> None:
     assert deploy["spec"]["strategy"]["type"] == "Recreate"
     args = container(deploy)["args"]
     assert args[args.index("--backend-store-uri") + 1] == "sqlite:////mlflow/mlflow.db"
-    hosts = next(
-        e["value"] for e in container(deploy)["env"] if e["name"] == "MLFLOW_SERVER_ALLOWED_HOSTS"
-    )
-    assert "demo-mlflow.ml.*" in hosts.split(",")
 
     deleting = stack(mlflow={"storage": {"deleteWithStack": True}})
     pvc = by_kind(render(deleting, all_permitted(deleting)), "PersistentVolumeClaim")[
         "demo-mlflow-data"
     ]
     assert names.RETAIN_ANNOTATION not in pvc["metadata"].get("annotations", {})
+
+
+def test_mlflow_allows_exactly_its_service_names_and_loopback() -> None:
+    # MLFLOW_SERVER_ALLOWED_HOSTS replaces MLflow's own defaults, and an entry with "*" is a
+    # pattern whose "*" spans dots: only exact names (and loopback on any port, for
+    # `kubectl port-forward`) keep the DNS-rebinding protection it exists for.
+    s = stack(mlflow={"allowedHosts": ["mlflow.example.com"]})
+    deploy = by_kind(render(s, all_permitted(s)), "Deployment")["demo-mlflow"]
+    hosts = next(
+        e["value"] for e in container(deploy)["env"] if e["name"] == "MLFLOW_SERVER_ALLOWED_HOSTS"
+    ).split(",")
+    service_forms = [
+        "demo-mlflow",
+        "demo-mlflow.ml",
+        "demo-mlflow.ml.svc",
+        "demo-mlflow.ml.svc.cluster.local",
+    ]
+    for form in service_forms:
+        assert form in hosts
+        assert f"{form}:5000" in hosts
+    for loopback in ("localhost", "127.0.0.1"):
+        assert loopback in hosts
+        assert f"{loopback}:*" in hosts
+    assert hosts[-1] == "mlflow.example.com"
+    # Every pattern is a loopback name with a port wildcard; no pattern can match a name
+    # below the Service's (demo-mlflow.ml.attacker.example).
+    patterns = [h for h in hosts if "*" in h]
+    assert patterns == ["localhost:*", "127.0.0.1:*"]
+    assert len(hosts) == len(set(hosts))
 
 
 def test_mlflow_external_stores_come_from_secrets() -> None:
@@ -366,7 +410,7 @@ def test_longest_allowed_names_stay_dns_labels() -> None:
     s = stack(
         name=stack_name,
         models=[{"name": model, "source": "o/m", "nodes": 2, "replicas": names.MAX_REPLICAS,
-                 "cache": {"size": "1Gi"}}],
+                 "cache": {"size": "1Gi"}, "image": "r/vllm-ray:1"}],
         ray={"workerGroups": [{"name": group}]},
     )  # fmt: skip
     out = render(s, all_permitted(s))

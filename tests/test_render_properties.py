@@ -45,6 +45,8 @@ def model(draw: st.DrawFn, name: str) -> dict[str, Any]:
     doc: dict[str, Any] = {"name": name, "source": draw(sources), "gpus": gpus}
     if draw(st.booleans()):
         doc["nodes"] = draw(st.integers(1, 4))
+        # Across nodes a model needs an image with Ray (the default vLLM image has none).
+        doc["image"] = "r/vllm-ray:1"
     if draw(st.booleans()):
         doc["replicas"] = draw(st.integers(0, names.MAX_REPLICAS))
     if draw(st.booleans()):

@@ -220,7 +220,10 @@ def test_a_rollout_not_yet_observed_is_not_ready() -> None:
 
 
 def test_multi_node_model_serves_only_when_whole_groups_are_ready() -> None:
-    s = make(models=[{"name": "huge", "source": "o/h", "gpus": 8, "nodes": 2, "replicas": 2}])
+    s = make(
+        models=[{"name": "huge", "source": "o/h", "gpus": 8, "nodes": 2, "replicas": 2}],
+        vllm={"image": "r/vllm-ray:1"},
+    )
     observed = Observed(deployments_for(s, **{"demo-vllm-huge-g1-worker": 0}))
     st = compute_status(s, {"huge": OK}, observed, now=T0)
     assert st.models[0].ready_replicas == 1

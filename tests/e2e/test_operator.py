@@ -328,7 +328,7 @@ def test_restarting_the_operator_on_a_converged_stack_writes_nothing(
         (
             {
                 "models": [
-                    {"name": "m", "source": "o/m", "nodes": 2},
+                    {"name": "m", "source": "o/m", "nodes": 2, "image": "r/v:1"},
                     {"name": "m-g0-leader", "source": "o/m"},
                 ]
             },

@@ -19,6 +19,11 @@ TP_DIVIDES_GPUS = (
 MULTINODE_REPLICAS = (
     f"a multi-node model (nodes > 1) may have at most {names.MAX_REPLICAS} replicas"
 )
+MULTINODE_IMAGE = (
+    "a multi-node model (nodes > 1) needs an image with Ray: set models[].image or "
+    "spec.vllm.image. The vllm/vllm-openai image has no Ray (an optional dependency of "
+    "vLLM); images/vllm-ray/Dockerfile in the operator's repository builds one"
+)
 NETWORK_PEER = (
     "a network peer needs either ipBlock or podSelector/namespaceSelector (not both): "
     "NetworkPolicy peers are one or the other"

@@ -550,6 +550,16 @@ class NetworkSpec(APIModel):
 class AIStackSpec(APIModel):
     """Desired state of an AI stack."""
 
+    model_config = ConfigDict(
+        json_schema_extra=_crd_rules(
+            (
+                "!has(self.models) || self.models.all(m, !has(m.nodes) || m.nodes == 1 "
+                "|| has(m.image) || (has(self.vllm) && has(self.vllm.image)))",
+                rules.MULTINODE_IMAGE,
+            ),
+        )
+    )
+
     models: Annotated[
         list[ModelSpec],
         Field(
@@ -578,6 +588,9 @@ class AIStackSpec(APIModel):
         dupes = sorted({n for n in seen if seen.count(n) > 1})
         if dupes:
             raise ValueError(f"{rules.UNIQUE_MODELS}: {', '.join(dupes)}")
+        without = [m.name for m in self.models if m.multi_node and not m.image]
+        if without and not self.vllm.image:
+            raise ValueError(f"{rules.MULTINODE_IMAGE} (models: {', '.join(without)})")
         return self
 
 
