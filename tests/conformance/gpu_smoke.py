@@ -77,32 +77,43 @@ BUILD_MODEL = textwrap.dedent(
 )
 
 
+MODEL_DEPLOYMENT = "smoke-vllm-tiny"
+GATEWAY_DEPLOYMENT = "smoke-gateway"
+
+
+def prepare(work: Path) -> tuple[list[harness.Manifest], harness.ProcessSpec]:
+    """Render the smoke stack and build its model where the rendered claim is mounted;
+    returns the manifests and the model server's process spec."""
+    work.mkdir(parents=True, exist_ok=True)
+    stack_file = work / "stack.yaml"
+    stack_file.write_text(STACK)
+    manifests = harness.render_example(stack_file)
+    model = harness.container_process(manifests, MODEL_DEPLOYMENT, workdir=work / "vllm")
+    claim = model.host_path(harness.container(manifests, MODEL_DEPLOYMENT)["args"][0])
+    claim.mkdir(parents=True, exist_ok=True)
+    subprocess.run([str(envs.python("vllm")), "-c", BUILD_MODEL, str(claim)], check=True)
+    return manifests, model
+
+
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="aistack-gpu-smoke-"))
     print(f"gpu-smoke: work directory {work}")
     vllm_bin = envs.bin_dir("vllm")
     gateway_bin = envs.bin_dir("litellm")
-    stack_file = work / "stack.yaml"
-    stack_file.write_text(STACK)
-    manifests = harness.render_example(stack_file)
+    manifests, model = prepare(work)
     hosts = harness.HostMap(work / "hosts")
     hosts.add_services(manifests)
     logs = work / "logs"
-
-    model = harness.container_process(manifests, "smoke-vllm-tiny", workdir=work / "vllm")
-    claim = model.host_path(harness.container(manifests, "smoke-vllm-tiny")["args"][0])
-    claim.mkdir(parents=True, exist_ok=True)
-    subprocess.run([str(vllm_bin / "python"), "-c", BUILD_MODEL, str(claim)], check=True)
-    gateway = harness.container_process(manifests, "smoke-gateway", workdir=work / "gateway")
+    gateway = harness.container_process(manifests, GATEWAY_DEPLOYMENT, workdir=work / "gateway")
 
     servers = []
     try:
         vllm = harness.start(model, name="vllm", bin_dir=vllm_bin, log_dir=logs, hosts=hosts)
         servers.append(vllm)
-        vllm.wait_http(f"http://{hosts.ip('smoke-vllm-tiny')}:8000/health", timeout=900)
+        vllm.wait_http(f"http://{hosts.ip(MODEL_DEPLOYMENT)}:8000/health", timeout=900)
         gw = harness.start(gateway, name="gateway", bin_dir=gateway_bin, log_dir=logs, hosts=hosts)
         servers.append(gw)
-        base = f"http://{hosts.ip('smoke-gateway')}:4000"
+        base = f"http://{hosts.ip(GATEWAY_DEPLOYMENT)}:4000"
         gw.wait_http(f"{base}/health/readiness", timeout=300)
         code, body = harness.http(
             f"{base}/v1/chat/completions",
