@@ -198,18 +198,23 @@ class CheckJob:
 
 
 def vllm_check_batch(
-    jobs: Sequence[CheckJob], *, home: Path, timeout: float = CHECK_TIMEOUT
+    jobs: Sequence[CheckJob],
+    *,
+    home: Path,
+    timeout: float = CHECK_TIMEOUT,
+    environment: str = VLLM_ENV,
 ) -> list[CheckResult]:
     """Run ``vllm_check.py`` on every job in one process of the vLLM environment (vLLM is
     imported once). All jobs must share ``HF_HOME``; the first job's env is the process's
-    base env, each job's env is set around its own check."""
+    base env, each job's env is set around its own check. ``environment`` names another
+    environment with vLLM (``vllm-ray``: an image for multi-node models)."""
     home.mkdir(parents=True, exist_ok=True)
     batch = home / "vllm-check-batch.json"
     batch.write_text(json.dumps([{"args": j.args, "env": j.env} for j in jobs]))
-    run_env = harness.base_env(envs.bin_dir(VLLM_ENV), home)
+    run_env = harness.base_env(envs.bin_dir(environment), home)
     run_env.update(jobs[0].env)
     proc = subprocess.run(
-        [str(envs.python(VLLM_ENV)), str(CHECK), "--batch", str(batch)],
+        [str(envs.python(environment)), str(CHECK), "--batch", str(batch)],
         env=run_env,
         capture_output=True,
         text=True,
@@ -240,10 +245,16 @@ def vllm_check_batch(
 
 
 def vllm_check(
-    args: Sequence[str], env: Mapping[str, str], *, home: Path, timeout: float = CHECK_TIMEOUT
+    args: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    home: Path,
+    timeout: float = CHECK_TIMEOUT,
+    environment: str = VLLM_ENV,
 ) -> CheckResult:
     """``vllm_check.py`` on one command line (see :func:`vllm_check_batch`)."""
-    return vllm_check_batch([CheckJob(list(args), dict(env))], home=home, timeout=timeout)[0]
+    jobs = [CheckJob(list(args), dict(env))]
+    return vllm_check_batch(jobs, home=home, timeout=timeout, environment=environment)[0]
 
 
 def prepare_deployment(
