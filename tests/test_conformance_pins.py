@@ -29,6 +29,23 @@ def test_environment_runs_the_default_image_version(component: str) -> None:
     assert envs.pinned(component, package) == version
 
 
+# Environments of images built on the defaults: each program at the same pin.
+DERIVED = {
+    "vllm-ray": {"vllm": config.VLLM_VERSION, "ray": config.RAY_VERSION},
+    "mlflow-full": {"mlflow": config.MLFLOW_VERSION},
+}
+
+
+@pytest.mark.parametrize("component", sorted(DERIVED))
+def test_derived_environments_run_the_same_versions(component: str) -> None:
+    for package, version in DERIVED[component].items():
+        assert envs.pinned(component, package) == version
+
+
+def test_every_environment_is_covered_by_a_pin_test() -> None:
+    assert set(envs.components()) == set(PINS) | set(DERIVED)
+
+
 @pytest.mark.parametrize("component", sorted(PINS))
 def test_default_image_tag_carries_the_pinned_version(component: str) -> None:
     _package, version, image = PINS[component]
@@ -40,7 +57,5 @@ def test_every_environment_is_pinned_exactly() -> None:
     # Every requirement line pins one version (==): an environment that floats would not be
     # the image's package set on the next run.
     for component in envs.components():
-        for raw in envs.requirements(component).read_text().splitlines():
-            line = raw.split("#", 1)[0].strip()
-            if line and not line.startswith("-"):
-                assert "==" in line, f"{component}: {line!r} is not pinned with =="
+        for line, _no_deps in envs.lines(component):
+            assert "==" in line, f"{component}: {line!r} is not pinned with =="
