@@ -95,18 +95,6 @@ def model_servers(manifests: Sequence[Manifest]) -> list[tuple[Manifest, Manifes
 # --------------------------------------------------------------------------- sandbox
 
 
-def hosts_file(hosts: HostMap, path: Path) -> Path:
-    """An ``/etc/hosts`` naming every Service the HostMap knows (cluster DNS, for glibc)."""
-    by_ip: dict[str, list[str]] = {}
-    for name, ip in sorted(hosts.names.items()):
-        by_ip.setdefault(ip, []).append(name)
-    lines = ["127.0.0.1 localhost", "::1 localhost"]
-    lines += [f"{ip} {' '.join(names)}" for ip, names in sorted(by_ip.items())]
-    path.write_text("\n".join(lines) + "\n")
-    path.chmod(0o644)
-    return path
-
-
 def _closed_dirs(paths: Sequence[Path], uid: int) -> list[Path]:
     """Directories on the way to ``paths`` that ``uid`` (not their owner) cannot enter."""
     closed: set[Path] = set()
@@ -297,7 +285,7 @@ def start_gateway(
             subprocess.run(["chown", "-R", f"{uid}:{uid}", str(spec.workdir)], check=True)
         argv = pod_argv(
             spec,
-            hosts=hosts_file(hosts, workdir / "etc-hosts"),
+            hosts=hosts.etc_hosts(workdir / "etc-hosts"),
             read_only=read_only,
             uid=uid,
             reach=[env_dir, Path(os.path.realpath(env_dir / "bin" / "python")), workdir],

@@ -38,7 +38,7 @@ from pathlib import Path
 import envs
 import harness
 import pytest
-from harness import HostMap, Manifest, Running
+from harness import HostMap, Manifest, Running, etc_hosts, run_quiet
 
 RAY_EXAMPLE = "multi-model.yaml"
 STACK = "multi"
@@ -63,10 +63,6 @@ def session_logs(name: str) -> Path:
     return _TMP_DIRS[name] / "ray" / "session_latest" / "logs"
 
 
-def _run(*argv: str) -> None:
-    subprocess.run(list(argv), check=True, capture_output=True, text=True)
-
-
 @dataclass
 class PodNetwork:
     """A network namespace with one veth pair to this host: a pod's own network."""
@@ -89,17 +85,17 @@ class PodNetwork:
             name=f"aistack-ray-{tag}", host_ip=f"10.233.{subnet}.1", pod_ip=f"10.233.{subnet}.2"
         )
         outside, inside = f"arh{tag}"[:15], f"arp{tag}"[:15]
-        _run("ip", "netns", "add", net.name)
+        run_quiet("ip", "netns", "add", net.name)
         net._up = True
-        _run("ip", "link", "add", outside, "type", "veth", "peer", "name", inside)
-        _run("ip", "link", "set", inside, "netns", net.name)
-        _run("ip", "addr", "add", f"{net.host_ip}/30", "dev", outside)
-        _run("ip", "link", "set", outside, "up")
+        run_quiet("ip", "link", "add", outside, "type", "veth", "peer", "name", inside)
+        run_quiet("ip", "link", "set", inside, "netns", net.name)
+        run_quiet("ip", "addr", "add", f"{net.host_ip}/30", "dev", outside)
+        run_quiet("ip", "link", "set", outside, "up")
         inns = ["ip", "netns", "exec", net.name]
-        _run(*inns, "ip", "addr", "add", f"{net.pod_ip}/30", "dev", inside)
-        _run(*inns, "ip", "link", "set", inside, "up")
-        _run(*inns, "ip", "link", "set", "lo", "up")
-        _run(*inns, "ip", "route", "add", "default", "via", net.host_ip)
+        run_quiet(*inns, "ip", "addr", "add", f"{net.pod_ip}/30", "dev", inside)
+        run_quiet(*inns, "ip", "link", "set", inside, "up")
+        run_quiet(*inns, "ip", "link", "set", "lo", "up")
+        run_quiet(*inns, "ip", "route", "add", "default", "via", net.host_ip)
         return net
 
     def delete(self) -> None:
@@ -124,17 +120,6 @@ def with_hosts(prefix: list[str], argv: list[str], hosts_file: Path) -> list[str
         str(hosts_file),
         *argv,
     ]
-
-
-def hosts_file(path: Path, names: dict[str, str]) -> Path:
-    """An ``/etc/hosts`` with this machine's entries and ``names`` (name -> address)."""
-    lines = [Path("/etc/hosts").read_text().rstrip("\n"), "# aistack conformance (test-only)"]
-    by_ip: dict[str, list[str]] = {}
-    for name, ip in sorted(names.items()):
-        by_ip.setdefault(ip, []).append(name)
-    lines += [f"{ip} {' '.join(ns)}" for ip, ns in sorted(by_ip.items())]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def node_ip() -> str:
@@ -235,7 +220,7 @@ def ray_cluster(suite_dir: Path, log_dir: Path, hosts: HostMap) -> Iterator[RayC
     workdir = suite_dir / "ray"
     workdir.mkdir(exist_ok=True)
     head_ip = node_ip()
-    client_hosts = hosts_file(workdir / "hosts-host", pin_service(hosts, HEAD, head_ip))
+    client_hosts = etc_hosts(workdir / "hosts-host", pin_service(hosts, HEAD, head_ip))
 
     started: list[Running] = []
     networks: list[PodNetwork] = []
@@ -263,7 +248,7 @@ def ray_cluster(suite_dir: Path, log_dir: Path, hosts: HostMap) -> Iterator[RayC
         networks.append(net)
         worker_map = HostMap(workdir / "worker-0-hosts")
         worker_map.add(HEAD, NAMESPACE, ip=head_ip)
-        worker_hosts = hosts_file(workdir / "hosts-worker-0", dict(worker_map.names))
+        worker_hosts = etc_hosts(workdir / "hosts-worker-0", dict(worker_map.names))
         t1 = time.monotonic()
         worker = _ray_node(
             manifests,

@@ -294,6 +294,25 @@ if _path:
 '''
 
 
+def etc_hosts(path: Path, names: Mapping[str, str]) -> Path:
+    """An ``/etc/hosts`` with this machine's entries and ``names`` (name -> address), for
+    programs that resolve names outside Python (glibc, uvloop, gRPC's core); a test mounts it
+    over ``/etc/hosts`` in a private mount namespace."""
+    lines = [Path("/etc/hosts").read_text().rstrip("\n"), "# aistack conformance (test-only)"]
+    by_ip: dict[str, list[str]] = {}
+    for name, ip in sorted(names.items()):
+        by_ip.setdefault(ip, []).append(name)
+    lines += [f"{ip} {' '.join(ns)}" for ip, ns in sorted(by_ip.items())]
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o644)
+    return path
+
+
+def run_quiet(*argv: str) -> None:
+    """Run a set-up command (``ip netns ...``); its output only shows when it fails."""
+    subprocess.run(list(argv), check=True, capture_output=True, text=True)
+
+
 class HostMap:
     """Loopback addresses for the rendered Services, resolvable by every Python child."""
 
@@ -328,6 +347,10 @@ class HostMap:
 
     def ip(self, name: str) -> str:
         return self.names[name.lower().rstrip(".")]
+
+    def etc_hosts(self, path: Path) -> Path:
+        """Every name of this map as an ``/etc/hosts`` (see :func:`etc_hosts`)."""
+        return etc_hosts(path, self.names)
 
     def env(self) -> dict[str, str]:
         return {"AISTACK_TEST_HOSTS": str(self.hosts_file), "PYTHONPATH": str(self.directory)}

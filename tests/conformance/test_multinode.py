@@ -48,7 +48,7 @@ import harness
 import pytest
 from fixtures_ray import with_hosts
 from fixtures_vllm import VLLM_ENV, model_and_revision, seed_hf_cache, vllm_check
-from harness import Running
+from harness import Running, run_quiet
 
 from aistack.render import config
 
@@ -85,10 +85,6 @@ print("NODES " + json.dumps([
 """
 
 
-def _run(*argv: str) -> None:
-    subprocess.run(list(argv), check=True, capture_output=True, text=True)
-
-
 @dataclass
 class PodPair:
     """Two network namespaces joined by one veth pair: the leader and the worker pod."""
@@ -117,21 +113,21 @@ class PodPair:
         try:
             a, b = f"vla{tag}"[:15], f"vlb{tag}"[:15]
             for ns in (pair.leader_ns, pair.worker_ns):
-                _run("ip", "netns", "add", ns)
+                run_quiet("ip", "netns", "add", ns)
                 pair.created.append(ns)
-            _run("ip", "link", "add", a, "type", "veth", "peer", "name", b)
+            run_quiet("ip", "link", "add", a, "type", "veth", "peer", "name", b)
             for ns, dev, ip, peer in (
                 (pair.leader_ns, a, pair.leader_ip, pair.worker_ip),
                 (pair.worker_ns, b, pair.worker_ip, pair.leader_ip),
             ):
                 inns = ["ip", "netns", "exec", ns]
-                _run("ip", "link", "set", dev, "netns", ns)
-                _run(*inns, "ip", "addr", "add", f"{ip}/30", "dev", dev)
-                _run(*inns, "ip", "link", "set", dev, "up")
-                _run(*inns, "ip", "link", "set", "lo", "up")
+                run_quiet("ip", "link", "set", dev, "netns", ns)
+                run_quiet(*inns, "ip", "addr", "add", f"{ip}/30", "dev", dev)
+                run_quiet(*inns, "ip", "link", "set", dev, "up")
+                run_quiet(*inns, "ip", "link", "set", "lo", "up")
                 # A default route, so that Ray's node-IP probe (a UDP "connect" to a public
                 # address; nothing is sent) picks the pod IP, as in a cluster.
-                _run(*inns, "ip", "route", "add", "default", "via", peer)
+                run_quiet(*inns, "ip", "route", "add", "default", "via", peer)
         except BaseException:
             pair.delete()
             raise
@@ -162,13 +158,6 @@ def pods() -> Iterator[PodPair]:
 def vllm_ray_env() -> Path:
     """The vLLM + Ray environment (built once, cached)."""
     return envs.ensure_env(VLLM_RAY_ENV)
-
-
-def _etc_hosts(path: Path, names: dict[str, str]) -> Path:
-    lines = [Path("/etc/hosts").read_text().rstrip("\n"), "# aistack conformance (test-only)"]
-    lines += [f"{ip} {name}" for name, ip in sorted(names.items())]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 @dataclass
@@ -271,7 +260,7 @@ def test_multinode_group_forms_and_serves_with_ray(
     assert service["spec"].get("clusterIP") == "None", service["spec"]
     fqdn = f"{GROUP}.{NAMESPACE}.svc.{harness.CLUSTER_DOMAIN}"
     names = (GROUP, f"{GROUP}.{NAMESPACE}", f"{GROUP}.{NAMESPACE}.svc", fqdn)
-    etc_hosts = _etc_hosts(workdir / "hosts", dict.fromkeys(names, pods.leader_ip))
+    etc_hosts = harness.etc_hosts(workdir / "hosts", dict.fromkeys(names, pods.leader_ip))
 
     started: list[Pod] = []
     t0 = time.monotonic()
