@@ -329,10 +329,12 @@ def test_card_license_reading() -> None:
     assert card_license_of(None, []) is None
 
 
-def test_hf_hub_failures_are_cached_and_mean_no_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hf_hub_failures_are_remembered_and_mean_no_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import huggingface_hub
 
-    from aistack.licenses import HfHub
+    from aistack.licenses import HfHub, HubUnavailable
 
     calls: list[Any] = []
 
@@ -342,9 +344,13 @@ def test_hf_hub_failures_are_cached_and_mean_no_answer(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", unreachable)
     hub = HfHub(timeout=1.5)
-    assert hub.card_license("org/m", "rev1") is None
-    assert hub.card_license("org/m", "rev1") is None
-    assert calls == [("org/m", "rev1", 1.5)]
+    for _ in range(2):
+        with pytest.raises(HubUnavailable, match="network is unreachable"):
+            hub.card_license("org/m", "rev1")
+    assert calls == [("org/m", "rev1", 1.5)], "asked once: retried only after the backoff"
+    verdict = decide(model("org/m", revision="rev1"), default(), hub=hub)
+    assert (verdict.permitted, verdict.reason) == (False, "LicenseUnknown")
+    assert verdict.stale is not None
 
 
 def test_policy_status_names_the_entries_that_do_not_parse() -> None:

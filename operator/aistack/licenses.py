@@ -17,12 +17,13 @@ Several policies all apply (the strictest wins); with none, the built-in default
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import re
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 from functools import cache, lru_cache
 from importlib import resources
@@ -41,6 +42,8 @@ from license_expression import (
 from pydantic import ValidationError
 
 from aistack.api.v1alpha1 import AIStack, LicensePolicy, ModelSpec
+from aistack.conditions import as_dict, condition, previous_of
+from aistack.errors import format_validation_error
 from aistack.status import LicenseVerdict
 
 Source = Literal["Catalog", "Hub", "Declared"]
@@ -217,9 +220,22 @@ class CardLicense:
         return hub_to_spdx(self.hub_license, self.license_name)
 
 
+class HubUnavailable(Exception):
+    """The hub gave no answer this time (timeout, network, 5xx, rate limit): a transient
+    failure, never a permission and never a reason to stop a model that runs.
+    ``last`` is the hub's last answer for the same card, when there was one."""
+
+    def __init__(self, reason: str, *, last: CardLicense | None = None, has_last: bool = False):
+        super().__init__(reason)
+        self.reason = reason
+        self.last = last
+        self.has_last = has_last
+
+
 class HubClient(Protocol):
-    """Looks a model card's license up; None when the hub gives no answer (offline,
-    timeout, gated without a token, no such repo). No answer is never a permission."""
+    """Looks a model card's license up. None is the hub's answer that the card names no
+    license (no such repo, gated without a token, no license on the card); a hub that
+    does not answer raises ``HubUnavailable``. Neither is ever a permission."""
 
     def card_license(self, repo_id: str, revision: str | None) -> CardLicense | None: ...
 
@@ -238,29 +254,76 @@ def card_license_of(card_data: Mapping[str, Any] | None, tags: Sequence[str]) ->
     return None
 
 
-class HfHub:
-    """The Hugging Face Hub through ``huggingface_hub``, with a short timeout and a cache
-    (answers and failures alike, so an unreachable hub costs one timeout per TTL)."""
+def _definitive(exc: Exception) -> bool:
+    """Whether a failed lookup is the hub's answer (the repo, revision or card is not
+    there for us) rather than no answer (network, timeout, 5xx, rate limit)."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
-    def __init__(self, *, timeout: float = 3.0, ttl: float = 600.0, token: str | None = None):
+    if isinstance(exc, GatedRepoError | RepositoryNotFoundError | RevisionNotFoundError):
+        return True
+    if isinstance(exc, HfHubHTTPError):
+        code = getattr(exc.response, "status_code", None)
+        return code is not None and 400 <= int(code) < 500 and int(code) not in (408, 429)
+    return False
+
+
+class HfHub:
+    """The Hugging Face Hub through ``huggingface_hub``, with a short timeout and a cache.
+
+    An answer is kept for ``ttl`` seconds. A lookup that gets no answer is retried after
+    ``retry`` seconds, doubling up to ``ttl`` while the hub stays away; meanwhile it fails
+    at once with ``HubUnavailable``, carrying the card's last answer when there was one
+    (a verdict made from it stays good: an outage of the hub never stops a model).
+    ``endpoint``: another hub (or a mirror); default ``HF_ENDPOINT`` or huggingface.co.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout: float = 3.0,
+        ttl: float = 600.0,
+        retry: float = 10.0,
+        token: str | None = None,
+        endpoint: str | None = None,
+    ):
         self.timeout = timeout
         self.ttl = ttl
+        self.retry = retry
         self.token = token
-        self._cache: dict[tuple[str, str | None], tuple[float, CardLicense | None]] = {}
+        self.endpoint = endpoint
+        #: (repo, revision) -> (good until, answer); kept after expiry as the last answer.
+        self._answers: dict[tuple[str, str | None], tuple[float, CardLicense | None]] = {}
+        #: (repo, revision) -> (next try, current delay, why the last try failed).
+        self._failures: dict[tuple[str, str | None], tuple[float, float, str]] = {}
         self._lock = threading.Lock()
+
+    def _unavailable(self, key: tuple[str, str | None], reason: str) -> HubUnavailable:
+        with self._lock:
+            last = self._answers.get(key)
+        if last is None:
+            return HubUnavailable(reason)
+        return HubUnavailable(reason, last=last[1], has_last=True)
 
     def card_license(self, repo_id: str, revision: str | None) -> CardLicense | None:
         key = (repo_id, revision)
         now = time.monotonic()
         with self._lock:
-            hit = self._cache.get(key)
+            hit = self._answers.get(key)
+            failed = self._failures.get(key)
         if hit is not None and hit[0] > now:
             return hit[1]
+        if failed is not None and failed[0] > now:
+            raise self._unavailable(key, failed[2])
         answer: CardLicense | None
         try:
             from huggingface_hub import HfApi
 
-            info = HfApi().model_info(
+            info = HfApi(endpoint=self.endpoint).model_info(
                 repo_id,
                 revision=revision,
                 timeout=self.timeout,
@@ -269,10 +332,18 @@ class HfHub:
             )
             card = info.card_data.to_dict() if info.card_data is not None else {}  # type: ignore[no-untyped-call]
             answer = card_license_of(card, info.tags or [])
-        except Exception:  # network, auth, 404: all mean "the hub does not say"
-            answer = None
+        except Exception as exc:
+            if not _definitive(exc):
+                delay = self.retry if failed is None else min(failed[1] * 2, self.ttl)
+                reason = f"the Hugging Face Hub did not answer ({type(exc).__name__}: {exc})"
+                reason = reason[:300]
+                with self._lock:
+                    self._failures[key] = (now + delay, delay, reason)
+                raise self._unavailable(key, reason) from exc
+            answer = None  # no such repo or revision, gated without a token: "not said"
         with self._lock:
-            self._cache[key] = (now + self.ttl, answer)
+            self._answers[key] = (now + self.ttl, answer)
+            self._failures.pop(key, None)
         return answer
 
 
@@ -286,6 +357,8 @@ class Resolution:
     mismatch: str | None = None
     #: Why the license is unknown, when it is.
     unknown_because: str = "not in the catalog, none declared in spec.models[].license"
+    #: A lookup failed: why, and (when ``license`` is set) that it is the last good answer.
+    stale: str | None = None
 
 
 def _checked(model: ModelSpec, spdx: str, source: Source, where: str) -> Resolution:
@@ -303,8 +376,13 @@ def resolve(
     model: ModelSpec,
     known: Mapping[str, CatalogEntry] | None = None,
     hub: HubClient | None = None,
+    last: str | None = None,
 ) -> Resolution:
-    """Catalog, then the hub (at the pinned revision), then the declared license."""
+    """Catalog, then the hub (at the pinned revision), then the declared license.
+
+    ``last``: the license the hub gave for this source and revision before (from the
+    stack's status), kept when the hub does not answer now.
+    """
     known = catalog() if known is None else known
     entry = None
     on_hub = not model.source.startswith(("pvc://", "s3://"))
@@ -312,13 +390,24 @@ def resolve(
         entry = known.get(model.source.lower())
     if entry is not None and entry.spdx is not None:
         return _checked(model, entry.spdx, "Catalog", entry.source)
+    stale = None
     if on_hub and hub is not None:
-        card = hub.card_license(model.source, model.revision)
+        at = f"Hugging Face card at {model.revision}" if model.revision else "Hugging Face card"
+        try:
+            card = hub.card_license(model.source, model.revision)
+        except HubUnavailable as exc:
+            stale = exc.reason
+            kept = exc.last.spdx if exc.has_last and exc.last is not None else last
+            if kept is not None:
+                found = _checked(model, kept, "Hub", f"{at}, as last read")
+                return replace(found, stale=f"{stale}; kept its last answer, {kept}")
+            card = None
         if card is not None and card.spdx is not None:
-            at = f"Hugging Face card at {model.revision}" if model.revision else "Hugging Face card"
             return _checked(model, card.spdx, "Hub", at)
     if model.license is not None:
-        return Resolution(model.license, "Declared")
+        return Resolution(model.license, "Declared", stale=stale)
+    if stale is not None:
+        return Resolution(None, None, unknown_because=f"{stale}; retrying", stale=stale)
     if entry is not None:
         said = entry.hub_license + (f"/{entry.license_name}" if entry.license_name else "")
         return Resolution(
@@ -344,24 +433,33 @@ class CompiledPolicy:
     unknown: str
     enforcement: str
     exceptions: tuple[tuple[str, str | None, str], ...]
+    #: Why this operator cannot read the policy (a field it does not know, a deny entry
+    #: that does not parse). Such a policy denies every model: it fails closed.
+    invalid: str | None = None
 
 
 def compile_policy(policy: LicensePolicy) -> tuple[CompiledPolicy, list[str]]:
-    """The policy with its ids normalized, and the problems found in it."""
-    problems: list[str] = []
+    """The policy with its ids normalized, and the problems found in it.
 
-    def ids(values: Iterable[str], field: str) -> frozenset[str]:
+    An allow entry that does not parse allows nothing (allow lists are exhaustive, so
+    leaving it out is the strict reading). A deny entry that does not parse could have
+    meant any license: the policy cannot be read and denies every model (``invalid``).
+    """
+    problems: list[str] = []
+    deny_problems: list[str] = []
+
+    def ids(values: Iterable[str], field: str, found: list[str]) -> frozenset[str]:
         out = set()
         for value in values:
             try:
                 parsed = parse(value)
             except ExpressionProblem as exc:
-                problems.append(f"spec.{field}: {exc}")
+                found.append(f"spec.{field}: {exc}")
                 continue
             if not isinstance(parsed, LicenseSymbol):
                 # Leaves are compared one license at a time, "X WITH exception" as X: an
                 # expression here would never match anything.
-                problems.append(
+                found.append(
                     f"spec.{field}: {value!r} is an expression; list single license ids "
                     f"('X WITH exception' is judged as X)"
                 )
@@ -372,13 +470,36 @@ def compile_policy(policy: LicensePolicy) -> tuple[CompiledPolicy, list[str]]:
     spec = policy.spec
     compiled = CompiledPolicy(
         name=policy.metadata.name,
-        allow=ids(spec.allow, "allow"),
-        deny=ids(spec.deny, "deny"),
+        allow=ids(spec.allow, "allow", problems),
+        deny=ids(spec.deny, "deny", deny_problems),
         unknown=spec.unknown,
         enforcement=spec.enforcement,
         exceptions=tuple((e.model.lower(), e.revision, e.reason) for e in spec.exceptions),
+        invalid="; ".join(deny_problems) or None,
     )
-    return compiled, problems
+    return compiled, problems + deny_problems
+
+
+#: Enforcement modes; an unreadable policy keeps its mode when that much can be read.
+_MODES = ("Deny", "Warn", "DryRun")
+
+
+def unreadable_policy(body: Mapping[str, Any], err: ValidationError) -> CompiledPolicy:
+    """A policy this operator cannot read (e.g. written for a newer CRD with a field it
+    does not know): it denies every model, in its own enforcement mode when that is
+    readable (a DryRun policy never blocked anything), else ``Deny``."""
+    name = str((body.get("metadata") or {}).get("name") or "<unnamed>")
+    spec = body.get("spec")
+    mode = spec.get("enforcement") if isinstance(spec, Mapping) else None
+    return CompiledPolicy(
+        name=name,
+        allow=frozenset(),
+        deny=frozenset(),
+        unknown="Deny",
+        enforcement=mode if mode in _MODES else "Deny",
+        exceptions=(),
+        invalid="; ".join(line.removeprefix(": ") for line in format_validation_error("", err)),
+    )
 
 
 def _leaf(symbol: Any, policy: CompiledPolicy) -> tuple[Leaf, str]:
@@ -413,6 +534,12 @@ class PolicyVerdict:
 
 def evaluate_one(model: ModelSpec, resolved: Resolution, policy: CompiledPolicy) -> PolicyVerdict:
     what = model.source + (f"@{model.revision}" if model.revision else "")
+    if policy.invalid is not None:
+        return PolicyVerdict(
+            False, "PolicyInvalid", f"{what} is denied: this operator cannot read "
+            f"LicensePolicy {policy.name} ({policy.invalid}), and a policy it cannot read "
+            "denies every model until it is fixed (or the operator upgraded to read it)",
+        )  # fmt: skip
     for exc_model, exc_revision, exc_reason in policy.exceptions:
         if exc_model == model.source.lower() and exc_revision in (None, model.revision):
             return PolicyVerdict(
@@ -448,13 +575,15 @@ def evaluate_one(model: ModelSpec, resolved: Resolution, policy: CompiledPolicy)
 
 
 def policies_from(raw: Sequence[Mapping[str, Any]]) -> list[CompiledPolicy]:
-    """The cluster's policies; none -> the built-in default. A policy that does not parse
-    still counts: its valid entries apply (its problems are reported on it)."""
+    """The cluster's policies; none -> the built-in default. A policy that does not
+    validate still counts, and fails closed (``unreadable_policy``); one whose allow list
+    has entries that do not parse applies without them (they are reported on it)."""
     out = []
     for body in raw:
         try:
             policy = LicensePolicy.model_validate(body)
-        except ValidationError:
+        except ValidationError as err:
+            out.append(unreadable_policy(body, err))
             continue
         out.append(compile_policy(policy)[0])
     if not out:
@@ -467,10 +596,19 @@ def decide(
     policies: Sequence[CompiledPolicy],
     known: Mapping[str, CatalogEntry] | None = None,
     hub: HubClient | None = None,
+    last: str | None = None,
 ) -> LicenseVerdict:
     """One model against every policy: a violation of any policy counts; it blocks the
-    model when that policy enforces (``Deny``), else the model runs and the status says."""
-    resolved = resolve(model, known, hub)
+    model when that policy enforces (``Deny``), else the model runs and the status says.
+    ``last``: the license the hub gave before (see ``resolve``)."""
+    resolved = resolve(model, known, hub, last)
+    verdict = _decide(model, resolved, policies)
+    return replace(verdict, stale=resolved.stale) if resolved.stale else verdict
+
+
+def _decide(
+    model: ModelSpec, resolved: Resolution, policies: Sequence[CompiledPolicy]
+) -> LicenseVerdict:
     violations = [(p, v) for p in policies if not (v := evaluate_one(model, resolved, p)).ok]
     if not violations:
         v = evaluate_one(model, resolved, policies[0])
@@ -494,6 +632,27 @@ def decide(
 _LOCK = threading.Lock()
 
 
+def last_hub_licenses(stack: AIStack) -> dict[str, str]:
+    """Per model, the license the hub gave for its current source and revision, as the
+    stack's status recorded it: kept when the hub does not answer (an operator restarted
+    during an outage of the hub does not stop the models that run)."""
+    if stack.status is None:
+        return {}
+    by_name = {m.name: m for m in stack.spec.models}
+    out = {}
+    for seen in stack.status.models:
+        model = by_name.get(seen.name)
+        if (
+            model is not None
+            and seen.license_source == "Hub"
+            and seen.license
+            and seen.source == model.source
+            and seen.revision == model.revision
+        ):
+            out[seen.name] = seen.license
+    return out
+
+
 def decide_stack(
     stack: AIStack, raw_policies: Sequence[Mapping[str, Any]], hub: HubClient | None = None
 ) -> dict[str, LicenseVerdict]:
@@ -501,37 +660,42 @@ def decide_stack(
     if hub is not None:
         for m in stack.spec.models:
             if m.source.lower() not in catalog() and not m.source.startswith(("pvc://", "s3://")):
-                hub.card_license(m.source, m.revision)
+                with contextlib.suppress(HubUnavailable):
+                    hub.card_license(m.source, m.revision)
+    last = last_hub_licenses(stack) if hub is not None else {}
     with _LOCK:
         policies = policies_from(raw_policies)
-        return {m.name: decide(m, policies, hub=hub) for m in stack.spec.models}
+        return {
+            m.name: decide(m, policies, hub=hub, last=last.get(m.name)) for m in stack.spec.models
+        }
 
 
 def policy_status(
     body: Mapping[str, Any], previous: Mapping[str, Any] | None, now: str
 ) -> dict[str, Any]:
-    """A LicensePolicy's status: a ``Valid`` condition naming the entries that do not parse
-    (they are ignored; the rest of the policy applies)."""
+    """A LicensePolicy's status: a ``Valid`` condition naming what does not parse. Allow
+    entries that do not parse are ignored (the rest applies); a policy that does not
+    validate, or whose deny list does not parse, denies every model (``PolicyInvalid``)."""
     generation = body.get("metadata", {}).get("generation")
     try:
-        problems = compile_policy(LicensePolicy.model_validate(body))[1]
+        compiled, problems = compile_policy(LicensePolicy.model_validate(body))
+        invalid = compiled.invalid
     except ValidationError as err:
-        problems = [str(e["msg"]) for e in err.errors()]
-    status = "False" if problems else "True"
-    old = next(
-        (c for c in (previous or {}).get("conditions", []) if c.get("type") == "Valid"), None
+        invalid = unreadable_policy(body, err).invalid
+        problems = [invalid or "invalid"]
+    if invalid is not None:
+        reason = "PolicyInvalid"
+        message = (
+            f"this operator cannot read the policy ({'; '.join(problems)}); it denies every "
+            "model until it is fixed"
+        )
+    elif problems:
+        reason = "InvalidLicenseIds"
+        message = "; ".join(problems) + " (ignored: these entries allow nothing)"
+    else:
+        reason, message = "Valid", "every listed license parses"
+    old = previous_of((previous or {}).get("conditions"))
+    valid = condition(
+        "Valid", not problems, reason, message, generation=generation, previous=old, now=now
     )
-    since = old["lastTransitionTime"] if old and old.get("status") == status else now
-    return {
-        "observedGeneration": generation,
-        "conditions": [
-            {
-                "type": "Valid",
-                "status": status,
-                "reason": "InvalidLicenseIds" if problems else "Valid",
-                "message": "; ".join(problems) if problems else "every listed license parses",
-                "observedGeneration": generation,
-                "lastTransitionTime": since,
-            }
-        ],
-    }
+    return {"observedGeneration": generation, "conditions": [as_dict(valid)]}

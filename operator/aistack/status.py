@@ -20,6 +20,7 @@ from aistack.api.v1alpha1 import (
     ModelSpec,
     ModelStatus,
 )
+from aistack.conditions import condition, previous_of
 from aistack.render import RenderConfig, endpoints
 from aistack.render.render import VLLM_PORT
 
@@ -59,6 +60,10 @@ class LicenseVerdict:
     message: str
     license: str | None = None
     license_source: str | None = None
+    #: Set when a lookup failed (the Hub did not answer): why, and what was kept. The
+    #: verdict is then the last good one (or unknown, for a model never resolved), and
+    #: the stack is looked at again soon.
+    stale: str | None = None
 
 
 @dataclass(frozen=True)
@@ -215,17 +220,7 @@ def _condition(
     previous: Mapping[str, Condition],
     now: str,
 ) -> Condition:
-    status: Literal["True", "False"] = "True" if ok else "False"
-    before = previous.get(ctype)
-    since = before.last_transition_time if before and before.status == status else now
-    return Condition(
-        type=ctype,
-        status=status,
-        reason=reason,
-        message=message,
-        observed_generation=generation,
-        last_transition_time=since,
-    )
+    return condition(ctype, ok, reason, message, generation=generation, previous=previous, now=now)
 
 
 def _part_condition(
@@ -256,7 +251,7 @@ def compute_status(
     config = config or RenderConfig()
     stack_name = stack.metadata.name
     generation = stack.metadata.generation
-    previous = {c.type: c for c in (stack.status.conditions if stack.status else [])}
+    previous = previous_of(stack.status.conditions if stack.status else None)
     spec = stack.spec
 
     def cond(ctype: str, ok: bool, reason: str, message: str) -> Condition:
@@ -309,6 +304,18 @@ def compute_status(
         first = violations[0][1]
         detail = "; ".join(v.message for _, v in violations)
         conditions.append(cond(LICENSE_COMPLIANT, False, first.reason, detail))
+    elif stale := [(m, v) for m in spec.models if (v := verdicts.get(m.name)) and v.stale]:
+        # Permitted on the last good answer while a lookup fails: still compliant, but
+        # the condition says which verdicts are not fresh, and why.
+        detail = "; ".join(f"{m.name}: {v.stale}" for m, v in stale)
+        conditions.append(
+            cond(
+                LICENSE_COMPLIANT,
+                True,
+                "LicenseVerdictStale",
+                f"every model's license is permitted, some on a stale verdict: {detail}",
+            )
+        )
     else:
         conditions.append(
             cond(LICENSE_COMPLIANT, True, "LicensesPermitted", "every model's license is permitted")
