@@ -18,6 +18,7 @@ from aistack.api import AIStack
 from aistack.controller import (
     ReconcileError,
     Reconciler,
+    Result,
     StackQueue,
     StackView,
     merge_patch,
@@ -243,7 +244,7 @@ def test_queue_runs_a_quiet_stack_at_once_and_coalesces_what_follows() -> None:
 
     def reconcile(key: tuple[str, str], v: StackView) -> Any:
         calls.append(time.monotonic())
-        return object()
+        return Result()
 
     async def scenario() -> None:
         queue = StackQueue(reconcile, lambda key: StackView(stack=None), debounce=0.5)
@@ -284,7 +285,7 @@ def test_queue_snapshots_a_stack_only_when_a_thread_is_free_for_it() -> None:
         time.sleep(0.01)
         done.append(key[1])
         alive[0] -= 1
-        return object()
+        return Result()
 
     async def scenario() -> None:
         queue = StackQueue(reconcile, snapshot, workers=3)
@@ -358,3 +359,136 @@ def test_kopf_retries_are_logged_as_warnings_and_give_ups_as_errors() -> None:
         assert RetriesAreWarnings().filter(r)
     assert (retry.levelno, retry.levelname) == (logging.WARNING, "WARNING")
     assert give_up.levelno == ours.levelno == logging.ERROR
+
+
+# ---------------------------------------------------------------- faults
+
+
+def test_a_failure_that_repeats_posts_one_warning() -> None:
+    kube, rec, stack = setup()
+    kube.fail[("Deployment", "ml", "demo-gateway")] = KubeError(403, "forbidden")
+    for with_status in (False, True, True):
+        # The first retry sees no status yet (the watch lags behind our write), the next
+        # ones see it: either way the same failure is reported once.
+        current = dict(stack, status=kube.status) if with_status else stack
+        with pytest.raises(ReconcileError):
+            rec.reconcile_once(KEY, view(kube, current) if with_status else StackView(current))
+    warnings = [c for c in kube.calls if c == ("event", ("Warning", "ApplyFailed"))]
+    assert len(warnings) == 1
+    kube.fail[("Deployment", "ml", "demo-gateway")] = KubeError(422, "something else")
+    with pytest.raises(ReconcileError):
+        rec.reconcile_once(KEY, view(kube, stack))
+    warnings = [c for c in kube.calls if c == ("event", ("Warning", "ApplyFailed"))]
+    assert len(warnings) == 2, "a different failure is news"
+
+
+def test_an_invalid_spec_reaches_the_current_generation() -> None:
+    kube, rec, stack = setup()
+    stack["spec"]["models"][0]["gpus"] = 0
+    stack["status"] = {"observedGeneration": 0, "conditions": []}  # IndexError before
+    rec.reconcile_once(KEY, StackView(stack=stack))
+    assert kube.status is not None and kube.status["observedGeneration"] == 1
+    first = kube.status["conditions"][0]
+    # An edit that keeps the same error: the status follows the generation, the
+    # condition keeps its transition time, and no second Warning is posted.
+    edited = dict(stack, status=kube.status)
+    edited["metadata"] = dict(stack["metadata"], generation=2)
+    edited["spec"] = dict(stack["spec"], gateway={"replicas": 2})
+    kube.calls.clear()
+    rec.reconcile_once(KEY, StackView(stack=edited))
+    assert kube.status["observedGeneration"] == 2
+    ready = kube.status["conditions"][0]
+    assert (ready["reason"], ready["observedGeneration"]) == ("InvalidSpec", 2)
+    assert ready["lastTransitionTime"] == first["lastTransitionTime"]
+    assert [c for c in kube.calls if c[0] == "event"] == []
+
+
+def test_the_queue_respects_the_backoff_whatever_the_watch_says() -> None:
+    calls: list[float] = []
+
+    def reconcile(key: tuple[str, str], v: StackView) -> Any:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise ReconcileError("boom")
+        return Result()
+
+    async def scenario() -> None:
+        queue = StackQueue(reconcile, lambda key: StackView(stack=None), debounce=0.01,
+                           resync=None)  # fmt: skip
+        queue.request(KEY)
+        await asyncio.sleep(0.1)
+        for _ in range(20):  # pod and child events during the 1 s backoff
+            queue.request(KEY)
+            await asyncio.sleep(0.02)
+        assert len(calls) == 1, "watch events wait out the backoff"
+        await asyncio.sleep(1.0)
+        assert len(calls) == 2 and calls[1] - calls[0] >= 1.0
+        await queue.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_spec_change_is_reconciled_at_once_even_in_backoff() -> None:
+    calls: list[float] = []
+
+    def reconcile(key: tuple[str, str], v: StackView) -> Any:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise ReconcileError("boom")
+        return Result()
+
+    async def scenario() -> None:
+        queue = StackQueue(reconcile, lambda key: StackView(stack=None), debounce=0.01,
+                           resync=None)  # fmt: skip
+        queue.request(KEY)
+        await asyncio.sleep(0.1)
+        queue.request(KEY, spec_changed=True)  # the user's fix
+        await asyncio.sleep(0.1)
+        assert len(calls) == 2 and calls[1] - calls[0] < 0.5
+        await queue.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_resync_reconciles_again_without_events_and_writes_nothing() -> None:
+    kube, rec, stack = setup()
+    runs: list[Any] = []
+
+    def reconcile(key: tuple[str, str], v: StackView) -> Any:
+        result = rec.reconcile_once(key, v)
+        runs.append(result)
+        return result
+
+    async def scenario(resync: float | None) -> None:
+        queue = StackQueue(reconcile, lambda key: view(kube, stack), debounce=0.01,
+                           resync=resync, jitter=lambda: 1.0)  # fmt: skip
+        queue.request(KEY)
+        await asyncio.sleep(0.75)
+        await queue.close()
+
+    asyncio.run(scenario(0.2))
+    assert len(runs) >= 3, "reconciled again on the timer"
+    assert all(r is not None and not r.applied and not r.status_written for r in runs[1:])
+    writes = kube.writes()
+    runs.clear()
+    asyncio.run(scenario(None))
+    assert len(runs) == 1, "no resync: one reconcile for one request"
+    assert kube.writes() == writes, "a converged stack is never written to"
+
+
+def test_a_requested_retry_comes_without_an_event() -> None:
+    calls: list[float] = []
+
+    def reconcile(key: tuple[str, str], v: StackView) -> Any:
+        calls.append(time.monotonic())
+        return Result(requeue_after=0.2 if len(calls) == 1 else None)
+
+    async def scenario() -> None:
+        queue = StackQueue(reconcile, lambda key: StackView(stack=None), debounce=0.01,
+                           resync=None)  # fmt: skip
+        queue.request(KEY)
+        await asyncio.sleep(0.6)
+        await queue.close()
+
+    asyncio.run(scenario())
+    assert len(calls) == 2 and calls[1] - calls[0] >= 0.2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterator
@@ -91,3 +92,58 @@ def test_kopf_keeps_no_last_handled_state(settings: kopf.OperatorSettings) -> No
     storage.store(body=body, patch=patch, essence={})
     assert not patch  # nothing written on the object
     assert settings.posting.enabled is False
+
+
+class RecordingQueue:
+    def __init__(self) -> None:
+        self.requests: list[tuple[tuple[str, str], bool]] = []
+
+    def request(self, key: tuple[str, str], *, spec_changed: bool = False) -> None:
+        self.requests.append((key, spec_changed))
+
+
+def _runtime_with_stacks(*names: str) -> tuple[handlers.Runtime, RecordingQueue]:
+    rt = handlers.Runtime()
+    queue = RecordingQueue()
+    rt.queue = queue  # type: ignore[assignment]
+    rt.indexes["stack_index"] = {("ml", n): [] for n in names}
+    return rt, queue
+
+
+def test_the_operators_own_policy_status_write_requeues_nothing() -> None:
+    rt, _queue = _runtime_with_stacks("a", "b")
+    policy = {"metadata": {"name": "p", "uid": "u1", "generation": 1}, "spec": {"allow": ["MIT"]}}
+    assert rt.policy_changed("ADDED", "p", policy)
+    with_status = dict(policy, status={"conditions": [{"type": "Valid", "status": "True"}]})
+    assert not rt.policy_changed("MODIFIED", "p", with_status), "only its status changed"
+    edited = {**policy, "metadata": {**policy["metadata"], "generation": 2},
+              "spec": {"allow": ["MIT", "Apache-2.0"]}}  # fmt: skip
+    assert rt.policy_changed("MODIFIED", "p", edited)
+    assert rt.policy_changed("DELETED", "p", edited)
+
+
+def test_policy_events_requeue_every_stack_only_when_the_policy_changed() -> None:
+    rt, queue = _runtime_with_stacks("a", "b")
+    handlers.RUNTIME, saved = rt, handlers.RUNTIME
+    try:
+        policy = {"metadata": {"name": "p", "uid": "u1", "generation": 1}, "spec": {}}
+        asyncio.run(handlers.policy_event(type="ADDED", name="p", body=policy))
+        assert len(queue.requests) == 2
+        asyncio.run(handlers.policy_event(type="MODIFIED", name="p",
+                                          body=dict(policy, status={"x": 1})))  # fmt: skip
+        assert len(queue.requests) == 2, "the status write requeued nothing"
+    finally:
+        handlers.RUNTIME = saved
+
+
+def test_a_stack_event_says_whether_its_spec_changed() -> None:
+    rt, queue = _runtime_with_stacks()
+    handlers.RUNTIME, saved = rt, handlers.RUNTIME
+    try:
+        stack = {"metadata": {"name": "a", "uid": "u", "generation": 1}}
+        for event_type, generation in [("ADDED", 1), ("MODIFIED", 1), ("MODIFIED", 2)]:
+            body = {"metadata": {**stack["metadata"], "generation": generation}}
+            asyncio.run(handlers.stack_event(type=event_type, namespace="ml", name="a", body=body))
+        assert queue.requests == [(("ml", "a"), True), (("ml", "a"), False), (("ml", "a"), True)]
+    finally:
+        handlers.RUNTIME = saved

@@ -21,7 +21,7 @@ from aistack import __version__
 from aistack.api.v1alpha1 import API_VERSION, GROUP, AIStack
 from aistack.crd import all_crds, crd_files
 from aistack.errors import format_validation_error
-from aistack.limits import DEFAULT_BURST, DEFAULT_QPS, DEFAULT_WORKERS
+from aistack.limits import DEFAULT_BURST, DEFAULT_QPS, DEFAULT_RESYNC, DEFAULT_WORKERS
 from aistack.render import RenderConfig, render, render_yaml
 from aistack.yamlio import dump_all
 
@@ -202,6 +202,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not zero or more")
+    return value
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import os
 
@@ -220,6 +230,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     handlers.Runtime.workers = args.workers
     handlers.Runtime.api_qps = args.api_qps
     handlers.Runtime.api_burst = args.api_burst
+    handlers.Runtime.resync = args.resync_interval
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
         handlers.Runtime.kubeconfig = args.kubeconfig
@@ -404,6 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument(
         "--api-burst", type=_positive_int, default=DEFAULT_BURST, metavar="N",
         help=f"API requests at once above --api-qps (default: {DEFAULT_BURST})",
+    )  # fmt: skip
+    p_run.add_argument(
+        "--resync-interval", type=_non_negative_float, default=DEFAULT_RESYNC, metavar="SECONDS",
+        help="reconcile every stack again this often (jittered by 10%%) even when nothing "
+        f"changed, as a safety net; a converged stack costs no API call "
+        f"(default: {DEFAULT_RESYNC:g}; 0: never)",
     )  # fmt: skip
     p_run.add_argument(
         "--liveness", metavar="URL", help="serve liveness at URL, e.g. http://0.0.0.0:8080/healthz"

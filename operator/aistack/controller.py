@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import random
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -28,12 +29,14 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from aistack.api.v1alpha1 import AIStack, AIStackStatus
+from aistack.conditions import as_dict, condition, previous_of
 from aistack.errors import format_validation_error
 from aistack.kube import Kube, KubeError
-from aistack.limits import DEFAULT_WORKERS
+from aistack.limits import DEFAULT_RESYNC, DEFAULT_WORKERS
 from aistack.plan import Key, Manifest, key_of, make_plan, with_owner
 from aistack.render import RenderConfig, render
 from aistack.status import (
+    READY,
     EventSpec,
     LicenseVerdict,
     Observed,
@@ -117,6 +120,8 @@ class Result:
     status_written: bool = False
     events: list[EventSpec] = field(default_factory=list)
     error: str | None = None
+    #: Look at the stack again after this many seconds (a license lookup failed).
+    requeue_after: float | None = None
 
 
 @dataclass
@@ -134,6 +139,8 @@ class Reconciler:
     #: stack is reconciled on every change of its pods; it is rendered only when its spec
     #: or its license verdicts change.
     _rendered: dict[StackKey, tuple[str, bytes]] = field(default_factory=dict)
+    #: Per stack, the failure last reported with a Warning Event (reason, message).
+    _reported: dict[StackKey, tuple[str, str]] = field(default_factory=dict)
 
     def _desired(self, key: StackKey, stack: AIStack, permitted: dict[str, bool]) -> list[Manifest]:
         fingerprint = hashlib.sha256(
@@ -174,16 +181,19 @@ class Reconciler:
         if body is None:
             self._written.pop(key, None)
             self._rendered.pop(key, None)
+            self._reported.pop(key, None)
             return None
         result = Result()
         old_status_raw = dict(body.get("status") or {})
         try:
             stack = AIStack.model_validate(body)
         except ValidationError as err:
-            self._write_invalid(body, err, result)
+            self._write_invalid(key, body, err, result)
             return result
 
         verdicts = self.licensing(stack, view.policies)
+        if any(v.stale for v in verdicts.values()):
+            result.requeue_after = LOOKUP_RETRY
         permitted = {name: v.permitted for name, v in verdicts.items()}
         desired = [with_owner(m, body) for m in self._desired(key, stack, permitted)]
         observed = self._observed_children(key, view)
@@ -231,7 +241,10 @@ class Reconciler:
         result.events = transitions(old_status, status)
         if result.applied or result.deleted:
             result.events.insert(0, _applied_event(result))
-        if result.error:
+        if result.error is None:
+            self._reported.pop(key, None)
+        elif self._first_report(key, old_status_raw, "ApplyFailed", result.error):
+            # Once per failure: a retry that fails the same way posts nothing more.
             result.events.append(EventSpec("Warning", "ApplyFailed", result.error))
         for ev in result.events:
             self.kube.post_event(body, type_=ev.type, reason=ev.reason, message=ev.message, now=now)
@@ -239,34 +252,47 @@ class Reconciler:
             raise ReconcileError(result.error)
         return result
 
-    def _write_invalid(self, body: Obj, err: ValidationError, result: Result) -> None:
+    def _first_report(self, key: StackKey, old_status: Obj, reason: str, message: str) -> bool:
+        """Whether a failure is new: not what the stored status already says (its Event
+        was posted when it first happened), nor what this operator last reported for the
+        stack (its status write may not have come back through the watch yet)."""
+        ready = previous_of(old_status.get("conditions")).get(READY)
+        if ready is not None and (ready.reason, ready.message) == (reason, message):
+            return False
+        if self._reported.get(key) == (reason, message):
+            return False
+        self._reported[key] = (reason, message)
+        return True
+
+    def _write_invalid(
+        self, key: StackKey, body: Obj, err: ValidationError, result: Result
+    ) -> None:
         # The CRD schema and CEL rules catch almost everything; what gets through (e.g. a
-        # stack stored before a rule existed) is reported, not retried.
+        # stack stored before a rule existed, or written for a newer CRD) is reported, for
+        # the current generation, and not retried: nothing changes until the spec does.
         message = "; ".join(format_validation_error("spec", err))
         now = self.clock()
         generation = body["metadata"].get("generation")
-        status = {
-            "observedGeneration": generation,
-            "phase": "Degraded",
-            "conditions": [
-                {
-                    "type": "Ready",
-                    "status": "False",
-                    "reason": "InvalidSpec",
-                    "message": message,
-                    "observedGeneration": generation,
-                    "lastTransitionTime": now,
-                }
-            ],
-        }
         old = dict(body.get("status") or {})
-        if old.get("conditions", [{}])[0].get("message") != message:
+        ready = condition(
+            READY,
+            False,
+            "InvalidSpec",
+            message,
+            generation=generation,
+            previous=previous_of(old.get("conditions")),
+            now=now,
+        )
+        status = {"observedGeneration": generation, "phase": "Degraded",
+                  "conditions": [as_dict(ready)]}  # fmt: skip
+        if status != {k: old.get(k) for k in status}:
             meta = body["metadata"]
             self.kube.patch_status(meta["namespace"], meta["name"], merge_patch(old, status))
+            result.status_written = True
+        if self._first_report(key, old, "InvalidSpec", message):
             self.kube.post_event(
                 body, type_="Warning", reason="InvalidSpec", message=message, now=now
             )
-            result.status_written = True
         result.error = message
 
 
@@ -296,10 +322,14 @@ def _applied_event(result: Result) -> EventSpec:
 
 #: Longest wait between reconciles of a stack while the API server does not answer.
 UNREACHABLE_RETRY = 5.0
+#: When a license lookup failed (the Hub did not answer): look at the stack again after
+#: this long (the Hub client itself decides when to ask again, with backoff).
+LOOKUP_RETRY = 30.0
 
 
 class StackQueue:
-    """Runs reconciles: serial per stack, coalescing bursts, retrying with backoff."""
+    """Runs reconciles: serial per stack, coalescing bursts, retrying with backoff, and
+    again every ``resync`` seconds (jittered) when nothing else asked."""
 
     def __init__(
         self,
@@ -309,6 +339,8 @@ class StackQueue:
         debounce: float = 0.2,
         max_backoff: float = 60.0,
         workers: int = DEFAULT_WORKERS,
+        resync: float | None = DEFAULT_RESYNC,
+        jitter: Callable[[], float] = lambda: random.uniform(0.9, 1.1),
     ) -> None:
         self._reconcile = reconcile
         self._snapshot = snapshot
@@ -320,10 +352,19 @@ class StackQueue:
         # A snapshot is taken only when a thread is free to reconcile it (see _run_once).
         self._slots = asyncio.Semaphore(workers)
         self._max_backoff = max_backoff
+        self._resync = resync if resync and resync > 0 else None
+        self._jitter = jitter
         self._wake: dict[StackKey, asyncio.Event] = {}
         self._tasks: dict[StackKey, asyncio.Task[None]] = {}
+        #: Stacks whose spec changed since their last failure: retried at once.
+        self._fresh: set[StackKey] = set()
 
-    def request(self, key: StackKey) -> None:
+    def request(self, key: StackKey, *, spec_changed: bool = False) -> None:
+        """Queue a reconcile. After a failure it waits out the backoff, however many
+        watch events come meanwhile, unless the stack's own spec changed (the user's fix
+        deserves an answer now)."""
+        if spec_changed:
+            self._fresh.add(key)
         wake = self._wake.get(key)
         if wake is None:
             wake = self._wake[key] = asyncio.Event()
@@ -336,23 +377,38 @@ class StackQueue:
         for key in keys:
             self.request(key)
 
+    async def _sleep_until_woken(self, wake: asyncio.Event, timeout: float | None) -> None:
+        if timeout is None:
+            await wake.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), timeout)
+        wake.set()  # timed out: the resync (or a requested retry) is due
+
     async def _worker(self, key: StackKey, wake: asyncio.Event) -> None:
         # Leading edge: a stack that has been quiet is reconciled at once (a new stack's
         # children exist sooner). Events during or right after a reconcile (the watch
         # echoing our own writes, pods of one rollout getting ready one by one) are
         # coalesced: the next reconcile starts ``debounce`` seconds after the last ended.
+        # After a failure, the next one starts when the backoff has passed.
         loop = asyncio.get_running_loop()
         backoff = 1.0
         last_end = -float("inf")
+        not_before = -float("inf")
+        next_due: float | None = None  # a timed reconcile: resync or requested retry
         try:
             while True:
-                await wake.wait()
-                delay = self._debounce - (loop.time() - last_end)
+                timeout = None if next_due is None else max(0.0, next_due - loop.time())
+                await self._sleep_until_woken(wake, timeout)
+                if key in self._fresh:
+                    self._fresh.discard(key)
+                    not_before, backoff = -float("inf"), 1.0
+                delay = max(self._debounce - (loop.time() - last_end), not_before - loop.time())
                 if delay > 0:
                     await asyncio.sleep(delay)
                 wake.clear()
                 try:
-                    gone = await self._run_once(key)
+                    result = await self._run_once(key)
                 except Exception as exc:
                     last_end = loop.time()
                     level = (
@@ -366,7 +422,7 @@ class StackQueue:
                         *key, backoff, exc,
                         exc_info=level == logging.ERROR,
                     )  # fmt: skip
-                    asyncio.get_running_loop().call_later(backoff, wake.set)
+                    not_before = next_due = last_end + backoff
                     # No answer at all (the API server is down or restarting): keep
                     # trying every few seconds, to be back soon after it is.
                     unreachable = isinstance(exc, KubeError) and exc.status == 0
@@ -375,15 +431,24 @@ class StackQueue:
                     )
                     continue
                 last_end = loop.time()
-                backoff = 1.0
-                if gone and not wake.is_set():
-                    return  # the stack is gone
+                backoff, not_before = 1.0, -float("inf")
+                if result is None:
+                    if not wake.is_set():
+                        return  # the stack is gone
+                    continue
+                due = []
+                if self._resync is not None:
+                    due.append(last_end + self._resync * self._jitter())
+                if result.requeue_after is not None:
+                    due.append(last_end + result.requeue_after)
+                next_due = min(due, default=None)
         finally:
             self._wake.pop(key, None)
             self._tasks.pop(key, None)
+            self._fresh.discard(key)
 
-    async def _run_once(self, key: StackKey) -> bool:
-        """One reconcile; True when the stack no longer exists.
+    async def _run_once(self, key: StackKey) -> Result | None:
+        """One reconcile; its result, None when the stack no longer exists.
 
         The snapshot (the stack's children and pods, parsed: about 150 kB) is taken only
         once one of the threads is free to reconcile it, and dropped when the reconcile
@@ -394,8 +459,7 @@ class StackQueue:
         async with self._slots:
             view = self._snapshot(key)
             loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self._executor, self._reconcile, key, view)
-            return result is None
+            return await loop.run_in_executor(self._executor, self._reconcile, key, view)
 
     async def close(self) -> None:
         tasks = list(self._tasks.values())

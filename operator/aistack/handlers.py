@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import logging
 import tempfile
 from collections.abc import Mapping
@@ -38,7 +39,7 @@ from aistack.errors import format_validation_error
 from aistack.kube import Kube, KubeError, RateLimit, load_client
 from aistack.licenses import policy_status
 from aistack.licensing_bridge import admission_messages, license_verdicts
-from aistack.limits import DEFAULT_BURST, DEFAULT_QPS, DEFAULT_WORKERS
+from aistack.limits import DEFAULT_BURST, DEFAULT_QPS, DEFAULT_RESYNC, DEFAULT_WORKERS
 from aistack.render import RenderConfig
 
 log = logging.getLogger(__name__)
@@ -64,17 +65,28 @@ class Runtime:
     api_qps: float = DEFAULT_QPS
     api_burst: int = DEFAULT_BURST
 
+    resync: float = DEFAULT_RESYNC
+
     def __init__(self) -> None:
         self.indexes: dict[str, Any] = {}
         self.reconciler: Reconciler | None = None
         self.queue: StackQueue | None = None
+        #: Per stack, the generation (uid, metadata.generation) of its spec last seen.
+        self._stack_specs: dict[StackKey, tuple[str, int]] = {}
+        #: Per policy, what of it can change a verdict, as last seen (see policy_changed).
+        self._policy_specs: dict[str, str] = {}
 
     def start(self) -> None:
         kube = Kube(
             load_client(self.kubeconfig, self.workers), RateLimit(self.api_qps, self.api_burst)
         )
         self.reconciler = Reconciler(kube=kube, licensing=license_verdicts, config=self.config)
-        self.queue = StackQueue(self.reconciler.reconcile_once, self.snapshot, workers=self.workers)
+        self.queue = StackQueue(
+            self.reconciler.reconcile_once,
+            self.snapshot,
+            workers=self.workers,
+            resync=self.resync,
+        )
 
     def bind(self, kwargs: Mapping[str, Any]) -> None:
         """Remember the index objects kopf passes to every handler."""
@@ -101,9 +113,37 @@ class Runtime:
             policies=policies,
         )
 
-    def request(self, key: StackKey) -> None:
+    def request(self, key: StackKey, *, spec_changed: bool = False) -> None:
         if self.queue is not None:
-            self.queue.request(key)
+            self.queue.request(key, spec_changed=spec_changed)
+
+    def stack_spec_changed(self, key: StackKey, event_type: str | None, body: Any) -> bool:
+        """Whether a stack's watch event carries a spec this operator has not seen (a new
+        stack, an edit, a deletion): its reconcile skips a pending backoff. Its status
+        writes and the echo of our own writes do not change the generation."""
+        if event_type == "DELETED":
+            return self._stack_specs.pop(key, None) is not None
+        meta = body.get("metadata") or {}
+        seen = (str(meta.get("uid")), int(meta.get("generation") or 0))
+        before = self._stack_specs.get(key)
+        self._stack_specs[key] = seen
+        return before != seen
+
+    def policy_changed(self, event_type: str | None, name: str, body: Any) -> bool:
+        """Whether a policy's watch event can change a verdict: a new or deleted policy,
+        or one whose spec changed. The operator's own write of its status cannot."""
+        if event_type == "DELETED":
+            self._policy_specs.pop(name, None)
+            return True
+        meta = body.get("metadata") or {}
+        # The spec itself, not only the generation: a policy for a newer CRD may carry
+        # fields next to the spec that this operator reads too.
+        seen = json.dumps(
+            [meta.get("uid"), meta.get("generation"), body.get("spec")], sort_keys=True
+        )
+        before = self._policy_specs.get(name)
+        self._policy_specs[name] = seen
+        return before != seen
 
     def request_all(self) -> None:
         stacks = self.indexes.get("stack_index", {})
@@ -275,16 +315,21 @@ INDEX_NAMES = (
 
 
 @kopf.on.event(*STACKS)
-async def stack_event(namespace: str | None, name: str, **kwargs: Any) -> None:
+async def stack_event(
+    type: str | None, namespace: str | None, name: str, body: kopf.Body, **kwargs: Any
+) -> None:
     RUNTIME.bind(kwargs)
-    RUNTIME.request((namespace or "", name))
+    key = (namespace or "", name)
+    RUNTIME.request(key, spec_changed=RUNTIME.stack_spec_changed(key, type, body))
 
 
 @kopf.on.event(*POLICIES)
 async def policy_event(type: str | None, name: str, body: kopf.Body, **kwargs: Any) -> None:
-    # A policy change can permit or block models anywhere: re-evaluate every stack.
     RUNTIME.bind(kwargs)
-    RUNTIME.request_all()
+    # A policy change can permit or block models anywhere: re-evaluate every stack. The
+    # echo of the status written below changes nothing and requeues nothing.
+    if RUNTIME.policy_changed(type, name, body):
+        RUNTIME.request_all()
     if type != "DELETED" and RUNTIME.reconciler is not None:
         await asyncio.to_thread(_write_policy_status, RUNTIME.reconciler.kube, name, _trim(body))
 

@@ -9,3 +9,6 @@ DEFAULT_WORKERS = 16
 DEFAULT_QPS = 100.0
 #: Requests at once above the average.
 DEFAULT_BURST = 200
+#: Default period of the resync: every stack is reconciled again this often, jittered,
+#: even when no watch event came (a safety net; a converged stack costs no API call).
+DEFAULT_RESYNC = 300.0
