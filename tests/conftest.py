@@ -20,8 +20,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=(
             "Kubernetes cluster for the e2e tests: local (host processes via "
             "hack/local-cluster.sh, no Docker), kind (pytest-kind, needs Docker) "
-            "or existing ($KUBECONFIG). Env: AISTACK_E2E_CLUSTER. "
-            "Default: kind if a Docker engine answers, else local."
+            "or existing ($KUBECONFIG). Env: AISTACK_E2E_CLUSTER. Default: local."
+        ),
+    )
+    group.addoption(
+        "--strict-e2e",
+        action="store_true",
+        default=None,
+        help=(
+            "turn every skipped e2e test into a failure (a capability the cluster lacks "
+            "is a failed test, not a pass). Env: AISTACK_E2E_STRICT=1; on when CI=true."
         ),
     )
     parser.addoption(

@@ -13,11 +13,14 @@ Which cluster is used is chosen with ``--cluster`` or ``AISTACK_E2E_CLUSTER``:
 ``existing``
     Whatever ``$KUBECONFIG`` (or ``~/.kube/config``) points at.
 
-Default: ``kind`` when a Docker engine answers, else ``local``.
+Default: ``local`` (``make test`` and CI pin it too); other kinds only when asked.
 
 If the cluster cannot be started the tests error out; they are never skipped
-for that reason.  Tests that need GPU nodes are skipped on clusters without any
-(kind, most existing clusters) but required on ``local``.
+for that reason.  Tests that need GPU nodes or the local control plane (fault
+injection) are skipped on clusters without them (kind, most existing clusters).
+In strict mode (``--strict-e2e``, ``AISTACK_E2E_STRICT=1``, on whenever ``CI=true``)
+every such skip is a failure instead, so a run cannot pass by skipping; the run
+ends with a line saying how many e2e tests ran, passed, failed and were skipped.
 """
 
 from __future__ import annotations
@@ -66,22 +69,61 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.e2e)
 
 
-def _docker_works() -> bool:
-    docker = shutil.which("docker")
-    if not docker:
-        return False
+def strict_mode(config: pytest.Config) -> bool:
+    """Whether a skipped e2e test fails the run (see the module docstring)."""
     try:
-        return (
-            subprocess.run(
-                [docker, "info"],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                timeout=20,
-            ).returncode
-            == 0
+        opt = config.getoption("--strict-e2e")
+    except ValueError:
+        opt = None
+    if opt:
+        return True
+    env = os.environ.get("AISTACK_E2E_STRICT", "").strip().lower()
+    if env:
+        return env not in ("0", "false", "no", "off")
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def _is_e2e(item: pytest.Item) -> bool:
+    return E2E_DIR in Path(str(item.path)).resolve().parents
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if report.skipped and _is_e2e(item) and strict_mode(item.config):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = (
+            f"skipped in strict e2e mode, which counts a skip as a failure: {reason} "
+            "(AISTACK_E2E_STRICT=0 allows skips)"
         )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+
+
+_E2E_OUTCOMES: dict[str, set[str]] = {"passed": set(), "failed": set(), "skipped": set()}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if "e2e/" not in report.nodeid:
+        return
+    if report.when == "call" and report.passed:
+        _E2E_OUTCOMES["passed"].add(report.nodeid)
+    elif report.failed:
+        _E2E_OUTCOMES["failed"].add(report.nodeid)
+    elif report.skipped:
+        _E2E_OUTCOMES["skipped"].add(report.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    failed = _E2E_OUTCOMES["failed"]
+    passed = _E2E_OUTCOMES["passed"] - failed
+    skipped = _E2E_OUTCOMES["skipped"] - failed - passed
+    ran = len(passed) + len(failed)
+    terminalreporter.write_line(
+        f"aistack e2e: {ran} tests ran ({len(passed)} passed, {len(failed)} failed), "
+        f"{len(skipped)} skipped; cluster {_selected_cluster_kind(config)}, strict mode "
+        f"{'on' if strict_mode(config) else 'off'}"
+    )
 
 
 def _selected_cluster_kind(config: pytest.Config) -> str:
@@ -90,9 +132,7 @@ def _selected_cluster_kind(config: pytest.Config) -> str:
     except ValueError:  # conftest not loaded early enough to add the option
         kind = None
     kind = kind or os.environ.get("AISTACK_E2E_CLUSTER") or ""
-    kind = kind.strip().lower()
-    if not kind:
-        kind = "kind" if _docker_works() else "local"
+    kind = kind.strip().lower() or "local"
     if kind not in CLUSTER_KINDS:
         raise pytest.UsageError(
             f"AISTACK_E2E_CLUSTER/--cluster must be one of {CLUSTER_KINDS}, got {kind!r}"
@@ -443,7 +483,8 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     except ValueError:
         opt = None
     choice = opt or env
-    return [f"aistack e2e cluster: {choice or 'auto (kind if Docker works, else local)'}"]
+    strict = "on" if strict_mode(config) else "off"
+    return [f"aistack e2e cluster: {choice or 'local'}; strict mode (skips fail): {strict}"]
 
 
 __all__: Sequence[str] = ["Cluster", "KubectlError", "wait_until"]
