@@ -43,6 +43,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import analysis
+from aistack.limits import DEFAULT_RESYNC
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -321,14 +322,15 @@ class Watcher:
 class Operator:
     """`aistack run` with its license webhook, as in a real install (one replica)."""
 
-    def __init__(self, cluster: Cluster, log_path: Path) -> None:
+    def __init__(self, cluster: Cluster, log_path: Path, resync: float = DEFAULT_RESYNC) -> None:
         exe = Path(sys.executable).parent / "aistack"
         port = _free_port()
         self.log_path = log_path
         with log_path.open("wb") as out:
             self.proc = subprocess.Popen(
                 [str(exe), "run", "--webhook-port", str(port), "--webhook-addr", "127.0.0.1",
-                 "--webhook-host", "127.0.0.1", "--webhook-managed", "bench.aistack.dev"],
+                 "--webhook-host", "127.0.0.1", "--webhook-managed", "bench.aistack.dev",
+                 "--resync-interval", str(resync)],
                 stdout=out, stderr=subprocess.STDOUT, env=cluster.env, start_new_session=True,
             )  # fmt: skip
         try:
@@ -517,15 +519,24 @@ def measure_single(mode: str, runs: int, out: Path) -> dict[str, Any]:
 
 
 def measure_many(
-    mode: str, n: int, shards: int, idle: float, timeout: float, out: Path
+    mode: str,
+    n: int,
+    shards: int,
+    idle: float,
+    timeout: float,
+    out: Path,
+    resync: float = DEFAULT_RESYNC,
 ) -> dict[str, Any]:
-    """``n`` stacks created at once; with the operator, then ``idle`` quiet seconds."""
+    """``n`` stacks created at once; with the operator, then ``idle`` quiet seconds, in
+    which the operator's resync runs every ``resync`` seconds."""
     names = stack_names(n)
     manifests = rendered(names, NAMESPACE)
     children = [key(m) for m in manifests]
     with fresh_cluster(f"bench-{mode}-{n}") as cluster:
         prepare(cluster, [NAMESPACE], with_crds=mode == "operator")
-        operator = Operator(cluster, out / f"operator-{n}.log") if mode == "operator" else None
+        operator = (
+            Operator(cluster, out / f"operator-{n}.log", resync) if mode == "operator" else None
+        )
         watcher = Watcher(Http(cluster.kubeconfig), stacks=operator is not None)
         try:
             cpu_before = operator.cpu_seconds() if operator else 0.0
@@ -576,6 +587,15 @@ def measure_many(
                     result["idle_seconds"] = idle
                     result["idle_requests"] = analysis.by_resource_verb(quiet)
                     result["idle_writes"] = sum(1 for r in quiet if r.write)
+                    # Reads in the quiet window, watches aside (they end every few
+                    # minutes whatever the operator does): an upper bound on what the
+                    # resync costs, per stack per hour at the default interval.
+                    reads = sum(1 for r in quiet if not r.write and r.verb != "watch")
+                    result["resync_interval"] = resync
+                    result["idle_reads"] = reads
+                    result["resync_reads_per_stack_hour"] = (
+                        reads / n / (idle / resync) * (3600 / DEFAULT_RESYNC)
+                    )
             return result
         finally:
             watcher.stop()
@@ -635,6 +655,12 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 {"name": f"{n} stacks, writes in {op['idle_seconds']:.0f}s idle",
                  "operator": float(op["idle_writes"]), "unit": "", "goal": "0",
                  "met": op["idle_writes"] == 0}
+            )  # fmt: skip
+        if "resync_reads_per_stack_hour" in op:
+            rows.append(
+                {"name": f"{n} stacks, API reads per stack per hour from the resync "
+                 f"(every {DEFAULT_RESYNC:.0f} s; measured every {op['resync_interval']:g} s)",
+                 "operator": op["resync_reads_per_stack_hour"], "unit": ""}
             )  # fmt: skip
     return rows
 
@@ -714,6 +740,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--idle-at", type=int, metavar="N", help="stack count after which idle is measured "
         "(default: the largest of --sizes)",
     )  # fmt: skip
+    parser.add_argument(
+        "--resync", type=float, default=10.0, metavar="SECONDS",
+        help="the operator's --resync-interval while measured (10: many resyncs in --idle)",
+    )  # fmt: skip
     parser.add_argument("--shards", type=int, default=4, help="parallel kubectl applies (4)")
     parser.add_argument("--timeout", type=float, default=1800, help="per measurement (1800 s)")
     parser.add_argument("--out", type=Path, default=BENCH / "results", help="results directory")
@@ -762,6 +792,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.idle if mode == "operator" and n == idle_at else 0,
                 args.timeout,
                 logs,
+                args.resync,
             )
             save()
     save()

@@ -125,6 +125,9 @@ def _many(ready: float, rss: float = 120.0, writes_per_child: float = 1.0) -> di
         "writes": {"writes_per_child": writes_per_child, "status_writes_per_stack": 3.0},
         "idle_seconds": 120.0,
         "idle_writes": 0,
+        "resync_interval": 10.0,
+        "idle_reads": 0,
+        "resync_reads_per_stack_hour": 0.0,
     }
 
 
@@ -145,6 +148,8 @@ def test_summary_rows_judge_the_goals() -> None:
     assert rows["1000 stacks, all Ready"]["met"] is False  # 200 s > 180 s
     assert rows["1000 stacks, operator peak RSS"]["met"] is False
     assert rows["100 stacks, writes in 120s idle"]["met"] is True
+    (resync,) = [r for name, r in rows.items() if name.startswith("100 stacks, API reads")]
+    assert "every 300 s" in resync["name"] and resync["operator"] == 0.0
     text = analysis.table(list(rows.values()))
     assert "1.10x" in text
     assert "NO" in text
