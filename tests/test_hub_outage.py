@@ -9,11 +9,8 @@ with backoff, and the stack is looked at again.
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -22,50 +19,8 @@ from aistack.controller import LOOKUP_RETRY, Reconciler, StackView
 from aistack.licenses import HfHub, HubUnavailable, decide_stack
 from aistack.status import LicenseVerdict
 from helpers import stack_doc
+from hubserver import REPO, REV, FakeHubServer
 from test_controller import FakeKube
-
-REPO = "acme/open-7b"  # not in the catalog: only the Hub knows its license
-REV = "0123456789abcdef0123456789abcdef01234567"
-
-
-class FakeHubServer:
-    """The Hub's model API; ``hang`` holds each request for ``hang_for`` seconds."""
-
-    def __init__(self) -> None:
-        self.hang = False
-        self.hang_for = 2.0
-        self.requests: list[str] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                outer.requests.append(self.path)
-                if outer.hang:
-                    time.sleep(outer.hang_for)
-                body = json.dumps(
-                    {"id": REPO, "sha": REV, "cardData": {"license": "apache-2.0"},
-                     "tags": ["license:apache-2.0"]}
-                ).encode()  # fmt: skip
-                try:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except OSError:
-                    pass  # the client gave up waiting
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
