@@ -6,6 +6,7 @@ real API server in tests/e2e/test_helm_rbac.py.)
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import kopf
@@ -45,3 +46,19 @@ def test_an_unreadable_policy_list_refuses_with_retry(monkeypatch: pytest.Monkey
     assert "cannot read the cluster's LicensePolicies" in message
     assert "licensepolicies" in message  # the request that failed
     assert "retry" in message
+
+
+def test_the_webhook_refuses_under_a_policy_it_cannot_read_and_names_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    newer = {"apiVersion": "aistack.dev/v1alpha1", "kind": "LicensePolicy",
+             "metadata": {"name": "legal"},
+             "spec": {"allow": ["Apache-2.0"], "providers": {"allow": ["openai"]}}}  # fmt: skip
+    monkeypatch.setattr(handlers, "_current_policies", lambda: [newer])
+    model = {"name": "m", "source": "mistralai/Mistral-7B-v0.3"}  # Apache-2.0
+    stack = {"apiVersion": "aistack.dev/v1alpha1", "kind": "AIStack",
+             "metadata": {"name": "s", "namespace": "ml"}, "spec": {"models": [model]}}  # fmt: skip
+    with pytest.raises(kopf.AdmissionError) as err:
+        asyncio.run(handlers.admit_stack(body=stack, warnings=[], dryrun=False))  # type: ignore[arg-type]
+    assert err.value.code == 403
+    assert "LicensePolicy legal" in str(err.value) and "spec.providers" in str(err.value)
