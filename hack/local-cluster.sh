@@ -21,13 +21,19 @@
 #           nodes, and waits until the nodes are Ready. Writes a
 #           self-contained kubeconfig to --kubeconfig. Safe to run again on a
 #           running cluster (re-applies nodes, rewrites the kubeconfig).
+#           While it waits it supervises the components: one that exits (e.g.
+#           kube-controller-manager giving up on a slow API server on a loaded
+#           machine) is started again, with the same command line, by
+#           `kwokctl start cluster`. On the deadline it fails with one error that
+#           names the component that is not working and shows its last log lines.
 #   down    deletes the cluster, makes sure none of its processes is left, and
 #           removes its work dir (and --kubeconfig if given).
 #   status  prints the cluster's state; exit 0 when its API server is ready.
 #   stop    stops every component (etcd, API server, controllers, kwok) and keeps
 #           their data: an outage of the whole control plane, for fault tests.
 #   start   starts a stopped cluster again on the same ports (the kubeconfig stays
-#           valid) and waits until its API server is ready.
+#           valid) and waits until its API server is ready and every component
+#           runs, supervising them like up.
 #
 # Options / environment:
 #   --name NAME          AISTACK_CLUSTER_NAME       (default: aistack-local)
@@ -43,6 +49,16 @@
 #                        manager and scheduler and the API server's in-flight limits (for
 #                        benchmarks: the cluster's own controllers must not be the bottleneck)
 #   AISTACK_TOOLS_CACHE  passed through to hack/build-tools.sh
+#
+# For tests only (tests/e2e/test_local_cluster.py; never set them otherwise):
+#   AISTACK_TEST_ETCD_BINARY, AISTACK_TEST_KUBE_APISERVER_BINARY,
+#   AISTACK_TEST_KUBE_CONTROLLER_MANAGER_BINARY, AISTACK_TEST_KUBE_SCHEDULER_BINARY,
+#   AISTACK_TEST_KWOK_CONTROLLER_BINARY
+#                        an executable that up's cluster runs instead of that
+#                        component's binary (read when the cluster is created): a
+#                        wrapper that delays or breaks the component, to prove the
+#                        supervision and the error. It must answer --version like
+#                        the real binary (kwokctl asks) and exec it with "$@".
 #
 # Every component listens on 127.0.0.1 only. Ports are picked by kwokctl (free
 # ports below 32768); creations are serialised with a lock so clusters started
@@ -121,20 +137,26 @@ tools_if_built() {
 
 kc() { "$BIN_DIR/kubectl" --kubeconfig "$KWOK_KUBECONFIG" "$@"; }
 
-# wait_for DESCRIPTION DEADLINE_EPOCH CMD... : retry CMD every second until it succeeds.
-wait_for() {
-  local what=$1 deadline=$2; shift 2
-  until "$@" >/dev/null 2>&1; do
-    if (( $(date +%s) >= deadline )); then
-      log "timed out waiting for $what"
-      return 1
-    fi
-    sleep 1
-  done
+# component_binary COMPONENT DEFAULT: the binary the cluster runs for COMPONENT:
+# DEFAULT, or the test-only replacement in AISTACK_TEST_<COMPONENT>_BINARY.
+component_binary() {
+  local var bin
+  var=AISTACK_TEST_$(tr 'a-z-' 'A-Z_' <<<"$1")_BINARY
+  bin=${!var:-}
+  if [[ -z $bin ]]; then echo "$2"; return; fi
+  [[ -x $bin && -f $bin ]] || die "$var=$bin is not an executable file"
+  bin=$(abspath "$bin")
+  log "test hook $var: $1 runs $bin"
+  echo "$bin"
 }
 
 write_config() {
-  local cfg="$WORKDIR/kwokctl.yaml"
+  local cfg="$WORKDIR/kwokctl.yaml" etcd_bin apiserver_bin kcm_bin scheduler_bin kwok_bin
+  etcd_bin=$(component_binary etcd "$BIN_DIR/etcd")
+  apiserver_bin=$(component_binary kube-apiserver "$BIN_DIR/kube-apiserver")
+  kcm_bin=$(component_binary kube-controller-manager "$BIN_DIR/kube-controller-manager")
+  scheduler_bin=$(component_binary kube-scheduler "$BIN_DIR/kube-scheduler")
+  kwok_bin=$(component_binary kwok-controller "$BIN_DIR/kwok")
   cat >"$cfg" <<EOF
 kind: KwokctlConfiguration
 apiVersion: config.kwok.x-k8s.io/v1alpha1
@@ -147,12 +169,12 @@ options:
   securePort: true
   kubeAuthorization: true
   kubeAdmission: true
-  kubeApiserverBinary: $BIN_DIR/kube-apiserver
-  kubeControllerManagerBinary: $BIN_DIR/kube-controller-manager
-  kubeSchedulerBinary: $BIN_DIR/kube-scheduler
+  kubeApiserverBinary: $apiserver_bin
+  kubeControllerManagerBinary: $kcm_bin
+  kubeSchedulerBinary: $scheduler_bin
   kubectlBinary: $BIN_DIR/kubectl
-  kwokControllerBinary: $BIN_DIR/kwok
-  etcdBinary: $BIN_DIR/etcd
+  kwokControllerBinary: $kwok_bin
+  etcdBinary: $etcd_bin
 ${AUDIT_POLICY:+  kubeAuditPolicy: $AUDIT_POLICY}
 ${NO_QPS_LIMITS:+  disableQPSLimits: true}
 componentsPatches:
@@ -179,20 +201,202 @@ EOF
   echo "$cfg"
 }
 
-dump_logs() {
-  local f
-  for f in "$CLUSTER_DIR"/logs/*.log; do
-    [[ -f $f ]] || continue
-    log "---- last lines of $f"
-    tail -n 20 "$f" >&2 || true
+# --------------------------------------------------------------------------- #
+# Supervision.
+#
+# kwokctl's binary runtime forks the components (etcd, then kube-apiserver, then
+# the rest, without waiting for one to answer before starting the next), writes
+# their pids to clusters/NAME/pids/COMPONENT.pid and never looks at them again:
+# a component that exits stays down. On a loaded machine kube-controller-manager
+# exits when the API server's /healthz is not ok within about 10 s. So while up
+# and start wait, every component is checked each second, and one that is gone
+# is started again by `kwokctl start cluster`: it starts exactly the components
+# whose pid file names no live process, with the command line from kwokctl's own
+# config (clusters/NAME/kwok.yaml), and writes their pid files (so stop, start
+# and down keep working). On the deadline, fail names the component at fault.
+# --------------------------------------------------------------------------- #
+
+# The components of the cluster write_config describes, in dependency order.
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok-controller)
+declare -A RESTARTS=() NEXT_START=()
+DEADLINE=0
+KWOKCTL_PID=""   # a `kwokctl create/start cluster` running in the background
+KWOKCTL_WHAT=""
+
+now() { printf '%(%s)T' -1; }
+
+# component_pid COMPONENT: prints the pid of COMPONENT's live process (from
+# kwokctl's pid file); fails when there is none. An exited process that is not
+# reaped yet (a zombie, which kill -0 still finds) has an empty command line, a
+# recycled pid one that does not point into this cluster's dir.
+component_pid() {
+  local f="$CLUSTER_DIR/pids/$1.pid" pid="" args=()
+  if [[ -f $f ]]; then read -r pid <"$f" 2>/dev/null || true; fi  # no newline at the end
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  mapfile -d '' args 2>/dev/null </proc/"$pid"/cmdline || return 1
+  [[ "${args[*]}" == *"$CLUSTER_DIR/"* ]] || return 1
+  echo "$pid"
+}
+
+all_running() {
+  local c
+  for c in "${COMPONENTS[@]}"; do component_pid "$c" >/dev/null || return 1; done
+}
+
+# reap_kwokctl: notices that the background kwokctl has exited; dies if it failed.
+reap_kwokctl() {
+  [[ -n $KWOKCTL_PID ]] || return 0
+  kill -0 "$KWOKCTL_PID" 2>/dev/null && return 0
+  local rc=0
+  wait "$KWOKCTL_PID" || rc=$?
+  KWOKCTL_PID=""
+  (( rc == 0 )) || die "kwokctl $KWOKCTL_WHAT failed (exit $rc); its output is above"
+}
+
+# stop_kwokctl: ends the background kwokctl, if still running (only kwokctl: the
+# components run in sessions of their own).
+stop_kwokctl() {
+  if [[ -n $KWOKCTL_PID ]] && kill -0 "$KWOKCTL_PID" 2>/dev/null; then
+    kill "$KWOKCTL_PID" 2>/dev/null || true
+    wait "$KWOKCTL_PID" 2>/dev/null || true
+  fi
+  KWOKCTL_PID=""
+}
+
+# finish_kwokctl: gives the background kwokctl (it returns once the API server
+# serves) a few seconds to exit by itself, then ends it.
+finish_kwokctl() {
+  local i
+  for i in $(seq 1 50); do
+    reap_kwokctl
+    [[ -n $KWOKCTL_PID ]] || return 0
+    sleep 0.2
+  done
+  stop_kwokctl
+}
+
+# launch WHAT KWOKCTL-ARGS...: runs `kwokctl KWOKCTL-ARGS` in the background (it
+# then blocks until the API server serves, which is when supervision matters
+# most) and returns once it has started every component: each pid file names a
+# live process or was written by this kwokctl. Restarts start only after that,
+# so they never race with kwokctl's own starts.
+launch() {
+  KWOKCTL_WHAT=$1; shift
+  local c pid missing
+  declare -A before=()
+  for c in "${COMPONENTS[@]}"; do
+    pid=""
+    if [[ -f $CLUSTER_DIR/pids/$c.pid ]]; then read -r pid <"$CLUSTER_DIR/pids/$c.pid" || true; fi
+    before[$c]=$pid
+  done
+  trap stop_kwokctl EXIT
+  # 9>&-: the components must not inherit the lock (they would hold it for the
+  # cluster's lifetime).
+  kwokctl "$@" 9>&- >&2 &
+  KWOKCTL_PID=$!
+  while :; do
+    missing=""
+    for c in "${COMPONENTS[@]}"; do
+      pid=""
+      if [[ -f $CLUSTER_DIR/pids/$c.pid ]]; then read -r pid <"$CLUSTER_DIR/pids/$c.pid" || true; fi
+      if [[ -z $pid ]] || { [[ $pid == "${before[$c]}" ]] && ! component_pid "$c" >/dev/null; }; then
+        missing+="$c "
+      fi
+    done
+    [[ -z $missing ]] && return 0
+    reap_kwokctl
+    [[ -n $KWOKCTL_PID ]] || return 0  # kwokctl is done; supervise starts what is missing
+    (( $(now) < DEADLINE )) || fail "${missing%% *}" "kwokctl $KWOKCTL_WHAT to start it"
+    sleep 0.2
   done
 }
 
+# supervise: starts again every component whose process has gone, backing off
+# (2, 4, 8, 8, ... s) for one that keeps exiting.
+supervise() {
+  reap_kwokctl
+  local c t dead=() out rc=0
+  t=$(now)
+  for c in "${COMPONENTS[@]}"; do
+    component_pid "$c" >/dev/null && continue
+    (( t >= ${NEXT_START[$c]:-0} )) || continue
+    dead+=("$c")
+  done
+  (( ${#dead[@]} )) || return 0
+  for c in "${dead[@]}"; do
+    RESTARTS[$c]=$(( ${RESTARTS[$c]:-0} + 1 ))
+    NEXT_START[$c]=$(( t + (RESTARTS[$c] >= 3 ? 8 : 2 ** RESTARTS[$c]) ))
+    log "$c is not running (it exited; log: $CLUSTER_DIR/logs/$c.log); starting it again (restart ${RESTARTS[$c]})"
+    # kwokctl truncates a component's log when it starts it: keep the last one.
+    if [[ -s $CLUSTER_DIR/logs/$c.log ]]; then
+      cp -f "$CLUSTER_DIR/logs/$c.log" "$CLUSTER_DIR/logs/$c.previous.log" || true
+    fi
+    # kwokctl takes a zombie (kill -0 works) for running.
+    rm -f "$CLUSTER_DIR/pids/$c.pid"
+  done
+  # --timeout: it waits (here: up to 10 s) until the API server serves.
+  out=$(kwokctl start cluster --name "$NAME" --timeout 10s 9>&- 2>&1) || rc=$?
+  if (( rc != 0 )); then
+    printf '%s\n' "$out" >&2
+    log "kwokctl start cluster failed (exit $rc); trying again"
+  fi
+}
+
+# fail COMPONENT WHAT: the one error on the deadline. COMPONENT is the one whose
+# work WHAT is; the first component (in dependency order) that is not running is
+# named instead, and etcd when the API server says that etcd fails.
+fail() {
+  local c=$1 what=$2 x reason out logf
+  for x in "${COMPONENTS[@]}"; do
+    if ! component_pid "$x" >/dev/null; then c=$x; break; fi
+  done
+  c=${c:-kube-apiserver}
+  if component_pid "$c" >/dev/null; then
+    reason="it is running"
+    if [[ $c == kube-apiserver ]]; then
+      out=$(kc get --raw '/readyz?verbose' --request-timeout=5s 2>&1 || true)
+      if [[ $out == *'[-]etcd '* ]]; then c=etcd; reason="it runs, but the API server cannot use it"; fi
+    fi
+  else
+    reason="it is not running"
+  fi
+  case ${RESTARTS[$c]:-0} in
+    0) ;;
+    1) reason+="; it exited once and was started again" ;;
+    *) reason+="; it exited and was started again ${RESTARTS[$c]} times" ;;
+  esac
+  log "ERROR: cluster $NAME is not up after ${TIMEOUT}s: $c is not working ($reason); $CMD was waiting for $what"
+  logf="$CLUSTER_DIR/logs/$c.log"
+  [[ -s $logf ]] || logf="$CLUSTER_DIR/logs/$c.previous.log"
+  if [[ -s $logf ]]; then
+    log "last lines of $logf:"
+    tail -n 25 "$logf" | sed 's/^/    /' >&2 || true
+  else
+    log "$c has written no log ($CLUSTER_DIR/logs/)"
+  fi
+  exit 1
+}
+
+# wait_until COMPONENT WHAT CMD...: runs CMD every second, supervising the
+# components, until it succeeds; on the deadline, fail COMPONENT WHAT.
+wait_until() {
+  local c=$1 what=$2; shift 2
+  until "$@" >/dev/null 2>&1; do
+    supervise
+    (( $(now) < DEADLINE )) || fail "$c" "$what"
+    sleep 1
+  done
+}
+
+node_ready() {
+  [[ $(kc get "$1" --request-timeout=10s -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}') == True ]]
+}
+
 cmd_up() {
-  local start=$SECONDS deadline cfg
+  local start=$SECONDS cfg node
   tools
   mkdir -p "$WORKDIR"
-  deadline=$(( $(date +%s) + TIMEOUT ))
+  DEADLINE=$(( $(now) + TIMEOUT ))
   cfg=$(write_config)
 
   log "creating cluster $NAME (kube ${KUBE_VERSION}, work dir $WORKDIR)"
@@ -200,25 +404,23 @@ cmd_up() {
   # use); holding a lock until the components listen keeps parallel creations
   # from choosing the same ports.
   local lock="${TMPDIR:-/tmp}/aistack-operator-kwokctl.lock"
-  # flock -o: the components kwokctl starts must not inherit the lock's fd
-  # (they would hold the lock for the cluster's lifetime).
+  exec 9>>"$lock"
+  flock -w "$TIMEOUT" 9 || die "$lock stayed locked for ${TIMEOUT}s (another cluster being created)"
   # --kubeconfig "": do not merge into ~/.kube/config; we write our own below.
-  if ! flock -o -w "$TIMEOUT" "$lock" \
-    kwokctl create cluster --name "$NAME" --config "$cfg" --runtime binary \
-      --kubeconfig "" --wait "${TIMEOUT}s" --timeout "${TIMEOUT}s" >&2; then
-    dump_logs
-    die "kwokctl create cluster failed (or $lock stayed locked for ${TIMEOUT}s)"
-  fi
-
+  launch "create cluster" create cluster --name "$NAME" --config "$cfg" --runtime binary \
+    --kubeconfig "" --timeout "${TIMEOUT}s"
   [[ -f $KWOK_KUBECONFIG ]] || die "kwokctl wrote no kubeconfig at $KWOK_KUBECONFIG"
-  # kwokctl only logs a readiness timeout, so check ourselves.
-  if ! wait_for "API server /readyz" "$deadline" kc get --raw /readyz; then
-    dump_logs; die "API server of $NAME is not ready"
-  fi
+
+  wait_until kube-apiserver "the API server to be ready (/readyz)" \
+    kc get --raw /readyz --request-timeout=10s
   # The default ServiceAccount proves kube-controller-manager is working.
-  if ! wait_for "ServiceAccount default/default" "$deadline" kc -n default get serviceaccount default; then
-    dump_logs; die "kube-controller-manager did not create the default ServiceAccount"
-  fi
+  wait_until kube-controller-manager "the default ServiceAccount (kube-controller-manager creates it)" \
+    kc -n default get serviceaccount default --request-timeout=10s
+  wait_until "" "every component to run" all_running
+  # Every component listens on its ports now.
+  flock -u 9
+  exec 9>&-
+  finish_kwokctl
 
   log "applying the default StorageClass from $HACK_DIR/storage.yaml"
   kc apply -f "$HACK_DIR/storage.yaml" >&2
@@ -226,12 +428,8 @@ cmd_up() {
   if [[ $NODES_FILE != none ]]; then
     log "applying nodes from $NODES_FILE"
     kc apply -f "$NODES_FILE" >&2
-    local node
     for node in $(kc get -f "$NODES_FILE" -o name); do
-      if ! wait_for "$node Ready" "$deadline" kc wait --for=condition=Ready "$node" --timeout=5s; then
-        kc get nodes -o wide >&2 || true
-        dump_logs; die "$node did not become Ready"
-      fi
+      wait_until kwok-controller "$node to be Ready (kwok-controller makes it so)" node_ready "$node"
     done
   fi
 
@@ -240,7 +438,9 @@ cmd_up() {
     (umask 077; kc config view --flatten --raw >"$KUBECONFIG_OUT.tmp")
     mv -f "$KUBECONFIG_OUT.tmp" "$KUBECONFIG_OUT"
   fi
-  log "cluster $NAME is ready in $((SECONDS - start))s"
+  local restarted="" c
+  for c in "${!RESTARTS[@]}"; do restarted+=" $c (${RESTARTS[$c]}x)"; done
+  log "cluster $NAME is ready in $((SECONDS - start))s${restarted:+; started again:$restarted}"
   kc get nodes -L nvidia.com/gpu.product \
     -o custom-columns='NAME:.metadata.name,STATUS:.status.conditions[?(@.type=="Ready")].status,GPU:.status.allocatable.nvidia\.com/gpu,CPU:.status.allocatable.cpu,MEMORY:.status.allocatable.memory' >&2 || true
   log "kubeconfig: ${KUBECONFIG_OUT:-$KWOK_KUBECONFIG}"
@@ -291,6 +491,7 @@ cmd_down() {
       log "tools not built; cleaning up $NAME by hand"
     fi
     # Make sure nothing survives (kwokctl stops components by pid file).
+    # shellcheck disable=SC2086 # $left is a list of pids
     for i in $(seq 1 40); do
       left=""
       for pid in $pids; do kill -0 "$pid" 2>/dev/null && left+="$pid "; done
@@ -342,12 +543,13 @@ cmd_stop() {
 cmd_start() {
   [[ -f $KWOK_KUBECONFIG ]] || die "cluster $NAME: not created (work dir $WORKDIR)"
   tools
-  local deadline=$(( $(date +%s) + TIMEOUT ))
+  DEADLINE=$(( $(now) + TIMEOUT ))
   log "starting cluster $NAME"
-  kwokctl start cluster --name "$NAME" >&2
-  if ! wait_for "API server /readyz" "$deadline" kc get --raw /readyz; then
-    dump_logs; die "API server of $NAME is not ready"
-  fi
+  launch "start cluster" start cluster --name "$NAME" --timeout "${TIMEOUT}s"
+  wait_until kube-apiserver "the API server to be ready (/readyz)" \
+    kc get --raw /readyz --request-timeout=10s
+  wait_until "" "every component to run" all_running
+  finish_kwokctl
   log "cluster $NAME is running"
 }
 
