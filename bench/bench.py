@@ -606,6 +606,23 @@ def measure_many(
 # --------------------------------------------------------------------------- report
 
 
+def _idle_rows(n: str, op: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    if "idle_writes" in op:
+        rows.append(
+            {"name": f"{n} stacks, writes in {op['idle_seconds']:.0f}s idle",
+             "operator": float(op["idle_writes"]), "unit": "", "goal": "0",
+             "met": op["idle_writes"] == 0}
+        )  # fmt: skip
+    if "resync_reads_per_stack_hour" in op:
+        rows.append(
+            {"name": f"{n} stacks, API reads per stack per hour from the resync "
+             f"(every {DEFAULT_RESYNC:.0f} s; measured every {op['resync_interval']:g} s)",
+             "operator": op["resync_reads_per_stack_hour"], "unit": ""}
+        )  # fmt: skip
+    return rows
+
+
 def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     single = results.get("single", {})
@@ -623,7 +640,10 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         ]  # fmt: skip
     for n, pair in sorted(results.get("many", {}).items(), key=lambda kv: int(kv[0])):
         op, lim = pair.get("operator"), pair.get("limit")
-        if not op or not lim:
+        if not op:
+            continue
+        rows += _idle_rows(n, op)  # the operator's alone (also with --only operator)
+        if not lim:
             continue
         r = analysis.ratio(op["ready"], lim["ready"])
         goal, met = None, None
@@ -650,18 +670,6 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 {"name": f"{n} stacks, status writes per stack",
                  "operator": op["writes"]["status_writes_per_stack"], "unit": ""},
             ]  # fmt: skip
-        if "idle_writes" in op:
-            rows.append(
-                {"name": f"{n} stacks, writes in {op['idle_seconds']:.0f}s idle",
-                 "operator": float(op["idle_writes"]), "unit": "", "goal": "0",
-                 "met": op["idle_writes"] == 0}
-            )  # fmt: skip
-        if "resync_reads_per_stack_hour" in op:
-            rows.append(
-                {"name": f"{n} stacks, API reads per stack per hour from the resync "
-                 f"(every {DEFAULT_RESYNC:.0f} s; measured every {op['resync_interval']:g} s)",
-                 "operator": op["resync_reads_per_stack_hour"], "unit": ""}
-            )  # fmt: skip
     return rows
 
 

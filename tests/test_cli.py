@@ -131,3 +131,29 @@ def test_console_script_is_installed() -> None:
     exe = Path(sys.executable).parent / "aistack"
     result = subprocess.run([str(exe), "--version"], capture_output=True, text=True, check=False)
     assert result.returncode == 0 and result.stdout.startswith("aistack ")
+
+
+def test_run_passes_the_resync_interval_to_the_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kopf
+
+    from aistack import handlers
+    from aistack.cli import main
+    from aistack.limits import DEFAULT_RESYNC
+
+    monkeypatch.setattr(kopf, "run", lambda **kw: None)
+    monkeypatch.setattr(kopf, "configure", lambda **kw: None)
+    for setting in ("config", "kubeconfig", "workers", "api_qps", "api_burst", "resync"):
+        monkeypatch.setattr(handlers.Runtime, setting, getattr(handlers.Runtime, setting))
+    assert main(["run"]) == 0
+    assert handlers.Runtime.resync == DEFAULT_RESYNC == 300.0
+    assert main(["run", "--resync-interval", "42"]) == 0
+    rt = handlers.Runtime()
+    monkeypatch.setattr(handlers, "load_client", lambda *a: object())
+    rt.start()
+    assert rt.queue is not None and rt.queue._resync == 42.0
+    assert main(["run", "--resync-interval", "0"]) == 0
+    assert handlers.Runtime.resync == 0.0
+    rt.start()
+    assert rt.queue._resync is None, "0 turns the resync off"
+    with pytest.raises(SystemExit):
+        main(["run", "--resync-interval", "-1"])
