@@ -11,9 +11,11 @@ stack can always be deleted, operator running or not.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import copy
 import json
 import logging
+import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -419,6 +421,7 @@ def enable_admission(
         # not work with current OpenSSL).
         hosts = [h for h in (host, "localhost", "127.0.0.1") if h]
         workdir = Path(tempfile.mkdtemp(prefix="aistack-webhook-"))
+        atexit.register(shutil.rmtree, workdir, ignore_errors=True)
         cert_path, key_path, cadata = self_signed(hosts, workdir)
         certfile, keyfile = str(cert_path), str(key_path)
 
