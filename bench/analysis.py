@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from aistack.kinds import CHILD_KINDS
+
 #: User agents of the operator's two clients: our REST layer and kopf's watches/patches.
 OPERATOR_AGENTS = ("aistack-operator/", "kopf/")
 KUBECTL_AGENT = "kubectl/"
@@ -115,9 +117,7 @@ class WriteBreakdown:
         return self.child_writes / self.children if self.children else 0.0
 
 
-CHILD_RESOURCES = frozenset(
-    {"deployments", "services", "configmaps", "persistentvolumeclaims", "networkpolicies"}
-)
+CHILD_RESOURCES = frozenset(k.plural for k in CHILD_KINDS)
 
 
 def write_breakdown(requests: Iterable[Request], children: int) -> WriteBreakdown:

@@ -16,7 +16,7 @@ import pytest
 from aistack import handlers
 from aistack.controller import Reconciler
 from aistack.kube import Kube
-from aistack.licensing_bridge import license_verdicts
+from aistack.licenses import decide_stack
 
 
 def closed_port() -> int:
@@ -38,7 +38,7 @@ def test_an_unreadable_policy_list_refuses_with_retry(monkeypatch: pytest.Monkey
     config = kubernetes.client.Configuration()
     config.host = f"http://127.0.0.1:{closed_port()}"
     kube = Kube(kubernetes.client.ApiClient(configuration=config))
-    monkeypatch.setattr(handlers.RUNTIME, "reconciler", Reconciler(kube, license_verdicts))
+    monkeypatch.setattr(handlers.RUNTIME, "reconciler", Reconciler(kube, decide_stack))
     with pytest.raises(kopf.AdmissionError) as err:
         handlers._current_policies()
     assert err.value.code == 503

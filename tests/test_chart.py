@@ -6,6 +6,7 @@ tests skip, unless AISTACK_REQUIRE_HELM=1 (set by `make chart`, which builds hel
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -533,3 +534,18 @@ def test_rendering_is_fast(helm: str) -> None:
 def test_values_schema_catches_mistakes(helm: str, values: dict[str, Any], message: str) -> None:
     with pytest.raises(AssertionError, match=re.escape(message)):
         template(helm, values)
+
+
+def test_the_charts_images_are_the_components_images() -> None:
+    # The chart's `images.<key>` values become `--<key>-image`: its keys, in values.yaml,
+    # values.schema.json and the StatefulSet's arguments, are the components' image keys.
+    from aistack.render import COMPONENTS
+
+    keys = {c.image for c in COMPONENTS}
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert set(values["images"]) == keys
+    assert set(schema["properties"]["images"]["properties"]) == keys
+    assert schema["properties"]["images"]["additionalProperties"] is False
+    template = (CHART / "templates" / "statefulset.yaml").read_text()
+    assert set(re.findall(r"--(\w+)-image=", template)) == keys

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -142,18 +143,55 @@ def test_run_passes_the_resync_interval_to_the_queue(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(kopf, "run", lambda **kw: None)
     monkeypatch.setattr(kopf, "configure", lambda **kw: None)
-    for setting in ("config", "kubeconfig", "workers", "api_qps", "api_burst", "resync"):
-        monkeypatch.setattr(handlers.Runtime, setting, getattr(handlers.Runtime, setting))
-    assert main(["run"]) == 0
-    assert handlers.Runtime.resync == DEFAULT_RESYNC == 300.0
-    assert main(["run", "--resync-interval", "42"]) == 0
-    rt = handlers.Runtime()
+    monkeypatch.setattr(handlers, "RUNTIME", handlers.RUNTIME)
     monkeypatch.setattr(handlers, "load_client", lambda *a: object())
+    assert main(["run"]) == 0
+    assert handlers.RUNTIME.settings.resync == DEFAULT_RESYNC == 300.0
+    assert handlers.RUNTIME.settings.hub is None, "the Hub is asked only with --hub"
+    assert main(["run", "--resync-interval", "42"]) == 0
+    rt = handlers.RUNTIME
     rt.start()
     assert rt.queue is not None and rt.queue._resync == 42.0
     assert main(["run", "--resync-interval", "0"]) == 0
-    assert handlers.Runtime.resync == 0.0
+    assert handlers.RUNTIME is not rt, "each run gets its own runtime"
+    rt = handlers.RUNTIME
+    assert rt.settings.resync == 0.0
     rt.start()
-    assert rt.queue._resync is None, "0 turns the resync off"
+    assert rt.queue is not None and rt.queue._resync is None, "0 turns the resync off"
     with pytest.raises(SystemExit):
         main(["run", "--resync-interval", "-1"])
+
+
+def test_run_hands_its_settings_to_the_reconciler_and_the_webhook(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import kopf
+
+    from aistack import handlers
+    from aistack.cli import main
+    from aistack.hub import HfHub
+
+    monkeypatch.setattr(kopf, "run", lambda **kw: None)
+    monkeypatch.setattr(kopf, "configure", lambda **kw: None)
+    monkeypatch.setattr(handlers, "RUNTIME", handlers.RUNTIME)
+    monkeypatch.setenv("KUBECONFIG", "")
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    clients: list[tuple[Any, ...]] = []
+
+    def load_client(*args: Any) -> object:
+        clients.append(args)
+        return object()
+
+    monkeypatch.setattr(handlers, "load_client", load_client)
+    args = ["run", "--hub", "--workers", "3", "--api-qps", "5", "--api-burst", "7",
+            "--kubeconfig", "/etc/kube.conf", "--vllm-image", "registry.local/vllm:1"]  # fmt: skip
+    assert main(args) == 0
+    settings = handlers.RUNTIME.settings
+    assert (settings.workers, settings.api_qps, settings.api_burst) == (3, 5.0, 7)
+    assert settings.kubeconfig == "/etc/kube.conf"
+    assert settings.config.vllm_image == "registry.local/vllm:1"
+    assert isinstance(settings.hub, HfHub) and settings.hub.token == "hf_secret"
+    handlers.RUNTIME.start()
+    assert clients == [("/etc/kube.conf", 3)]
+    reconciler = handlers.RUNTIME.reconciler
+    assert reconciler is not None and reconciler.config == settings.config

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +14,11 @@ import kopf
 import pytest
 
 from aistack import handlers
+from aistack.api import AIStack
 from aistack.controller import pack, unpack
+from aistack.hub import CardLicense
+from aistack.settings import OperatorSettings
+from helpers import stack_doc
 
 
 def _deployment() -> dict[str, Any]:
@@ -53,16 +59,43 @@ def test_lists_and_bare_values_pack_too() -> None:
     assert unpack(pack({"no": "metadata"})) == {"no": "metadata"}
 
 
+#: Imports the kopf wiring afresh with kopf's public decorators watched, and prints every
+#: handler it registers: [decorator, handler id].
+_REGISTERED = """
+import json, kopf
+seen = []
+def watched(name, decorator):
+    def watching(*args, **kwargs):
+        register = decorator(*args, **kwargs)
+        def apply(fn):
+            seen.append([name, kwargs.get("id") or fn.__name__])
+            return register(fn)
+        return apply
+    return watching
+for name in ("resume", "create", "update", "delete", "field", "index", "event", "daemon",
+             "timer", "startup", "cleanup"):
+    setattr(kopf.on, name, watched(name, getattr(kopf.on, name)))
+for name in ("index", "daemon", "timer"):
+    setattr(kopf, name, watched(name, getattr(kopf, name)))
+import aistack.handlers
+print(json.dumps(seen))
+"""
+
+
 def test_the_operator_has_no_change_or_daemon_handlers() -> None:
     # NoDiffBase (no "last handled state") is only right while kopf has no handler that
     # reads what changed: on.create/update/resume/delete/field, daemons and timers.
-    registry = kopf.get_default_registry()
-    assert not registry._changing.get_all_handlers()
-    assert not registry._spawning.get_all_handlers()
+    run = subprocess.run(
+        [sys.executable, "-c", _REGISTERED], capture_output=True, text=True, check=True
+    )
+    registered = [tuple(entry) for entry in json.loads(run.stdout)]
+    kinds = {kind for kind, _ in registered}
+    assert kinds.isdisjoint({"resume", "create", "update", "delete", "field", "daemon", "timer"})
     # What it has instead: the caches and the events that queue reconciles.
-    indexed = {h.id for h in registry._indexing.get_all_handlers()}
+    indexed = {handler for kind, handler in registered if kind == "index"}
     assert set(handlers.INDEX_NAMES) <= indexed
-    assert len(registry._watching.get_all_handlers()) == 2 + len(handlers.CHILD_RESOURCES) + 1
+    events = [handler for kind, handler in registered if kind == "event"]
+    assert len(events) == 2 + len(handlers.CHILD_RESOURCES) + 1
 
 
 @pytest.fixture
@@ -147,3 +180,39 @@ def test_a_stack_event_says_whether_its_spec_changed() -> None:
         assert queue.requests == [(("ml", "a"), True), (("ml", "a"), False), (("ml", "a"), True)]
     finally:
         handlers.RUNTIME = saved
+
+
+class OneCard:
+    """A hub whose every card says Apache-2.0; it remembers what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def card_license(self, repo_id: str, revision: str | None) -> CardLicense | None:
+        self.asked.append(repo_id)
+        return CardLicense("apache-2.0")
+
+
+def test_the_hub_of_the_settings_judges_for_the_reconciler_and_the_webhook(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hub = OneCard()
+    rt = handlers.Runtime(OperatorSettings(hub=hub))
+    monkeypatch.setattr(handlers, "RUNTIME", rt)
+    monkeypatch.setattr(handlers, "load_client", lambda *a: object())
+    monkeypatch.setattr(handlers, "_current_policies", list)
+    doc = stack_doc(models=[{"name": "m", "source": "acme/not-in-the-catalog"}])
+    rt.start()
+    assert rt.reconciler is not None
+    verdict = rt.reconciler.licensing(AIStack.model_validate(doc), [])["m"]
+    assert (verdict.permitted, verdict.license_source) == (True, "Hub")
+    asked = len(hub.asked)
+    warnings: list[str] = []
+    asyncio.run(handlers.admit_stack(body=doc, warnings=warnings, dryrun=False))  # type: ignore[arg-type]
+    assert len(hub.asked) > asked, "the webhook asked the same hub"
+    assert set(hub.asked) == {"acme/not-in-the-catalog"}
+    assert warnings == []
+    without = handlers.Runtime()
+    monkeypatch.setattr(handlers, "RUNTIME", without)
+    with pytest.raises(kopf.AdmissionError, match="unknown"):
+        asyncio.run(handlers.admit_stack(body=doc, warnings=[], dryrun=False))  # type: ignore[arg-type]

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from aistack.controller import LOOKUP_RETRY, Reconciler, StackView
-from aistack.licenses import HfHub, HubUnavailable, decide_stack
-from aistack.status import LicenseVerdict
+from aistack.hub import HfHub, HubUnavailable
+from aistack.licenses import LicenseVerdict, decide_stack
 from helpers import stack_doc
 from hubserver import REPO, REV, FakeHubServer
 from test_controller import FakeKube

@@ -9,6 +9,7 @@ import pytest
 from aistack.api import LicensePolicy
 from aistack.licenses import (
     ExpressionProblem,
+    admission_messages,
     catalog,
     compile_policy,
     decide,
@@ -173,7 +174,21 @@ def test_enforcement_modes(mode: str, permitted: bool, suffix: str) -> None:
     verdict = decide(model("CohereForAI/c4ai-command-r-plus"), policies)
     assert verdict.violation is True
     assert verdict.permitted is permitted
+    assert verdict.enforcement == mode
     assert verdict.message.endswith(suffix)
+    assert decide(model("microsoft/phi-4"), policies).enforcement is None, "no violation"
+
+
+def test_the_webhook_refuses_deny_warns_for_warn_and_is_silent_for_dryrun() -> None:
+    nc = stack(models=[{"name": "nc", "source": "CohereForAI/c4ai-command-r-plus"},
+                       {"name": "ok", "source": "microsoft/phi-4"}])  # fmt: skip
+    denied, warned = admission_messages(nc, [policy(allow=["MIT"])])
+    assert (len(denied), warned) == (1, [])
+    assert "CohereForAI/c4ai-command-r-plus" in denied[0]
+    denied, warned = admission_messages(nc, [policy(allow=["MIT"], enforcement="Warn")])
+    assert denied == [] and len(warned) == 1
+    assert warned[0].endswith("(Warn: deployed anyway)")
+    assert admission_messages(nc, [policy(allow=["MIT"], enforcement="DryRun")]) == ([], [])
 
 
 def test_exceptions_name_a_model_and_optionally_a_revision() -> None:
@@ -277,7 +292,7 @@ class FakeHub:
         self.asked: list[tuple[str, str | None]] = []
 
     def card_license(self, repo_id: str, revision: str | None) -> Any:
-        from aistack.licenses import CardLicense
+        from aistack.hub import CardLicense
 
         self.asked.append((repo_id, revision))
         answer = self.cards.get((repo_id, revision))
@@ -317,7 +332,7 @@ def test_a_declaration_contradicting_the_hub_is_a_mismatch() -> None:
 
 
 def test_card_license_reading() -> None:
-    from aistack.licenses import CardLicense, card_license_of
+    from aistack.hub import CardLicense, card_license_of
 
     assert card_license_of({"license": "mit"}, []) == CardLicense("mit")
     assert card_license_of({"license": "other", "license_name": "x"}, []) == CardLicense(
@@ -334,7 +349,7 @@ def test_hf_hub_failures_are_remembered_and_mean_no_answer(
 ) -> None:
     import huggingface_hub
 
-    from aistack.licenses import HfHub, HubUnavailable
+    from aistack.hub import HfHub, HubUnavailable
 
     calls: list[Any] = []
 

@@ -12,14 +12,8 @@ from typing import Any
 import pytest
 
 from aistack.api import LicensePolicy
-from aistack.licenses import (
-    CardLicense,
-    card_license_of,
-    compile_policy,
-    decide,
-    parse,
-    policies_from,
-)
+from aistack.hub import CardLicense, card_license_of
+from aistack.licenses import compile_policy, decide, parse, policies_from
 from helpers import stack
 
 
@@ -86,12 +80,13 @@ def test_a_card_listing_several_licenses_needs_all_of_them() -> None:
 
 
 def test_a_warn_policy_is_not_hidden_by_a_dryrun_policy() -> None:
-    # The webhook warns only on "Warn:" verdicts: the order of the policies must not matter.
+    # The webhook warns only on Warn verdicts: the order of the policies must not matter.
     audit = policy("a-audit", allow=["MIT"], enforcement="DryRun")
     legal = policy("b-legal", allow=["MIT"], enforcement="Warn")
     for order in ([audit, legal], [legal, audit]):
         verdict = decide(model("CohereForAI/c4ai-command-r-plus"), policies_from(order))
         assert (verdict.permitted, verdict.violation) == (True, True)
+        assert verdict.enforcement == "Warn"
         assert verdict.message.endswith("(Warn: deployed anyway)"), verdict.message
 
 

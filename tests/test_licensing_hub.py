@@ -15,8 +15,9 @@ import pytest
 from huggingface_hub.errors import GatedRepoError
 from huggingface_hub.hf_api import ModelInfo
 
-from aistack import licenses
-from aistack.licenses import CardLicense, HfHub, decide, policies_from
+from aistack import hub as hub_module
+from aistack.hub import CardLicense, HfHub
+from aistack.licenses import decide, policies_from
 from helpers import stack
 
 Call = dict[str, Any]
@@ -103,7 +104,7 @@ def test_answers_are_cached_per_revision_until_the_ttl(
     calls: list[Call], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = [1000.0]
-    monkeypatch.setattr(licenses.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(hub_module.time, "monotonic", lambda: now[0])
     hub = HfHub(ttl=600.0)
     for _ in range(3):
         hub.card_license("acme/open-7b", "rev1")

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from aistack.api import AIStack
+from aistack.licenses import LicenseVerdict
 from aistack.render import render
 from aistack.status import (
-    LicenseVerdict,
     Observed,
     compute_status,
     status_dict,

@@ -9,21 +9,26 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
 from pydantic import ValidationError
 
 from aistack import __version__
-from aistack.api.v1alpha1 import API_VERSION, GROUP, AIStack
+from aistack.api.v1alpha1 import API_VERSION, GROUP, AIStack, ModelSpec
 from aistack.crd import all_crds, crd_files
 from aistack.errors import format_validation_error
+from aistack.hub import HfHub
 from aistack.limits import DEFAULT_BURST, DEFAULT_QPS, DEFAULT_RESYNC, DEFAULT_WORKERS
-from aistack.render import RenderConfig, render, render_yaml
+from aistack.render import COMPONENTS, RenderConfig, render, render_yaml
+from aistack.settings import OperatorSettings
 from aistack.yamlio import dump_all
+
+if TYPE_CHECKING:
+    from aistack.licenses import LicenseVerdict
 
 EXIT_USAGE = 2
 #: Input larger than this is refused unread (the API server takes at most 3 MiB per request).
@@ -212,6 +217,33 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _hub() -> HfHub:
+    """The Hugging Face Hub, with ``HF_TOKEN`` (for gated models) when it is set."""
+    import os
+
+    return HfHub(token=os.environ.get("HF_TOKEN") or None)
+
+
+def _run_settings(args: argparse.Namespace) -> OperatorSettings:
+    defaults = RenderConfig()
+    config = RenderConfig(
+        **{
+            c.image_setting: getattr(args, c.image_setting) or getattr(defaults, c.image_setting)
+            for c in COMPONENTS
+        },
+        cluster_domain=args.cluster_domain or defaults.cluster_domain,
+    )
+    return OperatorSettings(
+        config=config,
+        kubeconfig=args.kubeconfig or None,
+        workers=args.workers,
+        api_qps=args.api_qps,
+        api_burst=args.api_burst,
+        resync=args.resync_interval,
+        hub=_hub() if args.hub else None,
+    )
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import os
 
@@ -219,26 +251,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from aistack import handlers
 
-    defaults = RenderConfig()
-    handlers.Runtime.config = RenderConfig(
-        vllm_image=args.vllm_image or defaults.vllm_image,
-        ray_image=args.ray_image or defaults.ray_image,
-        mlflow_image=args.mlflow_image or defaults.mlflow_image,
-        gateway_image=args.gateway_image or defaults.gateway_image,
-        cluster_domain=args.cluster_domain or defaults.cluster_domain,
-    )
-    handlers.Runtime.workers = args.workers
-    handlers.Runtime.api_qps = args.api_qps
-    handlers.Runtime.api_burst = args.api_burst
-    handlers.Runtime.resync = args.resync_interval
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
-        handlers.Runtime.kubeconfig = args.kubeconfig
-    if args.hub:
-        from aistack import licensing_bridge
-        from aistack.licenses import HfHub
-
-        licensing_bridge.HUB = HfHub(token=os.environ.get("HF_TOKEN") or None)
+    handlers.use_settings(_run_settings(args))
     if args.webhook_port:
         handlers.enable_admission(
             port=args.webhook_port,
@@ -297,59 +312,64 @@ def _load_policies(paths: Sequence[str]) -> list[dict[str, Any]]:
     return policies
 
 
-def _cmd_license_check(args: argparse.Namespace) -> int:
-    import json
-
-    from aistack.api.v1alpha1 import ModelSpec
-    from aistack.licenses import decide, policies_from
-
-    policies = policies_from(_load_policies(args.policy))
-    models: list[tuple[str, ModelSpec]] = []
+def _models_to_check(args: argparse.Namespace) -> list[tuple[str, ModelSpec]]:
+    """(stack name, model) for every model of the stacks in -f FILE, or ("", MODEL)."""
     if args.filename:
         if args.model:
             raise InputError("give either MODEL or -f FILE, not both")
         stacks, _ = load_stacks(args.filename)
-        models = [(s.metadata.name, m) for s in stacks for m in s.spec.models]
-    elif args.model:
-        fields: dict[str, Any] = {"name": "model", "source": args.model}
-        if args.license:
-            fields["license"] = args.license
-        if args.revision:
-            fields["revision"] = args.revision
-        try:
-            models = [("", ModelSpec.model_validate(fields))]
-        except ValidationError as err:
-            raise InputError("\n".join(format_validation_error("MODEL", err))) from err
-    else:
-        raise InputError("give a MODEL (a Hugging Face repo id, pvc:// or s3:// source) or -f FILE")
+        return [(s.metadata.name, m) for s in stacks for m in s.spec.models]
+    if args.model:
+        return [("", _model_of(args))]
+    raise InputError("give a MODEL (a Hugging Face repo id, pvc:// or s3:// source) or -f FILE")
 
-    hub = None
-    if args.hub:
-        import os
 
-        from aistack.licenses import HfHub
+def _model_of(args: argparse.Namespace) -> ModelSpec:
+    """MODEL with its --license and --revision, as a stack would list it."""
+    fields: dict[str, Any] = {"name": "model", "source": args.model}
+    if args.license:
+        fields["license"] = args.license
+    if args.revision:
+        fields["revision"] = args.revision
+    try:
+        return ModelSpec.model_validate(fields)
+    except ValidationError as err:
+        raise InputError("\n".join(format_validation_error("MODEL", err))) from err
 
-        hub = HfHub(token=os.environ.get("HF_TOKEN") or None)
-    rows = []
-    for stack_name, model in models:
-        v = decide(model, policies, hub=hub)
-        rows.append({
-            "stack": stack_name or None, "model": model.name if stack_name else None,
-            "source": model.source, "revision": model.revision, "license": v.license,
-            "licenseSource": v.license_source, "permitted": v.permitted,
-            "violation": v.violation, "reason": v.reason, "message": v.message,
-        })  # fmt: skip
+
+def _license_row(stack_name: str, model: ModelSpec, v: LicenseVerdict) -> dict[str, Any]:
+    return {
+        "stack": stack_name or None, "model": model.name if stack_name else None,
+        "source": model.source, "revision": model.revision, "license": v.license,
+        "licenseSource": v.license_source, "permitted": v.permitted,
+        "violation": v.violation, "reason": v.reason, "message": v.message,
+    }  # fmt: skip
+
+
+def _print_license_rows(rows: Sequence[Mapping[str, Any]]) -> None:
+    for row in rows:
+        verdict = "PERMITTED" if row["permitted"] else "DENIED"
+        if row["permitted"] and row["violation"]:
+            verdict = "PERMITTED (policy violated, not enforced)"
+        who = f"{row['stack']}/{row['model']}: " if row["stack"] else ""
+        print(f"{who}{verdict}  license={row['license'] or 'unknown'}  "
+              f"source={row['licenseSource'] or '-'}  reason={row['reason']}")  # fmt: skip
+        print(f"  {row['message']}")
+
+
+def _cmd_license_check(args: argparse.Namespace) -> int:
+    import json
+
+    from aistack.licenses import decide, policies_from
+
+    policies = policies_from(_load_policies(args.policy))
+    models = _models_to_check(args)
+    hub = _hub() if args.hub else None
+    rows = [_license_row(name, m, decide(m, policies, hub=hub)) for name, m in models]
     if args.output == "json":
         print(json.dumps(rows, indent=2))
     else:
-        for row in rows:
-            verdict = "PERMITTED" if row["permitted"] else "DENIED"
-            if row["permitted"] and row["violation"]:
-                verdict = "PERMITTED (policy violated, not enforced)"
-            who = f"{row['stack']}/{row['model']}: " if row["stack"] else ""
-            print(f"{who}{verdict}  license={row['license'] or 'unknown'}  "
-                  f"source={row['licenseSource'] or '-'}  reason={row['reason']}")  # fmt: skip
-            print(f"  {row['message']}")
+        _print_license_rows(rows)
     return 0 if all(r["permitted"] for r in rows) else 1
 
 
@@ -429,10 +449,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("-v", "--verbose", action="store_true", help="more logs")
     p_run.add_argument("--debug", action="store_true", help="even more logs")
     p_run.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig to use")
-    p_run.add_argument("--vllm-image", help="default vLLM image for stacks that name none")
-    p_run.add_argument("--ray-image", help="default Ray image")
-    p_run.add_argument("--mlflow-image", help="default MLflow image")
-    p_run.add_argument("--gateway-image", help="default gateway (LiteLLM) image")
+    for component in COMPONENTS:  # one default image per part of the stack
+        p_run.add_argument(
+            f"--{component.image}-image",
+            metavar="IMAGE",
+            help=f"default image of {component.title} for stacks that name none "
+            f"(default: {getattr(RenderConfig(), component.image_setting)})",
+        )
     p_run.add_argument("--cluster-domain", help="cluster DNS domain (default: cluster.local)")
     p_run.add_argument(
         "--hub", action="store_true",

@@ -32,13 +32,13 @@ from aistack.api.v1alpha1 import AIStack, AIStackStatus
 from aistack.conditions import as_dict, condition, previous_of
 from aistack.errors import format_validation_error
 from aistack.kube import Kube, KubeError
+from aistack.licenses import LicenseVerdict
 from aistack.limits import DEFAULT_RESYNC, DEFAULT_WORKERS
-from aistack.plan import Key, Manifest, key_of, make_plan, with_owner
+from aistack.plan import Key, Manifest, Plan, key_of, make_plan, with_owner
 from aistack.render import RenderConfig, render
 from aistack.status import (
     READY,
     EventSpec,
-    LicenseVerdict,
     Observed,
     compute_status,
     status_dict,
@@ -199,28 +199,7 @@ class Reconciler:
         observed = self._observed_children(key, view)
         plan = make_plan(desired, observed, str(body["metadata"]["uid"]))
 
-        errors: list[str] = []
-        for manifest in plan.apply:
-            k = key_of(manifest)
-            try:
-                self._written.setdefault(key, {})[k] = pack(self.kube.apply(manifest))
-                result.applied.append(k)
-                log.info("applied %s/%s (%s)", k[0], k[2], ", ".join(plan.reasons.get(k, [])))
-            except KubeError as exc:
-                errors.append(f"{k[0]} {k[2]}: {exc.message}")
-                if exc.status == 0:
-                    raise  # no answer from the API server: retry the whole reconcile later
-        for k in plan.delete:
-            try:
-                self.kube.delete(k)
-                self._written.setdefault(key, {})[k] = _DELETED
-                result.deleted.append(k)
-                log.info("deleted %s/%s (no longer desired)", k[0], k[2])
-            except KubeError as exc:
-                errors.append(f"delete {k[0]} {k[2]}: {exc.message}")
-                if exc.status == 0:
-                    raise
-        result.error = "; ".join(errors) or None
+        self._execute(key, plan, result)
 
         now = self.clock()
         children = self._observed_children(key, view)
@@ -237,8 +216,44 @@ class Reconciler:
         if new_status_raw != old_status_raw:
             self.kube.patch_status(key[0], key[1], merge_patch(old_status_raw, new_status_raw))
             result.status_written = True
-        old_status = _parse_status(old_status_raw)
-        result.events = transitions(old_status, status)
+        self._post_events(key, body, old_status_raw, status, result, now)
+        if result.error:
+            raise ReconcileError(result.error)
+        return result
+
+    def _execute(self, key: StackKey, plan: Plan, result: Result) -> None:
+        """Apply and delete what the plan says; errors are collected into the result, but
+        no answer at all from the API server aborts (the whole reconcile is retried)."""
+        errors: list[str] = []
+        written = self._written.setdefault(key, {})
+        for manifest in plan.apply:
+            k = key_of(manifest)
+            try:
+                written[k] = pack(self.kube.apply(manifest))
+                result.applied.append(k)
+                log.info("applied %s/%s (%s)", k[0], k[2], ", ".join(plan.reasons.get(k, [])))
+            except KubeError as exc:
+                errors.append(f"{k[0]} {k[2]}: {exc.message}")
+                if exc.status == 0:
+                    raise  # no answer from the API server: retry the whole reconcile later
+        for k in plan.delete:
+            try:
+                self.kube.delete(k)
+                written[k] = _DELETED
+                result.deleted.append(k)
+                log.info("deleted %s/%s (no longer desired)", k[0], k[2])
+            except KubeError as exc:
+                errors.append(f"delete {k[0]} {k[2]}: {exc.message}")
+                if exc.status == 0:
+                    raise
+        result.error = "; ".join(errors) or None
+
+    def _post_events(
+        self, key: StackKey, body: Obj, old_status_raw: Obj, status: AIStackStatus,
+        result: Result, now: str,
+    ) -> None:  # fmt: skip
+        """The Events of real transitions, of what was applied, and of a new failure."""
+        result.events = transitions(_parse_status(old_status_raw), status)
         if result.applied or result.deleted:
             result.events.insert(0, _applied_event(result))
         if result.error is None:
@@ -248,9 +263,6 @@ class Reconciler:
             result.events.append(EventSpec("Warning", "ApplyFailed", result.error))
         for ev in result.events:
             self.kube.post_event(body, type_=ev.type, reason=ev.reason, message=ev.message, now=now)
-        if result.error:
-            raise ReconcileError(result.error)
-        return result
 
     def _first_report(self, key: StackKey, old_status: Obj, reason: str, message: str) -> bool:
         """Whether a failure is new: not what the stored status already says (its Event

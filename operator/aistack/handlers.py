@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import copy
+import functools
 import json
 import logging
 import shutil
@@ -38,38 +39,25 @@ from aistack.controller import (
     unpack,
 )
 from aistack.errors import format_validation_error
+from aistack.kinds import BY_KIND, CHILD_KINDS
 from aistack.kube import Kube, KubeError, RateLimit, load_client
-from aistack.licenses import policy_status
-from aistack.licensing_bridge import admission_messages, license_verdicts
-from aistack.limits import DEFAULT_BURST, DEFAULT_QPS, DEFAULT_RESYNC, DEFAULT_WORKERS
-from aistack.render import RenderConfig
+from aistack.licenses import admission_messages, decide_stack, policy_status
+from aistack.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
 
-STACKS = ("aistack.dev", "v1alpha1", "aistacks")
-POLICIES = ("aistack.dev", "v1alpha1", "licensepolicies")
-CHILD_RESOURCES = {
-    "deployments": ("apps", "v1", "deployments"),
-    "services": ("", "v1", "services"),
-    "configmaps": ("", "v1", "configmaps"),
-    "pvcs": ("", "v1", "persistentvolumeclaims"),
-    "networkpolicies": ("networking.k8s.io", "v1", "networkpolicies"),
-}
+STACKS = BY_KIND["AIStack"].resource
+POLICIES = BY_KIND["LicensePolicy"].resource
+#: plural -> kopf resource, for every kind a stack's children have (``aistack.kinds``).
+CHILD_RESOURCES = {k.plural: k.resource for k in CHILD_KINDS}
 OWNED = {names.STACK_LABEL: kopf.PRESENT}
 
 
 class Runtime:
     """What the handlers share: operator settings, the caches, the queue."""
 
-    config: RenderConfig = RenderConfig()
-    kubeconfig: str | None = None
-    workers: int = DEFAULT_WORKERS
-    api_qps: float = DEFAULT_QPS
-    api_burst: int = DEFAULT_BURST
-
-    resync: float = DEFAULT_RESYNC
-
-    def __init__(self) -> None:
+    def __init__(self, settings: OperatorSettings | None = None) -> None:
+        self.settings = OperatorSettings() if settings is None else settings
         self.indexes: dict[str, Any] = {}
         self.reconciler: Reconciler | None = None
         self.queue: StackQueue | None = None
@@ -79,15 +67,15 @@ class Runtime:
         self._policy_specs: dict[str, str] = {}
 
     def start(self) -> None:
-        kube = Kube(
-            load_client(self.kubeconfig, self.workers), RateLimit(self.api_qps, self.api_burst)
-        )
-        self.reconciler = Reconciler(kube=kube, licensing=license_verdicts, config=self.config)
+        s = self.settings
+        kube = Kube(load_client(s.kubeconfig, s.workers), RateLimit(s.api_qps, s.api_burst))
+        licensing = functools.partial(decide_stack, hub=s.hub)
+        self.reconciler = Reconciler(kube=kube, licensing=licensing, config=s.config)
         self.queue = StackQueue(
             self.reconciler.reconcile_once,
             self.snapshot,
-            workers=self.workers,
-            resync=self.resync,
+            workers=s.workers,
+            resync=s.resync,
         )
 
     def bind(self, kwargs: Mapping[str, Any]) -> None:
@@ -154,6 +142,13 @@ class Runtime:
 
 
 RUNTIME = Runtime()
+
+
+def use_settings(settings: OperatorSettings) -> Runtime:
+    """Run with these settings (``aistack run``): called once, before kopf starts."""
+    global RUNTIME
+    RUNTIME = Runtime(settings)
+    return RUNTIME
 
 
 def _trim(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -367,7 +362,7 @@ async def admit_stack(body: kopf.Body, warnings: list[str], dryrun: bool, **kwar
     except ValidationError as err:
         raise kopf.AdmissionError("; ".join(format_validation_error("AIStack", err))) from err
     policies = await asyncio.to_thread(_current_policies)
-    denied, warned = admission_messages(stack, policies)
+    denied, warned = admission_messages(stack, policies, RUNTIME.settings.hub)
     warnings.extend(warned)
     if denied:
         raise kopf.AdmissionError("; ".join(denied), code=403)

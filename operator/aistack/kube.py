@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import kubernetes
 
-from aistack.api.v1alpha1 import GROUP, VERSION
+from aistack.kinds import KINDS
 from aistack.limits import DEFAULT_BURST, DEFAULT_QPS, DEFAULT_WORKERS
 from aistack.plan import Key, Manifest
 
@@ -30,14 +30,7 @@ TIMEOUT = (5.0, 30.0)
 
 #: kind -> (API prefix, plural, namespaced)
 RESOURCES: dict[str, tuple[str, str, bool]] = {
-    "Deployment": ("/apis/apps/v1", "deployments", True),
-    "Service": ("/api/v1", "services", True),
-    "ConfigMap": ("/api/v1", "configmaps", True),
-    "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims", True),
-    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies", True),
-    "Event": ("/api/v1", "events", True),
-    "AIStack": (f"/apis/{GROUP}/{VERSION}", "aistacks", True),
-    "LicensePolicy": (f"/apis/{GROUP}/{VERSION}", "licensepolicies", False),
+    k.kind: (k.api_prefix, k.plural, k.namespaced) for k in KINDS
 }
 
 

@@ -1,11 +1,12 @@
 """Model licenses: resolve each model's license, evaluate it against the LicensePolicies.
 
-Pure given its inputs (the catalog is package data). Resolution order, recorded as
-``licenseSource``: the catalog shipped in the package (Hugging Face repo ids), then the
-model card on the Hugging Face Hub at the pinned revision (when the operator is allowed to
-ask it), then the license declared in the spec (the only source for pvc:// and s3://, and
-the fallback for repos nothing else knows). A declared license that contradicts the catalog denies
-the model (``LicenseMismatch``). No answer never means permitted: an unresolved license is
+Pure given its inputs (the catalog is package data; the Hub is asked through the client
+passed in, see ``aistack.hub``). Resolution order, recorded as ``licenseSource``: the
+catalog shipped in the package (Hugging Face repo ids), then the model card on the Hugging
+Face Hub at the pinned revision (when the operator is allowed to ask it), then the license
+declared in the spec (the only source for pvc:// and s3://, and the fallback for repos
+nothing else knows). A declared license that contradicts the catalog denies the model
+(``LicenseMismatch``). No answer never means permitted: an unresolved license is
 ``unknown``, and the policy's ``unknown`` setting decides.
 
 Evaluation parses SPDX expressions with license-expression: ``OR`` is permitted when any
@@ -21,13 +22,12 @@ import contextlib
 import csv
 import re
 import threading
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import IntEnum
 from functools import cache, lru_cache
 from importlib import resources
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import yaml
 from license_expression import (
@@ -44,9 +44,29 @@ from pydantic import ValidationError
 from aistack.api.v1alpha1 import AIStack, LicensePolicy, ModelSpec
 from aistack.conditions import as_dict, condition, previous_of
 from aistack.errors import format_validation_error
-from aistack.status import LicenseVerdict
+from aistack.hub import CardLicense, HubClient, HubUnavailable
 
 Source = Literal["Catalog", "Hub", "Declared"]
+Enforcement = Literal["Deny", "Warn", "DryRun"]
+
+
+@dataclass(frozen=True)
+class LicenseVerdict:
+    """What the license check decided for one model (the status needs no more)."""
+
+    permitted: bool
+    violation: bool
+    reason: str
+    message: str
+    license: str | None = None
+    license_source: str | None = None
+    #: Set when a lookup failed (the Hub did not answer): why, and what was kept. The
+    #: verdict is then the last good one (or unknown, for a model never resolved), and
+    #: the stack is looked at again soon.
+    stale: str | None = None
+    #: The enforcement mode of the policy whose violation ``message`` reports (``Deny``
+    #: blocks the model, ``Warn`` and ``DryRun`` do not); None when no policy is violated.
+    enforcement: Enforcement | None = None
 
 
 @dataclass(frozen=True)
@@ -205,146 +225,9 @@ def same_license(a: str, b: str) -> bool:
         return a == b
 
 
-# ---------------------------------------------------------------- Hugging Face Hub
-
-
-@dataclass(frozen=True)
-class CardLicense:
-    """What a model card says: the hub license id and, for ``other``, its name."""
-
-    hub_license: str
-    license_name: str = ""
-
-    @property
-    def spdx(self) -> str | None:
-        return hub_to_spdx(self.hub_license, self.license_name)
-
-
-class HubUnavailable(Exception):
-    """The hub gave no answer this time (timeout, network, 5xx, rate limit): a transient
-    failure, never a permission and never a reason to stop a model that runs.
-    ``last`` is the hub's last answer for the same card, when there was one."""
-
-    def __init__(self, reason: str, *, last: CardLicense | None = None, has_last: bool = False):
-        super().__init__(reason)
-        self.reason = reason
-        self.last = last
-        self.has_last = has_last
-
-
-class HubClient(Protocol):
-    """Looks a model card's license up. None is the hub's answer that the card names no
-    license (no such repo, gated without a token, no license on the card); a hub that
-    does not answer raises ``HubUnavailable``. Neither is ever a permission."""
-
-    def card_license(self, repo_id: str, revision: str | None) -> CardLicense | None: ...
-
-
-def card_license_of(card_data: Mapping[str, Any] | None, tags: Sequence[str]) -> CardLicense | None:
-    """The license a card declares: ``license`` (+ ``license_name``), else a ``license:`` tag."""
-    card = dict(card_data or {})
-    lic = card.get("license")
-    if isinstance(lic, list):  # some cards list several: each must be acceptable
-        lic = " AND ".join(str(x) for x in lic) if len(lic) > 1 else (lic[0] if lic else None)
-    if isinstance(lic, str) and lic:
-        return CardLicense(lic, str(card.get("license_name") or ""))
-    for tag in tags:
-        if tag.startswith("license:"):
-            return CardLicense(tag.removeprefix("license:"))
-    return None
-
-
-def _definitive(exc: Exception) -> bool:
-    """Whether a failed lookup is the hub's answer (the repo, revision or card is not
-    there for us) rather than no answer (network, timeout, 5xx, rate limit)."""
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    if isinstance(exc, GatedRepoError | RepositoryNotFoundError | RevisionNotFoundError):
-        return True
-    if isinstance(exc, HfHubHTTPError):
-        code = getattr(exc.response, "status_code", None)
-        return code is not None and 400 <= int(code) < 500 and int(code) not in (408, 429)
-    return False
-
-
-class HfHub:
-    """The Hugging Face Hub through ``huggingface_hub``, with a short timeout and a cache.
-
-    An answer is kept for ``ttl`` seconds. A lookup that gets no answer is retried after
-    ``retry`` seconds, doubling up to ``ttl`` while the hub stays away; meanwhile it fails
-    at once with ``HubUnavailable``, carrying the card's last answer when there was one
-    (a verdict made from it stays good: an outage of the hub never stops a model).
-    ``endpoint``: another hub (or a mirror); default ``HF_ENDPOINT`` or huggingface.co.
-    """
-
-    def __init__(
-        self,
-        *,
-        timeout: float = 3.0,
-        ttl: float = 600.0,
-        retry: float = 10.0,
-        token: str | None = None,
-        endpoint: str | None = None,
-    ):
-        self.timeout = timeout
-        self.ttl = ttl
-        self.retry = retry
-        self.token = token
-        self.endpoint = endpoint
-        #: (repo, revision) -> (good until, answer); kept after expiry as the last answer.
-        self._answers: dict[tuple[str, str | None], tuple[float, CardLicense | None]] = {}
-        #: (repo, revision) -> (next try, current delay, why the last try failed).
-        self._failures: dict[tuple[str, str | None], tuple[float, float, str]] = {}
-        self._lock = threading.Lock()
-
-    def _unavailable(self, key: tuple[str, str | None], reason: str) -> HubUnavailable:
-        with self._lock:
-            last = self._answers.get(key)
-        if last is None:
-            return HubUnavailable(reason)
-        return HubUnavailable(reason, last=last[1], has_last=True)
-
-    def card_license(self, repo_id: str, revision: str | None) -> CardLicense | None:
-        key = (repo_id, revision)
-        now = time.monotonic()
-        with self._lock:
-            hit = self._answers.get(key)
-            failed = self._failures.get(key)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        if failed is not None and failed[0] > now:
-            raise self._unavailable(key, failed[2])
-        answer: CardLicense | None
-        try:
-            from huggingface_hub import HfApi
-
-            info = HfApi(endpoint=self.endpoint).model_info(
-                repo_id,
-                revision=revision,
-                timeout=self.timeout,
-                expand=["cardData", "tags"],
-                token=self.token or False,
-            )
-            card = info.card_data.to_dict() if info.card_data is not None else {}  # type: ignore[no-untyped-call]
-            answer = card_license_of(card, info.tags or [])
-        except Exception as exc:
-            if not _definitive(exc):
-                delay = self.retry if failed is None else min(failed[1] * 2, self.ttl)
-                reason = f"the Hugging Face Hub did not answer ({type(exc).__name__}: {exc})"
-                reason = reason[:300]
-                with self._lock:
-                    self._failures[key] = (now + delay, delay, reason)
-                raise self._unavailable(key, reason) from exc
-            answer = None  # no such repo or revision, gated without a token: "not said"
-        with self._lock:
-            self._answers[key] = (now + self.ttl, answer)
-            self._failures.pop(key, None)
-        return answer
+def card_spdx(card: CardLicense) -> str | None:
+    """What a model card's license says, as an SPDX expression (None: unknown)."""
+    return hub_to_spdx(card.hub_license, card.license_name)
 
 
 # ---------------------------------------------------------------- resolution
@@ -397,13 +280,14 @@ def resolve(
             card = hub.card_license(model.source, model.revision)
         except HubUnavailable as exc:
             stale = exc.reason
-            kept = exc.last.spdx if exc.has_last and exc.last is not None else last
+            kept = card_spdx(exc.last) if exc.has_last and exc.last is not None else last
             if kept is not None:
                 found = _checked(model, kept, "Hub", f"{at}, as last read")
                 return replace(found, stale=f"{stale}; kept its last answer, {kept}")
             card = None
-        if card is not None and card.spdx is not None:
-            return _checked(model, card.spdx, "Hub", at)
+        spdx = None if card is None else card_spdx(card)
+        if spdx is not None:
+            return _checked(model, spdx, "Hub", at)
     if model.license is not None:
         return Resolution(model.license, "Declared", stale=stale)
     if stale is not None:
@@ -431,7 +315,7 @@ class CompiledPolicy:
     allow: frozenset[str]
     deny: frozenset[str]
     unknown: str
-    enforcement: str
+    enforcement: Enforcement
     exceptions: tuple[tuple[str, str | None, str], ...]
     #: Why this operator cannot read the policy (a field it does not know, a deny entry
     #: that does not parse). Such a policy denies every model: it fails closed.
@@ -616,13 +500,16 @@ def _decide(
     blocking = [(p, v) for p, v in violations if p.enforcement == "Deny"]
     if blocking:
         _, v = blocking[0]
-        return LicenseVerdict(False, True, v.reason, v.message, resolved.license, resolved.source)
+        return LicenseVerdict(
+            False, True, v.reason, v.message, resolved.license, resolved.source, enforcement="Deny"
+        )
     # The strictest mode among the violated policies speaks: Warn before DryRun, whatever
     # order the policies were listed in (a Warn gets an admission warning, a DryRun not).
     p, v = next(((p, v) for p, v in violations if p.enforcement == "Warn"), violations[0])
     mode = "Warn: deployed anyway" if p.enforcement == "Warn" else "DryRun: only reported"
+    message = f"{v.message} ({mode})"
     return LicenseVerdict(
-        True, True, v.reason, f"{v.message} ({mode})", resolved.license, resolved.source
+        True, True, v.reason, message, resolved.license, resolved.source, enforcement=p.enforcement
     )
 
 
@@ -654,8 +541,10 @@ def last_hub_licenses(stack: AIStack) -> dict[str, str]:
 
 
 def decide_stack(
-    stack: AIStack, raw_policies: Sequence[Mapping[str, Any]], hub: HubClient | None = None
+    stack: AIStack, policies: Sequence[Mapping[str, Any]], hub: HubClient | None = None
 ) -> dict[str, LicenseVerdict]:
+    """Every model of the stack against the cluster's policies (raw objects); what the
+    reconciler asks, with the operator's hub bound (``aistack run --hub``)."""
     # Hub answers are fetched first, outside the lock: they may take a network timeout.
     if hub is not None:
         for m in stack.spec.models:
@@ -664,10 +553,22 @@ def decide_stack(
                     hub.card_license(m.source, m.revision)
     last = last_hub_licenses(stack) if hub is not None else {}
     with _LOCK:
-        policies = policies_from(raw_policies)
+        compiled = policies_from(policies)
         return {
-            m.name: decide(m, policies, hub=hub, last=last.get(m.name)) for m in stack.spec.models
+            m.name: decide(m, compiled, hub=hub, last=last.get(m.name)) for m in stack.spec.models
         }
+
+
+def admission_messages(
+    stack: AIStack, policies: Sequence[Mapping[str, Any]], hub: HubClient | None = None
+) -> tuple[list[str], list[str]]:
+    """What the webhook says of a stack: the messages that refuse it (models a ``Deny``
+    policy blocks) and its admission warnings (violations of a ``Warn`` policy; those of a
+    ``DryRun`` policy are only reported in the stack's status)."""
+    verdicts = decide_stack(stack, policies, hub).values()
+    denied = [v.message for v in verdicts if not v.permitted]
+    warned = [v.message for v in verdicts if v.permitted and v.enforcement == "Warn"]
+    return denied, warned
 
 
 def policy_status(

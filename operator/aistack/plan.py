@@ -15,19 +15,13 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from aistack import names
+from aistack.kinds import CHILD_KINDS
 
 Manifest = dict[str, Any]
 Key = tuple[str, str, str]  # kind, namespace, name
 
-#: Kinds the operator creates, in the order they are applied (isolation first, storage
-#: and config before the workloads that mount them).
-KINDS: tuple[str, ...] = (
-    "NetworkPolicy",
-    "PersistentVolumeClaim",
-    "ConfigMap",
-    "Service",
-    "Deployment",
-)
+#: Kinds the operator creates, in the order they are applied (see ``aistack.kinds``).
+KINDS: tuple[str, ...] = tuple(k.kind for k in CHILD_KINDS)
 #: Kinds whose spec is (mostly) immutable once created: created when missing, never
 #: re-applied (a PVC cannot shrink or change class; growing it is a deliberate act).
 CREATE_ONLY: frozenset[str] = frozenset({"PersistentVolumeClaim"})

@@ -7,13 +7,14 @@ really changes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from aistack import names
 from aistack.api.v1alpha1 import (
     AIStack,
+    AIStackSpec,
     AIStackStatus,
     Condition,
     Endpoints,
@@ -21,19 +22,19 @@ from aistack.api.v1alpha1 import (
     ModelStatus,
 )
 from aistack.conditions import condition, previous_of
-from aistack.render import RenderConfig, endpoints
-from aistack.render.render import VLLM_PORT
+from aistack.licenses import LicenseVerdict
+from aistack.render import COMPONENTS, RenderConfig, endpoints
+from aistack.render.components import MODELS
+from aistack.render.render import model_url
 
 Obj = Mapping[str, Any]
 Phase = Literal["Pending", "Progressing", "Ready", "Degraded", "Blocked"]
 
 READY = "Ready"
 LICENSE_COMPLIANT = "LicenseCompliant"
-MODELS_READY = "ModelsReady"
-RAY_READY = "RayReady"
-TRACKING_READY = "TrackingReady"
-GATEWAY_READY = "GatewayReady"
-CONDITION_TYPES = (READY, LICENSE_COMPLIANT, MODELS_READY, RAY_READY, TRACKING_READY, GATEWAY_READY)
+MODELS_READY = MODELS.condition
+#: Every condition of a stack, in the order the status lists them: one per component.
+CONDITION_TYPES = (READY, LICENSE_COMPLIANT, *(c.condition for c in COMPONENTS))
 
 #: Pod and container states that will not fix themselves: the part is Degraded.
 _STUCK_CONTAINER_REASONS = frozenset(
@@ -48,22 +49,6 @@ PROBLEMS = _STUCK_CONTAINER_REASONS | {
     "ApplyFailed",
     "NotReady",
 }
-
-
-@dataclass(frozen=True)
-class LicenseVerdict:
-    """What the license check decided for one model (the status needs no more)."""
-
-    permitted: bool
-    violation: bool
-    reason: str
-    message: str
-    license: str | None = None
-    license_source: str | None = None
-    #: Set when a lookup failed (the Hub did not answer): why, and what was kept. The
-    #: verdict is then the last good one (or unknown, for a model never resolved), and
-    #: the stack is looked at again soon.
-    stale: str | None = None
 
 
 @dataclass(frozen=True)
@@ -202,12 +187,6 @@ def _model_state(stack: AIStack, model: ModelSpec, observed: Observed) -> tuple[
     return state, serving
 
 
-def _model_endpoint(stack: AIStack, model: ModelSpec, config: RenderConfig) -> str:
-    ns = stack.metadata.namespace or "default"
-    host = f"{names.model_base(stack.metadata.name, model.name)}.{ns}.svc.{config.cluster_domain}"
-    return f"http://{host}:{VLLM_PORT}/v1"
-
-
 # ---------------------------------------------------------------- conditions
 
 
@@ -238,6 +217,149 @@ def _part_condition(
     return _condition(ctype, state.is_ready, state.reason, msg, generation, previous, now)
 
 
+@dataclass
+class _Models:
+    """What the models of a stack came to (the inputs of the model conditions)."""
+
+    statuses: list[ModelStatus]
+    blocked: list[tuple[ModelSpec, LicenseVerdict]]
+    violations: list[tuple[ModelSpec, LicenseVerdict]]
+    not_ready: list[tuple[ModelSpec, PartState]]
+    ready: int
+
+
+def _models(
+    stack: AIStack,
+    verdicts: Mapping[str, LicenseVerdict],
+    observed: Observed,
+    config: RenderConfig,
+) -> _Models:
+    out = _Models([], [], [], [], 0)
+    for model in stack.spec.models:
+        verdict = verdicts.get(model.name) or LicenseVerdict(
+            permitted=False, violation=True, reason="LicenseNotChecked",
+            message=f"the license of {model.source} has not been checked yet",
+        )  # fmt: skip
+        if verdict.violation:
+            out.violations.append((model, verdict))
+        entry: dict[str, Any] = {
+            "name": model.name,
+            "source": model.source,
+            "revision": model.revision,
+            "license": verdict.license,
+            "license_source": verdict.license_source,
+            "permitted": verdict.permitted,
+            "replicas": model.replicas,
+        }
+        if not verdict.permitted:
+            out.blocked.append((model, verdict))
+            entry.update(reason=verdict.reason, message=verdict.message, ready_replicas=0)
+        else:
+            state, serving = _model_state(stack, model, observed)
+            entry.update(
+                ready_replicas=serving,
+                reason=state.reason,
+                message=state.message,
+                endpoint=model_url(stack, model, config),
+            )
+            if state.is_ready:
+                out.ready += 1
+            else:
+                out.not_ready.append((model, state))
+        out.statuses.append(ModelStatus(**entry))
+    return out
+
+
+Cond = Callable[[str, bool, str, str], Condition]
+
+
+def _license_condition(
+    spec: AIStackSpec, models: _Models, verdicts: Mapping[str, LicenseVerdict], cond: Cond
+) -> Condition:
+    if not spec.models:
+        return cond(LICENSE_COMPLIANT, True, "NoModels", "the stack serves no models")
+    if models.violations:
+        first = models.violations[0][1]
+        detail = "; ".join(v.message for _, v in models.violations)
+        return cond(LICENSE_COMPLIANT, False, first.reason, detail)
+    if stale := [(m, v) for m in spec.models if (v := verdicts.get(m.name)) and v.stale]:
+        # Permitted on the last good answer while a lookup fails: still compliant, but
+        # the condition says which verdicts are not fresh, and why.
+        detail = "; ".join(f"{m.name}: {v.stale}" for m, v in stale)
+        return cond(
+            LICENSE_COMPLIANT,
+            True,
+            "LicenseVerdictStale",
+            f"every model's license is permitted, some on a stale verdict: {detail}",
+        )
+    return cond(LICENSE_COMPLIANT, True, "LicensesPermitted", "every model's license is permitted")
+
+
+def _models_condition(spec: AIStackSpec, models: _Models, cond: Cond) -> Condition:
+    served = len(spec.models) - len(models.blocked)
+    if not spec.models:
+        return cond(MODELS_READY, True, "NoModels", "the stack serves no models")
+    if served == 0:
+        return cond(MODELS_READY, False, "AllModelsBlocked", "no model is permitted to run")
+    if models.not_ready:
+        worst = next(
+            ((m, s) for m, s in models.not_ready if s.reason in PROBLEMS), models.not_ready[0]
+        )
+        detail = "; ".join(f"{m.name}: {s.message}" for m, s in models.not_ready)
+        return cond(MODELS_READY, False, worst[1].reason, detail)
+    return cond(MODELS_READY, True, "Ready", f"{models.ready}/{served} permitted models serve")
+
+
+def _part_conditions(
+    stack: AIStack, observed: Observed, generation: int | None,
+    previous: Mapping[str, Condition], now: str,
+) -> tuple[list[Condition], list[PartState]]:  # fmt: skip
+    """Every part but the models (``COMPONENTS``): their conditions, in the registry's
+    order, and the states of those enabled."""
+    conditions: list[Condition] = []
+    states: list[PartState] = []
+    for component in COMPONENTS:
+        if component is MODELS:
+            continue  # per model, with its license: _models_condition
+        on = component.enabled(stack.spec)
+        state = None
+        if on:
+            state = part_state(
+                component.workloads(stack), component.pod_selector(stack.metadata.name), observed
+            )
+            states.append(state)
+        c = _part_condition(
+            component.condition, on, state, component.title, generation, previous, now
+        )
+        note = component.note(stack) if on and component.note is not None else None
+        if note:
+            c = c.model_copy(update={"message": f"{c.message}; {note}"})
+        conditions.append(c)
+    return conditions, states
+
+
+def _phase(
+    spec: AIStackSpec,
+    models: _Models,
+    ready: Condition,
+    part_states: Sequence[PartState],
+    observed: Observed,
+    apply_error: str | None,
+) -> Phase:
+    served = len(spec.models) - len(models.blocked)
+    if apply_error:
+        return "Degraded"
+    if spec.models and served == 0 and models.blocked:
+        return "Blocked"
+    if ready.status == "True":
+        return "Ready"
+    if models.blocked or any(s.reason in PROBLEMS for s in part_states):
+        return "Degraded"
+    if not observed.deployments:
+        return "Pending"
+    return "Progressing"
+
+
 def compute_status(
     stack: AIStack,
     verdicts: Mapping[str, LicenseVerdict],
@@ -249,7 +371,6 @@ def compute_status(
 ) -> AIStackStatus:
     """The stack's status from what was observed. ``now`` stamps conditions that change."""
     config = config or RenderConfig()
-    stack_name = stack.metadata.name
     generation = stack.metadata.generation
     previous = previous_of(stack.status.conditions if stack.status else None)
     spec = stack.spec
@@ -257,134 +378,21 @@ def compute_status(
     def cond(ctype: str, ok: bool, reason: str, message: str) -> Condition:
         return _condition(ctype, ok, reason, message, generation, previous, now)
 
-    # Models
-    model_statuses: list[ModelStatus] = []
-    blocked: list[tuple[ModelSpec, LicenseVerdict]] = []
-    violations: list[tuple[ModelSpec, LicenseVerdict]] = []
-    not_ready: list[tuple[ModelSpec, PartState]] = []
-    ready_models = 0
-    for model in spec.models:
-        verdict = verdicts.get(model.name) or LicenseVerdict(
-            permitted=False, violation=True, reason="LicenseNotChecked",
-            message=f"the license of {model.source} has not been checked yet",
-        )  # fmt: skip
-        if verdict.violation:
-            violations.append((model, verdict))
-        entry: dict[str, Any] = {
-            "name": model.name,
-            "source": model.source,
-            "revision": model.revision,
-            "license": verdict.license,
-            "license_source": verdict.license_source,
-            "permitted": verdict.permitted,
-            "replicas": model.replicas,
-        }
-        if not verdict.permitted:
-            blocked.append((model, verdict))
-            entry.update(reason=verdict.reason, message=verdict.message, ready_replicas=0)
-        else:
-            state, serving = _model_state(stack, model, observed)
-            entry.update(
-                ready_replicas=serving,
-                reason=state.reason,
-                message=state.message,
-                endpoint=_model_endpoint(stack, model, config),
-            )
-            if state.is_ready:
-                ready_models += 1
-            else:
-                not_ready.append((model, state))
-        model_statuses.append(ModelStatus(**entry))
-
-    conditions: list[Condition] = []
-    # LicenseCompliant
-    if not spec.models:
-        conditions.append(cond(LICENSE_COMPLIANT, True, "NoModels", "the stack serves no models"))
-    elif violations:
-        first = violations[0][1]
-        detail = "; ".join(v.message for _, v in violations)
-        conditions.append(cond(LICENSE_COMPLIANT, False, first.reason, detail))
-    elif stale := [(m, v) for m in spec.models if (v := verdicts.get(m.name)) and v.stale]:
-        # Permitted on the last good answer while a lookup fails: still compliant, but
-        # the condition says which verdicts are not fresh, and why.
-        detail = "; ".join(f"{m.name}: {v.stale}" for m, v in stale)
-        conditions.append(
-            cond(
-                LICENSE_COMPLIANT,
-                True,
-                "LicenseVerdictStale",
-                f"every model's license is permitted, some on a stale verdict: {detail}",
-            )
-        )
-    else:
-        conditions.append(
-            cond(LICENSE_COMPLIANT, True, "LicensesPermitted", "every model's license is permitted")
-        )
-    # ModelsReady
-    served = len(spec.models) - len(blocked)
-    if not spec.models:
-        conditions.append(cond(MODELS_READY, True, "NoModels", "the stack serves no models"))
-    elif served == 0:
-        conditions.append(
-            cond(MODELS_READY, False, "AllModelsBlocked", "no model is permitted to run")
-        )
-    elif not_ready:
-        worst = next(((m, s) for m, s in not_ready if s.reason in PROBLEMS), not_ready[0])
-        detail = "; ".join(f"{m.name}: {s.message}" for m, s in not_ready)
-        conditions.append(cond(MODELS_READY, False, worst[1].reason, detail))
-    else:
-        conditions.append(
-            cond(MODELS_READY, True, "Ready", f"{ready_models}/{served} permitted models serve")
-        )
-    # Ray, MLflow, gateway
-    ray_state = None
-    if spec.ray.enabled:
-        ray_deployments = [names.ray_head(stack_name)] + [
-            names.ray_worker(stack_name, g.name) for g in spec.ray.worker_groups
-        ]
-        ray_state = part_state(
-            ray_deployments,
-            {names.STACK_LABEL: stack_name, "app.kubernetes.io/name": "ray"},
-            observed,
-        )
-    conditions.append(
-        _part_condition(RAY_READY, spec.ray.enabled, ray_state, "Ray", generation, previous, now)
-    )
-    mlflow_state = None
-    if spec.mlflow.enabled:
-        mlflow_state = part_state(
-            [names.mlflow(stack_name)], names.selector_labels(stack_name, "tracking"), observed
-        )
-    tracking = _part_condition(
-        TRACKING_READY, spec.mlflow.enabled, mlflow_state, "MLflow", generation, previous, now
-    )
-    if spec.mlflow.enabled and spec.mlflow.needs_pvc:
-        kept = (
-            "deleted with the stack"
-            if spec.mlflow.storage.delete_with_stack
-            else "kept when the stack is deleted"
-        )
-        pvc = names.mlflow_data(stack_name)
-        tracking = tracking.model_copy(
-            update={"message": f"{tracking.message}; data PVC {pvc} is {kept}"}
-        )
-    conditions.append(tracking)
-    gateway_state = None
-    if spec.gateway.enabled:
-        gateway_state = part_state(
-            [names.gateway(stack_name)], names.selector_labels(stack_name, "gateway"), observed
-        )
-    conditions.append(
-        _part_condition(
-            GATEWAY_READY, spec.gateway.enabled, gateway_state, "Gateway", generation, previous, now
-        )
-    )
+    models = _models(stack, verdicts, observed, config)
+    conditions = [
+        _license_condition(spec, models, verdicts, cond),
+        _models_condition(spec, models, cond),
+    ]
+    parts, part_states = _part_conditions(stack, observed, generation, previous, now)
+    conditions += parts
 
     # Ready and phase
     # A license violation that was not enforced (Warn, DryRun) is reported by
     # LicenseCompliant alone; it makes the stack not Ready only when models are blocked.
     failing = [
-        c for c in conditions if c.status != "True" and (c.type != LICENSE_COMPLIANT or blocked)
+        c
+        for c in conditions
+        if c.status != "True" and (c.type != LICENSE_COMPLIANT or models.blocked)
     ]
     if apply_error:
         ready = cond(READY, False, "ApplyFailed", apply_error)
@@ -393,30 +401,16 @@ def compute_status(
     else:
         ready = cond(READY, True, "Ready", "every part of the stack is ready")
     conditions.insert(0, ready)
-
-    phase: Phase
-    part_states = [s for s in (ray_state, mlflow_state, gateway_state) if s is not None]
-    part_states += [s for _, s in not_ready]
-    if apply_error:
-        phase = "Degraded"
-    elif spec.models and served == 0 and blocked:
-        phase = "Blocked"
-    elif ready.status == "True":
-        phase = "Ready"
-    elif blocked or any(s.reason in PROBLEMS for s in part_states):
-        phase = "Degraded"
-    elif not observed.deployments:
-        phase = "Pending"
-    else:
-        phase = "Progressing"
+    part_states += [s for _, s in models.not_ready]
+    phase = _phase(spec, models, ready, part_states, observed, apply_error)
 
     eps = endpoints(stack, config)
     return AIStackStatus(
         observed_generation=generation,
         phase=phase,
-        models_ready=f"{ready_models}/{len(spec.models)}",
+        models_ready=f"{models.ready}/{len(spec.models)}",
         conditions=conditions,
-        models=model_statuses,
+        models=models.statuses,
         endpoints=Endpoints.model_validate(eps) if eps else None,
     )
 

@@ -18,8 +18,7 @@ from fixtures_ray import CPU_WORKER, HEAD, RAY_EXAMPLE, RayCluster, session_logs
 from harness import HostMap
 
 from aistack.cli import load_stacks
-from aistack.render import config
-from aistack.render.render import endpoints
+from aistack.render import config, endpoints
 
 
 def stack_endpoints() -> dict[str, str]:

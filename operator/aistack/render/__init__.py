@@ -8,7 +8,8 @@ can never change the YAML structure.
 
 from __future__ import annotations
 
+from aistack.render.components import COMPONENTS, Component, endpoints, render
 from aistack.render.config import RenderConfig
-from aistack.render.render import endpoints, render, render_yaml
+from aistack.render.render import render_yaml
 
-__all__ = ["RenderConfig", "endpoints", "render", "render_yaml"]
+__all__ = ["COMPONENTS", "Component", "RenderConfig", "endpoints", "render", "render_yaml"]

@@ -92,6 +92,13 @@ def _svc_host(name: str, namespace: str, config: RenderConfig) -> str:
     return f"{name}.{namespace}.svc.{config.cluster_domain}"
 
 
+def model_url(stack: AIStack, model: ModelSpec, config: RenderConfig) -> str:
+    """A model's own OpenAI-compatible base URL in the cluster (its Service): the
+    gateway's route to it, and ``status.models[].endpoint``."""
+    host = _svc_host(names.model_base(stack.metadata.name, model.name), _namespace(stack), config)
+    return f"http://{host}:{VLLM_PORT}/v1"
+
+
 def _pod_security() -> dict[str, Any]:
     return {
         "runAsNonRoot": True,
@@ -261,7 +268,7 @@ def _model_context(stack: AIStack, model: ModelSpec, config: RenderConfig) -> di
     }
 
 
-def _render_model(
+def render_model(
     stack: AIStack, model: ModelSpec, config: RenderConfig, *, permitted: bool
 ) -> list[Manifest]:
     ctx = _model_context(stack, model, config)
@@ -316,7 +323,7 @@ def _render_model(
 # ---------------------------------------------------------------- Ray
 
 
-def _render_ray(stack: AIStack, config: RenderConfig) -> list[Manifest]:
+def render_ray(stack: AIStack, config: RenderConfig) -> list[Manifest]:
     stack_name = stack.metadata.name
     ray = stack.spec.ray
     head = names.ray_head(stack_name)
@@ -403,7 +410,7 @@ def mlflow_allowed_hosts(stack: AIStack, config: RenderConfig) -> list[str]:
     return allowed + list(stack.spec.mlflow.allowed_hosts)
 
 
-def _render_mlflow(stack: AIStack, config: RenderConfig) -> list[Manifest]:
+def render_mlflow(stack: AIStack, config: RenderConfig) -> list[Manifest]:
     stack_name = stack.metadata.name
     namespace = _namespace(stack)
     mlflow = stack.spec.mlflow
@@ -465,16 +472,13 @@ def _render_mlflow(stack: AIStack, config: RenderConfig) -> list[Manifest]:
 
 def gateway_config(stack: AIStack, served: list[ModelSpec], config: RenderConfig) -> dict[str, Any]:
     """LiteLLM proxy configuration: one route per permitted, deployed model."""
-    namespace = _namespace(stack)
-
-    def api_base(model: ModelSpec) -> str:
-        host = _svc_host(names.model_base(stack.metadata.name, model.name), namespace, config)
-        return f"http://{host}:{VLLM_PORT}/v1"
-
     model_list = [
         {
             "model_name": m.name,
-            "litellm_params": {"model": f"hosted_vllm/{m.name}", "api_base": api_base(m)},
+            "litellm_params": {
+                "model": f"hosted_vllm/{m.name}",
+                "api_base": model_url(stack, m, config),
+            },
         }
         for m in served
     ]
@@ -493,9 +497,7 @@ def gateway_config(stack: AIStack, served: list[ModelSpec], config: RenderConfig
     return cfg
 
 
-def _render_gateway(
-    stack: AIStack, served: list[ModelSpec], config: RenderConfig
-) -> list[Manifest]:
+def render_gateway(stack: AIStack, served: list[ModelSpec], config: RenderConfig) -> list[Manifest]:
     stack_name = stack.metadata.name
     gateway = stack.spec.gateway
     config_text = yaml.safe_dump(gateway_config(stack, served, config), sort_keys=False)
@@ -541,14 +543,16 @@ def _peers(peers: list[NetworkPeer]) -> list[dict[str, Any]]:
     return [p.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True) for p in peers]
 
 
-def _render_network(stack: AIStack) -> list[Manifest]:
+def render_network(stack: AIStack, *, internal: bool, public: bool) -> list[Manifest]:
+    """The stack's NetworkPolicies: ``internal`` when some enabled part admits the stack's
+    own pods only, the gateway's when a part is ``public`` (see ``components``)."""
     stack_name = stack.metadata.name
     spec = stack.spec
     own_stack = {names.STACK_LABEL: stack_name}
     return _template(
         "network.yaml.j2",
         namespace=_namespace(stack),
-        internal=bool(spec.models) or spec.ray.enabled or spec.mlflow.enabled,
+        internal=internal,
         internal_name=names.network_internal(stack_name),
         gateway_name=names.gateway(stack_name),
         labels=names.common_labels(stack_name, "network", "aistack"),
@@ -556,7 +560,7 @@ def _render_network(stack: AIStack) -> list[Manifest]:
         component_label=names.COMPONENT_LABEL,
         own_pods={"podSelector": {"matchLabels": own_stack}},
         allow_from=_peers(spec.network.allow_from),
-        gateway=spec.gateway.enabled,
+        gateway=public,
         gateway_selector=names.selector_labels(stack_name, "gateway"),
         gateway_port=GATEWAY_PORT,
         gateway_from=_peers(spec.network.gateway_from),
@@ -572,50 +576,32 @@ def served_models(stack: AIStack, permitted: Mapping[str, bool]) -> list[ModelSp
     return [m for m in stack.spec.models if permitted.get(m.name, False)]
 
 
-def render(
-    stack: AIStack,
-    permitted: Mapping[str, bool],
-    config: RenderConfig | None = None,
-) -> list[Manifest]:
-    """Every manifest the stack needs: NetworkPolicies, models, Ray, MLflow, gateway.
-
-    ``permitted`` maps model name to whether its license is permitted; a model that is not
-    permitted (or missing from the map) runs no pod and gets no gateway route.
-    """
-    config = config or RenderConfig()
-    served = served_models(stack, permitted)
-    manifests: list[Manifest] = []
-    if stack.spec.network.policies:
-        manifests += _render_network(stack)
-    for model in stack.spec.models:
-        manifests += _render_model(stack, model, config, permitted=model in served)
-    if stack.spec.ray.enabled:
-        manifests += _render_ray(stack, config)
-    if stack.spec.mlflow.enabled:
-        manifests += _render_mlflow(stack, config)
-    if stack.spec.gateway.enabled:
-        manifests += _render_gateway(stack, served, config)
-    return manifests
-
-
 def render_yaml(manifests: list[Manifest]) -> str:
     """Multi-document YAML, like ``helm template``."""
     return dump_all(manifests)
 
 
-def endpoints(stack: AIStack, config: RenderConfig | None = None) -> dict[str, str]:
-    """In-cluster URLs of the enabled parts (status.endpoints)."""
-    config = config or RenderConfig()
-    namespace = _namespace(stack)
-    name = stack.metadata.name
-    out: dict[str, str] = {}
-    if stack.spec.gateway.enabled:
-        host = _svc_host(names.gateway(name), namespace, config)
-        out["gateway"] = f"http://{host}:{GATEWAY_PORT}/v1"
-    if stack.spec.mlflow.enabled:
-        out["mlflow"] = mlflow_uri(stack, config)
-    if stack.spec.ray.enabled:
-        host = _svc_host(names.ray_head(name), namespace, config)
-        out["rayDashboard"] = f"http://{host}:{RAY_DASHBOARD_PORT}"
-        out["rayClient"] = f"ray://{host}:{RAY_CLIENT_PORT}"
+def model_workloads(stack_name: str, model: ModelSpec) -> list[str]:
+    """A model's Deployments: its server, or a leader and workers per replica group."""
+    if not model.multi_node:
+        return [names.model_base(stack_name, model.name)]
+    out: list[str] = []
+    for g in range(model.replicas):
+        out += [
+            names.model_group_leader(stack_name, model.name, g),
+            names.model_group_workers(stack_name, model.name, g),
+        ]
     return out
+
+
+def gateway_endpoints(stack: AIStack, config: RenderConfig) -> dict[str, str]:
+    host = _svc_host(names.gateway(stack.metadata.name), _namespace(stack), config)
+    return {"gateway": f"http://{host}:{GATEWAY_PORT}/v1"}
+
+
+def ray_endpoints(stack: AIStack, config: RenderConfig) -> dict[str, str]:
+    host = _svc_host(names.ray_head(stack.metadata.name), _namespace(stack), config)
+    return {
+        "rayDashboard": f"http://{host}:{RAY_DASHBOARD_PORT}",
+        "rayClient": f"ray://{host}:{RAY_CLIENT_PORT}",
+    }

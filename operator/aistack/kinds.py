@@ -1,0 +1,48 @@
+"""Every Kubernetes kind the operator reads or writes, listed once.
+
+The plan (apply and delete order), the API client (URL paths) and the kopf handlers (which
+kinds to watch and cache as children of a stack) all read this table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aistack.api.v1alpha1 import GROUP, VERSION
+
+
+@dataclass(frozen=True)
+class Kind:
+    kind: str
+    group: str  # "" for the core API
+    version: str
+    plural: str
+    namespaced: bool = True
+    #: Rendered for a stack: watched, cached per stack, planned, owned.
+    child: bool = False
+
+    @property
+    def api_prefix(self) -> str:
+        return f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+
+    @property
+    def resource(self) -> tuple[str, str, str]:
+        """(group, version, plural), as kopf names a resource."""
+        return (self.group, self.version, self.plural)
+
+
+#: Children first, in the order they are applied (isolation first, storage and config
+#: before the workloads that mount them; deleted in the reverse order).
+KINDS: tuple[Kind, ...] = (
+    Kind("NetworkPolicy", "networking.k8s.io", "v1", "networkpolicies", child=True),
+    Kind("PersistentVolumeClaim", "", "v1", "persistentvolumeclaims", child=True),
+    Kind("ConfigMap", "", "v1", "configmaps", child=True),
+    Kind("Service", "", "v1", "services", child=True),
+    Kind("Deployment", "apps", "v1", "deployments", child=True),
+    Kind("Event", "", "v1", "events"),
+    Kind("AIStack", GROUP, VERSION, "aistacks"),
+    Kind("LicensePolicy", GROUP, VERSION, "licensepolicies", namespaced=False),
+)
+BY_KIND: dict[str, Kind] = {k.kind: k for k in KINDS}
+#: The kinds a stack's children have, in apply order.
+CHILD_KINDS: tuple[Kind, ...] = tuple(k for k in KINDS if k.child)
