@@ -403,7 +403,8 @@ def test_an_invalid_spec_reaches_the_current_generation() -> None:
     assert [c for c in kube.calls if c[0] == "event"] == []
 
 
-def test_the_queue_respects_the_backoff_whatever_the_watch_says() -> None:
+def _failing_once() -> tuple[list[float], StackQueue]:
+    """A queue whose first reconcile fails (backoff 1 s); the times of the reconciles."""
     calls: list[float] = []
 
     def reconcile(key: tuple[str, str], v: StackView) -> Any:
@@ -412,9 +413,13 @@ def test_the_queue_respects_the_backoff_whatever_the_watch_says() -> None:
             raise ReconcileError("boom")
         return Result()
 
-    async def scenario() -> None:
-        queue = StackQueue(reconcile, lambda key: StackView(stack=None), debounce=0.01,
-                           resync=None)  # fmt: skip
+    queue = StackQueue(reconcile, lambda key: StackView(stack=None), debounce=0.01, resync=None)
+    return calls, queue
+
+
+def test_the_queue_respects_the_backoff_whatever_the_watch_says() -> None:
+    async def scenario() -> list[float]:
+        calls, queue = _failing_once()
         queue.request(KEY)
         await asyncio.sleep(0.1)
         for _ in range(20):  # pod and child events during the 1 s backoff
@@ -422,32 +427,25 @@ def test_the_queue_respects_the_backoff_whatever_the_watch_says() -> None:
             await asyncio.sleep(0.02)
         assert len(calls) == 1, "watch events wait out the backoff"
         await asyncio.sleep(1.0)
-        assert len(calls) == 2 and calls[1] - calls[0] >= 1.0
         await queue.close()
+        return calls
 
-    asyncio.run(scenario())
+    calls = asyncio.run(scenario())
+    assert len(calls) == 2 and calls[1] - calls[0] >= 1.0
 
 
 def test_a_spec_change_is_reconciled_at_once_even_in_backoff() -> None:
-    calls: list[float] = []
-
-    def reconcile(key: tuple[str, str], v: StackView) -> Any:
-        calls.append(time.monotonic())
-        if len(calls) == 1:
-            raise ReconcileError("boom")
-        return Result()
-
-    async def scenario() -> None:
-        queue = StackQueue(reconcile, lambda key: StackView(stack=None), debounce=0.01,
-                           resync=None)  # fmt: skip
+    async def scenario() -> list[float]:
+        calls, queue = _failing_once()
         queue.request(KEY)
         await asyncio.sleep(0.1)
         queue.request(KEY, spec_changed=True)  # the user's fix
         await asyncio.sleep(0.1)
-        assert len(calls) == 2 and calls[1] - calls[0] < 0.5
         await queue.close()
+        return calls
 
-    asyncio.run(scenario())
+    calls = asyncio.run(scenario())
+    assert len(calls) == 2 and calls[1] - calls[0] < 0.5
 
 
 def test_the_resync_reconciles_again_without_events_and_writes_nothing() -> None:

@@ -190,18 +190,6 @@ def _model_state(stack: AIStack, model: ModelSpec, observed: Observed) -> tuple[
 # ---------------------------------------------------------------- conditions
 
 
-def _condition(
-    ctype: str,
-    ok: bool,
-    reason: str,
-    message: str,
-    generation: int | None,
-    previous: Mapping[str, Condition],
-    now: str,
-) -> Condition:
-    return condition(ctype, ok, reason, message, generation=generation, previous=previous, now=now)
-
-
 def _part_condition(
     ctype: str,
     enabled: bool,
@@ -212,9 +200,10 @@ def _part_condition(
     now: str,
 ) -> Condition:
     if not enabled or state is None:
-        return _condition(ctype, True, "Disabled", f"{what} is disabled", generation, previous, now)
-    msg = f"{what}: {state.message}"
-    return _condition(ctype, state.is_ready, state.reason, msg, generation, previous, now)
+        ok, reason, msg = True, "Disabled", f"{what} is disabled"
+    else:
+        ok, reason, msg = state.is_ready, state.reason, f"{what}: {state.message}"
+    return condition(ctype, ok, reason, msg, generation=generation, previous=previous, now=now)
 
 
 @dataclass
@@ -376,7 +365,9 @@ def compute_status(
     spec = stack.spec
 
     def cond(ctype: str, ok: bool, reason: str, message: str) -> Condition:
-        return _condition(ctype, ok, reason, message, generation, previous, now)
+        return condition(
+            ctype, ok, reason, message, generation=generation, previous=previous, now=now
+        )
 
     models = _models(stack, verdicts, observed, config)
     conditions = [
