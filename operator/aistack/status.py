@@ -25,7 +25,7 @@ from aistack.conditions import condition, previous_of
 from aistack.licenses import LicenseVerdict
 from aistack.render import COMPONENTS, RenderConfig, endpoints
 from aistack.render.components import MODELS
-from aistack.render.render import model_url
+from aistack.render.render import model_group_workloads, model_url, model_workloads
 
 Obj = Mapping[str, Any]
 Phase = Literal["Pending", "Progressing", "Ready", "Degraded", "Blocked"]
@@ -169,21 +169,17 @@ def _model_state(stack: AIStack, model: ModelSpec, observed: Observed) -> tuple[
     """State of a model's servers and the number of replicas (groups) that serve."""
     stack_name = stack.metadata.name
     selector = names.selector_labels(stack_name, "model-server", model=model.name)
+    state = part_state(model_workloads(stack_name, model), selector, observed)
     if not model.multi_node:
-        state = part_state([names.model_base(stack_name, model.name)], selector, observed)
         return state, state.ready
-    serving = 0
-    deployments: list[str] = []
-    for g in range(model.replicas):
-        group = [
-            names.model_group_leader(stack_name, model.name, g),
-            names.model_group_workers(stack_name, model.name, g),
-        ]
-        deployments += group
-        group_selector = dict(selector, **{names.GROUP_LABEL: str(g)})
-        if part_state(group, group_selector, observed).is_ready:
-            serving += 1
-    state = part_state(deployments, selector, observed)
+    serving = sum(
+        part_state(
+            model_group_workloads(stack_name, model, g),
+            dict(selector, **{names.GROUP_LABEL: str(g)}),
+            observed,
+        ).is_ready
+        for g in range(model.replicas)
+    )
     return state, serving
 
 

@@ -581,17 +581,19 @@ def render_yaml(manifests: list[Manifest]) -> str:
     return dump_all(manifests)
 
 
+def model_group_workloads(stack_name: str, model: ModelSpec, group: int) -> list[str]:
+    """The Deployments of one replica group of a multi-node model: leader and workers."""
+    return [
+        names.model_group_leader(stack_name, model.name, group),
+        names.model_group_workers(stack_name, model.name, group),
+    ]
+
+
 def model_workloads(stack_name: str, model: ModelSpec) -> list[str]:
     """A model's Deployments: its server, or a leader and workers per replica group."""
     if not model.multi_node:
         return [names.model_base(stack_name, model.name)]
-    out: list[str] = []
-    for g in range(model.replicas):
-        out += [
-            names.model_group_leader(stack_name, model.name, g),
-            names.model_group_workers(stack_name, model.name, g),
-        ]
-    return out
+    return [d for g in range(model.replicas) for d in model_group_workloads(stack_name, model, g)]
 
 
 def gateway_endpoints(stack: AIStack, config: RenderConfig) -> dict[str, str]:
