@@ -25,13 +25,13 @@ class CardLicense:
 class HubUnavailable(Exception):
     """The hub gave no answer this time (timeout, network, 5xx, rate limit): a transient
     failure, never a permission and never a reason to stop a model that runs.
-    ``last`` is the hub's last answer for the same card, when there was one."""
+    ``last`` is the hub's last answer for the same card (None: no answer yet, or the
+    card named no license)."""
 
-    def __init__(self, reason: str, *, last: CardLicense | None = None, has_last: bool = False):
+    def __init__(self, reason: str, *, last: CardLicense | None = None):
         super().__init__(reason)
         self.reason = reason
         self.last = last
-        self.has_last = has_last
 
 
 class HubClient(Protocol):
@@ -107,9 +107,7 @@ class HfHub:
     def _unavailable(self, key: tuple[str, str | None], reason: str) -> HubUnavailable:
         with self._lock:
             last = self._answers.get(key)
-        if last is None:
-            return HubUnavailable(reason)
-        return HubUnavailable(reason, last=last[1], has_last=True)
+        return HubUnavailable(reason, last=None if last is None else last[1])
 
     def card_license(self, repo_id: str, revision: str | None) -> CardLicense | None:
         key = (repo_id, revision)

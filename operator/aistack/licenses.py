@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from enum import IntEnum
 from functools import cache, lru_cache
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from license_expression import (
@@ -280,7 +280,7 @@ def resolve(
             card = hub.card_license(model.source, model.revision)
         except HubUnavailable as exc:
             stale = exc.reason
-            kept = card_spdx(exc.last) if exc.has_last and exc.last is not None else last
+            kept = card_spdx(exc.last) if exc.last is not None else last
             if kept is not None:
                 found = _checked(model, kept, "Hub", f"{at}, as last read")
                 return replace(found, stale=f"{stale}; kept its last answer, {kept}")
@@ -365,7 +365,7 @@ def compile_policy(policy: LicensePolicy) -> tuple[CompiledPolicy, list[str]]:
 
 
 #: Enforcement modes; an unreadable policy keeps its mode when that much can be read.
-_MODES = ("Deny", "Warn", "DryRun")
+_MODES: tuple[Enforcement, ...] = get_args(Enforcement)
 
 
 def unreadable_policy(body: Mapping[str, Any], err: ValidationError) -> CompiledPolicy:
