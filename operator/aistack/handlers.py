@@ -14,7 +14,6 @@ import asyncio
 import atexit
 import copy
 import functools
-import json
 import logging
 import shutil
 import tempfile
@@ -61,10 +60,9 @@ class Runtime:
         self.indexes: dict[str, Any] = {}
         self.reconciler: Reconciler | None = None
         self.queue: StackQueue | None = None
-        #: Per stack, the generation (uid, metadata.generation) of its spec last seen.
+        #: Per stack and per policy, the generation of its spec last seen (``_generation``).
         self._stack_specs: dict[StackKey, tuple[str, int]] = {}
-        #: Per policy, what of it can change a verdict, as last seen (see policy_changed).
-        self._policy_specs: dict[str, str] = {}
+        self._policy_specs: dict[str, tuple[str, int]] = {}
 
     def start(self) -> None:
         s = self.settings
@@ -113,11 +111,7 @@ class Runtime:
         writes and the echo of our own writes do not change the generation."""
         if event_type == "DELETED":
             return self._stack_specs.pop(key, None) is not None
-        meta = body.get("metadata") or {}
-        seen = (str(meta.get("uid")), int(meta.get("generation") or 0))
-        before = self._stack_specs.get(key)
-        self._stack_specs[key] = seen
-        return before != seen
+        return _remember(self._stack_specs, key, _generation(body))
 
     def policy_changed(self, event_type: str | None, name: str, body: Any) -> bool:
         """Whether a policy's watch event can change a verdict: a new or deleted policy,
@@ -125,15 +119,7 @@ class Runtime:
         if event_type == "DELETED":
             self._policy_specs.pop(name, None)
             return True
-        meta = body.get("metadata") or {}
-        # The spec itself, not only the generation: a policy for a newer CRD may carry
-        # fields next to the spec that this operator reads too.
-        seen = json.dumps(
-            [meta.get("uid"), meta.get("generation"), body.get("spec")], sort_keys=True
-        )
-        before = self._policy_specs.get(name)
-        self._policy_specs[name] = seen
-        return before != seen
+        return _remember(self._policy_specs, name, _generation(body))
 
     def request_all(self) -> None:
         stacks = self.indexes.get("stack_index", {})
@@ -142,6 +128,21 @@ class Runtime:
 
 
 RUNTIME = Runtime()
+
+
+def _generation(body: Any) -> tuple[str, int]:
+    """An object's (uid, metadata.generation): the API server moves the generation at
+    every change but those of metadata and status, so it names the spec a watch event
+    carries (a deleted and recreated object has another uid)."""
+    meta = body.get("metadata") or {}
+    return str(meta.get("uid")), int(meta.get("generation") or 0)
+
+
+def _remember(seen: dict[Any, tuple[str, int]], key: Any, now: tuple[str, int]) -> bool:
+    """Record ``now`` for ``key``; whether it differs from what was recorded before."""
+    before = seen.get(key)
+    seen[key] = now
+    return before != now
 
 
 def use_settings(settings: OperatorSettings) -> Runtime:
