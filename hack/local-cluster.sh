@@ -225,13 +225,21 @@ KWOKCTL_WHAT=""
 
 now() { printf '%(%s)T' -1; }
 
+# pid_in_file COMPONENT: prints the pid kwokctl last wrote for COMPONENT (nothing
+# when it wrote none); whether that process lives is component_pid's question.
+pid_in_file() {
+  local f="$CLUSTER_DIR/pids/$1.pid" pid=""
+  if [[ -f $f ]]; then read -r pid <"$f" 2>/dev/null || true; fi  # no newline at the end
+  echo "$pid"
+}
+
 # component_pid COMPONENT: prints the pid of COMPONENT's live process (from
 # kwokctl's pid file); fails when there is none. An exited process that is not
 # reaped yet (a zombie, which kill -0 still finds) has an empty command line, a
 # recycled pid one that does not point into this cluster's dir.
 component_pid() {
-  local f="$CLUSTER_DIR/pids/$1.pid" pid="" args=()
-  if [[ -f $f ]]; then read -r pid <"$f" 2>/dev/null || true; fi  # no newline at the end
+  local pid args=()
+  pid=$(pid_in_file "$1")
   [[ $pid =~ ^[0-9]+$ ]] || return 1
   mapfile -d '' args 2>/dev/null </proc/"$pid"/cmdline || return 1
   [[ "${args[*]}" == *"$CLUSTER_DIR/"* ]] || return 1
@@ -284,11 +292,7 @@ launch() {
   KWOKCTL_WHAT=$1; shift
   local c pid missing
   declare -A before=()
-  for c in "${COMPONENTS[@]}"; do
-    pid=""
-    if [[ -f $CLUSTER_DIR/pids/$c.pid ]]; then read -r pid <"$CLUSTER_DIR/pids/$c.pid" || true; fi
-    before[$c]=$pid
-  done
+  for c in "${COMPONENTS[@]}"; do before[$c]=$(pid_in_file "$c"); done
   trap stop_kwokctl EXIT
   # 9>&-: the components must not inherit the lock (they would hold it for the
   # cluster's lifetime).
@@ -297,8 +301,7 @@ launch() {
   while :; do
     missing=""
     for c in "${COMPONENTS[@]}"; do
-      pid=""
-      if [[ -f $CLUSTER_DIR/pids/$c.pid ]]; then read -r pid <"$CLUSTER_DIR/pids/$c.pid" || true; fi
+      pid=$(pid_in_file "$c")
       if [[ -z $pid ]] || { [[ $pid == "${before[$c]}" ]] && ! component_pid "$c" >/dev/null; }; then
         missing+="$c "
       fi
