@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .PHONY: help venv lint unit e2e test crds check-crds demo demo-down cluster-tools clean \
-	chart chart-crds docs bench conformance conformance-envs gpu-smoke
+	chart chart-crds chart-images docs bench conformance conformance-envs gpu-smoke
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ chart: $(STAMP) cluster-tools ## helm lint and the chart's template tests (with 
 
 chart-crds: ## copy crds/ into the Helm chart (after `make crds`)
 	cp crds/*.yaml charts/aistack-operator/crds/
+
+chart-images: $(STAMP) ## rewrite the chart's image settings from the component registry
+	$(BIN)/python -m aistack.chartgen
 
 docs: $(STAMP) ## regenerate docs/api.md from the CRD schema
 	$(BIN)/python -m aistack.apidocs > docs/api.md

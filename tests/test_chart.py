@@ -536,9 +536,17 @@ def test_values_schema_catches_mistakes(helm: str, values: dict[str, Any], messa
         template(helm, values)
 
 
+def test_the_charts_image_settings_are_written_from_the_registry() -> None:
+    # values.yaml's images block, the schema's images and templates/_images.tpl are what
+    # `make chart-images` writes from the components registry.
+    from aistack import chartgen
+
+    assert chartgen.stale(CHART) == [], "run `make chart-images`"
+
+
 def test_the_charts_images_are_the_components_images() -> None:
     # The chart's `images.<key>` values become `--<key>-image`: its keys, in values.yaml,
-    # values.schema.json and the StatefulSet's arguments, are the components' image keys.
+    # values.schema.json and the arguments template, are the components' image keys.
     from aistack.render import COMPONENTS
 
     keys = {c.image for c in COMPONENTS}
@@ -547,5 +555,14 @@ def test_the_charts_images_are_the_components_images() -> None:
     assert set(values["images"]) == keys
     assert set(schema["properties"]["images"]["properties"]) == keys
     assert schema["properties"]["images"]["additionalProperties"] is False
-    template = (CHART / "templates" / "statefulset.yaml").read_text()
+    template = (CHART / "templates" / "_images.tpl").read_text()
     assert set(re.findall(r"--(\w+)-image=", template)) == keys
+
+
+def test_every_image_value_becomes_its_flag_in_registry_order(helm: str) -> None:
+    from aistack.render import COMPONENTS
+
+    images = {c.image: f"registry.local/{c.image}:1" for c in COMPONENTS}
+    args = container(template(helm, {"images": images}))["args"]
+    flags = [a for a in args if "-image=" in a]
+    assert flags == [f"--{c.image}-image=registry.local/{c.image}:1" for c in COMPONENTS]

@@ -189,7 +189,7 @@ def test_run_hands_its_settings_to_the_reconciler_and_the_webhook(
     settings = handlers.RUNTIME.settings
     assert (settings.workers, settings.api_qps, settings.api_burst) == (3, 5.0, 7)
     assert settings.kubeconfig == "/etc/kube.conf"
-    assert settings.config.vllm_image == "registry.local/vllm:1"
+    assert settings.config.images["vllm"] == "registry.local/vllm:1"
     assert isinstance(settings.hub, HfHub) and settings.hub.token == "hf_secret"
     handlers.RUNTIME.start()
     assert clients == [("/etc/kube.conf", 3)]

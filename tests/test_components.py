@@ -17,9 +17,8 @@ def test_names_conditions_and_images_are_unique_and_real() -> None:
     assert len({c.name for c in COMPONENTS}) == len(COMPONENTS)
     assert len({c.condition for c in COMPONENTS}) == len(COMPONENTS)
     assert len({c.image for c in COMPONENTS}) == len(COMPONENTS)
-    settings = RenderConfig.model_fields
-    for c in COMPONENTS:
-        assert c.image_setting in settings, f"{c.name}: RenderConfig has no {c.image_setting}"
+    assert len({c.program for c in COMPONENTS}) == len(COMPONENTS)
+    assert RenderConfig().images == {c.image: c.default_image for c in COMPONENTS}
     assert CONDITION_TYPES[2:] == tuple(c.condition for c in COMPONENTS)
 
 
@@ -58,3 +57,20 @@ def test_endpoints_are_fields_of_the_status() -> None:
     s = stack()
     for key in endpoints(s):
         assert any(f.alias == key or name == key for name, f in Endpoints.model_fields.items()), key
+
+
+def test_operator_images_override_the_built_in_defaults_and_unknown_keys_are_refused() -> None:
+    config = RenderConfig(images={"ray": "registry.local/ray:1", "vllm": ""})
+    assert config.images["ray"] == "registry.local/ray:1"
+    assert config.images["vllm"] == next(c for c in COMPONENTS if c.image == "vllm").default_image
+    with pytest.raises(ValueError, match="qdrant is not a component's image key"):
+        RenderConfig(images={"qdrant": "qdrant/qdrant:1"})
+
+
+def test_a_part_name_fits_beside_the_longest_stack_name() -> None:
+    from aistack import names
+
+    longest = "s" * names.STACK_NAME_MAX
+    assert len(names.part(longest, "p" * names.PART_MAX)) == names.DNS_LABEL_MAX
+    with pytest.raises(ValueError, match="not 1 to 22 characters"):
+        names.part(longest, "p" * (names.PART_MAX + 1))

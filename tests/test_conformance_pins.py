@@ -9,18 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from aistack.render import config
+from aistack.render.components import COMPONENTS, VERSIONS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "conformance"))
 import envs
 
-# component environment -> (package pinned in it, version pin, default image)
-PINS = {
-    "vllm": ("vllm", config.VLLM_VERSION, config.DEFAULT_VLLM_IMAGE),
-    "ray": ("ray", config.RAY_VERSION, config.DEFAULT_RAY_IMAGE),
-    "mlflow": ("mlflow", config.MLFLOW_VERSION, config.DEFAULT_MLFLOW_IMAGE),
-    "litellm": ("litellm", config.LITELLM_VERSION, config.DEFAULT_GATEWAY_IMAGE),
-}
+# component environment -> (package pinned in it, version pin, default image): one per
+# component of the registry, so a new component needs its environment.
+PINS = {c.program: (c.program, c.version, c.default_image) for c in COMPONENTS}
 
 
 @pytest.mark.parametrize("component", sorted(PINS))
@@ -31,8 +27,8 @@ def test_environment_runs_the_default_image_version(component: str) -> None:
 
 # Environments of images built on the defaults: each program at the same pin.
 DERIVED = {
-    "vllm-ray": {"vllm": config.VLLM_VERSION, "ray": config.RAY_VERSION},
-    "mlflow-full": {"mlflow": config.MLFLOW_VERSION},
+    "vllm-ray": {"vllm": VERSIONS["vllm"], "ray": VERSIONS["ray"]},
+    "mlflow-full": {"mlflow": VERSIONS["mlflow"]},
 }
 
 

@@ -387,7 +387,7 @@ def test_mlflow_external_stores_come_from_secrets() -> None:
 
 
 def test_images_come_from_spec_then_operator_config() -> None:
-    config = RenderConfig(vllm_image="registry.local/vllm:1")
+    config = RenderConfig(images={"vllm": "registry.local/vllm:1"})
     s = stack(
         models=[{"name": "a", "source": "o/a"}, {"name": "b", "source": "o/b", "image": "mine:2"}]
     )

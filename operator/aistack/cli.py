@@ -227,10 +227,7 @@ def _hub() -> HfHub:
 def _run_settings(args: argparse.Namespace) -> OperatorSettings:
     defaults = RenderConfig()
     config = RenderConfig(
-        **{
-            c.image_setting: getattr(args, c.image_setting) or getattr(defaults, c.image_setting)
-            for c in COMPONENTS
-        },
+        images={c.image: getattr(args, f"{c.image}_image") for c in COMPONENTS},
         cluster_domain=args.cluster_domain or defaults.cluster_domain,
     )
     return OperatorSettings(
@@ -454,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
             f"--{component.image}-image",
             metavar="IMAGE",
             help=f"default image of {component.title} for stacks that name none "
-            f"(default: {getattr(RenderConfig(), component.image_setting)})",
+            f"(default: {component.default_image})",
         )
     p_run.add_argument("--cluster-domain", help="cluster DNS domain (default: cluster.local)")
     p_run.add_argument(

@@ -38,6 +38,19 @@ _RAY_WORKER_PREFIX = "-ray-worker-"
 RAY_GROUP_BUDGET = DNS_LABEL_MAX - len(_RAY_WORKER_PREFIX)
 
 
+#: Longest ``<part>`` of a ``<stack>-<part>`` name, so that it fits with the longest stack.
+PART_MAX = DNS_LABEL_MAX - STACK_NAME_MAX - 1
+
+
+def part(stack: str, suffix: str) -> str:
+    """The name of a stack's object that is one per stack: ``<stack>-<suffix>``. A new
+    component names its objects with it (no edit here): a suffix too long to fit beside
+    the longest stack name fails the first time the component renders."""
+    if not 0 < len(suffix) <= PART_MAX:
+        raise ValueError(f"name part {suffix!r} is not 1 to {PART_MAX} characters")
+    return f"{stack}-{suffix}"
+
+
 def model_base(stack: str, model: str) -> str:
     """Deployment and Service of a model served on one node per replica."""
     return f"{stack}{_MODEL_PREFIX}{model}"
@@ -61,7 +74,7 @@ def model_group_workers(stack: str, model: str, group: int) -> str:
 
 
 def ray_head(stack: str) -> str:
-    return f"{stack}-ray-head"
+    return part(stack, "ray-head")
 
 
 def ray_worker(stack: str, group: str) -> str:
@@ -69,24 +82,24 @@ def ray_worker(stack: str, group: str) -> str:
 
 
 def mlflow(stack: str) -> str:
-    return f"{stack}-mlflow"
+    return part(stack, "mlflow")
 
 
 def mlflow_data(stack: str) -> str:
-    return f"{stack}-mlflow-data"
+    return part(stack, "mlflow-data")
 
 
 def gateway(stack: str) -> str:
-    return f"{stack}-gateway"
+    return part(stack, "gateway")
 
 
 def gateway_config(stack: str) -> str:
-    return f"{stack}-gateway-config"
+    return part(stack, "gateway-config")
 
 
 def network_internal(stack: str) -> str:
     """NetworkPolicy of every part but the gateway: only the stack itself may connect."""
-    return f"{stack}-internal"
+    return part(stack, "internal")
 
 
 def selector_labels(stack: str, component: str, **extra: str) -> dict[str, str]:

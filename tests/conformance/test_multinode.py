@@ -50,7 +50,7 @@ from fixtures_ray import with_hosts
 from fixtures_vllm import VLLM_ENV, model_and_revision, seed_hf_cache, vllm_check
 from harness import Running, run_quiet
 
-from aistack.render import config
+from aistack.render.components import DEFAULT_IMAGES, VERSIONS
 
 #: The environment of images/vllm-ray/Dockerfile (the default vLLM image plus Ray).
 VLLM_RAY_ENV = "vllm-ray"
@@ -353,10 +353,10 @@ def test_vllm_ray_image_matches_the_stack_and_its_environment() -> None:
     # The Dockerfile builds on the default vLLM image at the stack's vLLM version and adds
     # the stack's Ray version; envs/vllm-ray.txt (what the test above runs) pins the same.
     args = _dockerfile_args()
-    assert args["VLLM_VERSION"] == config.VLLM_VERSION == envs.pinned(VLLM_RAY_ENV, "vllm")
-    assert args["RAY_VERSION"] == config.RAY_VERSION == envs.pinned(VLLM_RAY_ENV, "ray")
+    assert args["VLLM_VERSION"] == VERSIONS["vllm"] == envs.pinned(VLLM_RAY_ENV, "vllm")
+    assert args["RAY_VERSION"] == VERSIONS["ray"] == envs.pinned(VLLM_RAY_ENV, "ray")
     base = re.search(r"^FROM (\S+)$", DOCKERFILE.read_text(), flags=re.MULTILINE)
     assert base is not None
     image = base.group(1).replace("${VLLM_VERSION}", args["VLLM_VERSION"])
-    assert image == config.DEFAULT_VLLM_IMAGE
+    assert image == DEFAULT_IMAGES["vllm"]
     assert envs.files("vllm")[0] in envs.files(VLLM_RAY_ENV)

@@ -18,7 +18,8 @@ from fixtures_ray import CPU_WORKER, HEAD, RAY_EXAMPLE, RayCluster, session_logs
 from harness import HostMap
 
 from aistack.cli import load_stacks
-from aistack.render import config, endpoints
+from aistack.render import endpoints
+from aistack.render.components import VERSIONS
 
 
 def stack_endpoints() -> dict[str, str]:
@@ -218,7 +219,7 @@ def test_job_logs_to_rendered_mlflow_with_documented_runtime_env(
         "mlflow.end_run(); print('run', r.info.run_id)\""
     )
     # What docs/ tell users: the image has no MLflow client; add it to the job.
-    runtime_env = {"pip": [f"mlflow-skinny=={config.MLFLOW_VERSION}"]}
+    runtime_env = {"pip": [f"mlflow-skinny=={VERSIONS['mlflow']}"]}
     result = submit_job(ray_cluster, hosts, entry, runtime_env=runtime_env)
     assert result["status"] == "SUCCEEDED", result
     runs = ray_mlflow.run_client(

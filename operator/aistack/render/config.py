@@ -7,21 +7,10 @@ a fixed image names it in its spec.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from collections.abc import Mapping
+from typing import Any
 
-#: The program version of each default image: one pin per component. The conformance
-#: suite (tests/conformance) runs exactly these versions, and a unit test fails when its
-#: environments (tests/conformance/envs/*.txt) and these pins drift apart. A version moves
-#: only when the suite passes at the new one.
-VLLM_VERSION = "0.34.0"
-RAY_VERSION = "2.60.0"
-MLFLOW_VERSION = "3.17.2"
-LITELLM_VERSION = "1.110.2"
-
-DEFAULT_VLLM_IMAGE = f"vllm/vllm-openai:v{VLLM_VERSION}"
-DEFAULT_RAY_IMAGE = f"rayproject/ray:{RAY_VERSION}-py311"
-DEFAULT_MLFLOW_IMAGE = f"ghcr.io/mlflow/mlflow:v{MLFLOW_VERSION}"
-DEFAULT_GATEWAY_IMAGE = f"ghcr.io/berriai/litellm:v{LITELLM_VERSION}"
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class RenderConfig(BaseModel):
@@ -29,12 +18,30 @@ class RenderConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    vllm_image: str = DEFAULT_VLLM_IMAGE
-    ray_image: str = DEFAULT_RAY_IMAGE
-    mlflow_image: str = DEFAULT_MLFLOW_IMAGE
-    gateway_image: str = DEFAULT_GATEWAY_IMAGE
+    #: The default image of each component, by its image key (``Component.image``): the
+    #: ones given here, and the component's built-in default for the others. A key that
+    #: names no component is refused.
+    images: Mapping[str, str] = Field(default_factory=dict)
     cluster_domain: str = "cluster.local"
     #: MLflow experiment that the gateway's and the model servers' OTLP traces go to, by id
     #: (MLflow's OTLP endpoint takes an id, not a name). "0" is the Default experiment,
     #: which every MLflow server has; each stack has its own MLflow, so it is the stack's.
     mlflow_trace_experiment_id: str = "0"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_images(cls, data: Any) -> Any:
+        # The registry describes each component's default image, and it imports this
+        # module; so it is read here, when a config is built, not when this is imported.
+        from aistack.render.components import DEFAULT_IMAGES
+
+        if not isinstance(data, dict):
+            return data
+        given = dict(data.get("images") or {})
+        unknown = sorted(set(given) - set(DEFAULT_IMAGES))
+        if unknown:
+            raise ValueError(
+                f"images: {', '.join(unknown)} is not a component's image key "
+                f"(known: {', '.join(DEFAULT_IMAGES)})"
+            )
+        return {**data, "images": {**DEFAULT_IMAGES, **{k: v for k, v in given.items() if v}}}
