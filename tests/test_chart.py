@@ -43,6 +43,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "webhook-off": {"webhook": {"enabled": False}},
     "two-replicas": {"replicaCount": 2},
     "license-policy": {"licensePolicy": {"installDefault": True}},
+    "network-policy": {"networkPolicy": {"enabled": True}},
     "everything": {
         "replicaCount": 2,
         "watchNamespaces": ["ml"],
@@ -57,6 +58,22 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "priorityClassName": "system-cluster-critical",
         "podAnnotations": {"example.com/scrape": "false"},
         "serviceAccount": {"annotations": {"example.com/role": "operator"}},
+        "networkPolicy": {
+            "enabled": True,
+            "webhookFrom": [{"ipBlock": {"cidr": "10.0.0.0/24", "except": ["10.0.0.9/32"]}}],
+            "monitoringFrom": [
+                {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}
+                    },
+                    "podSelector": {
+                        "matchExpressions": [
+                            {"key": "app", "operator": "In", "values": ["prometheus"]}
+                        ]
+                    },
+                }
+            ],
+        },
     },
 }
 
@@ -76,6 +93,7 @@ ALLOWED: set[tuple[str, str, str]] = {
             ("", "configmaps"),
             ("", "persistentvolumeclaims"),
             ("networking.k8s.io", "networkpolicies"),
+            ("policy", "poddisruptionbudgets"),
         )
         for v in ("list", "watch", "create", "patch", "delete")
     },
@@ -376,6 +394,98 @@ def test_more_than_one_replica_without_peering_is_refused(helm: str) -> None:
         template(helm, {"replicaCount": 2, "peering": {"enabled": False}})
 
 
+def selects_the_operator_pods(selector: dict[str, Any], objs: list[dict[str, Any]]) -> bool:
+    """The selector is the StatefulSet's own, and its pods carry those labels."""
+    sts = one(objs, "StatefulSet")
+    pod_labels = sts["spec"]["template"]["metadata"]["labels"]
+    return selector == sts["spec"]["selector"] and selector["matchLabels"].items() <= (
+        pod_labels.items()
+    )
+
+
+def test_a_disruption_budget_exactly_when_there_is_more_than_one_replica(
+    helm: str, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    # One replica gets none: a budget could only block node drains or allow everything.
+    for variant, objs in rendered.items():
+        replicas = one(objs, "StatefulSet")["spec"]["replicas"]
+        assert len(by_kind(objs, "PodDisruptionBudget")) == (replicas > 1), variant
+    assert by_kind(rendered["default"], "PodDisruptionBudget") == []
+    # More than one: a drain evicts them one at a time, so one replica stays up to serve the
+    # fail-closed webhook; a replica that is not ready never holds a drain up.
+    for objs in (rendered["two-replicas"], template(helm, {"replicaCount": 3})):
+        pdb = one(objs, "PodDisruptionBudget")
+        assert pdb["apiVersion"] == "policy/v1"
+        assert pdb["metadata"]["namespace"] == NAMESPACE
+        assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
+        assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+        assert selects_the_operator_pods(pdb["spec"]["selector"], objs)
+
+
+def test_the_network_policy_is_opt_in(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for variant, objs in rendered.items():
+        enabled = VARIANTS[variant].get("networkPolicy", {}).get("enabled", False)
+        assert len(by_kind(objs, "NetworkPolicy")) == enabled, variant
+    assert by_kind(rendered["default"], "NetworkPolicy") == []
+
+
+def test_the_network_policy_admits_webhook_calls_from_anywhere_by_default(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    objs = rendered["network-policy"]
+    policy = one(objs, "NetworkPolicy")
+    assert policy["metadata"]["namespace"] == NAMESPACE
+    spec = policy["spec"]
+    assert selects_the_operator_pods(spec["podSelector"], objs)
+    assert spec["policyTypes"] == ["Ingress"]  # egress untouched
+    # Where the API server's calls come from depends on the cluster: a rule without `from`
+    # admits any source. The health port gets no rule: only the pod's node (the kubelet).
+    assert spec["ingress"] == [{"ports": [{"port": 9443, "protocol": "TCP"}]}]
+    webhook_port = next(p for p in container(objs)["ports"] if p["name"] == "webhook")
+    assert webhook_port["containerPort"] == 9443
+
+
+def test_the_network_policy_admits_the_configured_peers(
+    helm: str, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    values = VARIANTS["everything"]["networkPolicy"]
+    objs = rendered["everything"]
+    spec = one(objs, "NetworkPolicy")["spec"]
+    assert selects_the_operator_pods(spec["podSelector"], objs)
+    assert spec["policyTypes"] == ["Ingress"]
+    assert spec["ingress"] == [
+        {"ports": [{"port": 9443, "protocol": "TCP"}], "from": values["webhookFrom"]},
+        {"ports": [{"port": 8080, "protocol": "TCP"}], "from": values["monitoringFrom"]},
+    ]
+    # The ports follow their values, and each is a port of the operator's container.
+    moved = {
+        "webhook": {"port": 8443},
+        "healthPort": 8081,
+        "networkPolicy": {"enabled": True, "monitoringFrom": values["monitoringFrom"]},
+    }
+    objs = template(helm, moved)
+    rules = one(objs, "NetworkPolicy")["spec"]["ingress"]
+    assert [[p["port"] for p in r["ports"]] for r in rules] == [[8443], [8081]]
+    assert "from" not in rules[0] and rules[1]["from"] == values["monitoringFrom"]
+    container_ports = {p["containerPort"] for p in container(objs)["ports"]}
+    assert {p["port"] for r in rules for p in r["ports"]} <= container_ports
+
+
+def test_the_network_policy_without_the_webhook(helm: str) -> None:
+    peers = [{"namespaceSelector": {"matchLabels": {"team": "monitoring"}}}]
+    for monitoring, ingress in (
+        ([], []),  # nothing to serve: no ingress at all
+        (peers, [{"ports": [{"port": 8080, "protocol": "TCP"}], "from": peers}]),
+    ):
+        values = {
+            "webhook": {"enabled": False},
+            "networkPolicy": {"enabled": True, "monitoringFrom": monitoring},
+        }
+        policy = one(template(helm, values), "NetworkPolicy")
+        kubernetes_validate.validate(policy, K8S_VERSION, strict=True)
+        assert policy["spec"]["ingress"] == ingress
+
+
 def test_the_webhook_wiring(rendered: dict[str, list[dict[str, Any]]]) -> None:
     objs = rendered["default"]
     hook = one(objs, "ValidatingWebhookConfiguration")["webhooks"][0]
@@ -529,6 +639,36 @@ def test_rendering_is_fast(helm: str) -> None:
         ({"webhook": {"failurePolicy": "Sometimes"}}, "value must be one of 'Fail', 'Ignore'"),
         ({"watchNamespaces": ["Team_A"]}, "/watchNamespaces/0"),
         ({"replicaCount": 0}, "/replicaCount"),
+        ({"networkPolicy": {"enable": True}}, "additional properties 'enable' not allowed"),
+        ({"networkPolicy": {"webhookFrom": [{}]}}, "minProperties: got 0, want 1"),
+        (
+            {"networkPolicy": {"monitoringFrom": [{"namespaceSelecter": {}}]}},
+            "additional properties 'namespaceSelecter' not allowed",
+        ),
+        (
+            # Kubernetes refuses an ipBlock beside a selector in the same peer.
+            {
+                "networkPolicy": {
+                    "webhookFrom": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]
+                }
+            },
+            "maxProperties: got 2, want 1",
+        ),
+        ({"networkPolicy": {"webhookFrom": [{"ipBlock": {}}]}}, "missing property 'cidr'"),
+        (
+            {
+                "networkPolicy": {
+                    "monitoringFrom": [
+                        {
+                            "podSelector": {
+                                "matchExpressions": [{"key": "app", "operator": "Equals"}]
+                            }
+                        }
+                    ]
+                }
+            },
+            "/networkPolicy/monitoringFrom/0/podSelector/matchExpressions/0/operator",
+        ),
     ],
 )
 def test_values_schema_catches_mistakes(helm: str, values: dict[str, Any], message: str) -> None:

@@ -93,6 +93,9 @@ refused request.
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [list, watch, create, patch, delete]
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [list, watch, create, patch, delete]
 # Pods of the stacks: read only, to say why a model is not ready (Unschedulable, ...).
 - apiGroups: [""]
   resources: [pods]
