@@ -49,7 +49,7 @@ def test_a_disabled_part_renders_nothing_and_has_no_endpoint() -> None:
         ("ConfigMap", "demo-gateway-config"),
         ("Deployment", "demo-gateway"),
         ("Service", "demo-gateway"),
-    }, "only the gateway: no <stack>-internal policy when no part admits the stack's pods"
+    }, "only the gateway and its policy"
     assert set(endpoints(s)) == {"gateway"}
 
 

@@ -115,8 +115,8 @@ def test_first_reconcile_applies_everything_then_converges_quietly() -> None:
     result = rec.reconcile_once(KEY, StackView(stack=stack))
     assert result is not None and result.error is None
     assert (
-        len(result.applied) == len(kube.objects) == 12
-    )  # 4 Deployments, 4 Services, PVC, ConfigMap
+        len(result.applied) == len(kube.objects) == 14
+    )  # 4 Deployments, 4 Services, PVC, ConfigMap, 4 NetworkPolicies (one per part)
     assert result.status_written
     assert kube.status is not None and kube.status["phase"] == "Progressing"
     events = [c[1] for c in kube.calls if c[0] == "event"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -72,7 +73,7 @@ def admits(
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_every_pod_is_covered_by_exactly_one_policy(path: Any) -> None:
+def test_every_pod_is_covered_by_its_parts_policy(path: Any) -> None:
     s = example(path)
     out = render(s, {m.name: True for m in s.spec.models})
     assert policies(out), "NetworkPolicies are on by default"
@@ -82,7 +83,9 @@ def test_every_pod_is_covered_by_exactly_one_policy(path: Any) -> None:
             for p in policies(out)
             if selects(p["spec"]["podSelector"], labels)
         ]
-        assert len(chosen) == 1, (name, chosen)
+        in_group = "aistack.dev/group" in labels
+        # Its part's policy, and its replica group's for a pod of a multi-node model.
+        assert len(chosen) == (2 if in_group else 1), (name, chosen)
     for p in policies(out):
         kubernetes_validate.validate(p, K8S_VERSION, strict=True)
 
@@ -99,10 +102,86 @@ def test_only_the_gateway_is_reachable_from_outside_the_stack() -> None:
     for name, labels in by_name.items():
         if name == "demo-gateway":
             continue
-        assert not admits(out, labels, stranger, 8000), name
-        assert not admits(out, labels, neighbour, 8000), f"{name} open to another stack"
-        assert admits(out, labels, gateway, 8000), f"{name} closed to its own gateway"
-        assert admits(out, labels, by_name["demo-ray-head"], 6379), name
+        for port in (8000, 5000, 6379, 8265):
+            assert not admits(out, labels, stranger, port), (name, port)
+            assert not admits(out, labels, neighbour, port), f"{name}:{port} open to another stack"
+
+
+# The stack the table of docs/security.md is about: one pod per role it names.
+TABLE_STACK = {
+    "models": [
+        {"name": "chat", "source": "org/chat", "replicas": 2},
+        {"name": "big", "source": "org/big", "nodes": 2, "replicas": 2, "image": "vllm-ray:1"},
+    ],
+    "ray": {"workerGroups": [{"name": "cpu", "replicas": 1}]},
+    "network": {"allowFrom": [{"podSelector": {"matchLabels": {"app": "notebook"}}}]},
+}
+ROLES = {
+    "gateway": "demo-gateway",
+    "model server": "demo-vllm-chat",
+    "multi-node leader (group 0)": "demo-vllm-big-g0-leader",
+    "multi-node worker (group 0)": "demo-vllm-big-g0-worker",
+    "multi-node worker (group 1)": "demo-vllm-big-g1-worker",
+    "Ray head": "demo-ray-head",
+    "Ray worker": "demo-ray-worker-cpu",
+    "MLflow": "demo-mlflow",
+}
+OUTSIDERS = {
+    "allowFrom peer": {"app": "notebook"},
+    "other pod in the namespace": {"app": "somebody-else"},
+    "another stack's gateway": {
+        "aistack.dev/stack": "other", "app.kubernetes.io/component": "gateway"
+    },
+}  # fmt: skip
+SECURITY_MD = Path(__file__).resolve().parents[1] / "docs" / "security.md"
+
+
+def reachability_table() -> list[tuple[str, str, int, bool]]:
+    """(source, destination, port, allowed) for every row of docs/security.md's table."""
+    rows = []
+    for line in SECURITY_MD.read_text().splitlines():
+        m = re.fullmatch(r"\| (.+?) \| (.+?):(\d+) \| (yes|no) \|", line)
+        if m:
+            rows.append((m[1], m[2], int(m[3]), m[4] == "yes"))
+    return rows
+
+
+def test_the_documented_reachability_table_is_what_the_policies_do() -> None:
+    rows = reachability_table()
+    assert len(rows) >= 30, "docs/security.md lost its table"
+    s = stack(**TABLE_STACK)
+    out = render(s, {m.name: True for m in s.spec.models})
+    by_name = pods(out)
+    labels = {role: by_name[name] for role, name in ROLES.items()} | OUTSIDERS
+    wrong = [
+        f"{src} -> {dst}:{port}: documented {'yes' if ok else 'no'}"
+        for src, dst, port, ok in rows
+        if admits(out, labels[dst], labels[src], port) != ok
+    ]
+    assert wrong == []
+    # The rows that matter most, whatever else the table says.
+    assert ("gateway", "Ray head", 8265, False) in rows
+    assert ("gateway", "multi-node leader (group 0)", 8265, False) in rows
+    assert ("multi-node worker (group 1)", "multi-node leader (group 0)", 6379, False) in rows
+
+
+def test_a_part_reached_by_nobody_admits_nothing() -> None:
+    # Ray alone (no allowFrom): its own pods only; and a policy without rules stays a
+    # policy without rules (an empty `from` would admit everyone).
+    s = stack(models=[], mlflow={"enabled": False}, gateway={"enabled": False})
+    out = render(s, {})
+    (ray,) = policies(out)
+    assert ray["spec"]["ingress"] == [
+        {"from": [{"podSelector": {"matchLabels": {
+            "aistack.dev/stack": "demo", "app.kubernetes.io/name": "ray"
+        }}}]}
+    ]  # fmt: skip
+    s = stack(models=[{"name": "m", "source": "org/m"}], ray={"enabled": False},
+              mlflow={"enabled": False}, gateway={"enabled": False})  # fmt: skip
+    (servers,) = policies(render(s, {"m": True}))
+    assert servers["spec"]["ingress"] == []
+    assert not admits(render(s, {"m": True}), pods(render(s, {"m": True}))["demo-vllm-m"],
+                      {"aistack.dev/stack": "demo"}, 8000)  # fmt: skip
 
 
 def test_peers_the_user_names_are_admitted_and_schema_valid() -> None:
@@ -113,11 +192,15 @@ def test_peers_the_user_names_are_admitted_and_schema_valid() -> None:
     ]}}  # fmt: skip
     s = stack(network={"allowFrom": [monitoring, notebooks], "gatewayFrom": [office]})
     out = render(s, {"m": True})
-    internal, gateway = policies(out)
-    for p in (internal, gateway):
+    by_name = {p["metadata"]["name"]: p for p in policies(out)}
+    for p in by_name.values():
         kubernetes_validate.validate(p, K8S_VERSION, strict=True)
-    assert internal["spec"]["ingress"][0]["from"][1:] == [monitoring, notebooks]
-    assert gateway["spec"]["ingress"][0]["from"][1:] == [monitoring, notebooks, office]
+    ray = by_name["demo-ray"]["spec"]["ingress"]
+    assert ray[0]["from"][1:] == [monitoring, notebooks], "allowFrom: every port"
+    mlflow = by_name["demo-tracking"]["spec"]["ingress"]
+    assert mlflow[-1] == {"from": [monitoring, notebooks]}, "allowFrom: every port"
+    gateway = by_name["demo-gateway"]["spec"]["ingress"]
+    assert gateway[0]["from"][1:] == [monitoring, notebooks, office]
     assert admits(out, pods(out)["demo-mlflow"], {"app": "jupyter"}, 5000)
     assert not admits(out, pods(out)["demo-gateway"], {"app": "somebody"}, GATEWAY_PORT)
 
@@ -129,7 +212,9 @@ def test_policies_can_be_turned_off() -> None:
 
 def test_no_gateway_no_gateway_policy() -> None:
     out = render(stack(gateway={"enabled": False}), {"m": True})
-    assert [p["metadata"]["name"] for p in policies(out)] == ["demo-internal"]
+    assert [p["metadata"]["name"] for p in policies(out)] == [
+        "demo-model-server", "demo-ray", "demo-tracking"
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(

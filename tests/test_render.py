@@ -246,7 +246,9 @@ def test_multi_node_model_is_a_leader_and_workers_per_group() -> None:
             f"--address=demo-vllm-huge-g{g}.ml.svc.cluster.local:6379"
             in container(workers)["args"][0]
         )
-        assert "readinessProbe" not in container(workers)
+        # Workers serve no API: ready (and alive) while their raylet is healthy.
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert container(workers)[probe]["httpGet"]["path"] == "/api/local_raylet_healthz"
         assert container(leader)["readinessProbe"]["httpGet"]["path"] == "/health"
     # Only leaders are behind the model's Service.
     selector = services["demo-vllm-huge"]["spec"]["selector"]

@@ -38,6 +38,7 @@ KINDS: tuple[Kind, ...] = (
     Kind("PersistentVolumeClaim", "", "v1", "persistentvolumeclaims", child=True),
     Kind("ConfigMap", "", "v1", "configmaps", child=True),
     Kind("Service", "", "v1", "services", child=True),
+    Kind("PodDisruptionBudget", "policy", "v1", "poddisruptionbudgets", child=True),
     Kind("Deployment", "apps", "v1", "deployments", child=True),
     Kind("Event", "", "v1", "events"),
     Kind("AIStack", GROUP, VERSION, "aistacks"),

@@ -97,11 +97,6 @@ def gateway_config(stack: str) -> str:
     return part(stack, "gateway-config")
 
 
-def network_internal(stack: str) -> str:
-    """NetworkPolicy of every part but the gateway: only the stack itself may connect."""
-    return part(stack, "internal")
-
-
 def selector_labels(stack: str, component: str, **extra: str) -> dict[str, str]:
     """Labels that select a part's pods. Deployment selectors are immutable: keep stable."""
     labels = {STACK_LABEL: stack, COMPONENT_LABEL: component}

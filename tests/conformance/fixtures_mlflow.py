@@ -8,6 +8,12 @@ One test-only translation beyond the harness': the container listens on ``--host
 which in a pod means "the pod's addresses". Here every server shares the machine, so the
 server listens on the address the :class:`HostMap` gives its Service instead (two
 rendered MLflow servers on port 5000 can then run at once). Nothing else is changed.
+
+The rendered container asks for ``readOnlyRootFilesystem: true``: the server then runs in a
+private mount namespace where every mount is read-only (this machine's root, the MLflow
+environment with it) but its writable volumes' directories
+(:func:`harness.read_only_root_argv`), and, as in the pod, without ``TMPDIR``: Python's
+temporary files go to ``/tmp``, i.e. to the ``/tmp`` volume's directory.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +131,10 @@ class MLflowServer:
     spec: ProcessSpec
     running: Running
     hosts: HostMap
+    #: the rendered container's readOnlyRootFilesystem, which the server ran under
+    read_only_root: bool = False
+    #: mountPath -> host directory: what the server could write (with a read-only root)
+    writable: dict[str, Path] = field(default_factory=dict)
 
     def client_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         home = (self.spec.workdir or Path("/tmp")) / "client-home"
@@ -180,13 +190,24 @@ def start_mlflow(
         secrets=secrets,
         secret_env_from=secret_env_from,
     )
+    argv = bind_to_pod_address(spec.argv, address)
+    read_only = harness.read_only_root(harness.container(manifests, deployment, MLFLOW_CONTAINER))
+    writable: dict[str, Path] = {}
+    extra_env: dict[str, str] = {}
+    if read_only:
+        writable = harness.writable_mounts(manifests, deployment, spec, MLFLOW_CONTAINER)
+        argv = harness.read_only_root_argv(argv, writable)
+        # The pod sets no TMPDIR (the harness' default is a directory of its own).
+        if "/tmp" in spec.mounts:
+            extra_env["TMPDIR"] = str(spec.host_path("/tmp"))
     running = harness.start(
         spec,
         name=f"{deployment}-{component}",
         bin_dir=envs.bin_dir(component),
         log_dir=log_dir,
         hosts=hosts,
-        argv=bind_to_pod_address(spec.argv, address),
+        extra_env=extra_env,
+        argv=argv,
     )
     try:
         for _kind, url in harness.probe_urls(manifests, deployment, address, MLFLOW_CONTAINER):
@@ -208,6 +229,8 @@ def start_mlflow(
         spec=spec,
         running=running,
         hosts=hosts,
+        read_only_root=read_only,
+        writable=writable,
     )
 
 

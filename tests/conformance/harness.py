@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -496,3 +497,109 @@ def start(
             start_new_session=True,
         )
     return Running(name=name, process=process, log=log)
+
+
+# --------------------------------------------------------------------------- read-only root
+
+#: Filesystems a container runtime provides itself (not the image's): left as they are.
+RUNTIME_FILESYSTEMS = ("/proc", "/sys", "/dev")
+
+
+def read_only_root(container: Mapping[str, Any]) -> bool:
+    """Whether the rendered container asks for ``readOnlyRootFilesystem: true``."""
+    return bool(container.get("securityContext", {}).get("readOnlyRootFilesystem", False))
+
+
+def writable_mounts(
+    manifests: Sequence[Manifest], deployment: str, spec: ProcessSpec, container_name: str
+) -> dict[str, Path]:
+    """``mountPath -> host directory`` of the container's writable volumes: every mount
+    but ``readOnly`` ones and ConfigMap, Secret and projected volumes (always read-only)."""
+    volumes = {v["name"]: v for v in pod_spec(manifests, deployment).get("volumes", [])}
+    out: dict[str, Path] = {}
+    for mount in container(manifests, deployment, container_name).get("volumeMounts", []):
+        volume = volumes[mount["name"]]
+        if mount.get("readOnly") or {"configMap", "secret", "projected"} & volume.keys():
+            continue
+        out[mount["mountPath"]] = spec.mounts[mount["mountPath"]]
+    return out
+
+
+def _mount_points(mountinfo: str) -> list[str]:
+    """Mount points of a ``/proc/<pid>/mountinfo``, in its order, escapes decoded."""
+    out = []
+    for line in mountinfo.splitlines():
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
+        out.append(point)
+    return out
+
+
+def _runtime_filesystem(point: str) -> bool:
+    return any(point == fs or point.startswith(fs + "/") for fs in RUNTIME_FILESYSTEMS)
+
+
+def read_only_root_argv(argv: Sequence[str], writable: Mapping[str, Path]) -> list[str]:
+    """``argv`` run in a private mount namespace where everything is read-only (the root,
+    every other mount, this machine's Python environments with them: the "image") except
+    ``writable`` (``mountPath -> host directory``, see :func:`writable_mounts`): each of
+    those host directories is bound onto itself, writable. ``/proc``, ``/sys`` and ``/dev``
+    stay as they are (a runtime provides its own). Needs root with ``unshare`` and
+    ``mount``; :func:`writable_mount_points` shows the result for a running process."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        raise RuntimeError(
+            "a container with readOnlyRootFilesystem runs in a private mount namespace with "
+            "a read-only root: that needs root with unshare and mount (util-linux)"
+        )
+    points = _mount_points(Path("/proc/self/mountinfo").read_text())
+    steps = ["set -e"]
+    for point in dict.fromkeys(p for p in points if not _runtime_filesystem(p)):
+        steps.append(f"mount -o remount,bind,ro {shlex.quote(point)}")
+    for path in dict.fromkeys(str(p) for p in writable.values()):
+        q = shlex.quote(path)
+        steps += [f"mount --bind {q} {q}", f"mount -o remount,bind,rw {q}"]
+    steps.append('exec "$@"')
+    script = "\n".join(steps) + "\n"
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *argv]
+
+
+def writable_mount_points(pid: int) -> list[str]:
+    """The mounts process ``pid`` sees writable, but ``/proc``, ``/sys`` and ``/dev``."""
+    out = []
+    text = Path(f"/proc/{pid}/mountinfo").read_text()
+    for line, point in zip(text.splitlines(), _mount_points(text), strict=True):
+        options = line.split()[5].split(",")
+        if "rw" in options and not _runtime_filesystem(point):
+            out.append(point)
+    return out
+
+
+_WRITE_PROBE = """
+import errno, json, os, sys
+out = {}
+for directory in sys.argv[1:]:
+    path = os.path.join(directory, ".aistack-write-probe")
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as err:
+        out[directory] = errno.errorcode.get(err.errno, str(err.errno))
+    else:
+        os.unlink(path)
+        out[directory] = "written"
+print(json.dumps(out))
+"""
+
+
+def write_attempts(pid: int, directories: Sequence[str | Path], python: Path) -> dict[str, str]:
+    """Create (and remove) a file in each directory from inside process ``pid``'s mount
+    namespace: ``{directory: "written" or the errno's name, e.g. "EROFS"}``."""
+    proc = subprocess.run(
+        ["nsenter", f"--mount=/proc/{pid}/ns/mnt", "--", str(python), "-I", "-c", _WRITE_PROBE]
+        + [str(d) for d in directories],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"write probe failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    out: dict[str, str] = json.loads(proc.stdout)
+    return out

@@ -1,6 +1,8 @@
 """MLflow conformance: the rendered tracking server, run by the real MLflow of its image.
 
 - the rendered probes pass (as a kubelet sends them: the pod IP in the Host header);
+- the rendered container has ``readOnlyRootFilesystem: true``, and every server here runs
+  with a read-only root: only its rendered volumes (``/tmp``, the data volume) are writable;
 - a client on the rendered MLFLOW_TRACKING_URI (the Ray head's and the gateway's) logs a
   run, a metric and an artifact, which the server proxies to its data volume;
 - an OTLP/HTTP protobuf export to the rendered endpoint, with the rendered experiment header,
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import http.client
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -177,6 +180,49 @@ def test_clients_log_a_run_with_metric_and_proxied_artifact(mlflow_server: MLflo
     assert stored[0].read_text() == "hello from the conformance suite\n"
     # ... and the run's row in the SQLite database of --backend-store-uri.
     assert (s.spec.host_path("/mlflow") / "mlflow.db").stat().st_size > 0
+
+
+def test_server_runs_with_a_read_only_root(mlflow_server: MLflowServer) -> None:
+    s = mlflow_server
+    c = harness.container(s.manifests, s.deployment, "mlflow")
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert s.read_only_root
+    # The rendered volumes are /tmp (HOME too) and the data volume (SQLite, artifacts).
+    assert set(s.writable) == {"/tmp", "/mlflow"}
+    assert rendered_env(c, "HOME") == "/tmp"
+    pid = s.running.process.pid
+    assert s.running.alive()
+    # Every process of the server (the CLI and its web server's workers) is in one mount
+    # namespace, not this test's, in which the volumes are the only writable mounts (but
+    # /proc, /sys and /dev, the runtime's).
+    namespaces = {os.readlink(f"/proc/{p}/ns/mnt") for p in process_group(pid)}
+    assert namespaces == {os.readlink(f"/proc/{pid}/ns/mnt")}
+    assert namespaces != {os.readlink("/proc/self/ns/mnt")}
+    volumes = sorted(str(path) for path in s.writable.values())
+    assert sorted(harness.writable_mount_points(pid)) == volumes
+    # In that namespace a file can be created on each volume, and nowhere else (EROFS): not
+    # at the root, /etc, /var/tmp, in the MLflow environment (the image), nor in the
+    # server's working directory.
+    env = envs.env_path(s.component)
+    (site_packages,) = env.glob("lib/python*/site-packages")
+    cwd = os.readlink(f"/proc/{pid}/cwd")
+    read_only: list[str | Path] = ["/", "/etc", "/var/tmp", env, site_packages / "mlflow", cwd]
+    python = envs.python(s.component)
+    attempts = harness.write_attempts(pid, [*read_only, *volumes], python)
+    assert attempts == {**dict.fromkeys(map(str, read_only), "EROFS"),
+                        **dict.fromkeys(volumes, "written")}  # fmt: skip
+
+
+def process_group(pgid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getpgid(int(entry)) == pgid:
+                    out.append(int(entry))
+            except ProcessLookupError:
+                pass
+    return out
 
 
 CLIENT_RUN = r"""
@@ -360,6 +406,7 @@ def test_full_image_keeps_runs_in_postgres_and_artifacts_in_s3(
         secret_env_from=env_from,
     )
     try:
+        assert server.read_only_root  # its artifacts pass through /tmp on their way to S3
         # The run's client knows nothing of the stores: the server proxies artifacts.
         out = server.run_client(CLIENT_RUN)
     finally:

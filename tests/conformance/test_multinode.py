@@ -37,6 +37,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -222,6 +223,24 @@ def _ray_nodes(pods: PodPair, leader: Pod, etc_hosts: Path, home: Path) -> list[
     return nodes
 
 
+def _http_in(netns: str, url: str) -> int:
+    """The status of a GET of ``url`` from inside ``netns`` (0 when nothing answered)."""
+    script = (
+        "import sys, urllib.request, urllib.error\n"
+        "try:\n"
+        "    print(urllib.request.urlopen(sys.argv[1], timeout=5).status)\n"
+        "except urllib.error.HTTPError as e:\n"
+        "    print(e.code)\n"
+        "except OSError:\n"
+        "    print(0)\n"
+    )
+    out = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", script, url],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    return int(out.stdout.strip() or 0)
+
+
 def _wait(pods: list[Pod], until: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -306,6 +325,16 @@ def test_multinode_group_forms_and_serves_with_ray(
             [(pods.leader_ip, True, float(gpus)), (pods.worker_ip, True, float(gpus))]
         ), seen
         assert worker.running.alive(), worker.running.log_tail()
+        # The worker's rendered probes answer, asked at the pod's IP from its own network
+        # namespace (as the kubelet asks from the node).
+        probes = harness.probe_urls(manifests, WORKER, pods.worker_ip)
+        assert [kind for kind, _ in probes] == ["readinessProbe", "livenessProbe"], probes
+        for kind, url in probes:
+            # Within the probe's initial delay, as the kubelet would wait.
+            deadline = time.monotonic() + 30
+            while (code := _http_in(pods.worker_ns, url)) != 200 and time.monotonic() < deadline:
+                time.sleep(2)
+            assert code == 200, (kind, url, code, worker.running.log_tail())
         print(
             f"multinode: head waiting at {t_head:.0f} s, vllm serve at {t_serve:.0f} s, "
             f"nodes listed at {time.monotonic() - t0:.0f} s"

@@ -71,7 +71,7 @@ def resource_versions(cluster: Any, ns: str) -> dict[str, str]:
     out = {}
     for kind in (
         "aistack", "deployments", "services", "configmaps", "persistentvolumeclaims",
-        "networkpolicies",
+        "networkpolicies", "poddisruptionbudgets",
     ):  # fmt: skip
         for item in cluster.get_json(kind, "-n", ns)["items"]:
             out[f"{item['kind']}/{item['metadata']['name']}"] = item["metadata"]["resourceVersion"]

@@ -37,7 +37,9 @@ STACKS = 50
 SEED = int(os.environ.get("AISTACK_E2E_SEED") or random.randrange(1, 10**6))
 CONVERGE_TIMEOUT = 120.0
 BACK_WITHIN = 30.0
-CHILDREN = "deployments,services,configmaps,persistentvolumeclaims,networkpolicies"
+CHILDREN = (
+    "deployments,services,configmaps,persistentvolumeclaims,networkpolicies,poddisruptionbudgets"
+)
 POOL_LABEL = "aistack.dev/e2e-pool"
 
 pytestmark = pytest.mark.slow

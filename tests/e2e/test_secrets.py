@@ -93,7 +93,7 @@ def test_secret_values_reach_pods_only_by_reference(
     everything = cluster.kubectl(
         "get",
         "deployments,replicasets,statefulsets,services,configmaps,persistentvolumeclaims,"
-        "networkpolicies,pods,events,aistacks",
+        "networkpolicies,poddisruptionbudgets,pods,events,aistacks",
         "-n",
         namespace,
         "-o",

@@ -241,6 +241,8 @@ class ModelSpec(APIModel):
     ``AWS_SECRET_ACCESS_KEY`` and ``AWS_ENDPOINT_URL`` for s3:// sources."""
     cache: WeightCache | None = None
     """Persistent weight cache; without it weights are downloaded into an emptyDir."""
+    scratch_size: Quantity | None = None
+    """Node disk per pod; defaults to ``spec.vllm.scratchSize``."""
     extra_args: ExtraArgs = Field(default_factory=list)
     """Extra ``vllm serve`` arguments, appended after the operator's own."""
     image: Image | None = None
@@ -283,6 +285,12 @@ class VLLMDefaults(APIModel):
     """CPU and memory per model pod unless the model says otherwise."""
     shm_size: Quantity = "8Gi"
     """Size of the in-memory ``/dev/shm`` (NCCL and PyTorch need more than the 64Mi default)."""
+    scratch_size: Quantity = "50Gi"
+    """Node disk per model pod: the weights, when a model has no ``cache`` PVC, and ``/tmp``
+    (compiled kernels). Requested as ``ephemeral-storage``, so the scheduler places the pod
+    on a node with that much disk free, and the size limit of each of those emptyDirs (the
+    kubelet evicts a pod that writes more). Raise it for models whose weights are larger,
+    or give the model a ``cache`` PVC."""
     startup_timeout_seconds: Annotated[int, Field(ge=60, le=86400)] = 3600
     """How long a model may take to download and load its weights before it is restarted."""
     extra_args: ExtraArgs = Field(default_factory=list)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
 
 from aistack import names
 from aistack.api.v1alpha1 import AIStack, AIStackSpec, ModelSpec
@@ -23,7 +22,6 @@ from aistack.render import render as parts
 from aistack.render.config import RenderConfig
 
 Manifest = parts.Manifest
-Ingress = Literal["stack", "public"]
 
 
 @dataclass(frozen=True)
@@ -55,10 +53,17 @@ class Component:
     version: str
     #: Its default image, ``{version}`` standing for the version.
     image_template: str
-    #: Who may reach it: ``stack`` = the stack's own pods and ``spec.network.allowFrom``
-    #: (the ``<stack>-internal`` NetworkPolicy); ``public`` = its own policy, open to
-    #: anyone unless ``spec.network.gatewayFrom`` narrows it.
-    ingress: Ingress = "stack"
+    #: Who may reach it (its NetworkPolicy ``<stack>-<name>``; docs/security.md has the
+    #: table): the pods of these parts of the stack, on ``port``, and
+    #: ``spec.network.allowFrom`` on every port; nobody else.
+    reached_by: tuple[str, ...] = ()
+    #: The port the parts in ``reached_by`` use; None: every port (Ray's nodes talk on many).
+    port: int | None = None
+    #: Whether anyone may reach ``port`` (unless ``spec.network.gatewayFrom`` narrows it).
+    public: bool = False
+    #: Sets of its pods that reach each other on every port (a NetworkPolicy each), e.g.
+    #: the leader and workers of a multi-node replica group: a name and the pods' labels.
+    groups: Callable[[AIStack], list[tuple[str, dict[str, str]]]] | None = None
     #: Something its condition adds to its message, when there is (e.g. what happens to
     #: MLflow's data when the stack is deleted).
     note: Callable[[AIStack], str | None] | None = None
@@ -111,6 +116,10 @@ COMPONENTS: tuple[Component, ...] = (
         workloads=_model_workloads,
         pod_selector=lambda stack: names.selector_labels(stack, "model-server"),
         endpoints=lambda stack, config: {},
+        # Only the API port: the leader of a multi-node group also runs a Ray head.
+        reached_by=("gateway",),
+        port=parts.VLLM_PORT,
+        groups=parts.model_groups,
         image="vllm",
         program="vllm",
         version="0.34.0",
@@ -125,6 +134,9 @@ COMPONENTS: tuple[Component, ...] = (
         workloads=_ray_workloads,
         pod_selector=lambda stack: {names.STACK_LABEL: stack, "app.kubernetes.io/name": "ray"},
         endpoints=parts.ray_endpoints,
+        # Not the gateway: Ray's GCS and job API have no authentication, so a part that
+        # faces the internet must not reach them.
+        reached_by=("ray",),
         image="ray",
         program="ray",
         version="2.60.0",
@@ -139,6 +151,9 @@ COMPONENTS: tuple[Component, ...] = (
         workloads=lambda stack: [names.mlflow(stack.metadata.name)],
         pod_selector=lambda stack: names.selector_labels(stack, "tracking"),
         endpoints=lambda stack, config: {"mlflow": parts.mlflow_uri(stack, config)},
+        # The parts that send it runs (Ray jobs) or traces (the gateway, the model servers).
+        reached_by=("gateway", "model-server", "ray"),
+        port=parts.MLFLOW_PORT,
         image="mlflow",
         program="mlflow",
         version="3.17.2",
@@ -158,7 +173,8 @@ COMPONENTS: tuple[Component, ...] = (
         program="litellm",
         version="1.110.2",
         image_template="ghcr.io/berriai/litellm:v{version}",
-        ingress="public",
+        port=parts.GATEWAY_PORT,
+        public=True,
     ),
 )
 #: The component that serves the models (its readiness is per model; see status).
@@ -180,7 +196,8 @@ def render(
     config: RenderConfig | None = None,
 ) -> list[Manifest]:
     """Every manifest the stack needs: its NetworkPolicies, then each enabled component's
-    objects, in the order of ``COMPONENTS``.
+    objects, in the order of ``COMPONENTS``, then a PodDisruptionBudget for each
+    Deployment with more than one replica.
 
     ``permitted`` maps model name to whether its license is permitted; a model that is not
     permitted (or missing from the map) runs no pod and gets no gateway route.
@@ -190,14 +207,32 @@ def render(
     on = enabled(stack)
     manifests: list[Manifest] = []
     if stack.spec.network.policies:
-        manifests += parts.render_network(
-            stack,
-            internal=any(c.ingress == "stack" for c in on),
-            public=any(c.ingress == "public" for c in on),
-        )
+        manifests += parts.render_network(stack, network(stack, on))
     for component in on:
         manifests += component.render(stack, served, config)
-    return manifests
+    return manifests + parts.render_disruption_budgets(stack, manifests)
+
+
+def network(stack: AIStack, on: list[Component]) -> list[parts.Ingress]:
+    """The NetworkPolicies of the enabled parts: each admits the enabled parts it is
+    reached by (and ``spec.network.allowFrom``), then one per group of pods that reach
+    each other."""
+    name = stack.metadata.name
+    enabled_names = {c.name for c in on}
+    out = [
+        parts.Ingress(
+            name=names.part(name, c.name),
+            selector=c.pod_selector(name),
+            sources=[BY_NAME[s].pod_selector(name) for s in c.reached_by if s in enabled_names],
+            port=c.port,
+            public=c.public,
+        )
+        for c in on
+    ]
+    for c in on:
+        for group, selector in c.groups(stack) if c.groups else []:
+            out.append(parts.Ingress(name=group, selector=selector, sources=[selector]))
+    return out
 
 
 def endpoints(stack: AIStack, config: RenderConfig | None = None) -> dict[str, str]:

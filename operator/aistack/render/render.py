@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import shlex
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -109,13 +110,15 @@ def _pod_security() -> dict[str, Any]:
     }
 
 
-def _container_security() -> dict[str, Any]:
+def _container_security(read_only_root: bool = False) -> dict[str, Any]:
+    """``read_only_root`` only where the conformance suite runs the program with a
+    read-only root (MLflow). vLLM compiles kernels, Ray writes session files and LiteLLM
+    rewrites its UI files at start: their root filesystems stay writable; /tmp and caches
+    are volumes anyway."""
     return {
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
-        # vLLM compiles kernels and Ray writes session files: the root filesystem
-        # must stay writable for these images; /tmp and caches are volumes anyway.
-        "readOnlyRootFilesystem": False,
+        "readOnlyRootFilesystem": read_only_root,
     }
 
 
@@ -205,16 +208,29 @@ def _model_env(
     return env
 
 
+def _scratch_size(stack: AIStack, model: ModelSpec) -> int | str:
+    return model.scratch_size if model.scratch_size is not None else stack.spec.vllm.scratch_size
+
+
+def _model_resources(stack: AIStack, model: ModelSpec) -> dict[str, Any]:
+    """CPU, memory and GPUs as the spec says, and the node disk of the pod's emptyDirs
+    (``ephemeral-storage``), unless the spec requests a figure of its own."""
+    out = _resources(model.resources or stack.spec.vllm.resources, gpus=model.gpus)
+    out.setdefault("requests", {}).setdefault("ephemeral-storage", _scratch_size(stack, model))
+    return out
+
+
 def _model_volumes(stack: AIStack, model: ModelSpec) -> tuple[list[Any], list[Any]]:
     stack_name = stack.metadata.name
+    scratch = _scratch_size(stack, model)
     if model.cache is None:
-        cache_volume: dict[str, Any] = {"name": "cache", "emptyDir": {}}
+        cache_volume: dict[str, Any] = {"name": "cache", "emptyDir": {"sizeLimit": scratch}}
     else:
         claim = model.cache.existing_claim or names.model_cache(stack_name, model.name)
         cache_volume = {"name": "cache", "persistentVolumeClaim": {"claimName": claim}}
     volumes = [
         cache_volume,
-        {"name": "tmp", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": scratch}},
         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": stack.spec.vllm.shm_size}},
     ]
     mounts: list[dict[str, Any]] = [
@@ -234,7 +250,6 @@ def _model_volumes(stack: AIStack, model: ModelSpec) -> tuple[list[Any], list[An
 def _model_context(stack: AIStack, model: ModelSpec, config: RenderConfig) -> dict[str, Any]:
     stack_name = stack.metadata.name
     volumes, mounts = _model_volumes(stack, model)
-    resources = model.resources or stack.spec.vllm.resources
     period = 10
     return {
         "namespace": _namespace(stack),
@@ -243,7 +258,7 @@ def _model_context(stack: AIStack, model: ModelSpec, config: RenderConfig) -> di
         "labels": names.common_labels(stack_name, "model-server", "vllm", model=model.name),
         "selector": names.selector_labels(stack_name, "model-server", model=model.name),
         "image": model.image or stack.spec.vllm.image or config.images["vllm"],
-        "resources": _resources(resources, gpus=model.gpus),
+        "resources": _model_resources(stack, model),
         "tolerations": _tolerations(model.tolerations, gpu=True),
         "node_selector": dict(model.node_selector),
         "volumes": volumes,
@@ -297,7 +312,7 @@ def render_model(
         )
         worker_script = (
             f"exec ray start --address={head}:{RAY_GCS_PORT} --num-gpus={model.gpus} "
-            f"--block --disable-usage-stats"
+            f"--dashboard-agent-listen-port={RAY_AGENT_PORT} --block --disable-usage-stats"
         )
         groups.append(
             {
@@ -317,6 +332,7 @@ def render_model(
     ctx["role_label"] = names.ROLE_LABEL
     ctx["group_label"] = names.GROUP_LABEL
     ctx["ray_port"] = RAY_GCS_PORT
+    ctx["agent_port"] = RAY_AGENT_PORT
     return _template("model-multinode.yaml.j2", **ctx)
 
 
@@ -463,7 +479,7 @@ def render_mlflow(stack: AIStack, config: RenderConfig) -> list[Manifest]:
         resources=_resources(mlflow.resources),
         port=MLFLOW_PORT,
         pod_security=_pod_security(),
-        container_security=_container_security(),
+        container_security=_container_security(read_only_root=True),
     )
 
 
@@ -543,28 +559,88 @@ def _peers(peers: list[NetworkPeer]) -> list[dict[str, Any]]:
     return [p.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True) for p in peers]
 
 
-def render_network(stack: AIStack, *, internal: bool, public: bool) -> list[Manifest]:
-    """The stack's NetworkPolicies: ``internal`` when some enabled part admits the stack's
-    own pods only, the gateway's when a part is ``public`` (see ``components``)."""
+@dataclass(frozen=True)
+class Ingress:
+    """One NetworkPolicy of a stack: the pods it selects and who may connect to them.
+
+    ``sources`` are pod selectors of the stack's own parts, admitted on ``port`` (every
+    port when None); with ``public``, anyone may connect to ``port`` (or, when
+    ``spec.network.gatewayFrom`` is set, those peers and the stack's own pods).
+    ``spec.network.allowFrom`` is admitted on every port by every policy."""
+
+    name: str
+    selector: dict[str, str]
+    sources: list[dict[str, str]]
+    port: int | None = None
+    public: bool = False
+
+
+def _ingress_rules(stack: AIStack, ingress: Ingress) -> list[dict[str, Any]]:
+    network = stack.spec.network
+    allow_from = _peers(network.allow_from)
+    ports = [{"port": ingress.port, "protocol": "TCP"}] if ingress.port is not None else None
+    if ingress.public and ports:
+        rule: dict[str, Any] = {"ports": ports}
+        if network.gateway_from:
+            own_pods = {"podSelector": {"matchLabels": {names.STACK_LABEL: stack.metadata.name}}}
+            rule["from"] = [own_pods, *allow_from, *_peers(network.gateway_from)]
+        return [rule]
+    sources = [{"podSelector": {"matchLabels": s}} for s in ingress.sources]
+    # No rule at all admits nothing; a rule with an empty `from` would admit everyone.
+    if ports is None:
+        return [{"from": sources + allow_from}] if sources or allow_from else []
+    rules = [{"ports": ports, "from": sources}] if sources else []
+    return rules + ([{"from": allow_from}] if allow_from else [])
+
+
+def render_network(stack: AIStack, policies: list[Ingress]) -> list[Manifest]:
+    """The stack's NetworkPolicies (ingress only), one per entry of ``policies`` (the
+    components say who may reach them; see ``components.network``)."""
     stack_name = stack.metadata.name
-    spec = stack.spec
-    own_stack = {names.STACK_LABEL: stack_name}
     return _template(
         "network.yaml.j2",
         namespace=_namespace(stack),
-        internal=internal,
-        internal_name=names.network_internal(stack_name),
-        gateway_name=names.gateway(stack_name),
         labels=names.common_labels(stack_name, "network", "aistack"),
-        own_stack=own_stack,
-        component_label=names.COMPONENT_LABEL,
-        own_pods={"podSelector": {"matchLabels": own_stack}},
-        allow_from=_peers(spec.network.allow_from),
-        gateway=public,
-        gateway_selector=names.selector_labels(stack_name, "gateway"),
-        gateway_port=GATEWAY_PORT,
-        gateway_from=_peers(spec.network.gateway_from),
+        policies=[
+            {"name": p.name, "selector": p.selector, "ingress": _ingress_rules(stack, p)}
+            for p in policies
+        ],
     )
+
+
+def model_groups(stack: AIStack) -> list[tuple[str, dict[str, str]]]:
+    """The replica groups of the stack's multi-node models: a name and the labels of the
+    group's pods (its leader and workers form one Ray cluster and reach each other)."""
+    stack_name = stack.metadata.name
+    return [
+        (
+            names.model_group(stack_name, model.name, i),
+            names.selector_labels(stack_name, "model-server", model=model.name, group=str(i)),
+        )
+        for model in stack.spec.models
+        if model.multi_node
+        for i in range(model.replicas)
+    ]
+
+
+# ---------------------------------------------------------------- disruption budgets
+
+
+def render_disruption_budgets(stack: AIStack, manifests: list[Manifest]) -> list[Manifest]:
+    """A PodDisruptionBudget (``maxUnavailable: 1``) for every Deployment of ``manifests``
+    with more than one replica, named after it."""
+    deployments = [
+        {
+            "name": d["metadata"]["name"],
+            "labels": d["metadata"]["labels"],
+            "selector": d["spec"]["selector"]["matchLabels"],
+        }
+        for d in manifests
+        if d["kind"] == "Deployment" and d["spec"]["replicas"] > 1
+    ]
+    if not deployments:
+        return []
+    return _template("disruption.yaml.j2", namespace=_namespace(stack), deployments=deployments)
 
 
 # ---------------------------------------------------------------- entry points

@@ -1,0 +1,157 @@
+"""What a cluster admin's linters and a security review ask of the pods we render: no
+ServiceAccount token, disruption budgets and spreading for replicated parts, node disk the
+scheduler knows of, a liveness probe on every long-running container (docs/security.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from aistack.render import render
+from helpers import EXAMPLES, example, stack
+
+K8S_VERSION = "1.36.0"
+RAY_IMAGE_MODEL = {"name": "big", "source": "org/big", "nodes": 3, "image": "vllm-ray:1"}
+
+
+def everything() -> list[dict[str, Any]]:
+    """A stack with every replicated part: a model of 2 replicas, a multi-node model of 2
+    groups of 3 nodes, a Ray worker group of 3, 2 gateways, MLflow with external stores."""
+    s = stack(
+        models=[
+            {"name": "chat", "source": "org/chat", "replicas": 2},
+            {"name": "solo", "source": "org/solo"},
+            {**RAY_IMAGE_MODEL, "replicas": 2},
+        ],
+        ray={"workerGroups": [{"name": "cpu", "replicas": 3}, {"name": "one", "replicas": 1}]},
+        gateway={"replicas": 2},
+        mlflow={
+            "replicas": 2,
+            "backendStore": {"uriSecretRef": {"name": "db", "key": "uri"}},
+            "artifactStore": {"destinationSecretRef": {"name": "art", "key": "destination"}},
+        },
+    )
+    return render(s, {m.name: True for m in s.spec.models})
+
+
+def by_kind(objs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for o in objs if o["kind"] == kind}
+
+
+def pod_specs(objs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {n: d["spec"]["template"]["spec"] for n, d in by_kind(objs, "Deployment").items()}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: Path(p).stem)
+def test_no_pod_mounts_a_service_account_token(path: Path) -> None:
+    s = example(path)
+    for name, spec in pod_specs(render(s, {m.name: True for m in s.spec.models})).items():
+        assert spec["automountServiceAccountToken"] is False, name
+
+
+def test_every_replicated_deployment_and_only_those_get_a_disruption_budget() -> None:
+    objs = everything()
+    deployments = by_kind(objs, "Deployment")
+    budgets = by_kind(objs, "PodDisruptionBudget")
+    replicated = {n for n, d in deployments.items() if d["spec"]["replicas"] > 1}
+    assert replicated == {
+        "demo-vllm-chat",
+        "demo-vllm-big-g0-worker",
+        "demo-vllm-big-g1-worker",
+        "demo-ray-worker-cpu",
+        "demo-gateway",
+        "demo-mlflow",
+    }
+    assert set(budgets) == replicated
+    for name, pdb in budgets.items():
+        kubernetes_validate.validate(pdb, K8S_VERSION, strict=True)
+        assert pdb["spec"]["maxUnavailable"] == 1
+        assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+        assert pdb["spec"]["selector"] == deployments[name]["spec"]["selector"]
+
+
+def test_a_blocked_model_has_no_budget_to_block_a_drain() -> None:
+    s = stack(models=[{"name": "chat", "source": "org/chat", "replicas": 2}])
+    objs = render(s, {"chat": False})
+    assert "demo-vllm-chat" not in by_kind(objs, "PodDisruptionBudget")
+    assert "topologySpreadConstraints" not in pod_specs(objs)["demo-vllm-chat"]
+
+
+def test_replicated_parts_spread_over_nodes_single_ones_do_not() -> None:
+    specs = pod_specs(everything())
+    spread = {n for n, spec in specs.items() if "topologySpreadConstraints" in spec}
+    assert spread == {
+        "demo-vllm-chat",
+        "demo-vllm-big-g0-leader",
+        "demo-vllm-big-g0-worker",
+        "demo-vllm-big-g1-leader",
+        "demo-vllm-big-g1-worker",
+        "demo-ray-worker-cpu",
+        "demo-gateway",
+        "demo-mlflow",
+    }
+    for name in spread:
+        (c,) = specs[name]["topologySpreadConstraints"]
+        assert c["topologyKey"] == "kubernetes.io/hostname"
+        assert c["whenUnsatisfiable"] == "ScheduleAnyway", "a preference, never Pending"
+    chat = specs["demo-vllm-chat"]["topologySpreadConstraints"][0]
+    assert chat["matchLabelKeys"] == ["pod-template-hash"]
+    # The groups of a multi-node model spread as a whole: every pod of the model counts.
+    big = specs["demo-vllm-big-g1-leader"]["topologySpreadConstraints"][0]
+    assert "matchLabelKeys" not in big
+    assert big["labelSelector"]["matchLabels"] == {
+        "aistack.dev/stack": "demo",
+        "app.kubernetes.io/component": "model-server",
+        "aistack.dev/model": "big",
+    }
+
+
+def test_model_pods_request_the_node_disk_of_their_empty_dirs() -> None:
+    s = stack(
+        vllm={"scratchSize": "80Gi"},
+        models=[
+            {"name": "a", "source": "org/a"},
+            {"name": "b", "source": "org/b", "scratchSize": "200Gi"},
+            {"name": "c", "source": "org/c", "cache": {"size": "100Gi"}},
+            {"name": "d", "source": "org/d",
+             "resources": {"requests": {"ephemeral-storage": "1Ti"}}},
+        ],
+    )  # fmt: skip
+    specs = pod_specs(render(s, {m.name: True for m in s.spec.models}))
+
+    def disk(name: str) -> tuple[Any, dict[str, Any]]:
+        spec = specs[f"demo-vllm-{name}"]
+        request = spec["containers"][0]["resources"]["requests"]["ephemeral-storage"]
+        return request, {v["name"]: v for v in spec["volumes"]}
+
+    request, volumes = disk("a")
+    assert request == "80Gi"
+    assert volumes["cache"]["emptyDir"] == {"sizeLimit": "80Gi"}
+    assert volumes["tmp"]["emptyDir"] == {"sizeLimit": "80Gi"}
+    assert disk("b")[0] == "200Gi", "a model's own size wins"
+    request, volumes = disk("c")
+    assert "persistentVolumeClaim" in volumes["cache"], "weights on the PVC"
+    assert volumes["tmp"]["emptyDir"] == {"sizeLimit": "80Gi"}
+    assert disk("d")[0] == "1Ti", "a request in the model's resources wins"
+
+
+def test_the_default_node_disk_is_requested_without_any_setting() -> None:
+    s = stack()
+    spec = pod_specs(render(s, {"m": True}))["demo-vllm-m"]
+    assert spec["containers"][0]["resources"]["requests"]["ephemeral-storage"] == "50Gi"
+
+
+def test_every_long_running_container_has_a_liveness_probe() -> None:
+    for name, spec in pod_specs(everything()).items():
+        for c in spec["containers"]:
+            assert "livenessProbe" in c, (name, c["name"])
+    worker = pod_specs(everything())["demo-vllm-big-g0-worker"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in worker["ports"]}
+    assert worker["livenessProbe"]["httpGet"] == {
+        "path": "/api/local_raylet_healthz",
+        "port": "agent",
+    }
+    assert f"--dashboard-agent-listen-port={ports['agent']}" in worker["args"][0]
