@@ -10,7 +10,8 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .PHONY: help venv lint unit e2e test crds check-crds demo demo-down cluster-tools clean \
-	chart chart-crds chart-images docs bench conformance conformance-envs gpu-smoke
+	chart chart-crds chart-images docs bench conformance conformance-envs gpu-smoke \
+	lint-manifests
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -51,7 +52,7 @@ conformance: $(STAMP) conformance-envs ## the real vLLM, Ray, MLflow, LiteLLM st
 gpu-smoke: $(STAMP) ## on a GPU machine: real vLLM serves a tiny local model behind the real gateway
 	$(BIN)/python tests/conformance/gpu_smoke.py
 
-test: lint unit chart e2e conformance ## everything CI runs
+test: lint lint-manifests unit chart e2e conformance ## everything CI runs
 
 bench: $(STAMP) cluster-tools ## benchmark: operator vs raw `kubectl apply` (table, bench/results/*.json, *.png)
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
@@ -62,6 +63,9 @@ crds: $(STAMP) ## regenerate crds/ from the API models
 chart: $(STAMP) cluster-tools ## helm lint and the chart's template tests (with the built helm)
 	"$$(hack/build-tools.sh --print-bin-dir)/helm" lint --strict charts/aistack-operator
 	AISTACK_REQUIRE_HELM=1 $(BIN)/pytest tests/test_chart.py $(PYTEST_ARGS)
+
+lint-manifests: $(STAMP) cluster-tools ## kube-score and checkov over the examples' renders and the chart (hack/manifest-lint.yaml)
+	hack/lint-manifests.sh
 
 chart-crds: ## copy crds/ into the Helm chart (after `make crds`)
 	cp crds/*.yaml charts/aistack-operator/crds/

@@ -4,16 +4,26 @@
 #   etcd                                                              (go.etcd.io/etcd/server/v3)
 #   kwok, kwokctl                                                     (sigs.k8s.io/kwok)
 #   helm                                                              (helm.sh/helm/v3)
-# Versions are pinned in hack/versions.env. Nothing is downloaded at run time
-# other than Go modules.
+# and, with --lint, the manifest linters that hack/lint-manifests.sh runs:
+#   kube-score                                                        (github.com/zegl/kube-score)
+#   checkov                  (PyPI, in a virtualenv of its own; kube-linter's module is not
+#                             served by the Go module proxy, checkov covers its checks)
+# Versions are pinned in hack/versions.env (the linters' below, unless versions.env
+# sets them). Nothing is downloaded at run time other than Go modules (and checkov's
+# PyPI packages).
 #
 # Binaries go to a per-version cache directory:
 #   ${AISTACK_TOOLS_CACHE:-$HOME/.cache/aistack-operator/tools}/k8s-<v>_etcd-<v>_kwok-<v>_helm-<v>/bin
+# The linters have a cache directory of their own, so bumping one never rebuilds the
+# control plane:
+#   ${AISTACK_TOOLS_CACHE:-$HOME/.cache/aistack-operator/tools}/lint_kube-score-<v>_checkov-<v>/bin
 # A tool is rebuilt only when its binary is missing or its --version output
 # does not match the pin, so a second run takes seconds.
 #
-# Usage: hack/build-tools.sh [--print-bin-dir] [--force] [--update-modules] [-h]
+# Usage: hack/build-tools.sh [--lint] [--print-bin-dir] [--force] [--update-modules] [-h]
 #   (no option)        build what is missing; the last line of stdout is the bin dir
+#   --lint             act on the manifest linters (kube-score, checkov) instead of the
+#                      control plane: build them, or with --print-bin-dir / --check
 #   --print-bin-dir    print the bin dir and exit (builds nothing)
 #   --check            exit 0 if every tool is present at the pinned version, else 1
 #   --force            rebuild everything
@@ -25,12 +35,17 @@
 #   AISTACK_TOOLS_CACHE   cache root (default $HOME/.cache/aistack-operator/tools)
 #   AISTACK_BUILD_JOBS    go build -p value (default: number of CPUs)
 #   GO                    go command to use (default: go)
+#   PYTHON                python for checkov's virtualenv (default: python3)
 # Go's module and build caches stay in their default locations so they are reused.
 set -euo pipefail
 
 HACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=versions.env
 source "$HACK_DIR/versions.env"
+# Manifest linters (--lint). Kept here until versions.env names them; it wins if it does.
+# kube-score: newest release the module proxy serves. checkov: newest on PyPI.
+: "${KUBE_SCORE_VERSION:=v1.20.0}"
+: "${CHECKOV_VERSION:=3.3.30}"
 
 GO=${GO:-go}
 JOBS=${AISTACK_BUILD_JOBS:-$(nproc 2>/dev/null || echo 2)}
@@ -39,6 +54,7 @@ KEY="k8s-${KUBE_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_V
 BIN_DIR="$CACHE_ROOT/$KEY/bin"
 
 KUBE_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+PYTHON=${PYTHON:-python3}
 
 # Never let the go command fetch a toolchain; build static binaries.
 export GOTOOLCHAIN=local CGO_ENABLED=0
@@ -49,9 +65,10 @@ die() { log "ERROR: $*"; exit 1; }
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
-FORCE=0 UPDATE=0 MODE=build
+FORCE=0 UPDATE=0 MODE=build LINT=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
+    --lint) LINT=1 ;;
     --print-bin-dir) MODE=print ;;
     --check) MODE=check ;;
     --force) FORCE=1 ;;
@@ -61,6 +78,12 @@ while [[ $# -gt 0 ]]; do
   esac
   shift
 done
+
+if [[ $LINT == 1 ]]; then
+  [[ $UPDATE == 0 ]] || die "--update-modules is for the control plane; --lint has no wrapper modules"
+  KEY="lint_kube-score-${KUBE_SCORE_VERSION}_checkov-${CHECKOV_VERSION}"
+  BIN_DIR="$CACHE_ROOT/$KEY/bin"
+fi
 
 if [[ $MODE == print ]]; then
   echo "$BIN_DIR"
@@ -88,11 +111,24 @@ tool_ok() {
     helm)
       out=$("$bin" version --short 2>&1) || return 1
       [[ $out == "${HELM_VERSION}"* ]] ;;
+    kube-score)
+      out=$("$bin" version 2>&1) || return 1
+      [[ $out == "kube-score version: ${KUBE_SCORE_VERSION#v},"* ]] ;;
+    checkov)
+      # `checkov --version` takes seconds (it imports everything); the installed
+      # distribution's metadata says the same at once.
+      out=$("$(dirname "$(readlink -f "$bin")")/python" -c \
+        'import importlib.metadata as m; print(m.version("checkov"))' 2>&1) || return 1
+      [[ $out == "${CHECKOV_VERSION}" ]] ;;
     *) return 1 ;;
   esac
 }
 
-ALL_TOOLS=("${KUBE_BINS[@]}" etcd kwok kwokctl helm)
+if [[ $LINT == 1 ]]; then
+  ALL_TOOLS=(kube-score checkov)
+else
+  ALL_TOOLS=("${KUBE_BINS[@]}" etcd kwok kwokctl helm)
+fi
 
 if [[ $MODE == check ]]; then
   for t in "${ALL_TOOLS[@]}"; do tool_ok "$t" || { log "missing or wrong version: $t"; exit 1; }; done
@@ -101,6 +137,9 @@ if [[ $MODE == check ]]; then
 fi
 
 command -v "$GO" >/dev/null || die "go not found (need Go >= 1.26)"
+if [[ $LINT == 1 ]]; then
+  command -v "$PYTHON" >/dev/null || die "$PYTHON not found (needed for checkov's virtualenv)"
+fi
 
 # --- wrapper modules ---------------------------------------------------------
 update_k8s_module() {
@@ -226,11 +265,36 @@ build_helm() {
   install_staged helm
 }
 
+build_kube_score() {
+  log "building kube-score ${KUBE_SCORE_VERSION}"
+  # Its go.mod has no replace lines, so go install pkg@version works.
+  GOBIN="$STAGE" "$GO" install -p "$JOBS" -trimpath \
+    -ldflags "-s -w -X main.version=${KUBE_SCORE_VERSION#v}" \
+    "github.com/zegl/kube-score/cmd/kube-score@${KUBE_SCORE_VERSION}"
+  install_staged kube-score
+}
+
+build_checkov() {
+  # A virtualenv records its own path, so it is made where it stays (beside bin/), anew;
+  # bin/checkov links to its entry point. A half-made one fails tool_ok and is made again.
+  local venv="$CACHE_ROOT/$KEY/checkov-venv"
+  log "installing checkov ${CHECKOV_VERSION} from PyPI (1-3 minutes the first time)"
+  rm -rf "$venv" "$BIN_DIR/checkov"
+  "$PYTHON" -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "checkov==${CHECKOV_VERSION}"
+  ln -s ../checkov-venv/bin/checkov "$BIN_DIR/checkov"
+}
+
 TOTAL_START=$SECONDS
-if need "${KUBE_BINS[@]}"; then timed "kubernetes" build_kube; fi
-if need etcd; then timed "etcd" build_etcd; fi
-if need kwok kwokctl; then timed "kwok" build_kwok; fi
-if need helm; then timed "helm" build_helm; fi
+if [[ $LINT == 1 ]]; then
+  if need kube-score; then timed "kube-score" build_kube_score; fi
+  if need checkov; then timed "checkov" build_checkov; fi
+else
+  if need "${KUBE_BINS[@]}"; then timed "kubernetes" build_kube; fi
+  if need etcd; then timed "etcd" build_etcd; fi
+  if need kwok kwokctl; then timed "kwok" build_kwok; fi
+  if need helm; then timed "helm" build_helm; fi
+fi
 
 for t in "${ALL_TOOLS[@]}"; do
   tool_ok "$t" || die "$t in $BIN_DIR does not report the pinned version after the build"
