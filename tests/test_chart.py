@@ -50,6 +50,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "images": {"vllm": "example.com/vllm:1", "gateway": "example.com/litellm:1"},
         "clusterDomain": "example.local",
         "hub": {"enabled": True, "tokenSecretRef": {"name": "hf-token", "key": "token"}},
+        "resyncInterval": 60,
         "extraArgs": ["--debug"],
         "verbose": True,
         "imagePullSecrets": [{"name": "regcred"}],
@@ -577,8 +578,10 @@ def test_operator_settings_become_flags(rendered: dict[str, list[dict[str, Any]]
         "--verbose",
         "--debug",
         "--namespace=ml",
+        "--resync-interval=60",
     ):
         assert flag in c["args"], flag
+    assert "--resync-interval=300" in container(rendered["default"])["args"], "the default"
     assert not [a for a in c["args"] if a.startswith(("--ray-image", "--mlflow-image"))]
     hf = next(e for e in c["env"] if e["name"] == "HF_TOKEN")
     assert hf["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "token"}
@@ -655,6 +658,7 @@ def test_rendering_is_fast(helm: str) -> None:
             "maxProperties: got 2, want 1",
         ),
         ({"networkPolicy": {"webhookFrom": [{"ipBlock": {}}]}}, "missing property 'cidr'"),
+        ({"resyncInterval": -1}, "/resyncInterval"),
         (
             {
                 "networkPolicy": {

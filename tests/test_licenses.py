@@ -191,6 +191,20 @@ def test_the_webhook_refuses_deny_warns_for_warn_and_is_silent_for_dryrun() -> N
     assert admission_messages(nc, [policy(allow=["MIT"], enforcement="DryRun")]) == ([], [])
 
 
+def test_an_unknown_license_a_policy_lets_through_gets_an_admission_warning() -> None:
+    # `unknown: Warn` permits the model and the webhook says so (it is no violation: the
+    # stack stays LicenseCompliant); `unknown: Deny` refuses it.
+    s = stack(
+        models=[{"name": "u", "source": "org/unknown"}, {"name": "ok", "source": "microsoft/phi-4"}]
+    )
+    denied, warned = admission_messages(s, [policy(allow=["MIT"], unknown="Warn")])
+    assert denied == [] and len(warned) == 1
+    assert "the license of org/unknown is unknown" in warned[0]
+    assert "warns about unknown licenses" in warned[0]
+    denied, warned = admission_messages(s, [policy(allow=["MIT"], unknown="Deny")])
+    assert len(denied) == 1 and warned == []
+
+
 def test_exceptions_name_a_model_and_optionally_a_revision() -> None:
     policies = policies_from(
         [

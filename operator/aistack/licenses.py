@@ -563,11 +563,16 @@ def admission_messages(
     stack: AIStack, policies: Sequence[Mapping[str, Any]], hub: HubClient | None = None
 ) -> tuple[list[str], list[str]]:
     """What the webhook says of a stack: the messages that refuse it (models a ``Deny``
-    policy blocks) and its admission warnings (violations of a ``Warn`` policy; those of a
-    ``DryRun`` policy are only reported in the stack's status)."""
+    policy blocks) and its admission warnings (violations of a ``Warn`` policy, and unknown
+    licenses a policy with ``unknown: Warn`` lets through; violations of a ``DryRun``
+    policy are only reported in the stack's status)."""
     verdicts = decide_stack(stack, policies, hub).values()
     denied = [v.message for v in verdicts if not v.permitted]
-    warned = [v.message for v in verdicts if v.permitted and v.enforcement == "Warn"]
+    warned = [
+        v.message
+        for v in verdicts
+        if v.permitted and (v.enforcement == "Warn" or v.reason == "LicenseUnknown")
+    ]
     return denied, warned
 
 
