@@ -82,6 +82,12 @@ def test_chart_variants() -> None:
     variants = chart["variants"]
     assert {"default", "two-replicas", "everything"} <= set(variants)
     assert variants["default"] == {}
+    # The same values as the chart tests' variants of the same names (one may not drift
+    # from the other: the linted renders are the tested ones).
+    from test_chart import VARIANTS
+
+    for name, values in variants.items():
+        assert values == VARIANTS[name], f"chart variant {name} differs from tests/test_chart.py"
 
 
 def test_doc_lists_the_same_accepted_findings() -> None:
