@@ -53,9 +53,10 @@ def values_block(components: tuple[Component, ...] = COMPONENTS) -> str:
 
 
 def values_yaml(text: str, components: tuple[Component, ...] = COMPONENTS) -> str:
-    if not _VALUES_BLOCK.search(text):
+    out, found = _VALUES_BLOCK.subn(lambda _: values_block(components), text, count=1)
+    if not found:
         raise ValueError(f"{VALUES}: no '# -- Default images' comment followed by 'images:'")
-    return _VALUES_BLOCK.sub(lambda _: values_block(components), text, count=1)
+    return out
 
 
 def schema_json(text: str, components: tuple[Component, ...] = COMPONENTS) -> str:

@@ -320,9 +320,7 @@ def render_model(
                 "service": names.model_group(stack_name, model.name, i),
                 "leader": names.model_group_leader(stack_name, model.name, i),
                 "workers": names.model_group_workers(stack_name, model.name, i),
-                "group_selector": names.selector_labels(
-                    stack_name, "model-server", model=model.name, group=str(i)
-                ),
+                "group_selector": _group_selector(stack_name, model, i),
                 "leader_script": leader_script,
                 "worker_script": worker_script,
             }
@@ -608,15 +606,17 @@ def render_network(stack: AIStack, policies: list[Ingress]) -> list[Manifest]:
     )
 
 
+def _group_selector(stack_name: str, model: ModelSpec, group: int) -> dict[str, str]:
+    """The labels of one replica group's pods (leader and workers) of a multi-node model."""
+    return names.selector_labels(stack_name, "model-server", model=model.name, group=str(group))
+
+
 def model_groups(stack: AIStack) -> list[tuple[str, dict[str, str]]]:
     """The replica groups of the stack's multi-node models: a name and the labels of the
     group's pods (its leader and workers form one Ray cluster and reach each other)."""
     stack_name = stack.metadata.name
     return [
-        (
-            names.model_group(stack_name, model.name, i),
-            names.selector_labels(stack_name, "model-server", model=model.name, group=str(i)),
-        )
+        (names.model_group(stack_name, model.name, i), _group_selector(stack_name, model, i))
         for model in stack.spec.models
         if model.multi_node
         for i in range(model.replicas)
