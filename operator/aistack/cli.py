@@ -18,7 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from aistack import __version__
-from aistack.api.v1alpha1 import API_VERSION, GROUP, AIStack, ModelSpec
+from aistack.api.v1alpha1 import API_VERSION, GROUP, AdapterSpec, AIStack, ModelSpec
 from aistack.crd import all_crds, crd_files
 from aistack.errors import format_validation_error
 from aistack.hub import HfHub
@@ -174,12 +174,14 @@ def _cmd_render(args: argparse.Namespace) -> int:
             stack = stack.model_copy(
                 update={"metadata": stack.metadata.model_copy(update={"namespace": args.namespace})}
             )
-        unknown = set(args.deny) - {m.name for m in stack.spec.models}
+        licensed = [n for m in stack.spec.models for n in [m.name, *(a.name for a in m.adapters)]]
+        unknown = set(args.deny) - set(licensed)
         if unknown and len(stacks) == 1:
             raise InputError(
-                f"--deny: no model named {', '.join(sorted(unknown))} in {stack.metadata.name}"
+                f"--deny: no model or adapter named {', '.join(sorted(unknown))} in "
+                f"{stack.metadata.name}"
             )
-        permitted = {m.name: m.name not in args.deny for m in stack.spec.models}
+        permitted = {name: name not in args.deny for name in licensed}
         manifests += render(stack, permitted, config)
     sys.stdout.write(render_yaml(manifests))
     return 0
@@ -334,10 +336,14 @@ def _model_of(args: argparse.Namespace) -> ModelSpec:
         raise InputError("\n".join(format_validation_error("MODEL", err))) from err
 
 
-def _license_row(stack_name: str, model: ModelSpec, v: LicenseVerdict) -> dict[str, Any]:
+def _license_row(
+    stack_name: str, model: ModelSpec, v: LicenseVerdict, adapter: AdapterSpec | None = None
+) -> dict[str, Any]:
+    what = adapter or model
     return {
         "stack": stack_name or None, "model": model.name if stack_name else None,
-        "source": model.source, "revision": model.revision, "license": v.license,
+        "adapter": adapter.name if adapter else None,
+        "source": what.source, "revision": what.revision, "license": v.license,
         "licenseSource": v.license_source, "permitted": v.permitted,
         "violation": v.violation, "reason": v.reason, "message": v.message,
     }  # fmt: skip
@@ -349,6 +355,8 @@ def _print_license_rows(rows: Sequence[Mapping[str, Any]]) -> None:
         if row["permitted"] and row["violation"]:
             verdict = "PERMITTED (policy violated, not enforced)"
         who = f"{row['stack']}/{row['model']}: " if row["stack"] else ""
+        if row["adapter"]:
+            who = f"{who.removesuffix(': ')}/{row['adapter']} (adapter): "
         print(f"{who}{verdict}  license={row['license'] or 'unknown'}  "
               f"source={row['licenseSource'] or '-'}  reason={row['reason']}")  # fmt: skip
         print(f"  {row['message']}")
@@ -357,12 +365,16 @@ def _print_license_rows(rows: Sequence[Mapping[str, Any]]) -> None:
 def _cmd_license_check(args: argparse.Namespace) -> int:
     import json
 
-    from aistack.licenses import decide, policies_from
+    from aistack.licenses import decide_models, policies_from
 
     policies = policies_from(_load_policies(args.policy))
     models = _models_to_check(args)
     hub = _hub() if args.hub else None
-    rows = [_license_row(name, m, decide(m, policies, hub=hub)) for name, m in models]
+    rows = []
+    for name, m in models:
+        verdicts = decide_models([m], policies, hub=hub)
+        rows.append(_license_row(name, m, verdicts[m.name]))
+        rows += [_license_row(name, m, verdicts[a.name], a) for a in m.adapters]
     if args.output == "json":
         print(json.dumps(rows, indent=2))
     else:
@@ -384,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Print the Kubernetes manifests for every AIStack in the files, as multi-document "
             "YAML (like `helm template`), for review and GitOps diffs. Models are rendered as "
-            "permitted; use --deny NAME to see a stack with a model blocked by its license."
+            "permitted; use --deny NAME to see a stack with a model or adapter blocked by its "
+            "license."
         ),
     )
     p_render.add_argument(
@@ -399,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_render.add_argument(
         "--deny", action="append", default=[], metavar="MODEL",
-        help="render as if MODEL's license were not permitted; repeatable",
+        help="render as if the license of MODEL (a model or adapter name) were not permitted; "
+        "repeatable",
     )  # fmt: skip
     p_render.set_defaults(func=_cmd_render)
 

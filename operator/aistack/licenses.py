@@ -41,12 +41,21 @@ from license_expression import (
 )
 from pydantic import ValidationError
 
-from aistack.api.v1alpha1 import AIStack, LicensePolicy, ModelSpec
+from aistack.api.v1alpha1 import (
+    AdapterSpec,
+    AdapterStatus,
+    AIStack,
+    LicensePolicy,
+    ModelSpec,
+    ModelStatus,
+)
 from aistack.conditions import as_dict, condition, previous_of
 from aistack.errors import format_validation_error
 from aistack.hub import CardLicense, HubClient, HubUnavailable
 
 Source = Literal["Catalog", "Hub", "Declared"]
+#: What has a license to check: a model, or a LoRA adapter (a derivative of its model).
+Licensed = ModelSpec | AdapterSpec
 Enforcement = Literal["Deny", "Warn", "DryRun"]
 
 
@@ -244,7 +253,7 @@ class Resolution:
     stale: str | None = None
 
 
-def _checked(model: ModelSpec, spdx: str, source: Source, where: str) -> Resolution:
+def _checked(model: Licensed, spdx: str, source: Source, where: str) -> Resolution:
     if model.license is not None and not same_license(model.license, spdx):
         return Resolution(
             spdx,
@@ -256,7 +265,7 @@ def _checked(model: ModelSpec, spdx: str, source: Source, where: str) -> Resolut
 
 
 def resolve(
-    model: ModelSpec,
+    model: Licensed,
     known: Mapping[str, CatalogEntry] | None = None,
     hub: HubClient | None = None,
     last: str | None = None,
@@ -416,7 +425,7 @@ class PolicyVerdict:
     message: str
 
 
-def evaluate_one(model: ModelSpec, resolved: Resolution, policy: CompiledPolicy) -> PolicyVerdict:
+def evaluate_one(model: Licensed, resolved: Resolution, policy: CompiledPolicy) -> PolicyVerdict:
     what = model.source + (f"@{model.revision}" if model.revision else "")
     if policy.invalid is not None:
         return PolicyVerdict(
@@ -476,7 +485,7 @@ def policies_from(raw: Sequence[Mapping[str, Any]]) -> list[CompiledPolicy]:
 
 
 def decide(
-    model: ModelSpec,
+    model: Licensed,
     policies: Sequence[CompiledPolicy],
     known: Mapping[str, CatalogEntry] | None = None,
     hub: HubClient | None = None,
@@ -491,7 +500,7 @@ def decide(
 
 
 def _decide(
-    model: ModelSpec, resolved: Resolution, policies: Sequence[CompiledPolicy]
+    model: Licensed, resolved: Resolution, policies: Sequence[CompiledPolicy]
 ) -> LicenseVerdict:
     violations = [(p, v) for p in policies if not (v := evaluate_one(model, resolved, p)).ok]
     if not violations:
@@ -519,44 +528,98 @@ def _decide(
 _LOCK = threading.Lock()
 
 
+def decide_adapter(
+    model: ModelSpec,
+    adapter: AdapterSpec,
+    base: LicenseVerdict,
+    policies: Sequence[CompiledPolicy],
+    known: Mapping[str, CatalogEntry] | None = None,
+    hub: HubClient | None = None,
+    last: str | None = None,
+) -> LicenseVerdict:
+    """An adapter against every policy, on top of its base model's verdict: an adapter is
+    a derivative of its model, so it is served only under its own license AND its
+    model's. Its own license is resolved and judged like a model's (an exception may
+    name its source); when the model is not permitted, neither is the adapter."""
+    verdict = decide(adapter, policies, known, hub, last)
+    prefix = f"adapter {adapter.name} of model {model.name}: "
+    if base.permitted:
+        return replace(verdict, message=prefix + verdict.message)
+    why = f"its base model is not permitted ({base.message})"
+    if verdict.permitted:
+        message = f"{prefix}not served, because {why}"
+    else:
+        message = f"{prefix}{verdict.message}; and {why}"
+    return replace(
+        verdict,
+        permitted=False,
+        reason=verdict.reason if not verdict.permitted else "BaseModelBlocked",
+        message=message,
+        enforcement=verdict.enforcement or base.enforcement,
+    )
+
+
+def decide_models(
+    models: Sequence[ModelSpec],
+    policies: Sequence[CompiledPolicy],
+    hub: HubClient | None = None,
+    last: Mapping[str, str] | None = None,
+) -> dict[str, LicenseVerdict]:
+    """Every model and every adapter of ``models``, by name (adapter names are unique
+    across the stack's models and adapters). ``last``: by name, the license the hub gave
+    before (see ``resolve``)."""
+    last = last or {}
+    out: dict[str, LicenseVerdict] = {}
+    for m in models:
+        base = out[m.name] = decide(m, policies, hub=hub, last=last.get(m.name))
+        for a in m.adapters:
+            out[a.name] = decide_adapter(m, a, base, policies, hub=hub, last=last.get(a.name))
+    return out
+
+
 def last_hub_licenses(stack: AIStack) -> dict[str, str]:
-    """Per model, the license the hub gave for its current source and revision, as the
-    stack's status recorded it: kept when the hub does not answer (an operator restarted
-    during an outage of the hub does not stop the models that run)."""
+    """Per model and adapter, the license the hub gave for its current source and
+    revision, as the stack's status recorded it: kept when the hub does not answer (an
+    operator restarted during an outage of the hub does not stop the models that run)."""
     if stack.status is None:
         return {}
-    by_name = {m.name: m for m in stack.spec.models}
+    specs: dict[str, Licensed] = {}
+    for m in stack.spec.models:
+        specs[m.name] = m
+        specs |= {a.name: a for a in m.adapters}
+    seen: list[tuple[str, ModelStatus | AdapterStatus]] = [(s.name, s) for s in stack.status.models]
+    seen += [(a.name, a) for s in stack.status.models for a in s.adapters or []]
     out = {}
-    for seen in stack.status.models:
-        model = by_name.get(seen.name)
+    for name, status in seen:
+        spec = specs.get(name)
         if (
-            model is not None
-            and seen.license_source == "Hub"
-            and seen.license
-            and seen.source == model.source
-            and seen.revision == model.revision
+            spec is not None
+            and status.license_source == "Hub"
+            and status.license
+            and status.source == spec.source
+            and status.revision == spec.revision
         ):
-            out[seen.name] = seen.license
+            out[name] = status.license
     return out
 
 
 def decide_stack(
     stack: AIStack, policies: Sequence[Mapping[str, Any]], hub: HubClient | None = None
 ) -> dict[str, LicenseVerdict]:
-    """Every model of the stack against the cluster's policies (raw objects); what the
-    reconciler asks, with the operator's hub bound (``aistack run --hub``)."""
+    """Every model and adapter of the stack against the cluster's policies (raw objects),
+    by name; what the reconciler asks, with the operator's hub bound (``aistack run --hub``)."""
     # Hub answers are fetched first, outside the lock: they may take a network timeout.
     if hub is not None:
+        licensed: list[Licensed] = []
         for m in stack.spec.models:
-            if m.source.lower() not in catalog() and not m.source.startswith(("pvc://", "s3://")):
+            licensed += [m, *m.adapters]
+        for x in licensed:
+            if x.source.lower() not in catalog() and not x.source.startswith(("pvc://", "s3://")):
                 with contextlib.suppress(HubUnavailable):
-                    hub.card_license(m.source, m.revision)
+                    hub.card_license(x.source, x.revision)
     last = last_hub_licenses(stack) if hub is not None else {}
     with _LOCK:
-        compiled = policies_from(policies)
-        return {
-            m.name: decide(m, compiled, hub=hub, last=last.get(m.name)) for m in stack.spec.models
-        }
+        return decide_models(stack.spec.models, policies_from(policies), hub=hub, last=last)
 
 
 def admission_messages(

@@ -8,11 +8,12 @@ really changes.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aistack import names
 from aistack.api.v1alpha1 import (
+    AdapterStatus,
     AIStack,
     AIStackSpec,
     AIStackStatus,
@@ -208,9 +209,42 @@ class _Models:
 
     statuses: list[ModelStatus]
     blocked: list[tuple[ModelSpec, LicenseVerdict]]
-    violations: list[tuple[ModelSpec, LicenseVerdict]]
+    #: Models and adapters whose license violates a policy, by name.
+    violations: list[tuple[str, LicenseVerdict]]
     not_ready: list[tuple[ModelSpec, PartState]]
     ready: int
+    #: Adapters not served (their license or their model's is not permitted), by name.
+    blocked_adapters: list[tuple[str, LicenseVerdict]] = field(default_factory=list)
+
+    @property
+    def any_blocked(self) -> bool:
+        return bool(self.blocked or self.blocked_adapters)
+
+
+def _not_checked(source: str) -> LicenseVerdict:
+    return LicenseVerdict(
+        permitted=False, violation=True, reason="LicenseNotChecked",
+        message=f"the license of {source} has not been checked yet",
+    )  # fmt: skip
+
+
+def _adapters(
+    model: ModelSpec, verdicts: Mapping[str, LicenseVerdict], out: _Models
+) -> list[AdapterStatus]:
+    statuses = []
+    for adapter in model.adapters:
+        verdict = verdicts.get(adapter.name) or _not_checked(adapter.source)
+        if verdict.violation:
+            out.violations.append((adapter.name, verdict))
+        if not verdict.permitted:
+            out.blocked_adapters.append((adapter.name, verdict))
+        status = AdapterStatus(
+            name=adapter.name, source=adapter.source, revision=adapter.revision,
+            license=verdict.license, license_source=verdict.license_source,
+            permitted=verdict.permitted, reason=verdict.reason, message=verdict.message,
+        )  # fmt: skip
+        statuses.append(status)
+    return statuses
 
 
 def _models(
@@ -221,12 +255,9 @@ def _models(
 ) -> _Models:
     out = _Models([], [], [], [], 0)
     for model in stack.spec.models:
-        verdict = verdicts.get(model.name) or LicenseVerdict(
-            permitted=False, violation=True, reason="LicenseNotChecked",
-            message=f"the license of {model.source} has not been checked yet",
-        )  # fmt: skip
+        verdict = verdicts.get(model.name) or _not_checked(model.source)
         if verdict.violation:
-            out.violations.append((model, verdict))
+            out.violations.append((model.name, verdict))
         entry: dict[str, Any] = {
             "name": model.name,
             "source": model.source,
@@ -235,6 +266,7 @@ def _models(
             "license_source": verdict.license_source,
             "permitted": verdict.permitted,
             "replicas": model.replicas,
+            "adapters": _adapters(model, verdicts, out) or None,
         }
         if not verdict.permitted:
             out.blocked.append((model, verdict))
@@ -267,10 +299,11 @@ def _license_condition(
         first = models.violations[0][1]
         detail = "; ".join(v.message for _, v in models.violations)
         return cond(LICENSE_COMPLIANT, False, first.reason, detail)
-    if stale := [(m, v) for m in spec.models if (v := verdicts.get(m.name)) and v.stale]:
+    licensed = [n for m in spec.models for n in [m.name, *(a.name for a in m.adapters)]]
+    if stale := [(n, v) for n in licensed if (v := verdicts.get(n)) and v.stale]:
         # Permitted on the last good answer while a lookup fails: still compliant, but
         # the condition says which verdicts are not fresh, and why.
-        detail = "; ".join(f"{m.name}: {v.stale}" for m, v in stale)
+        detail = "; ".join(f"{n}: {v.stale}" for n, v in stale)
         return cond(
             LICENSE_COMPLIANT,
             True,
@@ -338,7 +371,7 @@ def _phase(
         return "Blocked"
     if ready.status == "True":
         return "Ready"
-    if models.blocked or any(s.reason in PROBLEMS for s in part_states):
+    if models.any_blocked or any(s.reason in PROBLEMS for s in part_states):
         return "Degraded"
     if not observed.deployments:
         return "Pending"
@@ -375,11 +408,12 @@ def compute_status(
 
     # Ready and phase
     # A license violation that was not enforced (Warn, DryRun) is reported by
-    # LicenseCompliant alone; it makes the stack not Ready only when models are blocked.
+    # LicenseCompliant alone; it makes the stack not Ready only when models or adapters
+    # are blocked.
     failing = [
         c
         for c in conditions
-        if c.status != "True" and (c.type != LICENSE_COMPLIANT or models.blocked)
+        if c.status != "True" and (c.type != LICENSE_COMPLIANT or models.any_blocked)
     ]
     if apply_error:
         ready = cond(READY, False, "ApplyFailed", apply_error)
@@ -416,6 +450,11 @@ def transitions(old: AIStackStatus | None, new: AIStackStatus) -> list[EventSpec
         prev = before.get(m.name)
         if m.permitted is False and (prev is None or prev.permitted is not False):
             events.append(EventSpec("Warning", "ModelBlocked", f"{m.name}: {m.message}"))
+        before_adapters = {a.name: a for a in (prev.adapters or [] if prev else [])}
+        for a in m.adapters or []:
+            was = before_adapters.get(a.name)
+            if a.permitted is False and (was is None or was.permitted is not False):
+                events.append(EventSpec("Warning", "AdapterBlocked", a.message or a.name))
         was_ready = prev is not None and prev.reason == "Ready"
         if m.permitted and m.reason == "Ready" and not was_ready:
             events.append(EventSpec("Normal", "ModelReady", f"{m.name} serves at {m.endpoint}"))

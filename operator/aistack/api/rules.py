@@ -11,6 +11,12 @@ from collections.abc import Sequence
 from aistack import names
 
 UNIQUE_MODELS = "model names must be unique within the stack"
+UNIQUE_ADAPTER_NAMES = (
+    "adapter names must be unique across every model and adapter of the stack, and differ "
+    "from every model name: clients call an adapter by its name, as they call a model"
+)
+#: Most adapters one model may serve.
+MAX_ADAPTERS = 16
 UNIQUE_WORKER_GROUPS = "Ray worker group names must be unique within the stack"
 TP_DIVIDES_GPUS = (
     "tensorParallelSize must divide gpus (GPUs per node): the GPUs of a node form "

@@ -180,6 +180,34 @@ class WeightCache(APIModel):
         return self
 
 
+#: The LoRA ranks vLLM can serve (``--max-lora-rank``).
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+Revision = Annotated[
+    str, StringConstraints(max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+]
+
+
+class AdapterSpec(APIModel):
+    """A LoRA adapter served on top of its model, under a name of its own. Its license is
+    checked like a model's, and it is served only when both its license and its base
+    model's are permitted."""
+
+    name: Annotated[str, StringConstraints(pattern=names.DNS_1035_PATTERN, max_length=63)]
+    """Name clients send as ``model`` to reach the adapter: a DNS label, unique across every
+    model and adapter of the stack."""
+    source: Annotated[str, StringConstraints(pattern=SOURCE_PATTERN, max_length=512)]
+    """Where the adapter comes from: a Hugging Face repo id (``org/name``),
+    ``pvc://<claim>/<path>`` or ``s3://<bucket>/<prefix>``. Hugging Face and S3 adapters are
+    downloaded by an init container of the model's pods (with the model's
+    ``hfTokenSecretRef`` or ``credentialsSecretRef``); a PVC is mounted read-only."""
+    revision: Revision | None = None
+    """Pinned commit, branch or tag of a Hugging Face source: downloaded at this revision,
+    and its license checked there."""
+    license: LicenseText | None = None
+    """Declared license as an SPDX expression. Needed for sources nothing else knows the
+    license of (pvc://, s3://)."""
+
+
 class ModelSpec(APIModel):
     """One model served by vLLM behind the stack's gateway."""
 
@@ -204,10 +232,7 @@ class ModelSpec(APIModel):
     source: Annotated[str, StringConstraints(pattern=SOURCE_PATTERN, max_length=512)]
     """Where the weights come from: a Hugging Face repo id (``org/name``),
     ``pvc://<claim>/<path>`` or ``s3://<bucket>/<prefix>``."""
-    revision: (
-        Annotated[str, StringConstraints(max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")]
-        | None
-    ) = None
+    revision: Revision | None = None
     """Pinned commit, branch or tag of a Hugging Face source (``--revision``). The license is
     checked at this revision."""
     license: LicenseText | None = None
@@ -247,6 +272,24 @@ class ModelSpec(APIModel):
     """Extra ``vllm serve`` arguments, appended after the operator's own."""
     image: Image | None = None
     """vLLM image for this model; defaults to ``spec.vllm.image`` or the operator's default."""
+    adapters: Annotated[
+        list[AdapterSpec],
+        Field(
+            max_length=rules.MAX_ADAPTERS,
+            json_schema_extra={
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["name"],
+            },
+        ),
+    ] = Field(default_factory=list)
+    """LoRA adapters served on this model, each under its own name (``--lora-modules``).
+    Adding or removing one restarts the model's pods one at a time."""
+    max_loras: Annotated[int, Field(ge=1, le=64)] = 1
+    """``--max-loras``: how many adapters one batch may use at once (each takes GPU memory
+    for its rank). Only with adapters."""
+    max_lora_rank: Literal[LORA_RANKS] = 16  # type: ignore[valid-type]
+    """``--max-lora-rank``: the highest rank of any adapter (vLLM refuses to load one of a
+    higher rank). One of 1, 8, 16, 32, 64, 128, 256, 320, 512. Only with adapters."""
 
     @property
     def effective_tp(self) -> int:
@@ -267,6 +310,10 @@ class ModelSpec(APIModel):
             raise ValueError(rules.TP_DIVIDES_GPUS)
         if self.nodes > 1 and self.replicas > names.MAX_REPLICAS:
             raise ValueError(rules.MULTINODE_REPLICAS)
+        seen = [a.name for a in self.adapters]
+        dupes = sorted({n for n in seen if seen.count(n) > 1})
+        if dupes:
+            raise ValueError(f"{rules.UNIQUE_ADAPTER_NAMES} (duplicated: {', '.join(dupes)})")
         return self
 
 
@@ -565,6 +612,15 @@ class AIStackSpec(APIModel):
                 "|| has(m.image) || (has(self.vllm) && has(self.vllm.image)))",
                 rules.MULTINODE_IMAGE,
             ),
+            # Duplicates within a model are refused by the list's map key, and an adapter
+            # named like a model here. The same name on adapters of two models is refused
+            # by the validator below (the operator's webhook): that rule, quadratic in every
+            # adapter of the stack, costs more than the API server's CEL budget allows.
+            (
+                "!has(self.models) || self.models.all(m, !has(m.adapters) || "
+                "m.adapters.all(a, !self.models.exists(n, n.name == a.name)))",
+                rules.UNIQUE_ADAPTER_NAMES,
+            ),
         )
     )
 
@@ -596,6 +652,14 @@ class AIStackSpec(APIModel):
         dupes = sorted({n for n in seen if seen.count(n) > 1})
         if dupes:
             raise ValueError(f"{rules.UNIQUE_MODELS}: {', '.join(dupes)}")
+        model_names = set(seen)
+        adapters = [a.name for m in self.models for a in m.adapters]
+        clashes = sorted(
+            {n for n in adapters if n in model_names}
+            | {n for n in adapters if adapters.count(n) > 1}
+        )
+        if clashes:
+            raise ValueError(f"{rules.UNIQUE_ADAPTER_NAMES} (got {', '.join(clashes)})")
         without = [m.name for m in self.models if m.multi_node and not m.image]
         if without and not self.vllm.image:
             raise ValueError(f"{rules.MULTINODE_IMAGE} (models: {', '.join(without)})")
@@ -617,6 +681,29 @@ class Condition(APIModel):
     """The .metadata.generation the condition was computed for."""
     last_transition_time: str | None = None
     """When the status last changed (RFC 3339)."""
+
+
+class AdapterStatus(APIModel):
+    """License verdict of one LoRA adapter of a model."""
+
+    name: str
+    """Name clients call the adapter by."""
+    source: str | None = None
+    """Where the adapter comes from."""
+    revision: str | None = None
+    """Revision the license was checked at."""
+    license: str | None = None
+    """The adapter's own resolved license (SPDX expression); it is served only when its
+    model's license is permitted too."""
+    license_source: str | None = None
+    """Where the license came from: Catalog, Hub, Declared."""
+    permitted: bool | None = None
+    """Whether the adapter is served: its license and its model's are permitted. A
+    denied adapter is neither loaded nor routed; its model keeps serving."""
+    reason: str | None = None
+    """The license verdict, e.g. LicenseAllowed, LicenseNotAllowed, BaseModelBlocked."""
+    message: str | None = None
+    """Detail for ``reason``."""
 
 
 class ModelStatus(APIModel):
@@ -644,6 +731,8 @@ class ModelStatus(APIModel):
     """Replicas that serve."""
     endpoint: str | None = None
     """In-cluster OpenAI-compatible base URL of the model itself."""
+    adapters: list[AdapterStatus] | None = None
+    """The model's LoRA adapters: license, where it came from, whether it is served."""
 
 
 class Endpoints(APIModel):

@@ -74,9 +74,13 @@ class Component:
 
 
 def _models(stack: AIStack, served: list[ModelSpec], config: RenderConfig) -> list[Manifest]:
+    by_name = {m.name: m for m in served}
     out: list[Manifest] = []
     for model in stack.spec.models:
-        out += parts.render_model(stack, model, config, permitted=model in served)
+        # A served model with its permitted adapters; a blocked one with none (it runs
+        # no pod, and its adapters are blocked with it).
+        shown = by_name.get(model.name) or model.model_copy(update={"adapters": []})
+        out += parts.render_model(stack, shown, config, permitted=model.name in by_name)
     return out
 
 
@@ -199,8 +203,9 @@ def render(
     objects, in the order of ``COMPONENTS``, then a PodDisruptionBudget for each
     Deployment with more than one replica.
 
-    ``permitted`` maps model name to whether its license is permitted; a model that is not
-    permitted (or missing from the map) runs no pod and gets no gateway route.
+    ``permitted`` maps model and adapter names to whether their license is permitted; a
+    model that is not permitted (or missing from the map) runs no pod and gets no gateway
+    route, and an adapter that is not is neither loaded nor routed.
     """
     config = config or RenderConfig()
     served = parts.served_models(stack, permitted)

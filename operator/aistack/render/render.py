@@ -7,6 +7,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
+from importlib import resources
 from typing import Any
 
 import jinja2
@@ -14,6 +15,7 @@ import yaml
 
 from aistack import names
 from aistack.api.v1alpha1 import (
+    AdapterSpec,
     AIStack,
     ModelSpec,
     NetworkPeer,
@@ -38,6 +40,16 @@ RAY_AGENT_PORT = 52365
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 MODEL_MOUNT = "/mnt/models"
+#: Where the init containers put the LoRA adapters they download (on the cache volume).
+ADAPTER_DIR = "/cache/adapters"
+#: What an adapter's init container needs: it streams files from the Hub or S3 into the
+#: cache volume (its own root is read-only: only logs count against its node disk).
+FETCH_RESOURCES = {
+    "requests": {"cpu": "250m", "memory": "256Mi", "ephemeral-storage": "64Mi"},
+    "limits": {"memory": "1Gi", "ephemeral-storage": "1Gi"},
+}
+#: Where PVCs holding LoRA adapters are mounted, one directory per claim.
+ADAPTER_MOUNT = "/mnt/adapters"
 #: Time a model pod may take to be scheduled and pull its (large) image before its
 #: startup budget starts counting.
 PULL_AND_SCHEDULE_SECONDS = 900
@@ -112,9 +124,9 @@ def _pod_security() -> dict[str, Any]:
 
 def _container_security(read_only_root: bool = False) -> dict[str, Any]:
     """``read_only_root`` only where the conformance suite runs the program with a
-    read-only root (MLflow). vLLM compiles kernels, Ray writes session files and LiteLLM
-    rewrites its UI files at start: their root filesystems stay writable; /tmp and caches
-    are volumes anyway."""
+    read-only root (MLflow, the adapters' init containers). vLLM compiles kernels, Ray
+    writes session files and LiteLLM rewrites its UI files at start: their root
+    filesystems stay writable; /tmp and caches are volumes anyway."""
     return {
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
@@ -143,11 +155,77 @@ def _namespace(stack: AIStack) -> str:
 # ---------------------------------------------------------------- models
 
 
+def _pvc(source: str) -> tuple[str, str]:
+    """The claim and the path in it of a ``pvc://<claim>/<path>`` source."""
+    claim, _, path = source.removeprefix("pvc://").partition("/")
+    return claim, path
+
+
 def _model_path(model: ModelSpec) -> str:
     if model.source.startswith("pvc://"):
-        _claim, _, path = model.source.removeprefix("pvc://").partition("/")
-        return f"{MODEL_MOUNT}/{path}".rstrip("/")
+        return f"{MODEL_MOUNT}/{_pvc(model.source)[1]}".rstrip("/")
     return model.source
+
+
+def _adapter_claims(model: ModelSpec) -> list[str]:
+    """The PVCs of the model's pvc:// adapters that the model's own source does not mount."""
+    own = _pvc(model.source)[0] if model.source.startswith("pvc://") else None
+    out: list[str] = []
+    for adapter in model.adapters:
+        if adapter.source.startswith("pvc://"):
+            claim = _pvc(adapter.source)[0]
+            if claim != own and claim not in out:
+                out.append(claim)
+    return out
+
+
+def adapter_path(model: ModelSpec, adapter: AdapterSpec) -> str:
+    """Where vLLM finds an adapter in the model's pods: under its PVC's mount, or where
+    its init container downloaded it."""
+    if not adapter.source.startswith("pvc://"):
+        return f"{ADAPTER_DIR}/{adapter.name}"
+    claim, path = _pvc(adapter.source)
+    own = model.source.startswith("pvc://") and _pvc(model.source)[0] == claim
+    return f"{MODEL_MOUNT if own else f'{ADAPTER_MOUNT}/{claim}'}/{path}".rstrip("/")
+
+
+@cache
+def _s3_fetch_program() -> str:
+    return resources.files("aistack.render").joinpath("fetch_s3.py").read_text()
+
+
+def adapter_fetchers(model: ModelSpec) -> list[tuple[str, list[str]]]:
+    """The init containers that download the model's Hugging Face and S3 adapters (vLLM
+    loads adapters only from a local directory, or from the Hub's default branch): a name
+    and a command each. Adapters on a PVC need none."""
+    out: list[tuple[str, list[str]]] = []
+    for i, adapter in enumerate(model.adapters):
+        dest = adapter_path(model, adapter)
+        if adapter.source.startswith("pvc://"):
+            continue
+        if adapter.source.startswith("s3://"):
+            command = ["python3", "-c", _s3_fetch_program(), adapter.source, dest]
+        else:
+            command = ["hf", "download", adapter.source, "--local-dir", dest]
+            if adapter.revision is not None:
+                command += ["--revision", adapter.revision]
+        out.append((f"fetch-adapter-{i}", command))
+    return out
+
+
+def _lora_args(model: ModelSpec) -> list[str]:
+    """vLLM's LoRA flags for the model's adapters (the permitted ones: see
+    ``with_permitted_adapters``); none without adapters. Every adapter is listed in one
+    ``--lora-modules`` (vLLM keeps only the last of repeated ones) and kept in CPU memory."""
+    if not model.adapters:
+        return []
+    return [
+        "--enable-lora",
+        "--max-loras", str(model.max_loras),
+        "--max-lora-rank", str(model.max_lora_rank),
+        "--max-cpu-loras", str(max(model.max_loras, len(model.adapters))),
+        "--lora-modules", *(f"{a.name}={adapter_path(model, a)}" for a in model.adapters),
+    ]  # fmt: skip
 
 
 def _vllm_args(
@@ -173,6 +251,7 @@ def _vllm_args(
         args += ["--revision", model.revision]
     if model.source.startswith("s3://"):
         args += ["--load-format", "runai_streamer"]
+    args += _lora_args(model)
     if stack.spec.mlflow.enabled:
         # MLflow (3.6+) takes OTLP/HTTP traces; the experiment is named in a header.
         args += ["--otlp-traces-endpoint", f"{mlflow_uri(stack, config)}/v1/traces"]
@@ -239,11 +318,17 @@ def _model_volumes(stack: AIStack, model: ModelSpec) -> tuple[list[Any], list[An
         {"name": "shm", "mountPath": "/dev/shm"},
     ]
     if model.source.startswith("pvc://"):
-        claim, _, _path = model.source.removeprefix("pvc://").partition("/")
+        claim = _pvc(model.source)[0]
         volumes.append(
             {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
         )
         mounts.append({"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True})
+    for i, claim in enumerate(_adapter_claims(model)):
+        volume = f"adapters-{i}"
+        volumes.append(
+            {"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
+        mounts.append({"name": volume, "mountPath": f"{ADAPTER_MOUNT}/{claim}", "readOnly": True})
     return volumes, mounts
 
 
@@ -264,6 +349,9 @@ def _model_context(stack: AIStack, model: ModelSpec, config: RenderConfig) -> di
         "volumes": volumes,
         "mounts": mounts,
         "credentials": model.credentials_secret_ref.name if model.credentials_secret_ref else None,
+        "fetchers": adapter_fetchers(model),
+        "fetch_resources": FETCH_RESOURCES,
+        "fetch_security": _container_security(read_only_root=True),
         "pod_security": _pod_security(),
         "container_security": _container_security(),
         "port": VLLM_PORT,
@@ -485,16 +573,18 @@ def render_mlflow(stack: AIStack, config: RenderConfig) -> list[Manifest]:
 
 
 def gateway_config(stack: AIStack, served: list[ModelSpec], config: RenderConfig) -> dict[str, Any]:
-    """LiteLLM proxy configuration: one route per permitted, deployed model."""
+    """LiteLLM proxy configuration: one route per permitted, deployed model, and one per
+    permitted adapter of it, to the same server (vLLM serves an adapter under its name)."""
     model_list = [
         {
-            "model_name": m.name,
+            "model_name": name,
             "litellm_params": {
-                "model": f"hosted_vllm/{m.name}",
+                "model": f"hosted_vllm/{name}",
                 "api_base": model_url(stack, m, config),
             },
         }
         for m in served
+        for name in [m.name, *(a.name for a in m.adapters)]
     ]
     cfg: dict[str, Any] = {"model_list": model_list}
     if stack.spec.mlflow.enabled:
@@ -646,10 +736,24 @@ def render_disruption_budgets(stack: AIStack, manifests: list[Manifest]) -> list
 # ---------------------------------------------------------------- entry points
 
 
+def with_permitted_adapters(model: ModelSpec, permitted: Mapping[str, bool]) -> ModelSpec:
+    """The model with only its permitted adapters: the others are neither loaded nor
+    routed. An adapter missing from ``permitted`` is not permitted (fail closed)."""
+    kept = [a for a in model.adapters if permitted.get(a.name, False)]
+    if len(kept) == len(model.adapters):
+        return model
+    return model.model_copy(update={"adapters": kept})
+
+
 def served_models(stack: AIStack, permitted: Mapping[str, bool]) -> list[ModelSpec]:
-    """Models that get servers and routes: permitted ones only. A model missing from
-    ``permitted`` is treated as not permitted (fail closed)."""
-    return [m for m in stack.spec.models if permitted.get(m.name, False)]
+    """Models that get servers and routes, each with its permitted adapters: permitted
+    ones only. A model missing from ``permitted`` is treated as not permitted (fail
+    closed)."""
+    return [
+        with_permitted_adapters(m, permitted)
+        for m in stack.spec.models
+        if permitted.get(m.name, False)
+    ]
 
 
 def render_yaml(manifests: list[Manifest]) -> str:
