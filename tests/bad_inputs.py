@@ -58,6 +58,13 @@ def model(**fields: Any) -> dict[str, Any]:
     return stack(models=[{"name": "m", "source": "org/m", "license": "MIT", **fields}])
 
 
+def provider(**fields: Any) -> dict[str, Any]:
+    """A stack routing to one hosted provider with ``fields`` changed (None: left out)."""
+    route = {"name": "gpt", "provider": "openai", "model": "gpt-4o-mini",
+             "credentialsSecretRef": {"name": "keys", "key": "openai"}, **fields}  # fmt: skip
+    return stack(gateway={"providers": [{k: v for k, v in route.items() if v is not None}]})
+
+
 def policy(**spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": API_VERSION,
@@ -161,6 +168,29 @@ CASES: list[Case] = [
     Case("adapter-license-denied",
          model(adapters=[{"name": "a", "source": "org/a", "license": "CC-BY-NC-4.0"}]),
          api="adapter a of model m: org/a is under CC-BY-NC-4.0", cli=None),
+    # --- hosted providers
+    both("provider-unknown", provider(provider="openrouter"),
+         "spec.gateway.providers[0].provider"),
+    both("provider-compatible-without-api-base", provider(provider="openai-compatible"),
+         rules.PROVIDER_API_BASE),
+    both("provider-bedrock-without-region", provider(provider="bedrock"), rules.PROVIDER_REGION),
+    both("provider-named-like-a-model", provider(name="m"), rules.UNIQUE_ROUTES),
+    both("provider-without-key", provider(credentialsSecretRef=None),
+         "spec.gateway.providers[0].credentialsSecretRef"),
+    both("provider-api-base-hostile", provider(apiBase="http://x.example/v1 --debug"),
+         "spec.gateway.providers[0].apiBase"),
+    both("fallback-to-unknown-route",
+         stack(gateway={"fallbacks": [{"model": "m", "to": ["nowhere"]}]}), rules.UNKNOWN_ROUTE),
+    both("fallback-to-itself", stack(gateway={"fallbacks": [{"model": "m", "to": ["m"]}]}),
+         rules.FALLBACK_TO_ITSELF),
+    both("limit-without-rpm-or-tpm", stack(gateway={"limits": [{"route": "m"}]}),
+         "a limit needs rpm or tpm"),
+    both("limit-rpm-zero", stack(gateway={"limits": [{"route": "m", "rpm": 0}]}),
+         "spec.gateway.limits[0].rpm"),
+    Case("provider-not-allowed", provider(), api="route gpt sends prompts to provider openai",
+         cli=None),
+    Case("policy-provider-unknown", policy(providers={"allow": ["openrouter"]}),
+         api="spec.providers.allow[0]", cli="spec.providers.allow[0]", command=POLICY_CHECK),
     # --- duplicate names
     Case("duplicate-models",
          stack(models=[{"name": "m", "source": "org/a"}, {"name": "m", "source": "org/b"}]),

@@ -53,7 +53,7 @@ def test_the_webhook_refuses_under_a_policy_it_cannot_read_and_names_it(
 ) -> None:
     newer = {"apiVersion": "aistack.dev/v1alpha1", "kind": "LicensePolicy",
              "metadata": {"name": "legal"},
-             "spec": {"allow": ["Apache-2.0"], "providers": {"allow": ["openai"]}}}  # fmt: skip
+             "spec": {"allow": ["Apache-2.0"], "datasets": {"allow": ["CC-BY-4.0"]}}}  # fmt: skip
     monkeypatch.setattr(handlers, "_current_policies", lambda: [newer])
     model = {"name": "m", "source": "mistralai/Mistral-7B-v0.3"}  # Apache-2.0
     stack = {"apiVersion": "aistack.dev/v1alpha1", "kind": "AIStack",
@@ -61,4 +61,4 @@ def test_the_webhook_refuses_under_a_policy_it_cannot_read_and_names_it(
     with pytest.raises(kopf.AdmissionError) as err:
         asyncio.run(handlers.admit_stack(body=stack, warnings=[], dryrun=False))  # type: ignore[arg-type]
     assert err.value.code == 403
-    assert "LicensePolicy legal" in str(err.value) and "spec.providers" in str(err.value)
+    assert "LicensePolicy legal" in str(err.value) and "spec.datasets" in str(err.value)

@@ -115,7 +115,7 @@ def test_deny_previews_a_blocked_model(tmp_path: Path) -> None:
     assert docs[("Deployment", "demo-vllm-b")]["spec"]["replicas"] == 0
     assert "model_name: b" not in docs[("ConfigMap", "demo-gateway-config")]["data"]["config.yaml"]
     result = aistack("render", "-f", path, "--deny", "nope")
-    assert result.returncode == 2 and "no model or adapter named nope" in result.stderr
+    assert result.returncode == 2 and "no model, adapter or provider named nope" in result.stderr
 
 
 def test_crds_command_prints_what_crds_dir_holds(tmp_path: Path) -> None:

@@ -251,7 +251,7 @@ def test_json_rows_have_one_shape() -> None:
     assert result.returncode == 1
     (row,) = json.loads(result.stdout)
     assert row == {
-        "stack": None, "model": None, "adapter": None,
+        "stack": None, "model": None, "adapter": None, "provider": None,
         "source": "meta-llama/Llama-3.1-8B-Instruct",
         "revision": "0e9e39f", "license": "LicenseRef-llama3.1", "licenseSource": "Catalog",
         "permitted": False, "violation": True, "reason": "LicenseNotAllowed",

@@ -23,10 +23,10 @@ def mistral() -> Any:  # Apache-2.0 in the shipped catalog
 
 def test_a_policy_with_a_field_unknown_to_the_models_denies_the_model() -> None:
     # Allows only MIT, and carries a field from a newer API version.
-    newer = policy(allow=["MIT"], providers={"allow": ["openai"]})
+    newer = policy(allow=["MIT"], datasets={"allow": ["CC-BY-4.0"]})
     verdict = decide(mistral(), policies_from([newer]))
     assert (verdict.permitted, verdict.reason) == (False, "PolicyInvalid")
-    assert "LicensePolicy team" in verdict.message and "spec.providers" in verdict.message
+    assert "LicensePolicy team" in verdict.message and "spec.datasets" in verdict.message
     # Read without the unknown field, the same policy would deny it too, for its own
     # reason; the point is that it is not skipped in favour of the default policy.
     assert decide(mistral(), policies_from([])).permitted, "the default allows Apache-2.0"
@@ -70,10 +70,10 @@ def test_an_allow_entry_that_does_not_parse_allows_nothing_and_the_rest_applies(
 
 
 def test_the_policy_status_says_it_cannot_be_read() -> None:
-    status = policy_status(policy(allow=["MIT"], providers={}), None, "T0")
+    status = policy_status(policy(allow=["MIT"], datasets={}), None, "T0")
     (valid,) = status["conditions"]
     assert (valid["status"], valid["reason"]) == ("False", "PolicyInvalid")
-    assert "spec.providers" in valid["message"] and "denies every model" in valid["message"]
+    assert "spec.datasets" in valid["message"] and "denies every model" in valid["message"]
     assert status["observedGeneration"] == valid["observedGeneration"] == 3
     bad_allow = policy_status(policy(allow=["MIT", "not((x"]), None, "T0")
     assert bad_allow["conditions"][0]["reason"] == "InvalidLicenseIds"

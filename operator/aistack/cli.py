@@ -18,7 +18,14 @@ import yaml
 from pydantic import ValidationError
 
 from aistack import __version__
-from aistack.api.v1alpha1 import API_VERSION, GROUP, AdapterSpec, AIStack, ModelSpec
+from aistack.api.v1alpha1 import (
+    API_VERSION,
+    GROUP,
+    AdapterSpec,
+    AIStack,
+    ModelSpec,
+    ProviderSpec,
+)
 from aistack.crd import all_crds, crd_files
 from aistack.errors import format_validation_error
 from aistack.hub import HfHub
@@ -175,10 +182,11 @@ def _cmd_render(args: argparse.Namespace) -> int:
                 update={"metadata": stack.metadata.model_copy(update={"namespace": args.namespace})}
             )
         licensed = [n for m in stack.spec.models for n in [m.name, *(a.name for a in m.adapters)]]
+        licensed += [p.name for p in stack.spec.gateway.providers]
         unknown = set(args.deny) - set(licensed)
         if unknown and len(stacks) == 1:
             raise InputError(
-                f"--deny: no model or adapter named {', '.join(sorted(unknown))} in "
+                f"--deny: no model, adapter or provider named {', '.join(sorted(unknown))} in "
                 f"{stack.metadata.name}"
             )
         permitted = {name: name not in args.deny for name in licensed}
@@ -311,15 +319,18 @@ def _load_policies(paths: Sequence[str]) -> list[dict[str, Any]]:
     return policies
 
 
-def _models_to_check(args: argparse.Namespace) -> list[tuple[str, ModelSpec]]:
-    """(stack name, model) for every model of the stacks in -f FILE, or ("", MODEL)."""
+def _routes_to_check(
+    args: argparse.Namespace,
+) -> list[tuple[str, list[ModelSpec], list[ProviderSpec]]]:
+    """(stack name, its models, its hosted providers) for every stack in -f FILE, or
+    ("", [MODEL], [])."""
     if args.filename:
         if args.model:
             raise InputError("give either MODEL or -f FILE, not both")
         stacks, _ = load_stacks(args.filename)
-        return [(s.metadata.name, m) for s in stacks for m in s.spec.models]
+        return [(s.metadata.name, s.spec.models, s.spec.gateway.providers) for s in stacks]
     if args.model:
-        return [("", _model_of(args))]
+        return [("", [_model_of(args)], [])]
     raise InputError("give a MODEL (a Hugging Face repo id, pvc:// or s3:// source) or -f FILE")
 
 
@@ -336,14 +347,21 @@ def _model_of(args: argparse.Namespace) -> ModelSpec:
         raise InputError("\n".join(format_validation_error("MODEL", err))) from err
 
 
+def _provider_target(provider: ProviderSpec | None) -> str | None:
+    return f"{provider.provider}/{provider.model}" if provider else None
+
+
 def _license_row(
-    stack_name: str, model: ModelSpec, v: LicenseVerdict, adapter: AdapterSpec | None = None
-) -> dict[str, Any]:
+    stack_name: str, model: ModelSpec | None, v: LicenseVerdict,
+    adapter: AdapterSpec | None = None, provider: ProviderSpec | None = None,
+) -> dict[str, Any]:  # fmt: skip
     what = adapter or model
     return {
-        "stack": stack_name or None, "model": model.name if stack_name else None,
+        "stack": stack_name or None, "model": model.name if stack_name and model else None,
         "adapter": adapter.name if adapter else None,
-        "source": what.source, "revision": what.revision, "license": v.license,
+        "provider": provider.name if provider else None,
+        "source": what.source if what else _provider_target(provider),
+        "revision": what.revision if what else None, "license": v.license,
         "licenseSource": v.license_source, "permitted": v.permitted,
         "violation": v.violation, "reason": v.reason, "message": v.message,
     }  # fmt: skip
@@ -357,6 +375,8 @@ def _print_license_rows(rows: Sequence[Mapping[str, Any]]) -> None:
         who = f"{row['stack']}/{row['model']}: " if row["stack"] else ""
         if row["adapter"]:
             who = f"{who.removesuffix(': ')}/{row['adapter']} (adapter): "
+        if row["provider"]:
+            who = f"{row['stack']}/{row['provider']} (provider {row['source']}): "
         print(f"{who}{verdict}  license={row['license'] or 'unknown'}  "
               f"source={row['licenseSource'] or '-'}  reason={row['reason']}")  # fmt: skip
         print(f"  {row['message']}")
@@ -365,16 +385,18 @@ def _print_license_rows(rows: Sequence[Mapping[str, Any]]) -> None:
 def _cmd_license_check(args: argparse.Namespace) -> int:
     import json
 
-    from aistack.licenses import decide_models, policies_from
+    from aistack.licenses import decide_models, decide_provider, policies_from
 
     policies = policies_from(_load_policies(args.policy))
-    models = _models_to_check(args)
     hub = _hub() if args.hub else None
     rows = []
-    for name, m in models:
-        verdicts = decide_models([m], policies, hub=hub)
-        rows.append(_license_row(name, m, verdicts[m.name]))
-        rows += [_license_row(name, m, verdicts[a.name], a) for a in m.adapters]
+    for name, models, providers in _routes_to_check(args):
+        verdicts = decide_models(models, policies, hub=hub)
+        for m in models:
+            rows.append(_license_row(name, m, verdicts[m.name]))
+            rows += [_license_row(name, m, verdicts[a.name], a) for a in m.adapters]
+        for p in providers:
+            rows.append(_license_row(name, None, decide_provider(p, policies), provider=p))
     if args.output == "json":
         print(json.dumps(rows, indent=2))
     else:
@@ -396,8 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Print the Kubernetes manifests for every AIStack in the files, as multi-document "
             "YAML (like `helm template`), for review and GitOps diffs. Models are rendered as "
-            "permitted; use --deny NAME to see a stack with a model or adapter blocked by its "
-            "license."
+            "permitted; use --deny NAME to see a stack with a model, adapter or hosted provider "
+            "blocked by the license policy."
         ),
     )
     p_render.add_argument(
@@ -412,8 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_render.add_argument(
         "--deny", action="append", default=[], metavar="MODEL",
-        help="render as if the license of MODEL (a model or adapter name) were not permitted; "
-        "repeatable",
+        help="render as if MODEL (a model, adapter or provider route name) were not permitted "
+        "by the license policy; repeatable",
     )  # fmt: skip
     p_render.set_defaults(func=_cmd_render)
 

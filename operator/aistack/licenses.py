@@ -22,7 +22,7 @@ import contextlib
 import csv
 import re
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import IntEnum
 from functools import cache, lru_cache
@@ -48,6 +48,7 @@ from aistack.api.v1alpha1 import (
     LicensePolicy,
     ModelSpec,
     ModelStatus,
+    ProviderSpec,
 )
 from aistack.conditions import as_dict, condition, previous_of
 from aistack.errors import format_validation_error
@@ -326,6 +327,9 @@ class CompiledPolicy:
     unknown: str
     enforcement: Enforcement
     exceptions: tuple[tuple[str, str | None, str], ...]
+    #: Hosted providers the gateway may send prompts to, and never.
+    providers_allow: frozenset[str] = frozenset()
+    providers_deny: frozenset[str] = frozenset()
     #: Why this operator cannot read the policy (a field it does not know, a deny entry
     #: that does not parse). Such a policy denies every model: it fails closed.
     invalid: str | None = None
@@ -368,6 +372,8 @@ def compile_policy(policy: LicensePolicy) -> tuple[CompiledPolicy, list[str]]:
         unknown=spec.unknown,
         enforcement=spec.enforcement,
         exceptions=tuple((e.model.lower(), e.revision, e.reason) for e in spec.exceptions),
+        providers_allow=frozenset(spec.providers.allow),
+        providers_deny=frozenset(spec.providers.deny),
         invalid="; ".join(deny_problems) or None,
     )
     return compiled, problems + deny_problems
@@ -502,9 +508,48 @@ def decide(
 def _decide(
     model: Licensed, resolved: Resolution, policies: Sequence[CompiledPolicy]
 ) -> LicenseVerdict:
-    violations = [(p, v) for p in policies if not (v := evaluate_one(model, resolved, p)).ok]
+    return _combine(
+        policies, lambda p: evaluate_one(model, resolved, p), resolved.license, resolved.source
+    )
+
+
+def evaluate_provider(provider: ProviderSpec, policy: CompiledPolicy) -> PolicyVerdict:
+    """Whether one policy lets the gateway send prompts to the route's provider."""
+    what = f"route {provider.name} sends prompts to provider {provider.provider} ({provider.model})"
+    if policy.invalid is not None:
+        return PolicyVerdict(
+            False, "PolicyInvalid", f"{what}, denied: this operator cannot read LicensePolicy "
+            f"{policy.name} ({policy.invalid})",
+        )  # fmt: skip
+    if provider.provider in policy.providers_deny:
+        return PolicyVerdict(False, "ProviderDenied", f"{what}, which policy {policy.name} denies")
+    if provider.provider not in policy.providers_allow:
+        return PolicyVerdict(
+            False, "ProviderNotAllowed", f"{what}, which policy {policy.name} does not allow "
+            "(prompts leave the cluster only for providers a LicensePolicy's "
+            "providers.allow lists)",
+        )  # fmt: skip
+    return PolicyVerdict(True, "ProviderAllowed", f"{what}, allowed")
+
+
+def decide_provider(provider: ProviderSpec, policies: Sequence[CompiledPolicy]) -> LicenseVerdict:
+    """A hosted provider route against every policy, as a model's license is judged."""
+    return _combine(policies, lambda p: evaluate_provider(provider, p), None, None)
+
+
+def _combine(
+    policies: Sequence[CompiledPolicy],
+    verdict_of: Callable[[CompiledPolicy], PolicyVerdict],
+    license: str | None,
+    source: Source | None,
+) -> LicenseVerdict:
+    """One verdict from every policy's: a violation of any counts; it blocks when that
+    policy enforces (``Deny``), else the route runs and the status says."""
+    resolved = Resolution(license, source)
+    verdicts = [(p, verdict_of(p)) for p in policies]
+    violations = [(p, v) for p, v in verdicts if not v.ok]
     if not violations:
-        v = evaluate_one(model, resolved, policies[0])
+        v = verdicts[0][1]
         return LicenseVerdict(True, False, v.reason, v.message, resolved.license, resolved.source)
     blocking = [(p, v) for p, v in violations if p.enforcement == "Deny"]
     if blocking:
@@ -577,6 +622,20 @@ def decide_models(
     return out
 
 
+def decide_routes(
+    stack: AIStack,
+    policies: Sequence[CompiledPolicy],
+    hub: HubClient | None = None,
+    last: Mapping[str, str] | None = None,
+) -> dict[str, LicenseVerdict]:
+    """Every route of the stack by name (names are unique across them): its models, their
+    adapters and its hosted providers."""
+    out = decide_models(stack.spec.models, policies, hub=hub, last=last)
+    for p in stack.spec.gateway.providers:
+        out[p.name] = decide_provider(p, policies)
+    return out
+
+
 def last_hub_licenses(stack: AIStack) -> dict[str, str]:
     """Per model and adapter, the license the hub gave for its current source and
     revision, as the stack's status recorded it: kept when the hub does not answer (an
@@ -606,8 +665,9 @@ def last_hub_licenses(stack: AIStack) -> dict[str, str]:
 def decide_stack(
     stack: AIStack, policies: Sequence[Mapping[str, Any]], hub: HubClient | None = None
 ) -> dict[str, LicenseVerdict]:
-    """Every model and adapter of the stack against the cluster's policies (raw objects),
-    by name; what the reconciler asks, with the operator's hub bound (``aistack run --hub``)."""
+    """Every model, adapter and hosted provider of the stack against the cluster's policies
+    (raw objects), by name; what the reconciler asks, with the operator's hub bound
+    (``aistack run --hub``)."""
     # Hub answers are fetched first, outside the lock: they may take a network timeout.
     if hub is not None:
         licensed: list[Licensed] = []
@@ -619,7 +679,7 @@ def decide_stack(
                     hub.card_license(x.source, x.revision)
     last = last_hub_licenses(stack) if hub is not None else {}
     with _LOCK:
-        return decide_models(stack.spec.models, policies_from(policies), hub=hub, last=last)
+        return decide_routes(stack, policies_from(policies), hub=hub, last=last)
 
 
 def admission_messages(

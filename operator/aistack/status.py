@@ -19,8 +19,10 @@ from aistack.api.v1alpha1 import (
     AIStackStatus,
     Condition,
     Endpoints,
+    GatewayStatus,
     ModelSpec,
     ModelStatus,
+    RouteStatus,
 )
 from aistack.conditions import condition, previous_of
 from aistack.licenses import LicenseVerdict
@@ -215,10 +217,48 @@ class _Models:
     ready: int
     #: Adapters not served (their license or their model's is not permitted), by name.
     blocked_adapters: list[tuple[str, LicenseVerdict]] = field(default_factory=list)
+    #: Hosted provider routes the policies do not permit, by name.
+    blocked_providers: list[tuple[str, LicenseVerdict]] = field(default_factory=list)
 
     @property
     def any_blocked(self) -> bool:
-        return bool(self.blocked or self.blocked_adapters)
+        return bool(self.blocked or self.blocked_adapters or self.blocked_providers)
+
+
+def _routes(
+    stack: AIStack, verdicts: Mapping[str, LicenseVerdict], out: _Models, config: RenderConfig
+) -> GatewayStatus | None:
+    """Every route the spec asks of the gateway, and whether it is permitted; the hosted
+    providers' verdicts join the models'."""
+    routes: list[RouteStatus] = []
+
+    def add(name: str, kind: str, target: str, verdict: LicenseVerdict) -> None:
+        blocked = (
+            {} if verdict.permitted else {"reason": verdict.reason, "message": verdict.message}
+        )
+        routes.append(
+            RouteStatus.model_validate(
+                {"name": name, "kind": kind, "target": target, "permitted": verdict.permitted}
+                | blocked
+            )
+        )
+
+    for model in stack.spec.models:
+        url = model_url(stack, model, config)
+        add(model.name, "Model", url, verdicts.get(model.name) or _not_checked(model.source))
+        for a in model.adapters:
+            add(a.name, "Adapter", url, verdicts.get(a.name) or _not_checked(a.source))
+    for p in stack.spec.gateway.providers:
+        verdict = verdicts.get(p.name) or _not_checked(f"provider {p.provider}")
+        if verdict.violation:
+            out.violations.append((p.name, verdict))
+        if not verdict.permitted:
+            out.blocked_providers.append((p.name, verdict))
+        target = f"{p.provider}/{p.model}" + (f" at {p.api_base}" if p.api_base else "")
+        add(p.name, "Provider", target, verdict)
+    if not stack.spec.gateway.enabled:
+        return None
+    return GatewayStatus(routes=routes)
 
 
 def _not_checked(source: str) -> LicenseVerdict:
@@ -399,6 +439,7 @@ def compute_status(
         )
 
     models = _models(stack, verdicts, observed, config)
+    gateway = _routes(stack, verdicts, models, config)
     conditions = [
         _license_condition(spec, models, verdicts, cond),
         _models_condition(spec, models, cond),
@@ -433,6 +474,7 @@ def compute_status(
         conditions=conditions,
         models=models.statuses,
         endpoints=Endpoints.model_validate(eps) if eps else None,
+        gateway=gateway,
     )
 
 
@@ -458,6 +500,11 @@ def transitions(old: AIStackStatus | None, new: AIStackStatus) -> list[EventSpec
         was_ready = prev is not None and prev.reason == "Ready"
         if m.permitted and m.reason == "Ready" and not was_ready:
             events.append(EventSpec("Normal", "ModelReady", f"{m.name} serves at {m.endpoint}"))
+    before_routes = {r.name: r for r in (old.gateway.routes if old and old.gateway else [])}
+    for r in new.gateway.routes if new.gateway else []:
+        was_route = before_routes.get(r.name)
+        if r.kind == "Provider" and not r.permitted and (was_route is None or was_route.permitted):
+            events.append(EventSpec("Warning", "ProviderBlocked", r.message or r.name))
     old_phase = old.phase if old else None
     if new.phase != old_phase:
         ready = next(c for c in new.conditions if c.type == READY)

@@ -366,16 +366,10 @@ def test_a_stack_name_too_long_for_its_children_is_refused(
 
 def test_examples_are_accepted_by_the_api_server(cluster: Any, crds: None, namespace: str) -> None:
     for path in sorted(EXAMPLES.glob("*.yaml")):
-        doc = yaml.safe_load(path.read_text())
-        doc["metadata"].pop("namespace", None)
-        result = cluster.kubectl(
-            "apply",
-            "--dry-run=server",
-            "-n",
-            namespace,
-            "-f",
-            "-",
-            input=json.dumps(doc),
-            check=False,
-        )
-        assert result.returncode == 0, f"{Path(path).name}: {result.stderr}"
+        for doc in (d for d in yaml.safe_load_all(path.read_text()) if d):
+            doc["metadata"].pop("namespace", None)
+            result = cluster.kubectl(
+                "apply", "--dry-run=server", "-n", namespace, "-f", "-",
+                input=json.dumps(doc), check=False,
+            )  # fmt: skip
+            assert result.returncode == 0, f"{Path(path).name}: {result.stderr}"

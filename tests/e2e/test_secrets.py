@@ -1,7 +1,8 @@
-"""Secrets never leak: HF tokens, gateway keys, database URIs and object-store credentials
-reach pods only as references to their Secrets. The values used here are random; after the
-stack is Ready, none of them appears in any object the operator made, any pod, any Event,
-the stack's status, the operator's (verbose) log or `aistack render`'s output."""
+"""Secrets never leak: HF tokens, gateway keys, hosted providers' API keys, database URIs
+and object-store credentials reach pods only as references to their Secrets. The values
+used here are random; after the stack is Ready, none of them appears in any object the
+operator made, any pod, any Event, the stack's status, the operator's (verbose) log or
+`aistack render`'s output."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import json
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from operator_process import OperatorProcess
 from stacks import wait_phase
 
@@ -31,13 +34,26 @@ def env_refs(pod_spec: dict[str, Any]) -> dict[str, tuple[str, str]]:
     return out
 
 
+@pytest.fixture
+def openai_allowed(cluster: Any) -> Iterator[None]:
+    """A LicensePolicy that lets the gateway route to OpenAI (none does by default)."""
+    name = f"e2e-{uuid.uuid4().hex[:6]}"
+    cluster.apply({"apiVersion": "aistack.dev/v1alpha1", "kind": "LicensePolicy",
+                   "metadata": {"name": name},
+                   "spec": {"allow": ["MIT"], "providers": {"allow": ["openai"]}}})  # fmt: skip
+    yield
+    cluster.kubectl("delete", "licensepolicy", name, check=False)
+
+
 def test_secret_values_reach_pods_only_by_reference(
-    cluster: Any, operator: OperatorProcess, namespace: str, tmp_path: Path
+    cluster: Any, operator: OperatorProcess, namespace: str, tmp_path: Path, openai_allowed: None
 ) -> None:
-    values = {k: f"{k}-{uuid.uuid4().hex}" for k in ("hf", "key", "uri", "dest", "aws")}
+    keys = ("hf", "key", "uri", "dest", "aws", "provider")
+    values = {k: f"{k}-{uuid.uuid4().hex}" for k in keys}
     for s in (
         secret("hf-token", token=values["hf"]),
         secret("gateway-key", key=values["key"]),
+        secret("provider-key", openai=values["provider"]),
         secret("mlflow-db", uri=f"postgresql://u:{values['uri']}@db:5432/mlflow"),
         secret("mlflow-artifacts", destination=f"s3://bucket/{values['dest']}"),
         secret("s3-creds", AWS_SECRET_ACCESS_KEY=values["aws"], AWS_ACCESS_KEY_ID="id"),
@@ -69,7 +85,17 @@ def test_secret_values_reach_pods_only_by_reference(
                     "credentialsSecretRef": {"name": "s3-creds"},
                 },
             },
-            "gateway": {"authSecretRef": {"name": "gateway-key", "key": "key"}},
+            "gateway": {
+                "authSecretRef": {"name": "gateway-key", "key": "key"},
+                "providers": [
+                    {
+                        "name": "gpt",
+                        "provider": "openai",
+                        "model": "gpt-4o-mini",
+                        "credentialsSecretRef": {"name": "provider-key", "key": "openai"},
+                    },
+                ],
+            },
         },
     }
     cluster.apply(stack, namespace=namespace)
@@ -85,6 +111,7 @@ def test_secret_values_reach_pods_only_by_reference(
             env_from |= {e["secretRef"]["name"] for e in c.get("envFrom", []) if "secretRef" in e}
     assert ("hf-token", "token") in refs.values(), refs
     assert ("gateway-key", "key") in refs.values(), refs
+    assert ("provider-key", "openai") in refs.values(), refs
     assert ("mlflow-db", "uri") in refs.values(), refs
     assert ("mlflow-artifacts", "destination") in refs.values(), refs
     assert env_from == {"s3-creds"}, env_from

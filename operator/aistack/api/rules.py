@@ -15,6 +15,20 @@ UNIQUE_ADAPTER_NAMES = (
     "adapter names must be unique across every model and adapter of the stack, and differ "
     "from every model name: clients call an adapter by its name, as they call a model"
 )
+UNIQUE_ROUTES = (
+    "route names must be unique across every model, adapter and provider of the stack: "
+    "clients call each by its name"
+)
+PROVIDER_API_BASE = (
+    "provider openai-compatible and azure need apiBase (the endpoint of the API or of the "
+    "Azure resource)"
+)
+PROVIDER_REGION = "provider bedrock needs region (the AWS region of the Bedrock endpoint)"
+UNKNOWN_ROUTE = (
+    "gateway fallbacks and limits may name only routes of the stack (a model, an adapter or "
+    "a provider)"
+)
+FALLBACK_TO_ITSELF = "a gateway fallback may not fall back to its own route"
 #: Most adapters one model may serve.
 MAX_ADAPTERS = 16
 UNIQUE_WORKER_GROUPS = "Ray worker group names must be unique within the stack"

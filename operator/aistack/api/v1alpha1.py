@@ -490,6 +490,111 @@ class MLflowSpec(APIModel):
 # ---------------------------------------------------------------- gateway
 
 
+#: Hosted providers the gateway can route to (``spec.gateway.providers[].provider``), the
+#: ids a LicensePolicy's ``providers`` lists name.
+PROVIDERS = ("openai", "anthropic", "gemini", "azure", "bedrock", "mistral", "openai-compatible")
+#: A provider id (one of ``PROVIDERS``).
+ProviderIdField = Literal[PROVIDERS]  # type: ignore[valid-type]
+RouteName = Annotated[str, StringConstraints(pattern=names.DNS_1035_PATTERN, max_length=63)]
+URL_PATTERN = r"^https?://[A-Za-z0-9.\[\]:-]+(:[0-9]+)?(/[A-Za-z0-9._~%/+-]*)?$"
+
+
+class ProviderSpec(APIModel):
+    """A model of a hosted provider, served by the gateway under a route name of its own.
+    Prompts sent to it leave the cluster: only a provider a LicensePolicy allows is routed."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_crd_rules(
+            (
+                "!(self.provider in ['openai-compatible', 'azure']) || has(self.apiBase)",
+                rules.PROVIDER_API_BASE,
+            ),
+            ("self.provider != 'bedrock' || has(self.region)", rules.PROVIDER_REGION),
+        )
+    )
+
+    name: RouteName
+    """Route name clients send as ``model``; unique across the stack's models, adapters
+    and providers."""
+    provider: ProviderIdField
+    """Provider id: openai, anthropic, gemini, azure, bedrock, mistral, or
+    openai-compatible (any OpenAI-compatible API at ``apiBase``)."""
+    model: Annotated[
+        str,
+        StringConstraints(
+            min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$"
+        ),
+    ]
+    """The provider's model id, e.g. ``gpt-4o-mini``, ``claude-sonnet-4-5``; for azure the
+    deployment name."""
+    credentials_secret_ref: SecretKeyRef
+    """Secret key holding the provider's API key (for bedrock, a Bedrock API key). It
+    reaches the gateway only as an environment variable read from the Secret."""
+    api_base: Annotated[str, StringConstraints(max_length=512, pattern=URL_PATTERN)] | None = None
+    """Endpoint of the API; required for openai-compatible and azure, else the provider's
+    own."""
+    region: Annotated[str, StringConstraints(max_length=32, pattern=r"^[a-z0-9-]+$")] | None = None
+    """AWS region, for bedrock (required there)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> ProviderSpec:
+        if self.provider in ("openai-compatible", "azure") and self.api_base is None:
+            raise ValueError(rules.PROVIDER_API_BASE)
+        if self.provider == "bedrock" and self.region is None:
+            raise ValueError(rules.PROVIDER_REGION)
+        return self
+
+
+class FallbackSpec(APIModel):
+    """Where a route's requests go when it fails or is over its limits."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_crd_rules(
+            ("!self.to.exists(t, t == self.model)", rules.FALLBACK_TO_ITSELF)
+        )
+    )
+
+    model: RouteName
+    """The route that falls back (a model, adapter or provider name)."""
+    to: Annotated[list[RouteName], Field(min_length=1, max_length=8)]
+    """Routes tried in this order."""
+
+    @model_validator(mode="after")
+    def _check(self) -> FallbackSpec:
+        if self.model in self.to:
+            raise ValueError(rules.FALLBACK_TO_ITSELF)
+        return self
+
+
+class RouteLimit(APIModel):
+    """Request and token limits of one route, enforced by each gateway replica in memory
+    (no database): with N replicas a route may get up to N times the limit."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_crd_rules(("has(self.rpm) || has(self.tpm)", "a limit needs rpm or tpm"))
+    )
+
+    route: RouteName
+    """The route limited (a model, adapter or provider name)."""
+    rpm: Annotated[int, Field(ge=1, le=10**9)] | None = None
+    """Requests per minute; beyond it the route answers 429 (or falls back)."""
+    tpm: Annotated[int, Field(ge=1, le=10**12)] | None = None
+    """Tokens per minute."""
+
+    @model_validator(mode="after")
+    def _check(self) -> RouteLimit:
+        if self.rpm is None and self.tpm is None:
+            raise ValueError("a limit needs rpm or tpm")
+        return self
+
+
+def _map_list(key: str, max_length: int) -> Any:
+    return Field(
+        max_length=max_length,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": [key]},
+    )
+
+
 class GatewaySpec(APIModel):
     """The OpenAI-compatible gateway (LiteLLM proxy) in front of every permitted model."""
 
@@ -510,6 +615,15 @@ class GatewaySpec(APIModel):
         )
     )
     """CPU and memory per gateway pod."""
+    providers: Annotated[list[ProviderSpec], _map_list("name", 32)] = Field(default_factory=list)
+    """Hosted models behind the same gateway, each under a route name. Egress: the
+    NetworkPolicies of the stack are ingress-only, but a cluster's own egress policy must
+    allow the gateway to reach the provider's host."""
+    fallbacks: Annotated[list[FallbackSpec], _map_list("model", 64)] = Field(default_factory=list)
+    """Per route, the routes its requests fall back to, in order, when it fails or is over
+    its limits."""
+    limits: Annotated[list[RouteLimit], _map_list("route", 128)] = Field(default_factory=list)
+    """Per route, requests and tokens per minute."""
 
 
 # ---------------------------------------------------------------- network isolation
@@ -621,6 +735,12 @@ class AIStackSpec(APIModel):
                 "m.adapters.all(a, !self.models.exists(n, n.name == a.name)))",
                 rules.UNIQUE_ADAPTER_NAMES,
             ),
+            (
+                "!has(self.gateway) || !has(self.gateway.providers) || !has(self.models) || "
+                "self.gateway.providers.all(p, !self.models.exists(m, m.name == p.name || "
+                "(has(m.adapters) && m.adapters.exists(a, a.name == p.name))))",
+                rules.UNIQUE_ROUTES,
+            ),
         )
     )
 
@@ -660,6 +780,16 @@ class AIStackSpec(APIModel):
         )
         if clashes:
             raise ValueError(f"{rules.UNIQUE_ADAPTER_NAMES} (got {', '.join(clashes)})")
+        routes = [*seen, *adapters, *(p.name for p in self.gateway.providers)]
+        dupes = sorted({n for n in routes if routes.count(n) > 1})
+        if dupes:
+            raise ValueError(f"{rules.UNIQUE_ROUTES} (got {', '.join(dupes)})")
+        named = [f.model for f in self.gateway.fallbacks]
+        named += [t for f in self.gateway.fallbacks for t in f.to]
+        named += [limit.route for limit in self.gateway.limits]
+        unknown = sorted(set(named) - set(routes))
+        if unknown:
+            raise ValueError(f"{rules.UNKNOWN_ROUTE} (unknown: {', '.join(unknown)})")
         without = [m.name for m in self.models if m.multi_node and not m.image]
         if without and not self.vllm.image:
             raise ValueError(f"{rules.MULTINODE_IMAGE} (models: {', '.join(without)})")
@@ -735,6 +865,30 @@ class ModelStatus(APIModel):
     """The model's LoRA adapters: license, where it came from, whether it is served."""
 
 
+class RouteStatus(APIModel):
+    """One route of the gateway: a name clients send as ``model``, and where it goes."""
+
+    name: str
+    """The route's name."""
+    kind: Literal["Model", "Adapter", "Provider"]
+    """What serves it: a model of the stack, a LoRA adapter on one, or a hosted provider."""
+    target: str
+    """Where it goes: the model server's URL, or ``<provider>/<model>`` (and its apiBase)."""
+    permitted: bool
+    """Whether the policies permit it; a route that is not is not in the gateway."""
+    reason: str | None = None
+    """Why it is not permitted (its license or provider verdict)."""
+    message: str | None = None
+    """Detail for ``reason``."""
+
+
+class GatewayStatus(APIModel):
+    """What the gateway routes."""
+
+    routes: list[RouteStatus] = Field(default_factory=list)
+    """Every route the spec asks for, permitted or not."""
+
+
 class Endpoints(APIModel):
     """In-cluster URLs of the stack's services."""
 
@@ -773,6 +927,8 @@ class AIStackStatus(APIModel):
     """Per-model status."""
     endpoints: Endpoints | None = None
     """Where to reach the stack."""
+    gateway: GatewayStatus | None = None
+    """The gateway's routes: models, adapters and hosted providers."""
 
 
 class ObjectMeta(BaseModel):
@@ -836,6 +992,16 @@ class LicenseException(APIModel):
     """Why it is permitted (who approved it, a ticket)."""
 
 
+class ProviderPolicy(APIModel):
+    """Which hosted providers prompts may be sent to (``spec.gateway.providers``)."""
+
+    allow: Annotated[list[ProviderIdField], Field(max_length=16)] = Field(default_factory=list)
+    """Providers permitted. The list is exhaustive: a provider not on it is not permitted,
+    so a policy that names none permits none."""
+    deny: Annotated[list[ProviderIdField], Field(max_length=16)] = Field(default_factory=list)
+    """Providers never permitted; deny wins over allow."""
+
+
 class LicensePolicySpec(APIModel):
     """Which model licenses the cluster permits."""
 
@@ -852,6 +1018,11 @@ class LicensePolicySpec(APIModel):
         default_factory=list
     )
     """Models permitted whatever their license, each with a reason."""
+    providers: ProviderPolicy = Field(
+        default_factory=ProviderPolicy, json_schema_extra={"default": {}}
+    )
+    """Hosted providers the gateway may send prompts to. By default none: prompts leave
+    the cluster only where an admin allowed it. Several policies all apply."""
 
 
 class LicensePolicyStatus(APIModel):

@@ -203,11 +203,13 @@ def render(
     objects, in the order of ``COMPONENTS``, then a PodDisruptionBudget for each
     Deployment with more than one replica.
 
-    ``permitted`` maps model and adapter names to whether their license is permitted; a
-    model that is not permitted (or missing from the map) runs no pod and gets no gateway
-    route, and an adapter that is not is neither loaded nor routed.
+    ``permitted`` maps model, adapter and provider route names to whether the policies
+    permit them; a model that is not permitted (or missing from the map) runs no pod and
+    gets no gateway route, an adapter that is not is neither loaded nor routed, and a
+    hosted provider that is not gets no route (nor its key).
     """
     config = config or RenderConfig()
+    stack = parts.with_permitted_providers(stack, permitted)
     served = parts.served_models(stack, permitted)
     on = enabled(stack)
     manifests: list[Manifest] = []

@@ -19,6 +19,7 @@ from aistack.api.v1alpha1 import (
     AIStack,
     ModelSpec,
     NetworkPeer,
+    ProviderSpec,
     RayWorkerGroup,
     ResourceRequirements,
     SecretKeyRef,
@@ -572,10 +573,49 @@ def render_mlflow(stack: AIStack, config: RenderConfig) -> list[Manifest]:
 # ---------------------------------------------------------------- gateway
 
 
+#: LiteLLM's model prefix per provider id (openai-compatible: OpenAI's client at apiBase).
+PROVIDER_PREFIX = {
+    "openai": "openai", "anthropic": "anthropic", "gemini": "gemini", "azure": "azure",
+    "bedrock": "bedrock", "mistral": "mistral", "openai-compatible": "openai",
+}  # fmt: skip
+
+
+def provider_key_env(provider: ProviderSpec) -> str:
+    """The gateway's environment variable holding a provider route's API key."""
+    return f"AISTACK_PROVIDER_{provider.name.upper().replace('-', '_')}_KEY"
+
+
+def _provider_params(provider: ProviderSpec) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "model": f"{PROVIDER_PREFIX[provider.provider]}/{provider.model}",
+        # LiteLLM reads the key from the environment when the config says so: the key
+        # itself is never in the ConfigMap.
+        "api_key": f"os.environ/{provider_key_env(provider)}",
+    }
+    if provider.api_base is not None:
+        params["api_base"] = provider.api_base
+    if provider.region is not None:
+        params["aws_region_name"] = provider.region
+    return params
+
+
+def with_permitted_providers(stack: AIStack, permitted: Mapping[str, bool]) -> AIStack:
+    """The stack with only the hosted providers the policies permit (missing from
+    ``permitted``: not permitted): the others get no route and their keys stay out of
+    the gateway."""
+    gateway = stack.spec.gateway
+    kept = [p for p in gateway.providers if permitted.get(p.name, False)]
+    if len(kept) == len(gateway.providers):
+        return stack
+    spec = stack.spec.model_copy(update={"gateway": gateway.model_copy(update={"providers": kept})})
+    return stack.model_copy(update={"spec": spec})
+
+
 def gateway_config(stack: AIStack, served: list[ModelSpec], config: RenderConfig) -> dict[str, Any]:
     """LiteLLM proxy configuration: one route per permitted, deployed model, and one per
-    permitted adapter of it, to the same server (vLLM serves an adapter under its name)."""
-    model_list = [
+    permitted adapter of it, to the same server (vLLM serves an adapter under its name),
+    and one per permitted hosted provider; then fallbacks and limits between them."""
+    model_list: list[dict[str, Any]] = [
         {
             "model_name": name,
             "litellm_params": {
@@ -586,7 +626,35 @@ def gateway_config(stack: AIStack, served: list[ModelSpec], config: RenderConfig
         for m in served
         for name in [m.name, *(a.name for a in m.adapters)]
     ]
+    gateway = stack.spec.gateway
+    model_list += [
+        {"model_name": p.name, "litellm_params": _provider_params(p)} for p in gateway.providers
+    ]
+    routed = {r["model_name"] for r in model_list}
+    for limit in gateway.limits:
+        for route in model_list:
+            if route["model_name"] == limit.route:
+                if limit.rpm is not None:
+                    route["litellm_params"]["rpm"] = limit.rpm
+                if limit.tpm is not None:
+                    route["litellm_params"]["tpm"] = limit.tpm
     cfg: dict[str, Any] = {"model_list": model_list}
+    router: dict[str, Any] = {}
+    # Fallbacks between the routes there are (a blocked route is neither a source nor a
+    # target).
+    fallbacks = [
+        {f.model: [t for t in f.to if t in routed]}
+        for f in gateway.fallbacks
+        if f.model in routed and any(t in routed for t in f.to)
+    ]
+    if fallbacks:
+        router["fallbacks"] = fallbacks
+    if any(limit.route in routed for limit in gateway.limits):
+        # The strategy that enforces each route's rpm/tpm (in the replica's memory, with no
+        # database): over the limit, a request fails with 429 or takes its fallback.
+        router["routing_strategy"] = "usage-based-routing-v2"
+    if router:
+        cfg["router_settings"] = router
     if stack.spec.mlflow.enabled:
         # Request traces go to MLflow's OTLP endpoint (env set in _render_gateway). The
         # image has no `mlflow` package: LiteLLM's own `mlflow` callback cannot load there,
@@ -608,6 +676,7 @@ def render_gateway(stack: AIStack, served: list[ModelSpec], config: RenderConfig
     env: list[dict[str, Any]] = []
     if gateway.auth_secret_ref is not None:
         env.append(_secret_env("LITELLM_MASTER_KEY", gateway.auth_secret_ref))
+    env += [_secret_env(provider_key_env(p), p.credentials_secret_ref) for p in gateway.providers]
     if stack.spec.mlflow.enabled:
         # LiteLLM's `otel` callback: OTLP over HTTP to MLflow's trace endpoint, into the
         # experiment named by id (MLflow's OTLP endpoint takes an id, not a name).
