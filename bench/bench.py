@@ -330,7 +330,7 @@ class Operator:
             self.proc = subprocess.Popen(
                 [str(exe), "run", "--webhook-port", str(port), "--webhook-addr", "127.0.0.1",
                  "--webhook-host", "127.0.0.1", "--webhook-managed", "bench.aistack.dev",
-                 "--resync-interval", str(resync)],
+                 "--resync-interval", str(resync), "--metrics-port", "0"],
                 stdout=out, stderr=subprocess.STDOUT, env=cluster.env, start_new_session=True,
             )  # fmt: skip
         try:

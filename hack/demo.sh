@@ -112,7 +112,9 @@ start_operator() {
     return 0
   fi
   stop_operator
-  local args=(run --namespace "$NS")
+  local metrics_port
+  metrics_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  local args=(run --namespace "$NS" --metrics-port "$metrics_port")
   if [[ $(backend) == local ]]; then
     # The local API server runs on this host, so it can call the license webhook on
     # 127.0.0.1; the operator maintains the webhook configuration itself.
@@ -121,7 +123,7 @@ start_operator() {
     args+=(--webhook-port "$port" --webhook-addr 127.0.0.1 --webhook-host 127.0.0.1
            --webhook-managed aistack-demo.aistack.dev)
   fi
-  say "Starting the operator: .venv/bin/aistack ${args[*]} (log: .demo/operator.log)"
+  say "Starting the operator: .venv/bin/aistack ${args[*]} (log: .demo/operator.log; metrics: http://127.0.0.1:$metrics_port/metrics)"
   # setsid: own process group, so `down` can stop it and anything it spawned.
   (
     cd "$REPO_ROOT"

@@ -207,6 +207,16 @@ def _cmd_crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is no port (0 to 65535)")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -261,6 +271,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
     handlers.use_settings(_run_settings(args))
+    if args.metrics_port:
+        from aistack import metrics
+
+        try:
+            metrics.serve(args.metrics_port)
+        except OSError as exc:
+            raise InputError(
+                f"--metrics-port {args.metrics_port}: cannot listen ({exc.strerror}); give "
+                "another port, or 0 to serve no metrics"
+            ) from exc
     if args.webhook_port:
         handlers.enable_admission(
             port=args.webhook_port,
@@ -478,6 +498,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument(
         "--liveness", metavar="URL", help="serve liveness at URL, e.g. http://0.0.0.0:8080/healthz"
     )
+    p_run.add_argument(
+        "--metrics-port", type=_port, default=9090, metavar="PORT",
+        help="serve Prometheus metrics at http://0.0.0.0:PORT/metrics (default: 9090; 0: off)",
+    )  # fmt: skip
     p_run.add_argument("--log-format", choices=["full", "plain", "json"], default="full")
     p_run.add_argument("-v", "--verbose", action="store_true", help="more logs")
     p_run.add_argument("--debug", action="store_true", help="even more logs")

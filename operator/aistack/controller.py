@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import random
+import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from aistack import metrics
 from aistack.api.v1alpha1 import AIStack, AIStackStatus
 from aistack.conditions import as_dict, condition, previous_of
 from aistack.errors import format_validation_error
@@ -122,6 +124,8 @@ class Result:
     error: str | None = None
     #: Look at the stack again after this many seconds (a license lookup failed).
     requeue_after: float | None = None
+    #: The spec did not validate (reported in the status, not retried).
+    invalid: bool = False
 
 
 @dataclass
@@ -176,12 +180,26 @@ class Reconciler:
         return list(seen.values())
 
     def reconcile_once(self, key: StackKey, view: StackView) -> Result | None:
-        """Bring one stack to its desired state. None when the stack no longer exists."""
+        """Bring one stack to its desired state. None when the stack no longer exists.
+        Timed and counted by result (``aistack_reconcile_duration_seconds``,
+        ``aistack_reconciles_total``)."""
+        start = time.perf_counter()
+        outcome = "error"
+        try:
+            result = self._reconcile(key, view)
+            outcome = "invalid" if result is not None and result.invalid else "ok"
+            return result
+        finally:
+            metrics.RECONCILE_SECONDS.observe(time.perf_counter() - start)
+            metrics.RECONCILES.labels(outcome).inc()
+
+    def _reconcile(self, key: StackKey, view: StackView) -> Result | None:
         body = view.stack
         if body is None:
             self._written.pop(key, None)
             self._rendered.pop(key, None)
             self._reported.pop(key, None)
+            metrics.forget_stack(*key)
             return None
         result = Result()
         old_status_raw = dict(body.get("status") or {})
@@ -189,6 +207,7 @@ class Reconciler:
             stack = AIStack.model_validate(body)
         except ValidationError as err:
             self._write_invalid(key, body, err, result)
+            result.invalid = True
             return result
 
         verdicts = self.licensing(stack, view.policies)
@@ -212,6 +231,7 @@ class Reconciler:
             config=self.config,
             apply_error=result.error,
         )
+        metrics.record_stack(*key, status, metrics.route_kinds(stack), verdicts)
         new_status_raw = status_dict(status)
         if new_status_raw != old_status_raw:
             self.kube.patch_status(key[0], key[1], merge_patch(old_status_raw, new_status_raw))
@@ -370,6 +390,8 @@ class StackQueue:
         self._tasks: dict[StackKey, asyncio.Task[None]] = {}
         #: Stacks whose spec changed since their last failure: retried at once.
         self._fresh: set[StackKey] = set()
+        #: Stacks asked for a reconcile that has not started yet (``depth``).
+        self._waiting: set[StackKey] = set()
 
     def request(self, key: StackKey, *, spec_changed: bool = False) -> None:
         """Queue a reconcile. After a failure it waits out the backoff, however many
@@ -383,7 +405,13 @@ class StackQueue:
             self._tasks[key] = asyncio.get_running_loop().create_task(
                 self._worker(key, wake), name=f"reconcile {key[0]}/{key[1]}"
             )
+        self._waiting.add(key)
         wake.set()
+
+    def depth(self) -> int:
+        """Stacks asked for a reconcile that has not started yet: coalescing, in backoff,
+        or waiting for a free thread (``aistack_queue_depth``)."""
+        return len(self._waiting)
 
     def request_all(self, keys: Iterable[StackKey]) -> None:
         for key in keys:
@@ -458,6 +486,7 @@ class StackQueue:
             self._wake.pop(key, None)
             self._tasks.pop(key, None)
             self._fresh.discard(key)
+            self._waiting.discard(key)
 
     async def _run_once(self, key: StackKey) -> Result | None:
         """One reconcile; its result, None when the stack no longer exists.
@@ -469,6 +498,7 @@ class StackQueue:
         stale one by the time it runs.
         """
         async with self._slots:
+            self._waiting.discard(key)
             view = self._snapshot(key)
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._executor, self._reconcile, key, view)

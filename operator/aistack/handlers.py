@@ -24,7 +24,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from aistack import names
+from aistack import metrics, names
 from aistack.api.v1alpha1 import AIStack
 from aistack.certs import self_signed
 from aistack.controller import (
@@ -75,6 +75,7 @@ class Runtime:
             workers=s.workers,
             resync=s.resync,
         )
+        metrics.QUEUE_DEPTH.set_function(self.queue.depth)
 
     def bind(self, kwargs: Mapping[str, Any]) -> None:
         """Remember the index objects kopf passes to every handler."""
@@ -358,15 +359,22 @@ kopf.on.event("", "v1", "pods", labels=OWNED, id="child-pods")(_child_event)
 async def admit_stack(body: kopf.Body, warnings: list[str], dryrun: bool, **kwargs: Any) -> None:
     """Validating webhook: refuse a stack that would serve a model the policy denies."""
     RUNTIME.bind(kwargs)
+    result = "error"
     try:
-        stack = AIStack.model_validate(dict(body))
-    except ValidationError as err:
-        raise kopf.AdmissionError("; ".join(format_validation_error("AIStack", err))) from err
-    policies = await asyncio.to_thread(_current_policies)
-    denied, warned = admission_messages(stack, policies, RUNTIME.settings.hub)
-    warnings.extend(warned)
-    if denied:
-        raise kopf.AdmissionError("; ".join(denied), code=403)
+        try:
+            stack = AIStack.model_validate(dict(body))
+        except ValidationError as err:
+            result = "denied"
+            raise kopf.AdmissionError("; ".join(format_validation_error("AIStack", err))) from err
+        policies = await asyncio.to_thread(_current_policies)
+        denied, warned = admission_messages(stack, policies, RUNTIME.settings.hub)
+        warnings.extend(warned)
+        if denied:
+            result = "denied"
+            raise kopf.AdmissionError("; ".join(denied), code=403)
+        result = "warned" if warned else "allowed"
+    finally:
+        metrics.ADMISSIONS.labels(result).inc()
 
 
 def _current_policies() -> list[dict[str, Any]]:

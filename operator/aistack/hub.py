@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from aistack import metrics
+
 
 @dataclass(frozen=True)
 class CardLicense:
@@ -134,6 +136,7 @@ class HfHub:
             answer = card_license_of(card, info.tags or [])
         except Exception as exc:
             if not _definitive(exc):
+                metrics.HUB_LOOKUPS.labels("unavailable").inc()
                 delay = self.retry if failed is None else min(failed[1] * 2, self.ttl)
                 reason = f"the Hugging Face Hub did not answer ({type(exc).__name__}: {exc})"
                 reason = reason[:300]
@@ -141,6 +144,7 @@ class HfHub:
                     self._failures[key] = (now + delay, delay, reason)
                 raise self._unavailable(key, reason) from exc
             answer = None  # no such repo or revision, gated without a token: "not said"
+        metrics.HUB_LOOKUPS.labels("found" if answer is not None else "no_license").inc()
         with self._lock:
             self._answers[key] = (now + self.ttl, answer)
             self._failures.pop(key, None)

@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import kubernetes
 
+from aistack import metrics
 from aistack.kinds import KINDS
 from aistack.limits import DEFAULT_BURST, DEFAULT_QPS, DEFAULT_WORKERS
 from aistack.plan import Key, Manifest
@@ -118,6 +119,7 @@ class Kube:
         content_type: str = "application/json",
     ) -> dict[str, Any]:
         self.limit.wait()
+        verb = "apply" if content_type == "application/apply-patch+yaml" else method.lower()
         serialized = self.client.param_serialize(
             method=method,
             resource_path=path,
@@ -130,9 +132,12 @@ class Kube:
             response = self.client.call_api(*serialized, _request_timeout=TIMEOUT)
             response.read()  # type: ignore[no-untyped-call]
         except kubernetes.client.ApiException as exc:
+            metrics.API_REQUESTS.labels(verb, str(exc.status or "error")).inc()
             raise KubeError(int(exc.status or 0), _message(exc.body) or str(exc)) from exc
         except Exception as exc:  # connection refused, timeouts: no answer at all
+            metrics.API_REQUESTS.labels(verb, "error").inc()
             raise KubeError(0, f"{method} {path}: {exc}") from exc
+        metrics.API_REQUESTS.labels(verb, str(response.status)).inc()
         text = response.data.decode() if response.data else ""
         if response.status >= 400:
             raise KubeError(

@@ -20,7 +20,9 @@ class OperatorProcess:
     def __init__(self, env: dict[str, str], log_dir: Path, args: Sequence[str] = ()) -> None:
         self.env = env
         self.log_dir = log_dir
-        self.args = list(args)
+        # Several operators run side by side in the tests: no fixed metrics port unless a
+        # test asks for one.
+        self.args = list(args) if "--metrics-port" in args else [*args, "--metrics-port", "0"]
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.log_path = log_dir / "operator-0.log"
