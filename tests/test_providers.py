@@ -288,3 +288,20 @@ def test_the_hybrid_examples_policy_is_the_default_plus_one_provider() -> None:
     (stack_body,) = [d for d in docs if d["kind"] == "AIStack"]
     verdicts = decide_stack(AIStack.model_validate(stack_body), [pol])
     assert all(v.permitted for v in verdicts.values())
+
+
+def test_a_stack_of_providers_only_is_judged_and_without_a_gateway_nothing_is() -> None:
+    only = stack(models=[], gateway={"providers": [GPT]})
+    status = compute_status(only, decide_stack(only, []), Observed({}), now=T0)
+    cond = {c.type: c for c in status.conditions}
+    assert (cond["LicenseCompliant"].status, cond["LicenseCompliant"].reason) == (
+        "False", "ProviderNotAllowed",
+    )  # fmt: skip
+    off = stack(models=[MODEL], gateway={"enabled": False, "providers": [GPT]})
+    status = compute_status(off, decide_stack(off, []), Observed(deployments_for(off)), now=T0)
+    assert status.gateway is None and status.phase == "Ready"
+
+
+def test_without_a_gateway_no_provider_is_refused() -> None:
+    off = stack(models=[MODEL], gateway={"enabled": False, "providers": [GPT]})
+    assert admission_messages(off, []) == ([], [])

@@ -348,7 +348,14 @@ def _routes_to_check(
         if args.model:
             raise InputError("give either MODEL or -f FILE, not both")
         stacks, _ = load_stacks(args.filename)
-        return [(s.metadata.name, s.spec.models, s.spec.gateway.providers) for s in stacks]
+        return [
+            (
+                s.metadata.name,
+                s.spec.models,
+                s.spec.gateway.providers if s.spec.gateway.enabled else [],
+            )
+            for s in stacks
+        ]
     if args.model:
         return [("", [_model_of(args)], [])]
     raise InputError("give a MODEL (a Hugging Face repo id, pvc:// or s3:// source) or -f FILE")

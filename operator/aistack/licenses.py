@@ -629,9 +629,9 @@ def decide_routes(
     last: Mapping[str, str] | None = None,
 ) -> dict[str, LicenseVerdict]:
     """Every route of the stack by name (names are unique across them): its models, their
-    adapters and its hosted providers."""
+    adapters and its hosted providers (when it has a gateway to send them prompts)."""
     out = decide_models(stack.spec.models, policies, hub=hub, last=last)
-    for p in stack.spec.gateway.providers:
+    for p in stack.spec.gateway.providers if stack.spec.gateway.enabled else []:
         out[p.name] = decide_provider(p, policies)
     return out
 

@@ -229,7 +229,10 @@ def _routes(
     stack: AIStack, verdicts: Mapping[str, LicenseVerdict], out: _Models, config: RenderConfig
 ) -> GatewayStatus | None:
     """Every route the spec asks of the gateway, and whether it is permitted; the hosted
-    providers' verdicts join the models'."""
+    providers' verdicts join the models'. Without a gateway there are no routes (and no
+    provider is judged: nothing would send it a prompt)."""
+    if not stack.spec.gateway.enabled:
+        return None
     routes: list[RouteStatus] = []
 
     def add(name: str, kind: str, target: str, verdict: LicenseVerdict) -> None:
@@ -256,8 +259,6 @@ def _routes(
             out.blocked_providers.append((p.name, verdict))
         target = f"{p.provider}/{p.model}" + (f" at {p.api_base}" if p.api_base else "")
         add(p.name, "Provider", target, verdict)
-    if not stack.spec.gateway.enabled:
-        return None
     return GatewayStatus(routes=routes)
 
 
@@ -333,7 +334,7 @@ Cond = Callable[[str, bool, str, str], Condition]
 def _license_condition(
     spec: AIStackSpec, models: _Models, verdicts: Mapping[str, LicenseVerdict], cond: Cond
 ) -> Condition:
-    if not spec.models:
+    if not spec.models and not (spec.gateway.enabled and spec.gateway.providers):
         return cond(LICENSE_COMPLIANT, True, "NoModels", "the stack serves no models")
     if models.violations:
         first = models.violations[0][1]
