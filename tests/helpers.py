@@ -33,3 +33,10 @@ def example(path: Path) -> AIStack:
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") == "AIStack"]
     assert len(docs) == 1, f"{path} should hold exactly one AIStack"
     return AIStack.model_validate(docs[0])
+
+
+def all_permitted(s: AIStack) -> dict[str, bool]:
+    """Every route of the stack permitted: its models, their adapters, its providers."""
+    names = [n for m in s.spec.models for n in [m.name, *(a.name for a in m.adapters)]]
+    names += [p.name for p in s.spec.gateway.providers]
+    return dict.fromkeys(names, True)

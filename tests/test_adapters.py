@@ -197,7 +197,8 @@ def test_hub_and_s3_adapters_are_downloaded_by_init_containers() -> None:
     for c in fetchers.values():
         # The vLLM image, the model's token and credentials, the cache it downloads into.
         assert c["image"] == main["image"]
-        assert c["env"] == main["env"] and c["envFrom"] == main["envFrom"]
+        assert c["env"] == [*main["env"], {"name": "HF_HUB_DISABLE_UPDATE_CHECK", "value": "1"}]
+        assert c["envFrom"] == main["envFrom"]
         assert {"name": "cache", "mountPath": "/cache"} in c["volumeMounts"]
         assert c["securityContext"]["readOnlyRootFilesystem"] is True
         assert "nvidia.com/gpu" not in c["resources"].get("limits", {})

@@ -137,7 +137,7 @@ def test_console_script_is_installed() -> None:
 def test_run_passes_the_resync_interval_to_the_queue(monkeypatch: pytest.MonkeyPatch) -> None:
     import kopf
 
-    from aistack import handlers
+    from aistack import handlers, metrics
     from aistack.cli import main
     from aistack.limits import DEFAULT_RESYNC
 
@@ -145,14 +145,18 @@ def test_run_passes_the_resync_interval_to_the_queue(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(kopf, "configure", lambda **kw: None)
     monkeypatch.setattr(handlers, "RUNTIME", handlers.RUNTIME)
     monkeypatch.setattr(handlers, "load_client", lambda *a: object())
+    served: list[int] = []
+    monkeypatch.setattr(metrics, "serve", lambda port, addr="0.0.0.0": served.append(port))
     assert main(["run"]) == 0
+    assert served == [9090], "metrics are served by default"
     assert handlers.RUNTIME.settings.resync == DEFAULT_RESYNC == 300.0
     assert handlers.RUNTIME.settings.hub is None, "the Hub is asked only with --hub"
     assert main(["run", "--resync-interval", "42"]) == 0
     rt = handlers.RUNTIME
     rt.start()
     assert rt.queue is not None and rt.queue._resync == 42.0
-    assert main(["run", "--resync-interval", "0"]) == 0
+    assert main(["run", "--resync-interval", "0", "--metrics-port", "0"]) == 0
+    assert served == [9090, 9090], "--metrics-port 0 serves none"
     assert handlers.RUNTIME is not rt, "each run gets its own runtime"
     rt = handlers.RUNTIME
     assert rt.settings.resync == 0.0
@@ -184,7 +188,8 @@ def test_run_hands_its_settings_to_the_reconciler_and_the_webhook(
 
     monkeypatch.setattr(handlers, "load_client", load_client)
     args = ["run", "--hub", "--workers", "3", "--api-qps", "5", "--api-burst", "7",
-            "--kubeconfig", "/etc/kube.conf", "--vllm-image", "registry.local/vllm:1"]  # fmt: skip
+            "--kubeconfig", "/etc/kube.conf", "--vllm-image", "registry.local/vllm:1",
+            "--metrics-port", "0"]  # fmt: skip
     assert main(args) == 0
     settings = handlers.RUNTIME.settings
     assert (settings.workers, settings.api_qps, settings.api_burst) == (3, 5.0, 7)

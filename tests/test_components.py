@@ -10,7 +10,7 @@ import pytest
 from aistack.api.v1alpha1 import Endpoints
 from aistack.render import COMPONENTS, RenderConfig, endpoints, render
 from aistack.status import CONDITION_TYPES
-from helpers import EXAMPLES, example, stack
+from helpers import EXAMPLES, all_permitted, example, stack
 
 
 def test_names_conditions_and_images_are_unique_and_real() -> None:
@@ -25,7 +25,7 @@ def test_names_conditions_and_images_are_unique_and_real() -> None:
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: Path(p).stem)
 def test_each_part_renders_the_workloads_it_reports_on(path: Path) -> None:
     s = example(path)
-    permitted = {m.name: True for m in s.spec.models}
+    permitted = all_permitted(s)
     served = list(s.spec.models)
     for c in COMPONENTS:
         if not c.enabled(s.spec):

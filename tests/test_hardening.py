@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 
 from aistack.render import render
-from helpers import EXAMPLES, example, stack
+from helpers import EXAMPLES, all_permitted, example, stack
 
 K8S_VERSION = "1.36.0"
 RAY_IMAGE_MODEL = {"name": "big", "source": "org/big", "nodes": 3, "image": "vllm-ray:1"}
@@ -34,7 +34,7 @@ def everything() -> list[dict[str, Any]]:
             "artifactStore": {"destinationSecretRef": {"name": "art", "key": "destination"}},
         },
     )
-    return render(s, {m.name: True for m in s.spec.models})
+    return render(s, all_permitted(s))
 
 
 def by_kind(objs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
@@ -48,7 +48,7 @@ def pod_specs(objs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: Path(p).stem)
 def test_no_pod_mounts_a_service_account_token(path: Path) -> None:
     s = example(path)
-    for name, spec in pod_specs(render(s, {m.name: True for m in s.spec.models})).items():
+    for name, spec in pod_specs(render(s, all_permitted(s))).items():
         assert spec["automountServiceAccountToken"] is False, name
 
 
@@ -120,7 +120,7 @@ def test_model_pods_request_the_node_disk_of_their_empty_dirs() -> None:
              "resources": {"requests": {"ephemeral-storage": "1Ti"}}},
         ],
     )  # fmt: skip
-    specs = pod_specs(render(s, {m.name: True for m in s.spec.models}))
+    specs = pod_specs(render(s, all_permitted(s)))
 
     def disk(name: str) -> tuple[Any, dict[str, Any]]:
         spec = specs[f"demo-vllm-{name}"]

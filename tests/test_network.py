@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from aistack.api import rules
 from aistack.render import render
 from aistack.render.render import GATEWAY_PORT
-from helpers import EXAMPLES, example, stack
+from helpers import EXAMPLES, all_permitted, example, stack
 
 K8S_VERSION = "1.36.0"
 
@@ -75,7 +75,7 @@ def admits(
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_every_pod_is_covered_by_its_parts_policy(path: Any) -> None:
     s = example(path)
-    out = render(s, {m.name: True for m in s.spec.models})
+    out = render(s, all_permitted(s))
     assert policies(out), "NetworkPolicies are on by default"
     for name, labels in pods(out).items():
         chosen = [
@@ -150,7 +150,7 @@ def test_the_documented_reachability_table_is_what_the_policies_do() -> None:
     rows = reachability_table()
     assert len(rows) >= 30, "docs/security.md lost its table"
     s = stack(**TABLE_STACK)
-    out = render(s, {m.name: True for m in s.spec.models})
+    out = render(s, all_permitted(s))
     by_name = pods(out)
     labels = {role: by_name[name] for role, name in ROLES.items()} | OUTSIDERS
     wrong = [

@@ -13,14 +13,10 @@ import yaml
 from aistack import names
 from aistack.render import RenderConfig, endpoints, render, render_yaml
 from aistack.render.render import GPU_RESOURCE, gateway_config
-from helpers import EXAMPLES, ROOT, example, stack
+from helpers import EXAMPLES, ROOT, all_permitted, example, stack
 
 GOLDEN = ROOT / "tests" / "golden"
 K8S_VERSION = "1.36.0"
-
-
-def all_permitted(s: Any) -> dict[str, bool]:
-    return {m.name: True for m in s.spec.models}
 
 
 def by_kind(manifests: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from aistack import names
 from aistack.api.v1alpha1 import AIStack
 from aistack.render import RenderConfig, render
+from helpers import all_permitted
 
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -148,5 +149,5 @@ def test_render_never_raises_and_names_are_valid_and_unique(
 @given(doc=stacks())
 def test_render_is_deterministic(doc: dict[str, Any]) -> None:
     stack = _valid_stack(doc)
-    permitted = {m.name: True for m in stack.spec.models}
+    permitted = all_permitted(stack)
     assert render(stack, permitted) == render(stack, permitted)

@@ -16,7 +16,7 @@ from aistack.status import (
     status_dict,
     transitions,
 )
-from helpers import ROOT, example, stack_doc
+from helpers import ROOT, all_permitted, example, stack_doc
 
 GOLDEN = ROOT / "tests" / "golden" / "status"
 T0 = "2026-01-01T00:00:00Z"
@@ -35,7 +35,7 @@ WARNED = LicenseVerdict(
 def deployments_for(s: AIStack, ready: bool = True, **overrides: int) -> dict[str, Any]:
     """Every Deployment render makes for the stack, as the API server would report them."""
     out = {}
-    permitted = {m.name: True for m in s.spec.models}
+    permitted = all_permitted(s)
     for m in render(s, permitted):
         if m["kind"] != "Deployment":
             continue

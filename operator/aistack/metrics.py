@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from aistack.licenses import LicenseVerdict
 
 # No ``*_created`` series next to every counter: nothing here reads them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 PHASES = ("Pending", "Progressing", "Ready", "Degraded", "Blocked")
 KINDS = ("model", "adapter", "provider")

@@ -195,6 +195,8 @@ class CheckJob:
 
     args: list[str]
     env: dict[str, str]
+    #: also judge each ``--lora-modules`` adapter directory (vllm_check.check_adapters)
+    adapters: bool = False
 
 
 def vllm_check_batch(
@@ -210,7 +212,9 @@ def vllm_check_batch(
     environment with vLLM (``vllm-ray``: an image for multi-node models)."""
     home.mkdir(parents=True, exist_ok=True)
     batch = home / "vllm-check-batch.json"
-    batch.write_text(json.dumps([{"args": j.args, "env": j.env} for j in jobs]))
+    batch.write_text(
+        json.dumps([{"args": j.args, "env": j.env, "adapters": j.adapters} for j in jobs])
+    )
     run_env = harness.base_env(envs.bin_dir(environment), home)
     run_env.update(jobs[0].env)
     proc = subprocess.run(

@@ -95,10 +95,12 @@ def pod_spec(manifests: Iterable[Manifest], name: str) -> dict[str, Any]:
 
 
 def container(manifests: Iterable[Manifest], name: str, container_name: str | None = None) -> Any:
-    containers = pod_spec(manifests, name)["containers"]
+    """The pod's first container, or the container or init container ``container_name``."""
+    spec = pod_spec(manifests, name)
+    containers = spec["containers"]
     if container_name is None:
         return containers[0]
-    for c in containers:
+    for c in [*containers, *spec.get("initContainers", [])]:
         if c["name"] == container_name:
             return c
     raise LookupError(f"no container {container_name} in {name}")
@@ -497,6 +499,31 @@ def start(
             start_new_session=True,
         )
     return Running(name=name, process=process, log=log)
+
+
+def run_to_completion(
+    spec: ProcessSpec,
+    *,
+    name: str,
+    bin_dir: Path | None,
+    log_dir: Path,
+    hosts: HostMap | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    timeout: float = 180,
+) -> tuple[int, str]:
+    """Run ``spec`` until it exits, as an init container runs: ``(exit status, output)``.
+    Its output is also in ``log_dir/<name>.log``."""
+    running = start(
+        spec, name=name, bin_dir=bin_dir, log_dir=log_dir, hosts=hosts, extra_env=extra_env
+    )
+    try:
+        code = running.process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        running.stop()
+        raise ProcessFailed(
+            f"{name} did not finish in {timeout:.0f} s:\n{running.log_tail()}"
+        ) from None
+    return code, running.log.read_text(errors="replace")
 
 
 # --------------------------------------------------------------------------- read-only root

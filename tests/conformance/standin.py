@@ -3,11 +3,15 @@ would be needed (the conformance suite has none).
 
 It is started with the *rendered* ``vllm serve`` arguments, after vLLM's own parser and
 config validation accepted them (``vllm_check.py``), and reads from them only what a client
-can observe: the served model name, the host and the port. It answers ``/health``,
-``/v1/models``, ``/v1/chat/completions`` and ``/v1/completions`` the way vLLM's OpenAI
-server does (same paths, same response shapes), with a reply that names the model that
-answered, so that a test can tell which server a request reached. ``/standin/requests``
-returns the requests it saw.
+can observe: the served model name, the host, the port and the LoRA adapters
+(``--lora-modules``, read as vLLM's parser reads them: ``name=path`` or JSON). It answers
+``/health``, ``/v1/models``, ``/v1/chat/completions`` and ``/v1/completions`` the way
+vLLM's OpenAI server does (same paths, same response shapes): ``/v1/models`` lists the
+served model (``root``: the model path) and then each adapter with ``root`` = its path and
+``parent`` = the served model's name; a request whose ``model`` is the served name or an
+adapter's is answered, with a reply that names that model, so that a test can tell which
+server, and which adapter, a request reached; any other name gets vLLM's 404.
+``/standin/requests`` returns the requests it saw.
 
 ``STANDIN_BIND`` overrides the rendered ``--host`` (several stand-ins share port 8000 on
 loopback, each on its Service's own address). ``STANDIN_HOOK=module:function`` names a
@@ -33,23 +37,66 @@ from typing import Any
 Callback = Callable[[str, dict[str, Any], dict[str, Any]], None]
 
 
+def _lora_module(item: str) -> dict[str, Any]:
+    """One ``--lora-modules`` entry as vLLM's ``LoRAParserAction`` reads it: ``name=path``,
+    or a JSON object with ``name``, ``path`` and optionally ``base_model_name``."""
+    if "=" in item and "," not in item:
+        name, path = item.split("=", 1)
+        return {"name": name, "path": path, "base_model_name": None}
+    data = json.loads(item)
+    return {
+        "name": data["name"],
+        "path": data["path"],
+        "base_model_name": data.get("base_model_name"),
+    }
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("model")
     parser.add_argument("--served-model-name", nargs="+")
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--enable-lora", action="store_true")
+    parser.add_argument("--lora-modules", nargs="+", type=_lora_module, default=[])
     args, _rest = parser.parse_known_args(argv)
     if not args.served_model_name:
         args.served_model_name = [args.model]
+    if args.lora_modules and not args.enable_lora:
+        # vLLM could not load them either: without --enable-lora it has no LoRA manager.
+        parser.error("--lora-modules without --enable-lora")
     return args
+
+
+def model_cards(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """``/v1/models`` as vLLM's ``OpenAIServingModels.show_available_models`` builds it: the
+    served names (``root``: the model), then each adapter (``parent``: its
+    ``base_model_name`` if it names a served model, else the first served name)."""
+    names: list[str] = args.served_model_name
+
+    def card(name: str, root: str, parent: str | None) -> dict[str, Any]:
+        return {
+            "id": name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "vllm",
+            "root": root,
+            "parent": parent,
+        }
+
+    cards = [card(n, args.model, None) for n in names]
+    for lora in args.lora_modules:
+        base = lora["base_model_name"]
+        cards.append(card(lora["name"], lora["path"], base if base in names else names[0]))
+    return cards
 
 
 def main(argv: list[str]) -> None:
     if argv and argv[0] == "serve":
         argv = argv[1:]
     args = parse(argv)
-    names: list[str] = args.served_model_name
+    cards = model_cards(args)
+    names: list[str] = [card["id"] for card in cards]
     seen: list[dict[str, Any]] = []
     lock = threading.Lock()
     callback: Callback | None = None
@@ -78,10 +125,7 @@ def main(argv: list[str]) -> None:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
             elif self.path == "/v1/models":
-                data = [
-                    {"id": n, "object": "model", "created": 0, "owned_by": "vllm"} for n in names
-                ]
-                self._send(200, {"object": "list", "data": data})
+                self._send(200, {"object": "list", "data": cards})
             elif self.path == "/standin/requests":
                 with lock:
                     self._send(200, list(seen))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import harness
 import pytest
-from fixtures_gateway import Gateway, routed_models, start_gateway, stopping
+from fixtures_gateway import Gateway, gateway_config, routed_models, start_gateway, stopping
 from fixtures_mlflow import MLflowServer
 from harness import HostMap
 
@@ -211,3 +211,75 @@ class TestKeyedGateway:
         assert code == 200, body
         assert body["model"] == "qwen-7b"
         assert body["choices"][0]["message"]["content"] == "stand-in for qwen-7b"
+
+
+# --------------------------------------------------------------------------- LoRA adapters
+
+
+LORA_BASE = "qwen-7b"
+LORA_ADAPTERS = ["support-bot", "sql-writer"]
+
+
+@pytest.fixture(scope="class")
+def lora_gateway(hosts: HostMap, suite_dir: Path, log_dir: Path) -> Iterator[Gateway]:
+    """examples/lora.yaml: qwen-7b and its two adapters behind the gateway (no key). The
+    model's stand-in runs with the rendered args, ``--lora-modules`` included."""
+    manifests = harness.render_example(harness.example("lora.yaml"))
+    gateway = start_gateway(
+        manifests, hosts=hosts, workdir=suite_dir / "gateway-lora", log_dir=log_dir
+    )
+    yield from stopping(gateway)
+
+
+class TestLoraGateway:
+    def test_each_adapter_is_routed_to_its_base_models_server(self, lora_gateway: Gateway) -> None:
+        routes = {
+            r["model_name"]: r["litellm_params"]
+            for r in gateway_config(lora_gateway.manifests)["model_list"]
+        }
+        assert sorted(routes) == sorted([LORA_BASE, *LORA_ADAPTERS])
+        for adapter in LORA_ADAPTERS:
+            assert routes[adapter]["api_base"] == routes[LORA_BASE]["api_base"]
+            assert routes[adapter]["model"] == f"hosted_vllm/{adapter}"
+
+    def test_lists_the_model_and_its_adapters(self, lora_gateway: Gateway) -> None:
+        code, body = lora_gateway.get("/v1/models")
+        assert code == 200, body
+        assert sorted(m["id"] for m in body["data"]) == sorted([LORA_BASE, *LORA_ADAPTERS])
+        # The model server lists each adapter under the served model, as vLLM does.
+        stand_in = lora_gateway.stand_ins[LORA_BASE]
+        code, raw = harness.http(f"http://{stand_in.address}:{stand_in.port}/v1/models")
+        assert code == 200, raw
+        cards = {m["id"]: m for m in json.loads(raw)["data"]}
+        assert sorted(cards) == sorted([LORA_BASE, *LORA_ADAPTERS])
+        assert all(cards[a]["parent"] == LORA_BASE for a in LORA_ADAPTERS), cards
+
+    @pytest.mark.parametrize("adapter", LORA_ADAPTERS)
+    def test_chat_with_an_adapter_reaches_its_base_model_server(
+        self, lora_gateway: Gateway, adapter: str
+    ) -> None:
+        stand_in = lora_gateway.stand_ins[LORA_BASE]
+        before = len(stand_in.requests())
+        code, body = lora_gateway.post("/v1/chat/completions", chat(adapter))
+        assert code == 200, body
+        # Served by the base model's server under the adapter's name: vLLM applies the
+        # adapter the request names.
+        assert body["model"] == adapter
+        assert body["choices"][0]["message"]["content"] == f"stand-in for {adapter}"
+        seen = stand_in.requests()[before:]
+        assert [(r["path"], r["model"]) for r in seen] == [("/v1/chat/completions", adapter)]
+
+    def test_the_base_model_is_still_served(self, lora_gateway: Gateway) -> None:
+        stand_in = lora_gateway.stand_ins[LORA_BASE]
+        before = len(stand_in.requests())
+        code, body = lora_gateway.post("/v1/chat/completions", chat(LORA_BASE))
+        assert code == 200, body
+        assert body["model"] == LORA_BASE
+        assert [r["model"] for r in stand_in.requests()[before:]] == [LORA_BASE]
+
+    def test_an_unknown_adapter_name_is_refused(self, lora_gateway: Gateway) -> None:
+        stand_in = lora_gateway.stand_ins[LORA_BASE]
+        before = len(stand_in.requests())
+        code, body = lora_gateway.post("/v1/chat/completions", chat("support-bot-v2"))
+        assert 400 <= code < 500, (code, body)
+        assert stand_in.requests()[before:] == []

@@ -8,6 +8,14 @@ span from vLLM's tracer setup to the rendered MLflow.
 - the check is live: an unknown flag fails in the parser, a tensor-parallel size the model's
   attention heads do not divide fails in the config; the image's OpenTelemetry imports, so
   the rendered ``--otlp-traces-endpoint`` gets a tracer;
+- LoRA (examples/lora.yaml): vLLM's ``LoRAConfig`` holds the rendered ``--max-loras``,
+  ``--max-lora-rank`` and ``--max-cpu-loras``, its parser reads every ``--lora-modules``
+  entry as the adapter the example names at its rendered path, and each adapter directory
+  there (PEFT files made here: what an init container or the PVC provides) passes vLLM's
+  own adapter validation at that config; live: a malformed ``--lora-modules`` entry and a
+  rank vLLM does not serve fail in the parser, fewer CPU slots than ``--max-loras`` in the
+  config, an adapter above ``--max-lora-rank`` and a missing adapter directory in vLLM's
+  adapter check; a model without adapters gets no LoRA;
 - tracing: a stand-in on the rendered args, with vLLM's ``init_tracer`` on the rendered
   endpoint and ``OTEL_*`` env, exports one ``llm_request`` span per request, which
   ``mlflow.search_traces`` finds in the rendered experiment of the rendered MLflow.
@@ -23,6 +31,8 @@ from typing import Any
 
 import harness
 import pytest
+import yaml
+from fixtures_adapters import rendered_lora_modules, write_peft_adapter
 from fixtures_mlflow import MLflowServer
 from fixtures_vllm import (
     CheckJob,
@@ -35,7 +45,15 @@ from fixtures_vllm import (
 )
 from harness import HostMap, Manifest, ProcessSpec
 
-EXAMPLES = ["quickstart.yaml", "multi-model.yaml", "external-stores.yaml"]
+EXAMPLES = ["quickstart.yaml", "multi-model.yaml", "external-stores.yaml", "lora.yaml"]
+LORA_EXAMPLE = "lora.yaml"
+LORA_DEPLOYMENT = "lora-vllm-qwen-7b"
+#: The rank of each adapter's files made here (the example's maxLoraRank is 16: one below,
+#: one at the limit).
+ADAPTER_RANKS = {"support-bot": 8, "sql-writer": 16}
+#: Where a variant points support-bot instead (inside the rendered /cache volume).
+RANK_64_ADAPTER = "/cache/adapters/rank-64"
+MISSING_ADAPTER = "/cache/adapters/not-fetched"
 
 
 def _flag(args: list[str], name: str) -> str | None:
@@ -80,8 +98,66 @@ def checked(vllm_env: Path, suite_dir: Path) -> Checked:
     args = list(quickstart.args)
     args[args.index("--tensor-parallel-size") + 1] = "3"
     jobs["tp3"] = CheckJob(args, quickstart.env)
+    jobs.update(lora_jobs(renders[LORA_EXAMPLE], specs[LORA_DEPLOYMENT], jobs[LORA_DEPLOYMENT]))
     results = vllm_check_batch(list(jobs.values()), home=workdir / "home")
     return Checked(renders, specs, dict(zip(jobs, results, strict=True)))
+
+
+def _replaced(args: list[str], flag: str, *values: str) -> list[str]:
+    """``args`` with the values that follow ``flag`` (up to the next flag) replaced."""
+    i = args.index(flag) + 1
+    j = i
+    while j < len(args) and not args[j].startswith("--"):
+        j += 1
+    return [*args[:i], *values, *args[j:]]
+
+
+def lora_jobs(manifests: list[Manifest], spec: ProcessSpec, job: CheckJob) -> dict[str, CheckJob]:
+    """The LoRA example's job with its adapters judged, and its broken variants.
+
+    The adapters' files are put where the rendered ``--lora-modules`` paths are in this
+    check's filesystem (the pod's volumes as host directories): what the init container
+    downloads (support-bot, under the ``/cache`` volume) and what the PVC holds (sql-writer,
+    under the claim's mount)."""
+    base = harness.container(manifests, LORA_DEPLOYMENT)["args"][0]
+    modules = rendered_lora_modules(harness.container(manifests, LORA_DEPLOYMENT))
+    for name, path in modules.items():
+        write_peft_adapter(spec.host_path(path), r=ADAPTER_RANKS[name], base_model=base)
+    write_peft_adapter(spec.host_path(RANK_64_ADAPTER), r=64, base_model=base)
+    job.adapters = True
+    host = {name: str(spec.host_path(path)) for name, path in modules.items()}
+
+    def variant(args: list[str]) -> CheckJob:
+        return CheckJob(args, job.env, adapters=True)
+
+    return {
+        # Not name=path and not JSON: vLLM's LoRAParserAction refuses it.
+        "lora-malformed-module": variant(
+            _replaced(job.args, "--lora-modules", "support-bot", f"sql-writer={host['sql-writer']}")
+        ),
+        # vLLM serves ranks 1, 8, 16, 32, 64, ... only.
+        "lora-rank-9": variant(_replaced(job.args, "--max-lora-rank", "9")),
+        # Fewer adapters kept in CPU memory than one batch may use.
+        "lora-cpu-below-max": variant(_replaced(job.args, "--max-cpu-loras", "1")),
+        # An adapter trained at rank 64 under --max-lora-rank 16.
+        "lora-rank-64-adapter": variant(
+            _replaced(
+                job.args,
+                "--lora-modules",
+                f"support-bot={spec.host_path(RANK_64_ADAPTER)}",
+                f"sql-writer={host['sql-writer']}",
+            )
+        ),
+        # The directory an init container would have filled, empty.
+        "lora-missing-adapter": variant(
+            _replaced(
+                job.args,
+                "--lora-modules",
+                f"support-bot={spec.host_path(MISSING_ADAPTER)}",
+                f"sql-writer={host['sql-writer']}",
+            )
+        ),
+    }
 
 
 @pytest.mark.parametrize("example", EXAMPLES)
@@ -110,6 +186,81 @@ def test_vllm_accepts_every_rendered_model_server(example: str, checked: Checked
         assert v["otlp_traces_endpoint"] == _flag(args, "--otlp-traces-endpoint")
         assert v["otlp_traces_endpoint"], "the render sends no traces to MLflow"
         assert v["otel_available"] is True
+
+
+def test_vllm_settles_on_the_rendered_lora_settings(checked: Checked) -> None:
+    manifests = checked.renders[LORA_EXAMPLE]
+    model = yaml.safe_load(harness.example(LORA_EXAMPLE).read_text())["spec"]["models"][0]
+    result = checked.results[LORA_DEPLOYMENT]
+    assert result.ok, f"vLLM rejects it at {result.stage}: {result.error}"
+    args = serve_args(checked.specs[LORA_DEPLOYMENT])
+    v = result.values
+    assert v["enable_lora"] is True
+    assert v["lora"] is not None, "vLLM built no LoRAConfig"
+    assert v["lora"]["max_loras"] == int(_flag(args, "--max-loras") or 0) == model["maxLoras"]
+    assert v["lora"]["max_lora_rank"] == int(_flag(args, "--max-lora-rank") or 0)
+    assert v["lora"]["max_lora_rank"] == model["maxLoraRank"]
+    assert v["lora"]["max_cpu_loras"] == int(_flag(args, "--max-cpu-loras") or 0)
+    assert v["lora"]["max_cpu_loras"] >= v["lora"]["max_loras"]
+    # Every adapter of the example, under its own name, at the path the render gives it.
+    spec = checked.specs[LORA_DEPLOYMENT]
+    rendered = rendered_lora_modules(harness.container(manifests, LORA_DEPLOYMENT))
+    assert [m["name"] for m in v["lora_modules"]] == [a["name"] for a in model["adapters"]]
+    assert {m["name"]: m["path"] for m in v["lora_modules"]} == {
+        name: str(spec.host_path(path)) for name, path in rendered.items()
+    }
+    # No base model named per adapter: vLLM lists each under the served model.
+    assert all(m["base_model_name"] is None for m in v["lora_modules"])
+    # Where the rendered paths live in the pod: a downloaded adapter on the /cache volume,
+    # the PVC one under its read-only claim mount.
+    assert rendered["support-bot"] == "/cache/adapters/support-bot"
+    mounts = {
+        m["mountPath"]: m for m in harness.container(manifests, LORA_DEPLOYMENT)["volumeMounts"]
+    }
+    claim_mount = next(p for p in mounts if rendered["sql-writer"].startswith(p + "/"))
+    assert mounts[claim_mount].get("readOnly") is True
+
+
+def test_vllm_accepts_the_adapter_files_at_the_rendered_paths(checked: Checked) -> None:
+    result = checked.results[LORA_DEPLOYMENT]
+    assert result.ok, f"vLLM rejects it at {result.stage}: {result.error}"
+    adapters = {a["name"]: a for a in result.values["adapters"]}
+    assert set(adapters) == set(ADAPTER_RANKS)
+    for name, rank in ADAPTER_RANKS.items():
+        assert adapters[name]["ok"], adapters[name]
+        assert adapters[name]["r"] == rank
+        assert adapters[name]["target_modules"] == ["q_proj", "v_proj"]
+
+
+def test_models_without_adapters_get_no_lora(checked: Checked) -> None:
+    for example in EXAMPLES:
+        if example == LORA_EXAMPLE:
+            continue
+        for deployment in single_node_model_servers(checked.renders[example]):
+            v = checked.results[deployment].values
+            assert v["enable_lora"] is False and v["lora"] is None, deployment
+            assert v["lora_modules"] == []
+
+
+@pytest.mark.parametrize(
+    ("job", "stage", "message"),
+    [
+        ("lora-malformed-module", "parse", "Invalid JSON format for --lora-modules: support-bot"),
+        ("lora-rank-9", "parse", "argument --max-lora-rank: invalid choice: 9"),
+        ("lora-cpu-below-max", "engine_config", "max_cpu_loras (1) must be >= max_loras (2)"),
+        ("lora-rank-64-adapter", "adapters", "LoRA rank 64 is greater than max_lora_rank 16"),
+        ("lora-missing-adapter", "adapters", "FileNotFoundError"),
+    ],
+)
+def test_vllm_lora_checks_are_live(checked: Checked, job: str, stage: str, message: str) -> None:
+    result = checked.results[job]
+    assert not result.ok, f"{job} passed vLLM's check"
+    assert result.stage == stage, (result.stage, result.error)
+    assert message in result.error, result.error
+    if stage == "adapters":
+        # Only support-bot was replaced; the PVC adapter beside it still passes.
+        verdicts = {a["name"]: a["ok"] for a in result.values["adapters"]}
+        assert verdicts == {"support-bot": False, "sql-writer": True}
 
 
 def test_vllm_rejects_an_unknown_flag(checked: Checked) -> None:

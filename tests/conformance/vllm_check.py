@@ -21,16 +21,21 @@ vLLM's own code at the pinned version:
    ``LoadConfig``/``ObservabilityConfig`` validation (e.g. attention heads divisible by the
    tensor-parallel size, ``--max-model-len`` within the model's positions, the OpenTelemetry
    check of ``--otlp-traces-endpoint``, Ray's presence for ``--distributed-executor-backend
-   ray``) and the platform's config hooks.
+   ray``) and the platform's config hooks; with ``--enable-lora``, ``LoRAConfig`` (rank one
+   of vLLM's ranks, ``--max-cpu-loras`` >= ``--max-loras``) and its check against the
+   model (the architecture implements LoRA).
+4. **Adapters** (when the caller asks): each ``--lora-modules`` directory as vLLM reads it
+   when it loads the adapter at startup, up to the weights (:func:`check_adapters`).
 
 What it cannot cover: everything after the config is built (device and memory probing,
-weights, tokenizer, kernels, the HTTP server). The platform is vLLM's CPU platform, chosen
-with ``VLLM_TARGET_DEVICE=cpu`` (vLLM's switch for running an accelerator wheel on a host
-without the accelerator) and ``CUDA_VISIBLE_DEVICES=""`` (no GPU visible), so CUDA-only
-checks (GPU count per node, GPU memory, attention backend and quantization kernel
-selection, the CUDA platform's config hook) are not exercised. The model's config comes from
-the Hugging Face cache the caller prepared (``HF_HUB_OFFLINE=1``): a small config of the
-model's architecture with its real head, layer and position counts, not the model itself.
+weights, an adapter's tensors, tokenizer, kernels, the HTTP server). The platform is vLLM's
+CPU platform, chosen with ``VLLM_TARGET_DEVICE=cpu`` (vLLM's switch for running an
+accelerator wheel on a host without the accelerator) and ``CUDA_VISIBLE_DEVICES=""`` (no
+GPU visible), so CUDA-only checks (GPU count per node, GPU memory, attention backend and
+quantization kernel selection, the CUDA platform's config hook) are not exercised. The
+model's config comes from the Hugging Face cache the caller prepared
+(``HF_HUB_OFFLINE=1``): a small config of the model's architecture with its real head,
+layer and position counts, not the model itself.
 
 It prints one JSON object: ``{"ok": true, "values": {...}}`` with the values vLLM settled
 on, or ``{"ok": false, "stage": ..., "error": ...}`` (exit status 1; 2 for a parser error).
@@ -68,7 +73,57 @@ def _values(args: argparse.Namespace, config: Any) -> dict[str, Any]:
         "gpu_memory_utilization": config.cache_config.gpu_memory_utilization,
         "architectures": list(model.architectures or []),
         "otel_available": _otel_available(),
+        "enable_lora": bool(args.enable_lora),
+        "lora": _lora_values(config.lora_config),
+        "lora_modules": [
+            {"name": m.name, "path": m.path, "base_model_name": m.base_model_name}
+            for m in (args.lora_modules or [])
+        ],
     }
+
+
+def _lora_values(lora: Any) -> dict[str, Any] | None:
+    """What vLLM's ``LoRAConfig`` settled on (``None``: LoRA is off)."""
+    if lora is None:
+        return None
+    return {
+        "max_loras": lora.max_loras,
+        "max_lora_rank": lora.max_lora_rank,
+        "max_cpu_loras": lora.max_cpu_loras,
+        "lora_dtype": str(lora.lora_dtype),
+        "fully_sharded_loras": lora.fully_sharded_loras,
+    }
+
+
+def check_adapters(args: argparse.Namespace, config: Any) -> list[dict[str, Any]]:
+    """Each ``--lora-modules`` adapter judged as vLLM judges it when it loads it at startup
+    (``OpenAIServingModels.init_static_loras`` -> ``WorkerLoRAManager._load_adapter``),
+    up to the weights: the path resolved by ``get_adapter_absolute_path``, its
+    ``adapter_config.json`` read by ``PEFTHelper.from_local_dir`` (with the base model's
+    ``max_position_embeddings``, as the worker passes it) and checked against the engine's
+    ``LoRAConfig`` by ``validate_legal`` (rank within ``--max-lora-rank``, no PEFT feature
+    vLLM does not implement). A missing directory or config is the ``FileNotFoundError``
+    vLLM turns into ``LoRAAdapterNotFoundError``."""
+    from vllm.lora.peft_helper import PEFTHelper
+    from vllm.lora.utils import get_adapter_absolute_path
+
+    text_config = config.model_config.hf_config.get_text_config()
+    max_position_embeddings = getattr(text_config, "max_position_embeddings", None)
+    out = []
+    for module in args.lora_modules or []:
+        entry: dict[str, Any] = {"name": module.name, "path": module.path}
+        try:
+            path = get_adapter_absolute_path(module.path)
+            helper = PEFTHelper.from_local_dir(path, max_position_embeddings)
+            entry["r"] = helper.r
+            entry["target_modules"] = helper.target_modules
+            helper.validate_legal(config.lora_config)
+        except Exception as exc:
+            entry.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+        else:
+            entry.update(ok=True, error="")
+        out.append(entry)
+    return out
 
 
 def _otel_available() -> bool:
@@ -90,7 +145,9 @@ def _defaults() -> None:
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 
 
-def check(argv: list[str]) -> dict[str, Any]:
+def check(argv: list[str], *, adapters: bool = False) -> dict[str, Any]:
+    """Judge one command line; with ``adapters``, also each ``--lora-modules`` adapter
+    (:func:`check_adapters`; stage ``adapters``)."""
     _defaults()
 
     from vllm.engine.arg_utils import AsyncEngineArgs
@@ -127,7 +184,14 @@ def check(argv: list[str]) -> dict[str, Any]:
             "error": f"{type(exc).__name__}: {exc}",
             "traceback": traceback.format_exc(limit=6),
         }
-    return {"ok": True, "values": _values(args, config)}
+    values = _values(args, config)
+    if adapters and config.lora_config is not None:
+        values["adapters"] = check_adapters(args, config)
+        refused = [a for a in values["adapters"] if not a["ok"]]
+        if refused:
+            error = "; ".join(f"{a['name']}: {a['error']}" for a in refused)
+            return {"ok": False, "stage": "adapters", "error": error, "values": values}
+    return {"ok": True, "values": values}
 
 
 def tracing_hook(_args: argparse.Namespace) -> Any:
@@ -183,9 +247,11 @@ def tracing_hook(_args: argparse.Namespace) -> Any:
 
 def main() -> int:
     """``vllm_check.py JSON_ARGV`` checks one command line; ``vllm_check.py --batch FILE``
-    checks each ``{"args": [...], "env": {...}}`` of a JSON list (one vLLM import for all;
-    each job's env is set around its check, and ``HF_HOME`` must be the same for all, as
-    huggingface_hub reads it once). Prints one ``VLLM_CHECK <json>`` line per check."""
+    checks each ``{"args": [...], "env": {...}, "adapters": bool}`` of a JSON list (one vLLM
+    import for all; each job's env is set around its check, and ``HF_HOME`` must be the same
+    for all, as huggingface_hub reads it once; ``adapters``: also judge each
+    ``--lora-modules`` adapter, see :func:`check_adapters`). Prints one
+    ``VLLM_CHECK <json>`` line per check."""
     if len(sys.argv) == 3 and sys.argv[1] == "--batch":
         with open(sys.argv[2]) as f:
             jobs = json.load(f)
@@ -208,7 +274,7 @@ def main() -> int:
         saved = dict(os.environ)
         os.environ.update(job["env"])
         try:
-            result = check(argv)
+            result = check(argv, adapters=bool(job.get("adapters")))
         finally:
             os.environ.clear()
             os.environ.update(saved)

@@ -14,7 +14,8 @@ from operator_process import OperatorProcess
 from stacks import conditions, deployments, events, get_stack, load, routes, wait_phase
 
 BASE = "microsoft/phi-4"  # MIT on its model card
-PERMITTED = {"name": "support", "source": "example-org/phi-4-support-lora", "revision": "5f0c3e1",
+PERMITTED = {"name": "support", "source": "example-org/phi-4-support-lora",
+             "revision": "5f0c3e1a9b8d7c6e5f4a3b2c1d0e9f8a7b6c5d4e",
              "license": "Apache-2.0"}  # fmt: skip
 NON_COMMERCIAL = {"name": "research", "source": "example-org/phi-4-research-lora",
                   "license": "CC-BY-NC-4.0"}  # fmt: skip
@@ -81,7 +82,7 @@ def test_a_non_commercial_adapter_is_refused_at_apply_time(
     assert (support["permitted"], support["license"], support["licenseSource"]) == (
         True, "Apache-2.0", "Declared",
     )  # fmt: skip
-    assert support["revision"] == "5f0c3e1"
+    assert support["revision"] == PERMITTED["revision"]
     assert routes(cluster, namespace, "quickstart") == ["base", "support"]
     args = vllm_args(cluster, namespace)
     assert "--enable-lora" in args and "support=/cache/adapters/support" in args

@@ -351,6 +351,8 @@ def _model_context(stack: AIStack, model: ModelSpec, config: RenderConfig) -> di
         "mounts": mounts,
         "credentials": model.credentials_secret_ref.name if model.credentials_secret_ref else None,
         "fetchers": adapter_fetchers(model),
+        # The hf CLI asks PyPI for a newer version of itself at start: not from a pod.
+        "fetch_env": [{"name": "HF_HUB_DISABLE_UPDATE_CHECK", "value": "1"}],
         "fetch_resources": FETCH_RESOURCES,
         "fetch_security": _container_security(read_only_root=True),
         "pod_security": _pod_security(),
