@@ -165,7 +165,9 @@ def test_fallbacks_and_limits_are_in_the_config() -> None:
     # The strategy that enforces deployment rpm/tpm without a database.
     assert config["router_settings"]["routing_strategy"] == "usage-based-routing-v2"
     got = routes(config)
-    assert (got["gpt"]["rpm"], got["gpt"]["tpm"], got["m"]["rpm"]) == (60, 100000, 600)
+    # One higher: LiteLLM admits rpm - 1 requests a minute (see render.LITELLM_RPM_OFFSET).
+    assert (got["gpt"]["rpm"], got["gpt"]["tpm"], got["m"]["rpm"]) == (61, 100000, 601)
+    assert config["router_settings"]["retry_policy"] == {"RateLimitErrorRetries": 0}
     assert "rpm" not in got["claude"]
     plain = gateway(render(hybrid(GPT), {"m": True, "gpt": True}))[0]
     assert "router_settings" not in plain

@@ -575,6 +575,8 @@ def render_mlflow(stack: AIStack, config: RenderConfig) -> list[Manifest]:
 # ---------------------------------------------------------------- gateway
 
 
+#: Added to a route's rpm in LiteLLM's config (see ``gateway_config``).
+LITELLM_RPM_OFFSET = 1
 #: LiteLLM's model prefix per provider id (openai-compatible: OpenAI's client at apiBase).
 PROVIDER_PREFIX = {
     "openai": "openai", "anthropic": "anthropic", "gemini": "gemini", "azure": "azure",
@@ -637,7 +639,10 @@ def gateway_config(stack: AIStack, served: list[ModelSpec], config: RenderConfig
         for route in model_list:
             if route["model_name"] == limit.route:
                 if limit.rpm is not None:
-                    route["litellm_params"]["rpm"] = limit.rpm
+                    # LiteLLM 1.110.2 admits a route only while its count in the minute
+                    # + 1 < rpm (BerriAI/litellm#33032): rendered one higher, the route
+                    # gets exactly the requests the spec allows (conformance-tested).
+                    route["litellm_params"]["rpm"] = limit.rpm + LITELLM_RPM_OFFSET
                 if limit.tpm is not None:
                     route["litellm_params"]["tpm"] = limit.tpm
     cfg: dict[str, Any] = {"model_list": model_list}
@@ -653,8 +658,11 @@ def gateway_config(stack: AIStack, served: list[ModelSpec], config: RenderConfig
         router["fallbacks"] = fallbacks
     if any(limit.route in routed for limit in gateway.limits):
         # The strategy that enforces each route's rpm/tpm (in the replica's memory, with no
-        # database): over the limit, a request fails with 429 or takes its fallback.
+        # database). Over the limit it raises a rate-limit error with `retry-after: 60`,
+        # which the router would retry after that wait (the request held a minute, then
+        # served): not retried, the request takes its fallback, or is answered 429.
         router["routing_strategy"] = "usage-based-routing-v2"
+        router["retry_policy"] = {"RateLimitErrorRetries": 0}
     if router:
         cfg["router_settings"] = router
     if stack.spec.mlflow.enabled:
