@@ -11,7 +11,7 @@ BENCH_ARGS ?=
 
 .PHONY: help venv lint unit e2e test crds check-crds demo demo-down cluster-tools clean \
 	chart chart-crds chart-images docs bench conformance conformance-envs gpu-smoke \
-	lint-manifests
+	lint-manifests promtool-rules
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -52,7 +52,7 @@ conformance: $(STAMP) conformance-envs ## the real vLLM, Ray, MLflow, LiteLLM st
 gpu-smoke: $(STAMP) ## on a GPU machine: real vLLM serves a tiny local model behind the real gateway
 	$(BIN)/python tests/conformance/gpu_smoke.py
 
-test: lint lint-manifests unit chart e2e conformance ## everything CI runs
+test: lint lint-manifests promtool-rules unit chart e2e conformance ## everything CI runs
 
 bench: $(STAMP) cluster-tools ## benchmark: operator vs raw `kubectl apply` (table, bench/results/*.json, *.png)
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
@@ -66,6 +66,12 @@ chart: $(STAMP) cluster-tools ## helm lint and the chart's template tests (with 
 
 lint-manifests: $(STAMP) cluster-tools ## kube-score and checkov over the examples' renders and the chart (hack/manifest-lint.yaml)
 	hack/lint-manifests.sh
+
+promtool-rules: $(STAMP) ## promtool check/test rules on the chart's alerts, and their tests (builds promtool)
+	hack/build-tools.sh --promtool >/dev/null
+	"$$(hack/build-tools.sh --promtool --print-bin-dir)/promtool" check rules charts/aistack-operator/files/alerts.yaml
+	"$$(hack/build-tools.sh --promtool --print-bin-dir)/promtool" test rules tests/alerts/*.test.yaml
+	AISTACK_REQUIRE_PROMTOOL=1 $(BIN)/pytest tests/test_alerts.py $(PYTEST_ARGS)
 
 chart-crds: ## copy crds/ into the Helm chart (after `make crds`)
 	cp crds/*.yaml charts/aistack-operator/crds/

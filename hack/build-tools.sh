@@ -8,6 +8,8 @@
 #   kube-score                                                        (github.com/zegl/kube-score)
 #   checkov                  (PyPI, in a virtualenv of its own; kube-linter's module is not
 #                             served by the Go module proxy, checkov covers its checks)
+# and, with --promtool, Prometheus' rule checker that `make promtool-rules` runs:
+#   promtool                                                          (github.com/prometheus/prometheus)
 # Versions are pinned in hack/versions.env (the linters' below, unless versions.env
 # sets them). Nothing is downloaded at run time other than Go modules (and checkov's
 # PyPI packages).
@@ -17,13 +19,19 @@
 # The linters have a cache directory of their own, so bumping one never rebuilds the
 # control plane:
 #   ${AISTACK_TOOLS_CACHE:-$HOME/.cache/aistack-operator/tools}/lint_kube-score-<v>_checkov-<v>/bin
+# and so has promtool:
+#   ${AISTACK_TOOLS_CACHE:-$HOME/.cache/aistack-operator/tools}/promtool-<v>/bin
 # A tool is rebuilt only when its binary is missing or its --version output
 # does not match the pin, so a second run takes seconds.
 #
-# Usage: hack/build-tools.sh [--lint] [--print-bin-dir] [--force] [--update-modules] [-h]
+# Usage: hack/build-tools.sh [--lint|--promtool] [--print-bin-dir] [--check] [--force]
+#                            [--update-modules] [-h]
 #   (no option)        build what is missing; the last line of stdout is the bin dir
 #   --lint             act on the manifest linters (kube-score, checkov) instead of the
 #                      control plane: build them, or with --print-bin-dir / --check
+#   --promtool         act on promtool instead of the control plane: build it (about 12
+#                      minutes on 2 CPUs with cold Go caches, including the module
+#                      downloads), or with --print-bin-dir / --check
 #   --print-bin-dir    print the bin dir and exit (builds nothing)
 #   --check            exit 0 if every tool is present at the pinned version, else 1
 #   --force            rebuild everything
@@ -65,10 +73,11 @@ die() { log "ERROR: $*"; exit 1; }
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
-FORCE=0 UPDATE=0 MODE=build LINT=0
+FORCE=0 UPDATE=0 MODE=build LINT=0 PROMTOOL=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --lint) LINT=1 ;;
+    --promtool) PROMTOOL=1 ;;
     --print-bin-dir) MODE=print ;;
     --check) MODE=check ;;
     --force) FORCE=1 ;;
@@ -79,9 +88,16 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 
+if [[ $LINT == 1 && $PROMTOOL == 1 ]]; then
+  die "--lint and --promtool are separate tool sets: give one"
+fi
 if [[ $LINT == 1 ]]; then
   [[ $UPDATE == 0 ]] || die "--update-modules is for the control plane; --lint has no wrapper modules"
   KEY="lint_kube-score-${KUBE_SCORE_VERSION}_checkov-${CHECKOV_VERSION}"
+  BIN_DIR="$CACHE_ROOT/$KEY/bin"
+elif [[ $PROMTOOL == 1 ]]; then
+  [[ $UPDATE == 0 ]] || die "--update-modules is for the control plane; --promtool has no wrapper module"
+  KEY="promtool-${PROMETHEUS_VERSION}"
   BIN_DIR="$CACHE_ROOT/$KEY/bin"
 fi
 
@@ -89,6 +105,14 @@ if [[ $MODE == print ]]; then
   echo "$BIN_DIR"
   exit 0
 fi
+
+# Prometheus' Go module versions encode the release: v0.316.0 is Prometheus 3.16.0
+# (v0.<major*100+minor>.<patch>); promtool reports the release.
+prometheus_release() {
+  local v=${PROMETHEUS_VERSION#v0.} n
+  n=${v%%.*}
+  echo "$((n / 100)).$((n % 100)).${v#*.}"
+}
 
 # --- version checks ---------------------------------------------------------
 # Prints nothing; returns 0 when $BIN_DIR/$1 exists and reports the pinned version.
@@ -114,6 +138,9 @@ tool_ok() {
     kube-score)
       out=$("$bin" version 2>&1) || return 1
       [[ $out == "kube-score version: ${KUBE_SCORE_VERSION#v},"* ]] ;;
+    promtool)
+      out=$("$bin" --version 2>&1) || return 1
+      [[ $out == "promtool, version $(prometheus_release) "* ]] ;;
     checkov)
       # `checkov --version` takes seconds (it imports everything); the installed
       # distribution's metadata says the same at once.
@@ -126,6 +153,8 @@ tool_ok() {
 
 if [[ $LINT == 1 ]]; then
   ALL_TOOLS=(kube-score checkov)
+elif [[ $PROMTOOL == 1 ]]; then
+  ALL_TOOLS=(promtool)
 else
   ALL_TOOLS=("${KUBE_BINS[@]}" etcd kwok kwokctl helm)
 fi
@@ -274,6 +303,21 @@ build_kube_score() {
   install_staged kube-score
 }
 
+build_promtool() {
+  local release date
+  release=$(prometheus_release)
+  # Reproducible build date: the release time recorded by the module proxy.
+  date=$("$GO" list -m -f '{{if .Time}}{{.Time.UTC.Format "20060102-15:04:05"}}{{end}}' \
+    "github.com/prometheus/prometheus@${PROMETHEUS_VERSION}" 2>/dev/null) || date=""
+  log "building promtool ${release} (github.com/prometheus/prometheus ${PROMETHEUS_VERSION}; about 12 minutes on 2 CPUs when Go's caches are cold)"
+  # The module has no replace lines, so go install pkg@version works. ldflags as in
+  # Prometheus' .promu.yml (the release, not the module version, is what --version says).
+  GOBIN="$STAGE" "$GO" install -p "$JOBS" -trimpath \
+    -ldflags "-s -w -X github.com/prometheus/common/version.Version=${release} -X github.com/prometheus/common/version.Revision=unknown -X github.com/prometheus/common/version.Branch=unknown -X github.com/prometheus/common/version.BuildDate=${date:-unknown}" \
+    "github.com/prometheus/prometheus/cmd/promtool@${PROMETHEUS_VERSION}"
+  install_staged promtool
+}
+
 build_checkov() {
   # A virtualenv records its own path, so it is made where it stays (beside bin/), anew;
   # bin/checkov links to its entry point. A half-made one fails tool_ok and is made again.
@@ -289,6 +333,8 @@ TOTAL_START=$SECONDS
 if [[ $LINT == 1 ]]; then
   if need kube-score; then timed "kube-score" build_kube_score; fi
   if need checkov; then timed "checkov" build_checkov; fi
+elif [[ $PROMTOOL == 1 ]]; then
+  if need promtool; then timed "promtool" build_promtool; fi
 else
   if need "${KUBE_BINS[@]}"; then timed "kubernetes" build_kube; fi
   if need etcd; then timed "etcd" build_etcd; fi

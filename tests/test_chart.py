@@ -75,6 +75,22 @@ VARIANTS: dict[str, dict[str, Any]] = {
                 }
             ],
         },
+        "metrics": {"port": 9100},
+        "monitoring": {
+            "serviceMonitor": {
+                "enabled": True,
+                "labels": {"release": "prometheus"},
+                "interval": "15s",
+                "scrapeTimeout": "10s",
+            },
+            "prometheusRule": {
+                "enabled": True,
+                "labels": {"release": "prometheus"},
+                "alertLabels": {"team": "ml-platform"},
+                "webhookRefusalsPerSecond": 0.5,
+            },
+            "dashboard": {"enabled": True, "annotations": {"grafana_folder": "AI"}},
+        },
     },
 }
 
@@ -179,6 +195,12 @@ def one(objs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found[0]
 
 
+def named(objs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [o for o in by_kind(objs, kind) if o["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, got {len(found)}"
+    return found[0]
+
+
 def container(objs: list[dict[str, Any]]) -> dict[str, Any]:
     return one(objs, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
 
@@ -207,8 +229,8 @@ def test_every_rendered_object_is_valid_kubernetes(
     objs = rendered[variant]
     for obj in objs:
         group = obj["apiVersion"].rpartition("/")[0]
-        if group in ("kopf.dev", "cert-manager.io", "aistack.dev"):
-            continue  # custom resources: checked below
+        if group in ("kopf.dev", "cert-manager.io", "aistack.dev", "monitoring.coreos.com"):
+            continue  # custom resources: checked below (the monitoring ones further down)
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
         assert obj["metadata"].get("namespace", NAMESPACE) in (NAMESPACE, "team-a", "team-b", "ml")
     for obj in by_kind(objs, "Certificate") + by_kind(objs, "Issuer"):
@@ -383,7 +405,7 @@ def test_replicas_get_distinct_peering_priorities(
         "POD_INDEX": "metadata.labels['apps.kubernetes.io/pod-index']",
     }
     # The webhook goes to every replica: each judges by the policies it reads per review.
-    svc = one(rendered["two-replicas"], "Service")
+    svc = named(rendered["two-replicas"], "Service", "aistack-operator-webhook")
     assert svc["spec"]["selector"] == {
         "app.kubernetes.io/name": "aistack-operator",
         "app.kubernetes.io/instance": RELEASE,
@@ -456,7 +478,10 @@ def test_the_network_policy_admits_the_configured_peers(
     assert spec["policyTypes"] == ["Ingress"]
     assert spec["ingress"] == [
         {"ports": [{"port": 9443, "protocol": "TCP"}], "from": values["webhookFrom"]},
-        {"ports": [{"port": 8080, "protocol": "TCP"}], "from": values["monitoringFrom"]},
+        {
+            "ports": [{"port": 8080, "protocol": "TCP"}, {"port": 9100, "protocol": "TCP"}],
+            "from": values["monitoringFrom"],
+        },
     ]
     # The ports follow their values, and each is a port of the operator's container.
     moved = {
@@ -466,7 +491,7 @@ def test_the_network_policy_admits_the_configured_peers(
     }
     objs = template(helm, moved)
     rules = one(objs, "NetworkPolicy")["spec"]["ingress"]
-    assert [[p["port"] for p in r["ports"]] for r in rules] == [[8443], [8081]]
+    assert [[p["port"] for p in r["ports"]] for r in rules] == [[8443], [8081, 9090]]
     assert "from" not in rules[0] and rules[1]["from"] == values["monitoringFrom"]
     container_ports = {p["containerPort"] for p in container(objs)["ports"]}
     assert {p["port"] for r in rules for p in r["ports"]} <= container_ports
@@ -474,9 +499,10 @@ def test_the_network_policy_admits_the_configured_peers(
 
 def test_the_network_policy_without_the_webhook(helm: str) -> None:
     peers = [{"namespaceSelector": {"matchLabels": {"team": "monitoring"}}}]
+    health_and_metrics = [{"port": 8080, "protocol": "TCP"}, {"port": 9090, "protocol": "TCP"}]
     for monitoring, ingress in (
         ([], []),  # nothing to serve: no ingress at all
-        (peers, [{"ports": [{"port": 8080, "protocol": "TCP"}], "from": peers}]),
+        (peers, [{"ports": health_and_metrics, "from": peers}]),
     ):
         values = {
             "webhook": {"enabled": False},
@@ -506,7 +532,7 @@ def test_the_webhook_wiring(rendered: dict[str, list[dict[str, Any]]]) -> None:
             "scope": "Namespaced",
         }
     ]
-    svc = one(objs, "Service")
+    svc = named(objs, "Service", "aistack-operator-webhook")
     assert svc["spec"]["ports"] == [
         {"name": "https", "port": 443, "targetPort": "webhook", "protocol": "TCP"}
     ]
@@ -562,7 +588,9 @@ def test_webhook_off_renders_no_webhook_objects(
 ) -> None:
     objs = rendered["webhook-off"]
     kinds = {o["kind"] for o in objs}
-    assert kinds.isdisjoint({"ValidatingWebhookConfiguration", "Service", "Secret", "Certificate"})
+    assert kinds.isdisjoint({"ValidatingWebhookConfiguration", "Secret", "Certificate"})
+    # The metrics Service stays: it is not the webhook's.
+    assert [s["metadata"]["name"] for s in by_kind(objs, "Service")] == ["aistack-operator-metrics"]
     c = container(objs)
     assert not [a for a in c["args"] if a.startswith("--webhook")]
     assert [v["name"] for v in c["volumeMounts"]] == ["tmp"]
@@ -602,6 +630,174 @@ def test_the_chart_ships_the_operators_default_license_policy(
     # installed default would still apply beside it (the strictest policy wins).
     assert not [o for v, objs in rendered.items() if v != "license-policy"
                 for o in by_kind(objs, "LicensePolicy")]  # fmt: skip
+
+
+# ---------------------------------------------------------------- metrics and monitoring
+
+MONITORING_KINDS = {"ServiceMonitor": "serviceMonitor", "PrometheusRule": "prometheusRule"}
+
+
+def dashboards(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [o for o in by_kind(objs, "ConfigMap") if o["metadata"]["name"].endswith("-dashboard")]
+
+
+def test_the_metrics_port_and_flag_are_wired(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for variant, objs in rendered.items():
+        port = VARIANTS[variant].get("metrics", {}).get("port", 9090)
+        c = container(objs)
+        assert f"--metrics-port={port}" in c["args"], variant
+        assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in c["ports"]
+        svc = named(objs, "Service", "aistack-operator-metrics")
+        assert svc["spec"]["ports"] == [
+            {"name": "metrics", "port": port, "targetPort": "metrics", "protocol": "TCP"}
+        ]
+        # Every replica, as the webhook's Service: the standby's metrics are scraped too.
+        assert selects_the_operator_pods({"matchLabels": svc["spec"]["selector"]}, objs)
+        assert svc["metadata"]["labels"]["app.kubernetes.io/component"] == "metrics"
+    # The ports the pod serves stay distinct.
+    names = [p["containerPort"] for p in container(rendered["default"])["ports"]]
+    assert sorted(names) == [8080, 9090, 9443]
+
+
+def test_metrics_port_zero_serves_no_metrics(helm: str) -> None:
+    objs = template(helm, {"metrics": {"port": 0}})
+    c = container(objs)
+    assert "--metrics-port=0" in c["args"]  # the operator's default would be 9090
+    assert "metrics" not in {p["name"] for p in c["ports"]}
+    assert [s["metadata"]["name"] for s in by_kind(objs, "Service")] == ["aistack-operator-webhook"]
+    policy = one(
+        template(helm, {"metrics": {"port": 0}, "networkPolicy": {"enabled": True,
+                 "monitoringFrom": [{"podSelector": {}}]}}),
+        "NetworkPolicy",
+    )  # fmt: skip
+    assert policy["spec"]["ingress"][1]["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    # Nothing to scrape, nothing to alert on: refused rather than an alert that always fires.
+    for key in ("serviceMonitor", "prometheusRule"):
+        with pytest.raises(AssertionError, match=f"monitoring.{key}.enabled needs metrics.port"):
+            template(helm, {"metrics": {"port": 0}, "monitoring": {key: {"enabled": True}}})
+    # The dashboard still shows the models' vLLM metrics.
+    assert dashboards(template(helm, {"metrics": {"port": 0},
+                                      "monitoring": {"dashboard": {"enabled": True}}}))  # fmt: skip
+
+
+def test_the_monitoring_objects_are_opt_in(
+    helm: str, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    for variant, objs in rendered.items():
+        monitoring = VARIANTS[variant].get("monitoring", {})
+        for kind, key in MONITORING_KINDS.items():
+            enabled = monitoring.get(key, {}).get("enabled", False)
+            assert len(by_kind(objs, kind)) == enabled, (variant, kind)
+        enabled = monitoring.get("dashboard", {}).get("enabled", False)
+        assert len(dashboards(objs)) == enabled, (variant, "dashboard")
+    default = rendered["default"]
+    assert not [o for o in default if o["apiVersion"].startswith("monitoring.coreos.com/")]
+    assert by_kind(default, "ConfigMap") == []
+    # Each alone renders only itself.
+    for kind, key in MONITORING_KINDS.items():
+        objs = template(helm, {"monitoring": {key: {"enabled": True}}})
+        assert {o["kind"] for o in objs if o["kind"] in MONITORING_KINDS} == {kind}
+        assert dashboards(objs) == []
+    objs = template(helm, {"monitoring": {"dashboard": {"enabled": True}}})
+    assert len(dashboards(objs)) == 1
+    assert not [o for o in objs if o["kind"] in MONITORING_KINDS]
+
+
+def test_the_service_monitor_scrapes_every_replica_on_the_metrics_port(
+    helm: str, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    objs = rendered["everything"]
+    values = VARIANTS["everything"]["monitoring"]["serviceMonitor"]
+    sm = one(objs, "ServiceMonitor")
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert sm["metadata"]["namespace"] == NAMESPACE
+    assert sm["metadata"]["labels"]["release"] == "prometheus"  # Prometheus' selector
+    spec = sm["spec"]
+    assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    # It selects the metrics Service and no other (not the webhook's).
+    chosen = [
+        svc["metadata"]["name"]
+        for svc in by_kind(objs, "Service")
+        if spec["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    ]
+    assert chosen == ["aistack-operator-metrics"]
+    svc = named(objs, "Service", "aistack-operator-metrics")
+    [endpoint] = spec["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in svc["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics" and endpoint["scheme"] == "http"
+    assert endpoint["interval"] == values["interval"]
+    assert endpoint["scrapeTimeout"] == values["scrapeTimeout"]
+    # The stack's namespace on per-stack series wins over the target's (the operator's).
+    assert endpoint["honorLabels"] is True
+    # The job the alerts select, whatever the release is called.
+    from test_alerts import JOB
+
+    assert endpoint["relabelings"] == [
+        {"action": "replace", "targetLabel": "job", "replacement": JOB}
+    ]
+    assert f'up{{job="{JOB}"}}' in (CHART / "files" / "alerts.yaml").read_text()
+    other = one(template(helm, {"fullnameOverride": "ops", "monitoring": {
+        "serviceMonitor": {"enabled": True}}}), "ServiceMonitor")  # fmt: skip
+    assert other["spec"]["endpoints"][0]["relabelings"][0]["replacement"] == JOB
+    assert "scrapeTimeout" not in other["spec"]["endpoints"][0]  # Prometheus' default
+    assert other["spec"]["endpoints"][0]["interval"] == "30s"
+
+
+def test_the_prometheus_rule_is_the_alerts_file(
+    helm: str, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    shipped = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+    # By default: the file's groups as they are (what promtool tested).
+    rule = one(template(helm, {"monitoring": {"prometheusRule": {"enabled": True}}}),
+               "PrometheusRule")  # fmt: skip
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["namespace"] == NAMESPACE
+    assert rule["spec"] == {"groups": shipped["groups"]}
+    # With values: the refusal threshold and the extra alert labels, nothing else.
+    values = VARIANTS["everything"]["monitoring"]["prometheusRule"]
+    rule = one(rendered["everything"], "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    want = {r["alert"]: r for g in shipped["groups"] for r in g["rules"]}
+    got = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert got.keys() == want.keys()
+    for name, r in got.items():
+        assert r["labels"] == {**want[name]["labels"], "team": "ml-platform"}, name
+        expected = dict(want[name], labels=r["labels"])
+        if name == "AIStackWebhookRefusalsSpiking":
+            assert want[name]["expr"].endswith("> 0.1")
+            expected["expr"] = want[name]["expr"].removesuffix("> 0.1") + "> 0.5"
+        assert r == expected, name
+    # An alert's own severity wins over the extra labels; `--set` gives the number as text.
+    rule = one(
+        template(helm, {"monitoring": {"prometheusRule": {
+            "enabled": True, "alertLabels": {"severity": "page"},
+            "webhookRefusalsPerSecond": "2"}}}),
+        "PrometheusRule",
+    )  # fmt: skip
+    got = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert got["AIStackOperatorDown"]["labels"] == {"severity": "critical"}
+    assert got["AIStackWebhookRefusalsSpiking"]["expr"].endswith("> 2")
+    assert values["webhookRefusalsPerSecond"] == 0.5
+
+
+def test_the_dashboard_config_map(helm: str, rendered: dict[str, list[dict[str, Any]]]) -> None:
+    [cm] = dashboards(rendered["everything"])
+    assert cm["metadata"]["name"] == "aistack-operator-dashboard"
+    assert cm["metadata"]["namespace"] == NAMESPACE
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"  # Grafana's sidecar label
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "AI"}
+    [(key, text)] = cm["data"].items()
+    assert key.endswith(".json")
+    shipped = json.loads((CHART / "files" / "dashboard.json").read_text())
+    assert json.loads(text) == shipped
+    # Another sidecar label, in Grafana's namespace.
+    values = {"dashboard": {"enabled": True, "labels": {"grafana_dashboard": None,
+              "dashboards": "aistack"}, "namespace": "grafana"}}  # fmt: skip
+    [cm] = dashboards(template(helm, {"monitoring": values}))
+    assert cm["metadata"]["namespace"] == "grafana"
+    assert "grafana_dashboard" not in cm["metadata"]["labels"]
+    assert cm["metadata"]["labels"]["dashboards"] == "aistack"
+    assert "annotations" not in cm["metadata"]
 
 
 # ---------------------------------------------------------------- values.yaml
@@ -659,6 +855,18 @@ def test_rendering_is_fast(helm: str) -> None:
         ),
         ({"networkPolicy": {"webhookFrom": [{"ipBlock": {}}]}}, "missing property 'cidr'"),
         ({"resyncInterval": -1}, "/resyncInterval"),
+        ({"metrics": {"port": 70000}}, "/metrics/port"),
+        ({"metrics": {"prot": 9090}}, "additional properties 'prot' not allowed"),
+        (
+            {"monitoring": {"serviceMonitor": {"enable": True}}},
+            "additional properties 'enable' not allowed",
+        ),
+        ({"monitoring": {"serviceMonitor": {"interval": "30"}}}, "/monitoring/serviceMonitor"),
+        (
+            {"monitoring": {"prometheusRule": {"webhookRefusalsPerSecond": "lots"}}},
+            "/monitoring/prometheusRule/webhookRefusalsPerSecond",
+        ),
+        ({"monitoring": {"dashboard": {"labels": {"a": 1}}}}, "/monitoring/dashboard/labels"),
         (
             {
                 "networkPolicy": {

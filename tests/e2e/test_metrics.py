@@ -81,11 +81,11 @@ def promtool() -> str | None:
     if found:
         return found
     out = subprocess.run(
-        [str(REPO_ROOT / "hack" / "build-tools.sh"), "--print-promtool"],
+        [str(REPO_ROOT / "hack" / "build-tools.sh"), "--promtool", "--print-bin-dir"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
-    path = out.stdout.strip()
-    return path if out.returncode == 0 and path and Path(path).is_file() else None
+    path = Path(out.stdout.strip().splitlines()[-1]) / "promtool" if out.stdout.strip() else None
+    return str(path) if out.returncode == 0 and path is not None and path.is_file() else None
 
 
 def test_reconcile_and_license_metrics_move_when_a_stack_is_created(
@@ -134,8 +134,8 @@ def test_promtool_accepts_the_metrics(measured: Any, tmp_path: Path) -> None:
     tool = promtool()
     if tool is None:
         if os.environ.get("CI") == "true" or os.environ.get("AISTACK_REQUIRE_PROMTOOL") == "1":
-            pytest.fail("promtool is not built: run hack/build-tools.sh --promtool")
-        pytest.skip("promtool is not built (hack/build-tools.sh --promtool)")
+            pytest.fail("promtool is not built: run make promtool-rules")
+        pytest.skip("promtool is not built (make promtool-rules)")
     text = measured().text
     result = subprocess.run(
         [tool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
