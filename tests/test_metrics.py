@@ -53,6 +53,8 @@ def test_each_reconcile_is_timed_and_counted_by_result() -> None:
     rec.reconcile_once(KEY, StackView(stack=body))
     body["spec"]["models"][0]["gpus"] = 0  # slipped past the schema: reported, not retried
     rec.reconcile_once(KEY, StackView(stack=body))
+    # An invalid stack is Degraded in the gauges too.
+    assert value("aistack_stack_ready", namespace="ml", stack="demo") == 0
     after = {r: value("aistack_reconciles_total", result=r) for r in before}
     assert {r: after[r] - before[r] for r in before} == {"ok": 1, "error": 1, "invalid": 1}
     assert value("aistack_reconcile_duration_seconds_count") - observed == 3

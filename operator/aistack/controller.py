@@ -207,6 +207,7 @@ class Reconciler:
             stack = AIStack.model_validate(body)
         except ValidationError as err:
             self._write_invalid(key, body, err, result)
+            metrics.record_phase(*key, "Degraded")
             result.invalid = True
             return result
 

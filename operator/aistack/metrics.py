@@ -10,6 +10,7 @@ own process and Python collectors.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter as Tally
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -119,8 +120,16 @@ def record_stack(
 ) -> None:
     """A stack's phase and license decisions after a reconcile. ``kinds``: route name ->
     model, adapter or provider."""
+    record_phase(namespace, name, status.phase or "Pending")
+    counts = Tally((kinds[n], decision(v)) for n, v in verdicts.items() if n in kinds)
+    for kind in KINDS:
+        for d in DECISIONS:
+            LICENSE_VERDICTS.labels(namespace, name, kind, d).set(counts[(kind, d)])
+
+
+def record_phase(namespace: str, name: str, phase: str) -> None:
+    """A stack's phase (also of one whose spec is invalid: Degraded)."""
     key = (namespace, name)
-    phase = status.phase or "Pending"
     before = _phases.get(key)
     if before != phase:
         if before is not None:
@@ -128,10 +137,6 @@ def record_stack(
         STACKS.labels(phase).inc()
         _phases[key] = phase
     STACK_READY.labels(namespace, name).set(1 if phase == "Ready" else 0)
-    counts = Tally((kinds[n], decision(v)) for n, v in verdicts.items() if n in kinds)
-    for kind in KINDS:
-        for d in DECISIONS:
-            LICENSE_VERDICTS.labels(namespace, name, kind, d).set(counts[(kind, d)])
 
 
 def forget_stack(namespace: str, name: str) -> None:
@@ -143,4 +148,5 @@ def forget_stack(namespace: str, name: str) -> None:
     STACK_READY.remove(namespace, name)
     for kind in KINDS:
         for d in DECISIONS:
-            LICENSE_VERDICTS.remove(namespace, name, kind, d)
+            with contextlib.suppress(KeyError):  # an invalid stack had no verdicts
+                LICENSE_VERDICTS.remove(namespace, name, kind, d)
