@@ -52,7 +52,19 @@ conformance: $(STAMP) conformance-envs ## the real vLLM, Ray, MLflow, LiteLLM st
 gpu-smoke: $(STAMP) ## on a GPU machine: real vLLM serves a tiny local model behind the real gateway
 	$(BIN)/python tests/conformance/gpu_smoke.py
 
-test: lint lint-manifests promtool-rules unit chart e2e conformance ## everything CI runs
+TEST_STAGES := lint lint-manifests promtool-rules unit chart e2e conformance
+
+# The stages in order, stopping at the first that fails; each one's time is printed, and
+# all of them at the end, so a slow run shows where its time went.
+test: ## everything CI runs
+	@start=$$SECONDS; times=""; \
+	for stage in $(TEST_STAGES); do \
+	  t0=$$SECONDS; \
+	  $(MAKE) --no-print-directory $$stage || { echo "make test: $$stage failed after $$((SECONDS - t0)) s"; exit 1; }; \
+	  times="$$times $$stage=$$((SECONDS - t0))s"; \
+	  echo "make test: $$stage took $$((SECONDS - t0)) s"; \
+	done; \
+	echo "make test: all passed in $$((SECONDS - start)) s:$$times"
 
 bench: $(STAMP) cluster-tools ## benchmark: operator vs raw `kubectl apply` (table, bench/results/*.json, *.png)
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)

@@ -29,7 +29,7 @@
 #   (no option)        build what is missing; the last line of stdout is the bin dir
 #   --lint             act on the manifest linters (kube-score, checkov) instead of the
 #                      control plane: build them, or with --print-bin-dir / --check
-#   --promtool         act on promtool instead of the control plane: build it (about 12
+#   --promtool         act on promtool instead of the control plane: build it (about 2
 #                      minutes on 2 CPUs with cold Go caches, including the module
 #                      downloads), or with --print-bin-dir / --check
 #   --print-bin-dir    print the bin dir and exit (builds nothing)
@@ -309,10 +309,13 @@ build_promtool() {
   # Reproducible build date: the release time recorded by the module proxy.
   date=$("$GO" list -m -f '{{if .Time}}{{.Time.UTC.Format "20060102-15:04:05"}}{{end}}' \
     "github.com/prometheus/prometheus@${PROMETHEUS_VERSION}" 2>/dev/null) || date=""
-  log "building promtool ${release} (github.com/prometheus/prometheus ${PROMETHEUS_VERSION}; about 12 minutes on 2 CPUs when Go's caches are cold)"
+  log "building promtool ${release} (github.com/prometheus/prometheus ${PROMETHEUS_VERSION}; about 2 minutes on 2 CPUs when Go's caches are cold)"
   # The module has no replace lines, so go install pkg@version works. ldflags as in
   # Prometheus' .promu.yml (the release, not the module version, is what --version says).
-  GOBIN="$STAGE" "$GO" install -p "$JOBS" -trimpath \
+  # -tags remove_all_sd leaves out every service-discovery plugin (plugins/plugin_*.go):
+  # we only check rules, metrics and rule tests, and without the cloud SDKs a cold build
+  # takes about 2 minutes instead of over 10 (and downloads half the modules).
+  GOBIN="$STAGE" "$GO" install -p "$JOBS" -trimpath -tags remove_all_sd \
     -ldflags "-s -w -X github.com/prometheus/common/version.Version=${release} -X github.com/prometheus/common/version.Revision=unknown -X github.com/prometheus/common/version.Branch=unknown -X github.com/prometheus/common/version.BuildDate=${date:-unknown}" \
     "github.com/prometheus/prometheus/cmd/promtool@${PROMETHEUS_VERSION}"
   install_staged promtool

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -117,14 +118,18 @@ def test_a_deleted_stack_leaves_the_gauges() -> None:
 def test_the_queue_depth_counts_stacks_waiting_for_a_reconcile() -> None:
     from aistack.controller import StackQueue
 
+    # A thread event, not the loop's: a reconcile that starts after the loop has ended
+    # (the other stacks, after close) must not wait on a loop that will never run again,
+    # which left a worker thread blocked and the test process hanging at exit.
+    release = threading.Event()
+
     async def run() -> list[int]:
         started = asyncio.Event()
-        release = asyncio.Event()
         loop = asyncio.get_running_loop()
 
         def reconcile(key: Any, view: Any) -> None:
             loop.call_soon_threadsafe(started.set)
-            asyncio.run_coroutine_threadsafe(release.wait(), loop).result()
+            release.wait()
 
         queue = StackQueue(reconcile, lambda key: StackView(stack=None), workers=1, debounce=0)
         depths = [queue.depth()]
