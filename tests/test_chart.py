@@ -41,6 +41,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         }
     },
     "webhook-off": {"webhook": {"enabled": False}},
+    "no-stack-monitoring": {"stackMonitoring": {"enabled": False}},
     "two-replicas": {"replicaCount": 2},
     "license-policy": {"licensePolicy": {"installDefault": True}},
     "network-policy": {"networkPolicy": {"enabled": True}},
@@ -111,6 +112,7 @@ ALLOWED: set[tuple[str, str, str]] = {
             ("", "persistentvolumeclaims"),
             ("networking.k8s.io", "networkpolicies"),
             ("policy", "poddisruptionbudgets"),
+            ("monitoring.coreos.com", "podmonitors"),  # the stacks' monitors, when on
         )
         for v in ("list", "watch", "create", "patch", "delete")
     },
@@ -613,6 +615,18 @@ def test_operator_settings_become_flags(rendered: dict[str, list[dict[str, Any]]
     assert not [a for a in c["args"] if a.startswith(("--ray-image", "--mlflow-image"))]
     hf = next(e for e in c["env"] if e["name"] == "HF_TOKEN")
     assert hf["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "token"}
+
+
+def test_stack_monitoring_off_drops_its_rbac_and_tells_the_operator(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    def podmonitor_rules(variant: str) -> list[Any]:
+        return [r for _, r in rules(rendered[variant]) if "podmonitors" in r["resources"]]
+
+    assert podmonitor_rules("default") and podmonitor_rules("everything")
+    assert "--no-stack-monitoring" not in container(rendered["default"])["args"]
+    assert podmonitor_rules("no-stack-monitoring") == []
+    assert "--no-stack-monitoring" in container(rendered["no-stack-monitoring"])["args"]
 
 
 def test_the_chart_ships_the_operators_default_license_policy(

@@ -302,7 +302,7 @@ def test_queue_snapshots_a_stack_only_when_a_thread_is_free_for_it() -> None:
     assert most[0] == 3
 
 
-def test_a_stack_is_rendered_again_only_when_its_spec_or_verdicts_change(
+def test_a_stack_is_rendered_again_only_when_its_spec_verdicts_or_settings_change(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import aistack.controller as controller
@@ -339,6 +339,12 @@ def test_a_stack_is_rendered_again_only_when_its_spec_or_verdicts_change(
     assert len(renders) == 3
     server = kube.objects[("Deployment", "ml", f"demo-vllm-{model}")]
     assert server["spec"]["replicas"] == 0
+
+    # A settings change is rendered too: the Prometheus Operator's CRDs appeared.
+    rec.config = rec.config.model_copy(update={"monitoring_crds": True})
+    rec.reconcile_once(KEY, view(kube, stack))
+    assert len(renders) == 4
+    assert [k for k in kube.objects if k[0] == "PodMonitor"]
 
     rec.reconcile_once(KEY, StackView(stack=None))  # gone: nothing kept for it
     assert KEY not in rec._rendered

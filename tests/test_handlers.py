@@ -95,7 +95,9 @@ def test_the_operator_has_no_change_or_daemon_handlers() -> None:
     indexed = {handler for kind, handler in registered if kind == "index"}
     assert set(handlers.INDEX_NAMES) <= indexed
     events = [handler for kind, handler in registered if kind == "event"]
-    assert len(events) == 2 + len(handlers.CHILD_RESOURCES) + 1
+    # Stacks, policies, each child kind, pods, and the PodMonitor CRD (monitoring).
+    assert len(events) == 2 + len(handlers.CHILD_RESOURCES) + 1 + 1
+    assert "monitoring_crd" in events
 
 
 @pytest.fixture

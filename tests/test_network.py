@@ -115,6 +115,7 @@ TABLE_STACK = {
     ],
     "ray": {"workerGroups": [{"name": "cpu", "replicas": 1}]},
     "network": {"allowFrom": [{"podSelector": {"matchLabels": {"app": "notebook"}}}]},
+    "monitoring": {"scrapeFrom": [{"podSelector": {"matchLabels": {"app": "prometheus"}}}]},
 }
 ROLES = {
     "gateway": "demo-gateway",
@@ -128,6 +129,7 @@ ROLES = {
 }
 OUTSIDERS = {
     "allowFrom peer": {"app": "notebook"},
+    "scrapeFrom peer": {"app": "prometheus"},
     "other pod in the namespace": {"app": "somebody-else"},
     "another stack's gateway": {
         "aistack.dev/stack": "other", "app.kubernetes.io/component": "gateway"

@@ -44,6 +44,10 @@ def test_examples_match_their_golden_files(path: Path, update_goldens: bool) -> 
 def test_every_rendered_object_is_valid_kubernetes(path: Path) -> None:
     s = example(path)
     for manifest in render(s, all_permitted(s)):
+        if manifest["apiVersion"] == "monitoring.coreos.com/v1":
+            # Not a built-in kind: the e2e suite has the API server validate PodMonitors
+            # against the Prometheus Operator's own CRD (tests/e2e/test_monitoring.py).
+            continue
         kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
 
 
@@ -144,7 +148,8 @@ def test_gateway_routes_every_served_model_and_rolls_when_they_change() -> None:
     }
     # Traces go out through LiteLLM's OpenTelemetry callback: its `mlflow` callback needs a
     # package the gateway image lacks, and from 1.110 that stops the proxy at startup.
-    assert cfg["litellm_settings"] == {"callbacks": ["otel"]}
+    # Its Prometheus logger exports metrics unless monitoring is off.
+    assert cfg["litellm_settings"] == {"callbacks": ["otel", "prometheus"]}
 
     def checksum(out: list[dict[str, Any]]) -> str:
         annotations = by_kind(out, "Deployment")["demo-gateway"]["spec"]["template"]["metadata"][
@@ -187,7 +192,11 @@ def test_gateway_auth_and_tracing_wiring() -> None:
     out = render(no_mlflow, all_permitted(no_mlflow))
     env_names = {e["name"] for e in container(by_kind(out, "Deployment")["demo-gateway"])["env"]}
     assert not {n for n in env_names if n.startswith(("OTEL_", "MLFLOW_"))}
-    assert "litellm_settings" not in gateway_config(no_mlflow, [], RenderConfig())
+    assert gateway_config(no_mlflow, [], RenderConfig())["litellm_settings"] == {
+        "callbacks": ["prometheus"]
+    }
+    quiet = stack(mlflow={"enabled": False}, monitoring={"enabled": False})
+    assert "litellm_settings" not in gateway_config(quiet, [], RenderConfig())
     assert not [m for m in out if m["metadata"]["name"].startswith("demo-mlflow")]
 
 

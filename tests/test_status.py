@@ -89,10 +89,14 @@ def test_everything_ready() -> None:
     assert st.phase == "Ready"
     assert st.observed_generation == 3
     assert st.models_ready == "1/1"
-    assert all(c.status == "True" for c in st.conditions)
+    # Every condition True but Monitoring: monitors are not detected in a pure render,
+    # and that never makes a stack less Ready.
+    assert all(c.status == "True" for c in st.conditions if c.type != "Monitoring")
     assert [c.type for c in st.conditions] == [
         "Ready", "LicenseCompliant", "ModelsReady", "RayReady", "TrackingReady", "GatewayReady",
+        "Monitoring",
     ]  # fmt: skip
+    assert st.conditions[-1].reason == "NotDetected"
     assert all(c.observed_generation == 3 and c.last_transition_time == T0 for c in st.conditions)
     model = st.models[0]
     assert (model.permitted, model.ready_replicas, model.replicas) == (True, 1, 1)

@@ -174,7 +174,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
     stacks, notes = load_stacks(args.filename)
     for note in notes:
         print(note, file=sys.stderr)
-    config = RenderConfig()
+    config = RenderConfig(monitoring_crds=args.monitoring_crds)
     manifests: list[dict[str, Any]] = []
     for stack in stacks:
         if args.namespace and not stack.metadata.namespace:
@@ -249,6 +249,9 @@ def _run_settings(args: argparse.Namespace) -> OperatorSettings:
     config = RenderConfig(
         images={c.image: getattr(args, f"{c.image}_image") for c in COMPONENTS},
         cluster_domain=args.cluster_domain or defaults.cluster_domain,
+        stack_monitoring=args.stack_monitoring,
+        # Until the watch on the PodMonitor CRD says otherwise (handlers.monitoring_crd).
+        monitoring_crds=False,
     )
     return OperatorSettings(
         config=config,
@@ -464,6 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="render as if MODEL (a model, adapter or provider route name) were not permitted "
         "by the license policy; repeatable",
     )  # fmt: skip
+    p_render.add_argument(
+        "--monitoring-crds", action=argparse.BooleanOptionalAction, default=None,
+        help="render as if the cluster had (or, with --no-monitoring-crds, lacked) the "
+        "Prometheus Operator's CRDs: with them, stacks that leave spec.monitoring.enabled "
+        "unset get PodMonitors (default: only stacks with enabled: true get them)",
+    )  # fmt: skip
     p_render.set_defaults(func=_cmd_render)
 
     p_run = sub.add_parser(
@@ -521,6 +530,11 @@ def build_parser() -> argparse.ArgumentParser:
             f"(default: {component.default_image})",
         )
     p_run.add_argument("--cluster-domain", help="cluster DNS domain (default: cluster.local)")
+    p_run.add_argument(
+        "--stack-monitoring", action=argparse.BooleanOptionalAction, default=True,
+        help="render stacks' PodMonitors when the cluster has the Prometheus Operator's CRDs "
+        "(default); --no-stack-monitoring where the operator may not write PodMonitors",
+    )  # fmt: skip
     p_run.add_argument(
         "--hub", action="store_true",
         help="look up licenses of models the catalog does not know on the Hugging Face Hub "

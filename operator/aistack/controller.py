@@ -140,8 +140,9 @@ class Reconciler:
     #: a time, so its inner dict has one writer.
     _written: dict[StackKey, dict[Key, bytes]] = field(default_factory=dict)
     #: Per stack, the last render: (fingerprint of its inputs, the manifests packed). A
-    #: stack is reconciled on every change of its pods; it is rendered only when its spec
-    #: or its license verdicts change.
+    #: stack is reconciled on every change of its pods; it is rendered only when its spec,
+    #: its license verdicts or the settings (``config``, e.g. the monitoring CRDs appearing)
+    #: change.
     _rendered: dict[StackKey, tuple[str, bytes]] = field(default_factory=dict)
     #: Per stack, the failure last reported with a Warning Event (reason, message).
     _reported: dict[StackKey, tuple[str, str]] = field(default_factory=dict)
@@ -152,6 +153,7 @@ class Reconciler:
                 [stack.metadata.namespace, stack.metadata.name, sorted(permitted.items())]
             ).encode()
             + stack.spec.model_dump_json().encode()
+            + self.config.model_dump_json().encode()
         ).hexdigest()
         cached = self._rendered.get(key)
         if cached is not None and cached[0] == fingerprint:

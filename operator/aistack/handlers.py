@@ -41,6 +41,7 @@ from aistack.errors import format_validation_error
 from aistack.kinds import BY_KIND, CHILD_KINDS
 from aistack.kube import Kube, KubeError, RateLimit, load_client
 from aistack.licenses import admission_messages, decide_stack, policy_status
+from aistack.render.components import MONITORING_CRD
 from aistack.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,15 @@ class Runtime:
         stacks = self.indexes.get("stack_index", {})
         for key in list(stacks.keys()):
             self.request(key)
+
+    def set_monitoring_crds(self, present: bool) -> bool:
+        """Record whether the cluster has the PodMonitor CRD (established); whether that
+        changed. Every stack renders with it from its next reconcile on."""
+        reconciler = self.reconciler
+        if reconciler is None or reconciler.config.monitoring_crds == present:
+            return False
+        reconciler.config = reconciler.config.model_copy(update={"monitoring_crds": present})
+        return True
 
 
 RUNTIME = Runtime()
@@ -351,6 +361,26 @@ async def _child_event(namespace: str | None, labels: Mapping[str, str], **kwarg
 for _resource in CHILD_RESOURCES.values():
     kopf.on.event(*_resource, labels=OWNED, id=f"child-{_resource[2]}")(_child_event)
 kopf.on.event("", "v1", "pods", labels=OWNED, id="child-pods")(_child_event)
+
+
+def _established(body: Mapping[str, Any]) -> bool:
+    conditions = (body.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
+
+
+@kopf.on.event(
+    "apiextensions.k8s.io", "v1", "customresourcedefinitions",
+    when=lambda name, **_: name == MONITORING_CRD,
+)  # fmt: skip
+async def monitoring_crd(type: str | None, body: kopf.Body, **kwargs: Any) -> None:
+    """The Prometheus Operator's PodMonitor CRD appearing (established) or going: every
+    stack renders its monitors, or drops them (``components.monitoring``). kopf starts and
+    stops its watch on PodMonitors by itself."""
+    RUNTIME.bind(kwargs)
+    present = type != "DELETED" and _established(body)
+    if RUNTIME.set_monitoring_crds(present):
+        log.info("%s %s: stacks' monitors follow", MONITORING_CRD, "found" if present else "gone")
+        RUNTIME.request_all()
 
 
 # ---------------------------------------------------------------- admission

@@ -40,6 +40,9 @@ KINDS: tuple[Kind, ...] = (
     Kind("Service", "", "v1", "services", child=True),
     Kind("PodDisruptionBudget", "policy", "v1", "poddisruptionbudgets", child=True),
     Kind("Deployment", "apps", "v1", "deployments", child=True),
+    # The Prometheus Operator's: its CRD may be absent (kopf watches it once it appears;
+    # the render leaves monitors out while it is missing).
+    Kind("PodMonitor", "monitoring.coreos.com", "v1", "podmonitors", child=True),
     Kind("Event", "", "v1", "events"),
     Kind("AIStack", GROUP, VERSION, "aistacks"),
     Kind("LicensePolicy", GROUP, VERSION, "licensepolicies", namespaced=False),

@@ -27,7 +27,7 @@ from aistack.api.v1alpha1 import (
 from aistack.conditions import condition, previous_of
 from aistack.licenses import LicenseVerdict
 from aistack.render import COMPONENTS, RenderConfig, endpoints
-from aistack.render.components import MODELS
+from aistack.render.components import MODELS, monitoring
 from aistack.render.render import model_group_workloads, model_url, model_workloads
 
 Obj = Mapping[str, Any]
@@ -36,8 +36,11 @@ Phase = Literal["Pending", "Progressing", "Ready", "Degraded", "Blocked"]
 READY = "Ready"
 LICENSE_COMPLIANT = "LicenseCompliant"
 MODELS_READY = MODELS.condition
+#: Whether the stack's PodMonitors are in place, and why not (never part of Ready: a
+#: stack serves without them).
+MONITORING = "Monitoring"
 #: Every condition of a stack, in the order the status lists them: one per component.
-CONDITION_TYPES = (READY, LICENSE_COMPLIANT, *(c.condition for c in COMPONENTS))
+CONDITION_TYPES = (READY, LICENSE_COMPLIANT, *(c.condition for c in COMPONENTS), MONITORING)
 
 #: Pod and container states that will not fix themselves: the part is Degraded.
 _STUCK_CONTAINER_REASONS = frozenset(
@@ -464,6 +467,8 @@ def compute_status(
     else:
         ready = cond(READY, True, "Ready", "every part of the stack is ready")
     conditions.insert(0, ready)
+    watched = monitoring(stack, config)
+    conditions.append(cond(MONITORING, watched.monitors, watched.reason, watched.message))
     part_states += [s for _, s in models.not_ready]
     phase = _phase(spec, models, ready, part_states, observed, apply_error)
 

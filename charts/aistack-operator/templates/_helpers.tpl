@@ -96,6 +96,12 @@ refused request.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [list, watch, create, patch, delete]
+{{- if .Values.stackMonitoring.enabled }}
+# The stacks' PodMonitors (Prometheus Operator), rendered while its CRDs exist.
+- apiGroups: [monitoring.coreos.com]
+  resources: [podmonitors]
+  verbs: [list, watch, create, patch, delete]
+{{- end }}
 # Pods of the stacks: read only, to say why a model is not ready (Unschedulable, ...).
 - apiGroups: [""]
   resources: [pods]

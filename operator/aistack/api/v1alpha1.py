@@ -705,12 +705,38 @@ class NetworkSpec(APIModel):
     pods of this stack and from ``allowFrom``; the gateway from ``gatewayFrom``. They take
     effect only where the cluster's network plugin enforces NetworkPolicy."""
     allow_from: NetworkPeers = Field(default_factory=list)
-    """Also admitted to every part of the stack, e.g. a monitoring namespace that scrapes
-    metrics or notebooks that log runs to MLflow."""
+    """Also admitted to every part of the stack on every port, e.g. notebooks that log runs
+    to MLflow. A Prometheus that only scrapes belongs in ``monitoring.scrapeFrom``."""
     gateway_from: NetworkPeers = Field(default_factory=list)
     """Who may reach the gateway (on its port only), besides this stack's pods and
     ``allowFrom``. Empty: anyone, since the gateway is the stack's front door; protect it
     with ``gateway.authSecretRef``."""
+
+
+class MonitoringSpec(APIModel):
+    """Prometheus Operator monitors (PodMonitors) for the stack's parts: vLLM's and the
+    gateway's request metrics and Ray's node metrics. docs/observability.md lists what
+    each part exports."""
+
+    enabled: bool | None = None
+    """Render the monitors. Unset: when the cluster has the Prometheus Operator's CRDs
+    (``monitoring.coreos.com``), which the operator detects, also when they are installed
+    later. ``true`` without the CRDs renders none and says so in the ``Monitoring``
+    condition; it never fails the stack. ``false``: never."""
+    interval: Annotated[str, StringConstraints(pattern=r"^[0-9]+(ms|s|m|h)$", max_length=16)] = (
+        "30s"
+    )
+    """How often Prometheus scrapes each pod (a Prometheus duration, e.g. ``30s``)."""
+    labels: Annotated[
+        dict[str, Annotated[str, StringConstraints(max_length=63)]], Field(max_length=16)
+    ] = Field(default_factory=dict)
+    """Extra labels on every monitor, e.g. the one your Prometheus' ``podMonitorSelector``
+    picks (``{release: kube-prometheus-stack}``)."""
+    scrape_from: NetworkPeers = Field(default_factory=list)
+    """Who may scrape (usually your Prometheus' namespace): admitted by the stack's
+    NetworkPolicies to the metrics ports only (vLLM's API port, the gateway's metrics port,
+    Ray's metrics port). Without it, a Prometheus outside the stack is refused where the
+    network plugin enforces NetworkPolicy (``network.allowFrom`` admits to every port)."""
 
 
 # ---------------------------------------------------------------- AIStack
@@ -765,6 +791,10 @@ class AIStackSpec(APIModel):
     """The OpenAI-compatible gateway."""
     network: NetworkSpec = Field(default_factory=NetworkSpec, json_schema_extra={"default": {}})
     """Who may connect to the stack's pods."""
+    monitoring: MonitoringSpec = Field(
+        default_factory=MonitoringSpec, json_schema_extra={"default": {}}
+    )
+    """Prometheus monitors for the stack's parts."""
 
     @model_validator(mode="after")
     def _unique(self) -> AIStackSpec:

@@ -67,6 +67,10 @@ class Component:
     #: Something its condition adds to its message, when there is (e.g. what happens to
     #: MLflow's data when the stack is deleted).
     note: Callable[[AIStack], str | None] | None = None
+    #: Where its pods serve Prometheus metrics (a PodMonitor when monitoring is on); None:
+    #: it serves none, and ``unscraped`` says why.
+    scrape: Callable[[AIStack], parts.Scrape | None] | None = None
+    unscraped: str | None = None
 
     @property
     def default_image(self) -> str:
@@ -124,6 +128,9 @@ COMPONENTS: tuple[Component, ...] = (
         reached_by=("gateway",),
         port=parts.VLLM_PORT,
         groups=parts.model_groups,
+        # vLLM serves /metrics on its API port (its engine metrics unless
+        # --disable-log-stats, which we never set).
+        scrape=lambda stack: parts.Scrape("http", parts.VLLM_PORT),
         image="vllm",
         program="vllm",
         version="0.34.0",
@@ -141,6 +148,8 @@ COMPONENTS: tuple[Component, ...] = (
         # Not the gateway: Ray's GCS and job API have no authentication, so a part that
         # faces the internet must not reach them.
         reached_by=("ray",),
+        # Every node's dashboard agent (`ray start --metrics-export-port`).
+        scrape=lambda stack: parts.Scrape("metrics", parts.RAY_METRICS_PORT),
         image="ray",
         program="ray",
         version="2.60.0",
@@ -163,6 +172,11 @@ COMPONENTS: tuple[Component, ...] = (
         version="3.17.2",
         image_template="ghcr.io/mlflow/mlflow:v{version}",
         note=_mlflow_note,
+        # `mlflow server --expose-prometheus` imports prometheus_flask_exporter, which the
+        # default image does not have (it is in MLflow's `extras`): the server would not
+        # start. Its request metrics are not worth a custom image.
+        unscraped="its default image lacks prometheus_flask_exporter, which "
+        "--expose-prometheus needs",
     ),
     Component(
         name="gateway",
@@ -179,6 +193,11 @@ COMPONENTS: tuple[Component, ...] = (
         image_template="ghcr.io/berriai/litellm:v{version}",
         port=parts.GATEWAY_PORT,
         public=True,
+        scrape=lambda stack: (
+            parts.Scrape("metrics", parts.GATEWAY_METRICS_PORT)
+            if parts.gateway_exports_metrics(stack)
+            else None
+        ),
     ),
 )
 #: The component that serves the models (its readiness is per model; see status).
@@ -217,7 +236,75 @@ def render(
         manifests += parts.render_network(stack, network(stack, on))
     for component in on:
         manifests += component.render(stack, served, config)
+    if monitoring(stack, config).monitors:
+        manifests += parts.render_monitors(stack, monitors(stack, on))
     return manifests + parts.render_disruption_budgets(stack, manifests)
+
+
+def _scrape(component: Component, stack: AIStack) -> parts.Scrape | None:
+    return component.scrape(stack) if component.scrape else None
+
+
+def monitors(stack: AIStack, on: list[Component]) -> list[tuple[str, dict[str, str], parts.Scrape]]:
+    """A monitor per enabled part that serves metrics: its name, its pods, its scrape."""
+    name = stack.metadata.name
+    out = []
+    for c in on:
+        scrape = _scrape(c, stack)
+        if scrape is not None:
+            out.append((c.name, c.pod_selector(name), scrape))
+    return out
+
+
+@dataclass(frozen=True)
+class Monitoring:
+    """Whether the stack's monitors are rendered, and why (the ``Monitoring`` condition)."""
+
+    monitors: bool
+    reason: str
+    message: str
+
+
+#: The CRD whose presence turns monitoring on (``spec.monitoring.enabled`` unset).
+MONITORING_CRD = "podmonitors.monitoring.coreos.com"
+
+
+def monitoring(stack: AIStack, config: RenderConfig | None = None) -> Monitoring:
+    """Monitors are rendered when ``spec.monitoring.enabled`` is true, or unset and the
+    cluster has the PodMonitor CRD; never when the CRD is known to be missing (the API
+    server would refuse them), nor when the operator's installation turns them off."""
+    config = config or RenderConfig()
+    wanted = stack.spec.monitoring.enabled
+    if wanted is False:
+        return Monitoring(False, "Disabled", "spec.monitoring.enabled is false: no monitors")
+    if not config.stack_monitoring:
+        return Monitoring(
+            False,
+            "TurnedOff",
+            "the operator's installation renders no monitors (aistack run "
+            "--no-stack-monitoring; the chart's stackMonitoring.enabled: false)",
+        )
+    missing = (
+        f"the cluster has no Prometheus Operator CRDs ({MONITORING_CRD}): no monitors; "
+        "they are rendered once the CRDs are installed"
+    )
+    if config.monitoring_crds is False:
+        reason = "CRDsMissing" if wanted else "CRDsAbsent"
+        return Monitoring(False, reason, missing)
+    if wanted is None and config.monitoring_crds is None:
+        return Monitoring(
+            False,
+            "NotDetected",
+            "monitors are rendered when the cluster has the Prometheus Operator CRDs "
+            f"({MONITORING_CRD}) or spec.monitoring.enabled is true",
+        )
+    on = enabled(stack)
+    scraped = [c.title for c in on if _scrape(c, stack) is not None]
+    message = f"PodMonitors for {', '.join(scraped)}" if scraped else "no part serves metrics"
+    unscraped = [f"{c.title} is not scraped: {c.unscraped}" for c in on if c.unscraped]
+    if wanted is None:
+        message += " (the Prometheus Operator CRDs are installed)"
+    return Monitoring(True, "Rendered", "; ".join([message, *unscraped]))
 
 
 def network(stack: AIStack, on: list[Component]) -> list[parts.Ingress]:
@@ -233,6 +320,7 @@ def network(stack: AIStack, on: list[Component]) -> list[parts.Ingress]:
             sources=[BY_NAME[s].pod_selector(name) for s in c.reached_by if s in enabled_names],
             port=c.port,
             public=c.public,
+            metrics_port=scrape.port if (scrape := _scrape(c, stack)) else None,
         )
         for c in on
     ]

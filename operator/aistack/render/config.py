@@ -27,6 +27,13 @@ class RenderConfig(BaseModel):
     #: (MLflow's OTLP endpoint takes an id, not a name). "0" is the Default experiment,
     #: which every MLflow server has; each stack has its own MLflow, so it is the stack's.
     mlflow_trace_experiment_id: str = "0"
+    #: Whether the cluster has the Prometheus Operator's PodMonitor CRD: the operator
+    #: watches for it (True/False); None where nobody looked (``aistack render`` without
+    #: ``--monitoring-crds``): then only ``spec.monitoring.enabled: true`` renders monitors.
+    monitoring_crds: bool | None = None
+    #: Whether this installation renders stacks' monitors at all (``aistack run
+    #: --no-stack-monitoring``: its RBAC does not cover PodMonitors).
+    stack_monitoring: bool = True
 
     @model_validator(mode="before")
     @classmethod

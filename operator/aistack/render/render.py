@@ -32,6 +32,9 @@ Manifest = dict[str, Any]
 
 VLLM_PORT = 8000
 GATEWAY_PORT = 4000
+#: LiteLLM's separate metrics server (``--prometheus_metrics_port``): no key, so scrapers
+#: need none; only ``spec.monitoring.scrapeFrom`` (and the stack's own pods) reach it.
+GATEWAY_METRICS_PORT = 9091
 MLFLOW_PORT = 5000
 RAY_GCS_PORT = 6379
 RAY_DASHBOARD_PORT = 8265
@@ -450,6 +453,7 @@ def render_ray(stack: AIStack, config: RenderConfig) -> list[Manifest]:
                 f"--address={_svc_host(head, _namespace(stack), config)}:{RAY_GCS_PORT}",
                 f"--num-gpus={group.gpus}",
                 f"--dashboard-agent-listen-port={RAY_AGENT_PORT}",
+                f"--metrics-export-port={RAY_METRICS_PORT}",
                 "--block",
             ],
         }
@@ -665,11 +669,18 @@ def gateway_config(stack: AIStack, served: list[ModelSpec], config: RenderConfig
         router["retry_policy"] = {"RateLimitErrorRetries": 0}
     if router:
         cfg["router_settings"] = router
+    callbacks: list[str] = []
     if stack.spec.mlflow.enabled:
         # Request traces go to MLflow's OTLP endpoint (env set in _render_gateway). The
         # image has no `mlflow` package: LiteLLM's own `mlflow` callback cannot load there,
         # and from 1.110 an unloadable callback stops the proxy at startup.
-        cfg["litellm_settings"] = {"callbacks": ["otel"]}
+        callbacks.append("otel")
+    if gateway_exports_metrics(stack):
+        # LiteLLM's Prometheus logger (open source; its samples are served on
+        # GATEWAY_METRICS_PORT, see render_gateway).
+        callbacks.append("prometheus")
+    if callbacks:
+        cfg["litellm_settings"] = {"callbacks": callbacks}
     if stack.spec.gateway.auth_secret_ref is not None:
         cfg["general_settings"] = {"master_key": "os.environ/LITELLM_MASTER_KEY"}
     else:
@@ -677,6 +688,12 @@ def gateway_config(stack: AIStack, served: list[ModelSpec], config: RenderConfig
         # LiteLLM (from 1.110) refuses to start without a master key unless told so.
         cfg["general_settings"] = {"dangerously_permit_weak_or_unset_master_key": True}
     return cfg
+
+
+def gateway_exports_metrics(stack: AIStack) -> bool:
+    """The gateway exports Prometheus metrics unless ``spec.monitoring.enabled`` is false
+    (whether or not monitors are rendered: any scraper may use them)."""
+    return stack.spec.monitoring.enabled is not False
 
 
 def render_gateway(stack: AIStack, served: list[ModelSpec], config: RenderConfig) -> list[Manifest]:
@@ -714,6 +731,9 @@ def render_gateway(stack: AIStack, served: list[ModelSpec], config: RenderConfig
         env=env,
         resources=_resources(gateway.resources),
         port=GATEWAY_PORT,
+        # A process of its own serves the metrics (no key: the gateway's own /metrics
+        # needs the master key when there is one, which a scraper must not hold).
+        metrics_port=GATEWAY_METRICS_PORT if gateway_exports_metrics(stack) else None,
         pod_security=_pod_security(),
         container_security=_container_security(),
     )
@@ -740,9 +760,21 @@ class Ingress:
     sources: list[dict[str, str]]
     port: int | None = None
     public: bool = False
+    #: The port Prometheus scrapes (``spec.monitoring.scrapeFrom`` is admitted to it).
+    metrics_port: int | None = None
 
 
 def _ingress_rules(stack: AIStack, ingress: Ingress) -> list[dict[str, Any]]:
+    scrape = _peers(stack.spec.monitoring.scrape_from)
+    scrape_rule = (
+        [{"ports": [{"port": ingress.metrics_port, "protocol": "TCP"}], "from": scrape}]
+        if scrape and ingress.metrics_port is not None
+        else []
+    )
+    return _part_rules(stack, ingress) + scrape_rule
+
+
+def _part_rules(stack: AIStack, ingress: Ingress) -> list[dict[str, Any]]:
     network = stack.spec.network
     allow_from = _peers(network.allow_from)
     ports = [{"port": ingress.port, "protocol": "TCP"}] if ingress.port is not None else None
@@ -866,3 +898,38 @@ def ray_endpoints(stack: AIStack, config: RenderConfig) -> dict[str, str]:
         "rayDashboard": f"http://{host}:{RAY_DASHBOARD_PORT}",
         "rayClient": f"ray://{host}:{RAY_CLIENT_PORT}",
     }
+
+
+# ---------------------------------------------------------------- monitoring
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """Where Prometheus finds a part's metrics: a named container port and a path."""
+
+    port_name: str
+    port: int
+    path: str = "/metrics"
+
+
+def render_monitors(
+    stack: AIStack, monitors: list[tuple[str, dict[str, str], Scrape]]
+) -> list[Manifest]:
+    """A Prometheus Operator PodMonitor per part: its name (the part's), the labels of its
+    pods and where they serve metrics. Targets carry the stack's label."""
+    stack_name = stack.metadata.name
+    monitoring = stack.spec.monitoring
+    return _template(
+        "monitoring.yaml.j2",
+        namespace=_namespace(stack),
+        labels={
+            **dict(monitoring.labels),
+            **names.common_labels(stack_name, "monitoring", "aistack"),
+        },
+        interval=monitoring.interval,
+        target_labels=[names.STACK_LABEL],
+        monitors=[
+            {"name": names.part(stack_name, part), "selector": selector, "scrape": scrape}
+            for part, selector, scrape in monitors
+        ],
+    )
