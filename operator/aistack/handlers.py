@@ -70,6 +70,9 @@ class Runtime:
         kube = Kube(load_client(s.kubeconfig, s.workers), RateLimit(s.api_qps, s.api_burst))
         licensing = functools.partial(decide_stack, hub=s.hub)
         self.reconciler = Reconciler(kube=kube, licensing=licensing, config=s.config)
+        # Before any stack is reconciled, so that a restart does not drop (and then make
+        # again) the monitors of every stack; the CRD watch keeps it true from then on.
+        self.set_monitoring_crds(_podmonitors_served(kube))
         self.queue = StackQueue(
             self.reconciler.reconcile_once,
             self.snapshot,
@@ -361,6 +364,15 @@ async def _child_event(namespace: str | None, labels: Mapping[str, str], **kwarg
 for _resource in CHILD_RESOURCES.values():
     kopf.on.event(*_resource, labels=OWNED, id=f"child-{_resource[2]}")(_child_event)
 kopf.on.event("", "v1", "pods", labels=OWNED, id="child-pods")(_child_event)
+
+
+def _podmonitors_served(kube: Kube) -> bool:
+    try:
+        return kube.serves("PodMonitor")
+    except KubeError as exc:
+        log.warning("cannot tell whether the cluster serves PodMonitors (%s): assuming "
+                    "not until the CRD watch says so", exc)  # fmt: skip
+        return False
 
 
 def _established(body: Mapping[str, Any]) -> bool:

@@ -20,7 +20,7 @@ from urllib.parse import quote
 import kubernetes
 
 from aistack import metrics
-from aistack.kinds import KINDS
+from aistack.kinds import BY_KIND, KINDS
 from aistack.limits import DEFAULT_BURST, DEFAULT_QPS, DEFAULT_WORKERS
 from aistack.plan import Key, Manifest
 
@@ -162,6 +162,18 @@ class Kube:
         """Every object of a kind (in a namespace, or everywhere), straight from the server."""
         items: list[dict[str, Any]] = self.request("GET", _path(kind, namespace)).get("items", [])
         return items
+
+    def serves(self, kind: str) -> bool:
+        """Whether the API server serves ``kind`` (one of ``aistack.kinds``) now: API
+        discovery of its group version, which every authenticated user may read."""
+        k = BY_KIND[kind]
+        try:
+            found = self.request("GET", k.api_prefix)
+        except KubeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return any(r.get("name") == k.plural for r in found.get("resources") or [])
 
     def delete(self, key: Key) -> None:
         kind, namespace, name = key

@@ -17,6 +17,8 @@ import yaml
 from operator_process import REPO_ROOT, OperatorProcess
 from stacks import conditions, get_stack, load, wait_phase
 
+from aistack.kube import Kube, load_client
+
 CRDS = ("podmonitors", "servicemonitors", "prometheusrules")
 
 
@@ -78,6 +80,8 @@ def test_monitors_follow_the_prometheus_operator_crds(
     assert "podmonitors.monitoring.coreos.com" in absent["message"]
     assert cluster.kubectl("get", "podmonitors", "-n", namespace, check=False).returncode != 0
     assert wait_monitoring(cluster, namespace, "quiet", "Disabled")["status"] == "False"
+    kube = Kube(load_client(cluster.kubeconfig, 1))
+    assert kube.serves("PodMonitor") is False  # what a starting operator asks
 
     # The CRDs arrive (e.g. kube-prometheus-stack installed after the operator): the
     # operator notices without a restart, and the API server accepts every monitor.
@@ -88,6 +92,7 @@ def test_monitors_follow_the_prometheus_operator_crds(
             "wait", "--for=condition=Established",
             f"crd/{plural}.monitoring.coreos.com", "--timeout=60s",
         )  # fmt: skip
+    assert kube.serves("PodMonitor") is True
     rendered = wait_monitoring(cluster, namespace, "quickstart", "Rendered")
     assert rendered["status"] == "True"
     assert "MLflow is not scraped" in rendered["message"]
@@ -111,6 +116,20 @@ def test_monitors_follow_the_prometheus_operator_crds(
         lambda: "quickstart-gateway" in podmonitors(cluster, namespace),
         timeout=60, message="the deleted PodMonitor to come back",
     )  # fmt: skip
+
+    # A restart keeps them: the new operator knows the CRDs are there before it reconciles
+    # (it neither deletes nor writes a monitor).
+    uids = {n: pm["metadata"]["uid"] for n, pm in podmonitors(cluster, namespace).items()}
+    watcher.restart()
+    cluster.wait_until(
+        lambda: "Handler 'stack_event' succeeded" in watcher.log(),
+        timeout=60, message="the restarted operator to see the stacks",
+    )  # fmt: skip
+    wait_phase(cluster, namespace, "quickstart", "Ready")
+    assert monitoring(cluster, namespace, "quickstart")["reason"] == "Rendered"
+    after = {n: pm["metadata"]["uid"] for n, pm in podmonitors(cluster, namespace).items()}
+    assert after == uids
+    assert not [w for w in watcher.writes() if "/podmonitors" in w]
 
     # The CRDs go: the stack says so again, and is still Ready.
     for path in crd_files():
