@@ -78,6 +78,7 @@ for name in ("resume", "create", "update", "delete", "field", "index", "event", 
 for name in ("index", "daemon", "timer"):
     setattr(kopf, name, watched(name, getattr(kopf, name)))
 import aistack.handlers
+aistack.handlers.watch_stack_monitors()  # as `aistack run` does, unless told not to
 print(json.dumps(seen))
 """
 
@@ -218,3 +219,13 @@ def test_the_hub_of_the_settings_judges_for_the_reconciler_and_the_webhook(
     monkeypatch.setattr(handlers, "RUNTIME", without)
     with pytest.raises(kopf.AdmissionError, match="unknown"):
         asyncio.run(handlers.admit_stack(body=doc, warnings=[], dryrun=False))  # type: ignore[arg-type]
+
+
+def test_without_stack_monitoring_nothing_watches_podmonitors() -> None:
+    # `aistack run --no-stack-monitoring` (the chart's stackMonitoring.enabled false) has no
+    # RBAC on PodMonitors: a watch on them would retry its list forever and block kopf.
+    script = _REGISTERED.replace("aistack.handlers.watch_stack_monitors()", "")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    ids = [handler for _, handler in json.loads(run.stdout)]
+    assert ids and not [i for i in ids if "podmonitors" in i or i == "monitoring_crd"]
+    assert "child-deployments" in ids and "deployments_index" in ids

@@ -274,6 +274,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
     handlers.use_settings(_run_settings(args))
+    if args.stack_monitoring:
+        handlers.watch_stack_monitors()
     if args.metrics_port:
         from aistack import metrics
 

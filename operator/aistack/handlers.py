@@ -50,6 +50,8 @@ STACKS = BY_KIND["AIStack"].resource
 POLICIES = BY_KIND["LicensePolicy"].resource
 #: plural -> kopf resource, for every kind a stack's children have (``aistack.kinds``).
 CHILD_RESOURCES = {k.plural: k.resource for k in CHILD_KINDS}
+#: Those watched only when the installation renders them (``watch_stack_monitors``).
+OPTIONAL_RESOURCES = {k.plural: k.resource for k in CHILD_KINDS if k.optional}
 OWNED = {names.STACK_LABEL: kopf.PRESENT}
 
 
@@ -72,7 +74,7 @@ class Runtime:
         self.reconciler = Reconciler(kube=kube, licensing=licensing, config=s.config)
         # Before any stack is reconciled, so that a restart does not drop (and then make
         # again) the monitors of every stack; the CRD watch keeps it true from then on.
-        self.set_monitoring_crds(_podmonitors_served(kube))
+        self.set_monitoring_crds(s.config.stack_monitoring and _podmonitors_served(kube))
         self.queue = StackQueue(
             self.reconciler.reconcile_once,
             self.snapshot,
@@ -305,7 +307,8 @@ async def _child_index(
 
 
 for _kind, _resource in CHILD_RESOURCES.items():
-    kopf.index(*_resource, labels=OWNED, id=f"{_kind}_index")(_child_index)
+    if _kind not in OPTIONAL_RESOURCES:
+        kopf.index(*_resource, labels=OWNED, id=f"{_kind}_index")(_child_index)
 
 
 @kopf.index("", "v1", "pods", labels=OWNED)
@@ -361,15 +364,16 @@ async def _child_event(namespace: str | None, labels: Mapping[str, str], **kwarg
     RUNTIME.request((namespace or "", labels[names.STACK_LABEL]))
 
 
-for _resource in CHILD_RESOURCES.values():
-    kopf.on.event(*_resource, labels=OWNED, id=f"child-{_resource[2]}")(_child_event)
+for _kind, _resource in CHILD_RESOURCES.items():
+    if _kind not in OPTIONAL_RESOURCES:
+        kopf.on.event(*_resource, labels=OWNED, id=f"child-{_kind}")(_child_event)
 kopf.on.event("", "v1", "pods", labels=OWNED, id="child-pods")(_child_event)
 
 
 def _podmonitors_served(kube: Kube) -> bool:
     try:
         return kube.serves("PodMonitor")
-    except KubeError as exc:
+    except Exception as exc:  # a probe: the CRD watch corrects it, whatever went wrong
         log.warning("cannot tell whether the cluster serves PodMonitors (%s): assuming "
                     "not until the CRD watch says so", exc)  # fmt: skip
         return False
@@ -380,10 +384,6 @@ def _established(body: Mapping[str, Any]) -> bool:
     return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
 
 
-@kopf.on.event(
-    "apiextensions.k8s.io", "v1", "customresourcedefinitions",
-    when=lambda name, **_: name == MONITORING_CRD,
-)  # fmt: skip
 async def monitoring_crd(type: str | None, body: kopf.Body, **kwargs: Any) -> None:
     """The Prometheus Operator's PodMonitor CRD appearing (established) or going: every
     stack renders its monitors, or drops them (``components.monitoring``). kopf starts and
@@ -393,6 +393,19 @@ async def monitoring_crd(type: str | None, body: kopf.Body, **kwargs: Any) -> No
     if RUNTIME.set_monitoring_crds(present):
         log.info("%s %s: stacks' monitors follow", MONITORING_CRD, "found" if present else "gone")
         RUNTIME.request_all()
+
+
+def watch_stack_monitors() -> None:
+    """Watch the stacks' PodMonitors and the CRD that serves them (``aistack run`` unless
+    ``--no-stack-monitoring``). Not otherwise: kopf retries a list it may not make
+    forever, and serves nothing meanwhile. Without the CRD, kopf waits for it."""
+    for kind, resource in OPTIONAL_RESOURCES.items():
+        kopf.index(*resource, labels=OWNED, id=f"{kind}_index")(_child_index)
+        kopf.on.event(*resource, labels=OWNED, id=f"child-{kind}")(_child_event)
+    kopf.on.event(
+        "apiextensions.k8s.io", "v1", "customresourcedefinitions",
+        when=lambda name, **_: name == MONITORING_CRD,
+    )(monitoring_crd)  # fmt: skip
 
 
 # ---------------------------------------------------------------- admission

@@ -20,6 +20,9 @@ class Kind:
     namespaced: bool = True
     #: Rendered for a stack: watched, cached per stack, planned, owned.
     child: bool = False
+    #: Watched only where the installation renders it (``aistack run
+    #: --no-stack-monitoring`` grants no RBAC on it, and a watch kopf may not list blocks).
+    optional: bool = False
 
     @property
     def api_prefix(self) -> str:
@@ -42,7 +45,7 @@ KINDS: tuple[Kind, ...] = (
     Kind("Deployment", "apps", "v1", "deployments", child=True),
     # The Prometheus Operator's: its CRD may be absent (kopf watches it once it appears;
     # the render leaves monitors out while it is missing).
-    Kind("PodMonitor", "monitoring.coreos.com", "v1", "podmonitors", child=True),
+    Kind("PodMonitor", "monitoring.coreos.com", "v1", "podmonitors", child=True, optional=True),
     Kind("Event", "", "v1", "events"),
     Kind("AIStack", GROUP, VERSION, "aistacks"),
     Kind("LicensePolicy", GROUP, VERSION, "licensepolicies", namespaced=False),

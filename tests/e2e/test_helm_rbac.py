@@ -490,3 +490,59 @@ def test_the_webhook_objects_install_and_fail_closed(
     assert "MIT" in denied_now["status"]["message"], denied_now
     lines = [line for line in op.log().splitlines() if REFUSED.search(line)]
     assert lines == [], lines
+
+
+@pytest.mark.parametrize("on", [True, False], ids=["stack-monitoring", "no-stack-monitoring"])
+def test_the_charts_rbac_covers_the_stacks_monitors_exactly_when_on(
+    cluster: Any, crds: None, namespace: str, install: Any, tmp_path: Path, on: bool
+) -> None:
+    """With the Prometheus Operator's CRDs installed, the chart's service account writes,
+    watches and prunes the stacks' PodMonitors without a refusal; with
+    stackMonitoring.enabled false it has no such rights, and the operator (run with the
+    flag the chart then passes) writes none and says so."""
+    from test_monitoring import CRDS, crd_files, podmonitors
+
+    release = install(stackMonitoring={"enabled": on})
+    for path in crd_files():
+        cluster.kubectl("apply", "--server-side", "-f", str(path))
+    for plural in CRDS:
+        cluster.kubectl("wait", "--for=condition=Established",
+                        f"crd/{plural}.monitoring.coreos.com", "--timeout=60s")  # fmt: skip
+    # (kubectl resolves the resource first: asked before the CRD exists, it says no.)
+    can = cluster.kubectl(
+        "auth", "can-i", "create", "podmonitors.monitoring.coreos.com", "-n", namespace,
+        f"--as={release.user}", check=False,
+    )  # fmt: skip
+    assert can.stdout.strip() == ("yes" if on else "no")
+    op = operator_as(cluster, release, tmp_path, *([] if on else ["--no-stack-monitoring"]))
+    before = refusals(cluster)
+    op.start()
+    try:
+        cluster.apply(load("quickstart.yaml"), namespace=namespace)
+        stack = wait_phase(cluster, namespace, "quickstart", "Ready")
+        if on:
+            cluster.wait_until(
+                lambda: len(podmonitors(cluster, namespace)) == 3,
+                timeout=60, message="the stack's PodMonitors",
+            )  # fmt: skip
+            cluster.kubectl("delete", "podmonitor", "quickstart-ray", "-n", namespace)
+            cluster.wait_until(
+                lambda: "quickstart-ray" in podmonitors(cluster, namespace),
+                timeout=60, message="the deleted PodMonitor to come back",
+            )  # fmt: skip
+        else:
+            monitoring = conditions(stack)["Monitoring"]
+            assert monitoring["reason"] == "TurnedOff", monitoring
+            assert podmonitors(cluster, namespace) == {}
+        cluster.kubectl("delete", "aistack", "quickstart", "-n", namespace, "--wait=true",
+                        timeout=60)  # fmt: skip
+        cluster.wait_until(
+            lambda: not podmonitors(cluster, namespace),
+            timeout=60, message="the PodMonitors to go with the stack",
+        )  # fmt: skip
+        after = refusals(cluster)
+    finally:
+        op.stop()
+        for path in crd_files():
+            cluster.kubectl("delete", "-f", str(path), "--ignore-not-found", "--wait=true")
+    assert_nothing_refused(op, before, after)
