@@ -16,7 +16,7 @@ from aistack import handlers, names
 from aistack.api import AIStack
 from aistack.render import RenderConfig, render
 from aistack.render.components import BY_NAME, MONITORING_CRD, monitoring
-from aistack.render.render import GATEWAY_METRICS_PORT, RAY_METRICS_PORT, VLLM_PORT
+from aistack.render.render import GATEWAY_PORT, RAY_METRICS_PORT, VLLM_PORT
 from aistack.status import Observed, compute_status
 from helpers import ROOT, all_permitted, stack
 
@@ -82,7 +82,7 @@ def test_a_podmonitor_per_part_that_serves_metrics_and_none_for_mlflow() -> None
     pms = of_kind(out, "PodMonitor")
     assert sorted(pms) == ["demo-gateway", "demo-model-server", "demo-ray"]
     expected = {"demo-model-server": ("http", VLLM_PORT), "demo-ray": ("metrics", RAY_METRICS_PORT),
-                "demo-gateway": ("metrics", GATEWAY_METRICS_PORT)}  # fmt: skip
+                "demo-gateway": ("http", GATEWAY_PORT)}  # fmt: skip
     deployments = of_kind(out, "Deployment")
     for name, pm in pms.items():
         assert pm["metadata"]["labels"]["release"] == "prom"
@@ -135,15 +135,24 @@ def gateway_callbacks(s: AIStack) -> list[str]:
     return list(config.get("litellm_settings", {}).get("callbacks", []))
 
 
-def test_the_gateway_exports_metrics_on_its_own_port_unless_monitoring_is_off() -> None:
+def test_the_gateway_exports_metrics_on_its_port_unless_monitoring_is_off() -> None:
+    # In the proxy's own process: LiteLLM 1.110.2's separate metrics process
+    # (--prometheus_metrics_port) serves no sample with one worker (conformance).
     on = gateway_container(full())
-    assert on["args"][-2:] == ["--prometheus_metrics_port", str(GATEWAY_METRICS_PORT)]
-    assert {p["name"] for p in on["ports"]} == {"http", "metrics"}
+    assert "--prometheus_metrics_port" not in on["args"]
+    assert {p["name"] for p in on["ports"]} == {"http"}
     assert "prometheus" in gateway_callbacks(full())
     off = full(monitoring={"enabled": False})
-    assert "--prometheus_metrics_port" not in gateway_container(off)["args"]
-    assert {p["name"] for p in gateway_container(off)["ports"]} == {"http"}
     assert "prometheus" not in gateway_callbacks(off)
+
+
+def test_a_gateway_with_a_key_is_not_scraped_and_the_condition_says_why() -> None:
+    keyed = full(gateway={"authSecretRef": {"name": "gw", "key": "k"}})
+    assert "prometheus" in gateway_callbacks(keyed)  # key holders may still read it
+    assert sorted(monitors(keyed, ON)) == ["demo-model-server", "demo-ray"]
+    message = monitoring(keyed, ON).message
+    assert "Gateway is not scraped: its /metrics asks for the gateway's master key" in message
+    assert message.startswith("PodMonitors for vLLM, Ray (")
 
 
 # ---------------------------------------------------------------- who may scrape
@@ -162,7 +171,7 @@ def test_scrape_from_is_admitted_to_the_metrics_ports_only() -> None:
     s = full(monitoring={"scrapeFrom": [scraper]})
     policies = of_kind(render(s, all_permitted(s), OFF), "NetworkPolicy")
     expected = {"demo-model-server": VLLM_PORT, "demo-ray": RAY_METRICS_PORT,
-                "demo-gateway": GATEWAY_METRICS_PORT}  # fmt: skip
+                "demo-gateway": GATEWAY_PORT}  # fmt: skip
     for name, policy in policies.items():
         admitted = {port for port, peers in rules_by_port(policy).items() if scraper in peers}
         assert admitted == ({expected[name]} if name in expected else set()), name

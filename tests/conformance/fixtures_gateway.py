@@ -15,6 +15,9 @@ Test-side translations beyond the harness', each needed for something a pod has:
   ``runAsUser`` (1000), the config volume is mounted read-only as the render says, and a
   directory on the way to the environment or the work directory that this user could not
   enter (a 0700 home or pytest's temporary root) is shown to it through an 0711 view.
+- **The pod's temporary directory.** In the pod, Python's temporary directory is ``/tmp``,
+  the rendered emptyDir; here ``TMPDIR`` names that volume's host directory (the mount
+  translation, for a path the program picks itself).
 
 The gateway listens where the rendered args say (``--port 4000`` on all addresses, as in
 its pod), so one gateway runs at a time.
@@ -229,6 +232,12 @@ class Gateway:
     stand_ins: dict[str, StandIn] = field(default_factory=dict)
     key: str | None = None
 
+    def port(self, name: str) -> int | None:
+        """The rendered gateway container's port called ``name`` (None: not rendered)."""
+        container = harness.container(self.manifests, self.deployment, GATEWAY_CONTAINER)
+        ports = {p["name"]: int(p["containerPort"]) for p in container.get("ports", [])}
+        return ports.get(name)
+
     def headers(self, key: str | None = None) -> dict[str, str]:
         key = key if key is not None else self.key
         return {"Authorization": f"Bearer {key}"} if key else {}
@@ -291,8 +300,14 @@ def start_gateway(
             reach=[env_dir, Path(os.path.realpath(env_dir / "bin" / "python")), workdir],
             views=workdir / "views",
         )
+        pod_tmp = spec.mounts.get("/tmp")
         running = harness.start(
-            spec, name=deployment, bin_dir=env_dir / "bin", log_dir=log_dir, argv=argv
+            spec,
+            name=deployment,
+            bin_dir=env_dir / "bin",
+            log_dir=log_dir,
+            argv=argv,
+            extra_env={"TMPDIR": str(pod_tmp)} if pod_tmp is not None else None,
         )
         gateway = Gateway(
             manifests=manifests,

@@ -5,6 +5,8 @@ version of the default image with that image's packages, ``envs/vllm.txt``):
 
 - :func:`vllm_check`: ``vllm_check.py`` (vLLM's own ``serve`` parser, serve-argument
   validation and engine-config construction) on the rendered args, with the rendered env.
+- :func:`vllm_metrics`: ``vllm_metrics.py`` (vLLM's Prometheus stat logger and metrics
+  router on the engine config of the rendered args): what the server serves on ``/metrics``.
 - :func:`start_vllm_standin`: once the args passed, the stand-in (``standin.py``) serves the
   rendered ``--served-model-name`` on the rendered port, at its Service's address, from the
   vLLM environment's Python; with a rendered ``--otlp-traces-endpoint`` it emits one span per
@@ -32,6 +34,7 @@ from harness import HostMap, Manifest, ProcessSpec, Running
 
 HERE = Path(__file__).resolve().parent
 CHECK = HERE / "vllm_check.py"
+METRICS = HERE / "vllm_metrics.py"
 STANDIN = HERE / "standin.py"
 VLLM_ENV = "vllm"
 #: the revision a cache entry gets when the render names none (any 40-hex commit id)
@@ -259,6 +262,33 @@ def vllm_check(
     """``vllm_check.py`` on one command line (see :func:`vllm_check_batch`)."""
     jobs = [CheckJob(list(args), dict(env))]
     return vllm_check_batch(jobs, home=home, timeout=timeout, environment=environment)[0]
+
+
+def vllm_metrics(job: CheckJob, *, home: Path, timeout: float = CHECK_TIMEOUT) -> dict[str, Any]:
+    """``vllm_metrics.py`` on one command line: what vLLM's own stat logger and metrics
+    router serve on ``/metrics`` for the engine config of those args (no engine runs)."""
+    home.mkdir(parents=True, exist_ok=True)
+    run_env = harness.base_env(envs.bin_dir(VLLM_ENV), home)
+    run_env.update(job.env)
+    proc = subprocess.run(
+        [str(envs.python(VLLM_ENV)), str(METRICS), json.dumps(job.args)],
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("VLLM_METRICS ")]
+    if len(lines) != 1:
+        raise AssertionError(
+            f"vllm_metrics gave no result (exit {proc.returncode}):\n"
+            f"{(proc.stdout + proc.stderr)[-8000:]}"
+        )
+    result: dict[str, Any] = json.loads(lines[0][len("VLLM_METRICS ") :])
+    if not result["ok"]:
+        raise AssertionError(
+            f"vllm_metrics failed at {result['stage']}: {result['error']}\n{result['traceback']}"
+        )
+    return result
 
 
 def prepare_deployment(

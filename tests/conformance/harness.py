@@ -445,6 +445,36 @@ def http(
         return 0, str(err).encode()
 
 
+@dataclass(frozen=True)
+class Sample:
+    """One sample of a Prometheus exposition: its name (``_total``, ``_bucket`` ... included),
+    labels, value and its metric's type (``counter``, ``gauge``, ``histogram`` ...)."""
+
+    name: str
+    labels: dict[str, str]
+    value: float
+    type: str
+
+
+def prometheus_samples(text: str) -> list[Sample]:
+    """Every sample of a Prometheus text exposition (prometheus_client's parser: a body that
+    is not Prometheus text fails here)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [
+        Sample(s.name, dict(s.labels), s.value, family.type)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    ]
+
+
+def scrape(url: str, *, headers: Mapping[str, str] | None = None) -> list[Sample]:
+    """``GET url`` (a ``/metrics`` endpoint), which must answer 200, parsed."""
+    code, body = http(url, headers=headers)
+    assert code == 200, (url, code, body[:400])
+    return prometheus_samples(body.decode())
+
+
 def base_env(bin_dir: Path | None, home: Path) -> dict[str, str]:
     """A clean environment, like a container's: no variables of the test runner leak in."""
     path = "/usr/local/bin:/usr/bin:/bin"

@@ -8,20 +8,91 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import harness
 import pytest
-from fixtures_gateway import Gateway, gateway_config, routed_models, start_gateway, stopping
+import yaml
+from fixtures_gateway import (
+    Gateway,
+    gateway_config,
+    routed_models,
+    start_gateway,
+    stopping,
+)
 from fixtures_mlflow import MLflowServer
-from harness import HostMap
+from harness import HostMap, Sample
 
 KEY = "sk-conformance-gateway-key"
+#: LiteLLM's counter of requests through the proxy, as exposed (a counter: ``_total``)
+REQUESTS_COUNTER = "litellm_proxy_total_requests_metric_total"
 
 
 def chat(model: str, **extra: object) -> dict[str, object]:
     return {"model": model, "messages": [{"role": "user", "content": "hello"}], **extra}
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def metrics_url(gateway: Gateway) -> str:
+    """``/metrics`` on the rendered container's port named ``http``: where the stack's
+    PodMonitor scrapes the gateway (LiteLLM serves it in the proxy's own process)."""
+    port = gateway.port("http")
+    assert port is not None, "the rendered gateway container has no port named http"
+    return f"http://127.0.0.1:{port}/metrics"
+
+
+def series(samples: list[Sample], name: str, model: str, **labels: str) -> float:
+    """The sum of the samples ``name`` for requests that named ``model`` (and ``labels``)."""
+    return sum(
+        s.value
+        for s in samples
+        if s.name == name
+        and s.labels.get("requested_model") == model
+        and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def diagnosis(gateway: Gateway, samples: list[Sample]) -> str:
+    """What /metrics served, and the end of the gateway's log."""
+    log = [ln for ln in gateway.running.log_tail(200).splitlines() if "cost_map" not in ln]
+    served = sorted({s.name for s in samples if s.name.startswith("litellm_")})
+    return f"litellm series served: {served}\n" + "\n".join(log[-25:])
+
+
+def count_a_request(
+    gateway: Gateway, model: str, key: str | None, scrape_key: str | None = None
+) -> list[Sample]:
+    """Send one chat request (with ``key``), then scrape the rendered port's /metrics (with
+    ``scrape_key``, none by default) until LiteLLM's request counter has counted it (it
+    counts in a callback after the answer); the samples then. The request is told apart
+    from the other tests' by its User-Agent (a label of the counter)."""
+    url = metrics_url(gateway)
+    scrape_headers = {"Authorization": f"Bearer {scrape_key}"} if scrape_key else {}
+    agent = f"aistack-conformance-{uuid.uuid4().hex[:12]}"
+    code, body = harness.http(
+        gateway.url + "/v1/chat/completions",
+        method="POST",
+        body=chat(model),
+        headers={**gateway.headers(key), "User-Agent": agent},
+    )
+    assert code == 200, body
+    deadline = time.monotonic() + 30
+    samples = harness.scrape(url, headers=scrape_headers)
+    while not series(samples, REQUESTS_COUNTER, model, user_agent=agent):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+        samples = harness.scrape(url, headers=scrape_headers)
+    counted = series(samples, REQUESTS_COUNTER, model, user_agent=agent, status_code="200")
+    assert counted == 1, (
+        f"{REQUESTS_COUNTER} for {model} from {agent} is {counted}, not 1\n"
+        f"{diagnosis(gateway, samples)}"
+    )
+    return samples
 
 
 # --------------------------------------------------------------------------- quickstart
@@ -110,6 +181,20 @@ print(json.dumps([t.info.trace_id for t in found]))
         assert found, (
             f"no trace with {marker} in experiment {experiment}:\n"
             f"{quickstart_gateway.running.log_tail(40)}"
+        )
+
+    def test_metrics_count_a_chat_request_without_a_key(self, quickstart_gateway: Gateway) -> None:
+        gateway = quickstart_gateway
+        callbacks = gateway_config(gateway.manifests)["litellm_settings"]["callbacks"]
+        assert callbacks == ["otel", "prometheus"]
+        count_a_request(gateway, "phi-3-5-mini", key=None)
+
+    def test_metrics_report_request_latency(self, quickstart_gateway: Gateway) -> None:
+        # docs/observability.md: the gateway exports request latency, per public model name.
+        samples = count_a_request(quickstart_gateway, "phi-3-5-mini", key=None)
+        latency = "litellm_request_total_latency_metric_count"
+        assert series(samples, latency, "phi-3-5-mini") >= 1, (
+            f"no {latency} for phi-3-5-mini\n{diagnosis(quickstart_gateway, samples)}"
         )
 
 
@@ -211,6 +296,58 @@ class TestKeyedGateway:
         assert code == 200, body
         assert body["model"] == "qwen-7b"
         assert body["choices"][0]["message"]["content"] == "stand-in for qwen-7b"
+
+    def test_key_holders_read_the_metrics(self, keyed_gateway: Gateway) -> None:
+        # The prometheus callback works on a keyed gateway too; only its scraper needs the
+        # key, so the stack renders no PodMonitor for it (tests/test_monitoring.py).
+        count_a_request(keyed_gateway, "qwen-7b", key=KEY, scrape_key=KEY)
+
+    @pytest.mark.parametrize("key", ["", "sk-wrong"])
+    def test_main_ports_metrics_needs_the_key(self, keyed_gateway: Gateway, key: str) -> None:
+        url = keyed_gateway.url + "/metrics"
+        code, body = harness.http(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+        assert code in (401, 403), (code, body[:400])
+        code, body = harness.http(url, headers=keyed_gateway.headers())
+        assert code == 200, (code, body[:400])
+
+
+# --------------------------------------------------------------------------- no metrics
+
+
+@pytest.fixture(scope="class")
+def unmonitored_gateway(hosts: HostMap, suite_dir: Path, log_dir: Path) -> Iterator[Gateway]:
+    """The quickstart with ``spec.monitoring.enabled: false`` (as ``unmonitored``)."""
+    stack = yaml.safe_load(harness.example("quickstart.yaml").read_text())
+    stack["metadata"]["name"] = "unmonitored"
+    stack["spec"]["monitoring"] = {"enabled": False}
+    path = suite_dir / "unmonitored.yaml"
+    path.write_text(yaml.safe_dump(stack))
+    gateway = start_gateway(
+        harness.render_example(path),
+        hosts=hosts,
+        workdir=suite_dir / "gateway-unmonitored",
+        log_dir=log_dir,
+    )
+    yield from stopping(gateway)
+
+
+class TestGatewayWithoutMetrics:
+    def test_renders_no_prometheus_callback(self, unmonitored_gateway: Gateway) -> None:
+        gateway = unmonitored_gateway
+        # MLflow is still on: its trace callback stays, alone.
+        assert gateway_config(gateway.manifests)["litellm_settings"]["callbacks"] == ["otel"]
+
+    def test_serves_no_litellm_metrics(self, unmonitored_gateway: Gateway) -> None:
+        gateway = unmonitored_gateway
+        code, body = gateway.post("/v1/chat/completions", chat("phi-3-5-mini"))
+        assert code == 200, body
+        # The gateway's own /metrics (no key here) counts no requests.
+        code, out = harness.http(gateway.url + "/metrics")
+        if code == 200:
+            samples = harness.prometheus_samples(out.decode())
+            assert not [s for s in samples if s.name.startswith("litellm_proxy_")], samples
+        else:
+            assert code == 404, (code, out[:400])
 
 
 # --------------------------------------------------------------------------- LoRA adapters

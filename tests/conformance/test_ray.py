@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import envs
 import harness
 import pytest
 from fixtures_ray import CPU_WORKER, HEAD, RAY_EXAMPLE, RayCluster, session_logs
-from harness import HostMap
+from harness import HostMap, Sample
 
 from aistack.cli import load_stacks
 from aistack.render import endpoints
@@ -125,6 +126,30 @@ def test_metrics_port_serves_prometheus(ray_cluster: RayCluster) -> None:
     code, body = harness.http(f"http://{ray_cluster.head_ip}:{port}/metrics")
     assert code == 200
     assert b"# TYPE ray_" in body or b"\nray_" in body, body[:400]
+
+
+def test_worker_metrics_port_serves_prometheus(ray_cluster: RayCluster) -> None:
+    worker = harness.container(ray_cluster.manifests, CPU_WORKER)
+    port = next(p["containerPort"] for p in worker["ports"] if p["name"] == "metrics")
+    assert f"--metrics-export-port={port}" in worker["args"]
+    # The worker pod's own address (its network namespace), not the head's.
+    address = ray_cluster.worker_ips[0]
+    url = f"http://{address}:{port}/metrics"
+    # Each node's metrics agent exports what its processes reported in the last interval.
+    deadline = time.monotonic() + 60
+    while True:
+        code, body = harness.http(url)
+        samples = harness.prometheus_samples(body.decode()) if code == 200 else []
+        if _ray_series(samples, address) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert code == 200, (url, code, body[:400])
+    assert _ray_series(samples, address), sorted({s.name for s in samples})[:40]
+
+
+def _ray_series(samples: list[Sample], node: str) -> list[Sample]:
+    """``ray_`` samples that this node reports about itself."""
+    return [s for s in samples if s.name.startswith("ray_") and s.labels.get("NodeAddress") == node]
 
 
 # --------------------------------------------------------------------------- jobs

@@ -18,12 +18,17 @@ span from vLLM's tracer setup to the rendered MLflow.
   adapter check; a model without adapters gets no LoRA;
 - tracing: a stand-in on the rendered args, with vLLM's ``init_tracer`` on the rendered
   endpoint and ``OTEL_*`` env, exports one ``llm_request`` span per request, which
-  ``mlflow.search_traces`` finds in the rendered experiment of the rendered MLflow.
+  ``mlflow.search_traces`` finds in the rendered experiment of the rendered MLflow;
+- metrics: every ``vllm:`` series the chart's Grafana dashboard queries is one vLLM's own
+  stat logger and metrics router serve for the rendered model server (vllm_metrics.py),
+  under the served model's name, of the type the query treats it as (``rate()`` of
+  counters and histogram buckets, gauges as they are), carrying what vLLM recorded.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +47,10 @@ from fixtures_vllm import (
     single_node_model_servers,
     start_vllm_standin,
     vllm_check_batch,
+    vllm_metrics,
 )
-from harness import HostMap, Manifest, ProcessSpec
+from harness import HostMap, Manifest, ProcessSpec, Sample
+from vllm_metrics import RECORDED
 
 EXAMPLES = ["quickstart.yaml", "multi-model.yaml", "external-stores.yaml", "lora.yaml"]
 LORA_EXAMPLE = "lora.yaml"
@@ -328,3 +335,95 @@ def test_vllm_request_spans_reach_mlflow(
         f"{spans}\n{standin.running.log_tail()}"
     )
     assert mine[0]["name"] == "llm_request"
+
+
+# --------------------------------------------------------------------------- metrics
+
+DASHBOARD = harness.REPO_ROOT / "charts" / "aistack-operator" / "files" / "dashboard.json"
+_VLLM_SERIES = re.compile(r"vllm:[A-Za-z0-9_:]+")
+_RATE_OF = re.compile(r"\b(?:rate|irate|increase)\(\s*(vllm:[A-Za-z0-9_:]+)")
+
+
+def dashboard_queries() -> list[str]:
+    """Every PromQL query of the chart's Grafana dashboard (panels and variables)."""
+    out: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("expr", "query", "definition") and isinstance(value, str):
+                    out.append(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(json.loads(DASHBOARD.read_text()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def vllm_exposition(vllm_env: Path, suite_dir: Path) -> tuple[str, list[Sample]]:
+    """The served model name and what vLLM serves on ``/metrics`` for the quickstart's
+    rendered model server (vllm_metrics.py: vLLM's stat logger after one recorded step)."""
+    manifests = harness.render_example(harness.example("quickstart.yaml"))
+    deployment = single_node_model_servers(manifests)[0]
+    workdir = suite_dir / "vllm-metrics"
+    spec, job = prepare_deployment(manifests, deployment, workdir)
+    result = vllm_metrics(job, home=workdir / "home")
+    assert result["status"] == 200, result
+    served = _flag(serve_args(spec), "--served-model-name")
+    assert served and result["served_model_name"] == served
+    return served, harness.prometheus_samples(result["body"])
+
+
+def test_dashboard_queries_only_series_vllm_exports(
+    vllm_exposition: tuple[str, list[Sample]],
+) -> None:
+    served, samples = vllm_exposition
+    queries = dashboard_queries()
+    wanted = sorted({name for q in queries for name in _VLLM_SERIES.findall(q)})
+    assert wanted, "the dashboard queries no vllm: series"
+    # A series of the rendered model (the dashboard filters on model_name, the served name).
+    exposed = {s.name: s.type for s in samples if s.labels.get("model_name") == served}
+    missing = [name for name in wanted if name not in exposed]
+    assert not missing, (
+        f"the dashboard queries series vLLM does not export: {missing}; "
+        f"vLLM exports {sorted(exposed)}"
+    )
+    # rate() of a counter or a histogram's buckets; a gauge is read as it is.
+    rated = {name for q in queries for name in _RATE_OF.findall(q)}
+    for name in wanted:
+        if name in rated:
+            assert exposed[name] in ("counter", "histogram"), (name, exposed[name])
+        else:
+            assert exposed[name] == "gauge", (name, exposed[name])
+    # Live: the series vLLM's v0 engine exported as the KV-cache gauge is not there.
+    assert "vllm:gpu_cache_usage_perc" not in exposed
+
+
+def test_dashboard_series_carry_what_vllm_records(
+    vllm_exposition: tuple[str, list[Sample]],
+) -> None:
+    served, samples = vllm_exposition
+
+    def value(name: str, **labels: str) -> float:
+        found = [
+            s.value
+            for s in samples
+            if s.name == name
+            and s.labels.get("model_name") == served
+            and all(s.labels.get(k) == v for k, v in labels.items())
+        ]
+        assert len(found) == 1, (name, labels, found)
+        return found[0]
+
+    assert value("vllm:num_requests_running") == RECORDED["num_running_reqs"]
+    assert value("vllm:num_requests_waiting") == RECORDED["num_waiting_reqs"]
+    assert value("vllm:kv_cache_usage_perc") == RECORDED["kv_cache_usage"]
+    assert value("vllm:prompt_tokens_total") == RECORDED["prompt_tokens"]
+    assert value("vllm:generation_tokens_total") == RECORDED["generation_tokens"]
+    assert value("vllm:time_to_first_token_seconds_bucket", le="+Inf") == 1
+    assert value("vllm:time_to_first_token_seconds_bucket", le="0.01") == 0
+    assert value("vllm:time_to_first_token_seconds_sum") == RECORDED["time_to_first_token"]

@@ -68,9 +68,9 @@ class Component:
     #: MLflow's data when the stack is deleted).
     note: Callable[[AIStack], str | None] | None = None
     #: Where its pods serve Prometheus metrics (a PodMonitor when monitoring is on); None:
-    #: it serves none, and ``unscraped`` says why.
+    #: it is not scraped, and ``unscraped`` says why.
     scrape: Callable[[AIStack], parts.Scrape | None] | None = None
-    unscraped: str | None = None
+    unscraped: Callable[[AIStack], str] | None = None
 
     @property
     def default_image(self) -> str:
@@ -175,8 +175,9 @@ COMPONENTS: tuple[Component, ...] = (
         # `mlflow server --expose-prometheus` imports prometheus_flask_exporter, which the
         # default image does not have (it is in MLflow's `extras`): the server would not
         # start. Its request metrics are not worth a custom image.
-        unscraped="its default image lacks prometheus_flask_exporter, which "
-        "--expose-prometheus needs",
+        unscraped=lambda stack: (
+            "its default image lacks prometheus_flask_exporter, which --expose-prometheus needs"
+        ),
     ),
     Component(
         name="gateway",
@@ -194,9 +195,11 @@ COMPONENTS: tuple[Component, ...] = (
         port=parts.GATEWAY_PORT,
         public=True,
         scrape=lambda stack: (
-            parts.Scrape("metrics", parts.GATEWAY_METRICS_PORT)
-            if parts.gateway_exports_metrics(stack)
-            else None
+            parts.Scrape("http", parts.GATEWAY_PORT) if parts.gateway_scrapable(stack) else None
+        ),
+        unscraped=lambda stack: (
+            "its /metrics asks for the gateway's master key "
+            "(gateway.authSecretRef), which a scraper should not hold"
         ),
     ),
 )
@@ -301,7 +304,11 @@ def monitoring(stack: AIStack, config: RenderConfig | None = None) -> Monitoring
     on = enabled(stack)
     scraped = [c.title for c in on if _scrape(c, stack) is not None]
     message = f"PodMonitors for {', '.join(scraped)}" if scraped else "no part serves metrics"
-    unscraped = [f"{c.title} is not scraped: {c.unscraped}" for c in on if c.unscraped]
+    unscraped = [
+        f"{c.title} is not scraped: {c.unscraped(stack)}"
+        for c in on
+        if c.unscraped and _scrape(c, stack) is None
+    ]
     if wanted is None:
         message += " (the Prometheus Operator CRDs are installed)"
     return Monitoring(True, "Rendered", "; ".join([message, *unscraped]))

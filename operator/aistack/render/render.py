@@ -32,9 +32,6 @@ Manifest = dict[str, Any]
 
 VLLM_PORT = 8000
 GATEWAY_PORT = 4000
-#: LiteLLM's separate metrics server (``--prometheus_metrics_port``): no key, so scrapers
-#: need none; only ``spec.monitoring.scrapeFrom`` (and the stack's own pods) reach it.
-GATEWAY_METRICS_PORT = 9091
 MLFLOW_PORT = 5000
 RAY_GCS_PORT = 6379
 RAY_DASHBOARD_PORT = 8265
@@ -676,8 +673,10 @@ def gateway_config(stack: AIStack, served: list[ModelSpec], config: RenderConfig
         # and from 1.110 an unloadable callback stops the proxy at startup.
         callbacks.append("otel")
     if gateway_exports_metrics(stack):
-        # LiteLLM's Prometheus logger (open source; its samples are served on
-        # GATEWAY_METRICS_PORT, see render_gateway).
+        # LiteLLM's Prometheus logger (open source): /metrics on the gateway's port, in the
+        # proxy's own process. Not its separate metrics process (--prometheus_metrics_port):
+        # with one worker, LiteLLM 1.110.2 sets up the samples directory after
+        # prometheus_client has loaded, and that process serves no sample (conformance).
         callbacks.append("prometheus")
     if callbacks:
         cfg["litellm_settings"] = {"callbacks": callbacks}
@@ -694,6 +693,13 @@ def gateway_exports_metrics(stack: AIStack) -> bool:
     """The gateway exports Prometheus metrics unless ``spec.monitoring.enabled`` is false
     (whether or not monitors are rendered: any scraper may use them)."""
     return stack.spec.monitoring.enabled is not False
+
+
+def gateway_scrapable(stack: AIStack) -> bool:
+    """Whether a scraper can read the gateway's metrics without a secret: its /metrics
+    asks for the master key when the stack has one (``gateway.authSecretRef``), and a
+    key that opens every route is not one to hand to Prometheus."""
+    return gateway_exports_metrics(stack) and stack.spec.gateway.auth_secret_ref is None
 
 
 def render_gateway(stack: AIStack, served: list[ModelSpec], config: RenderConfig) -> list[Manifest]:
@@ -731,9 +737,6 @@ def render_gateway(stack: AIStack, served: list[ModelSpec], config: RenderConfig
         env=env,
         resources=_resources(gateway.resources),
         port=GATEWAY_PORT,
-        # A process of its own serves the metrics (no key: the gateway's own /metrics
-        # needs the master key when there is one, which a scraper must not hold).
-        metrics_port=GATEWAY_METRICS_PORT if gateway_exports_metrics(stack) else None,
         pod_security=_pod_security(),
         container_security=_container_security(),
     )
