@@ -142,3 +142,37 @@ def test_promtool_accepts_the_metrics(measured: Any, tmp_path: Path) -> None:
     )
     # promtool's lint findings go to stdout/stderr and set a non-zero exit status.
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_operator_series_the_dashboard_and_alerts_read_is_served(
+    cluster: Any, measured: Any, namespace: str
+) -> None:
+    """The dashboard's and the alerts' queries of the operator (``aistack_*``, and the
+    process metrics of prometheus_client) against what the real operator serves with a
+    stack in place: each metric is there, with every label the query matches on (but those
+    Prometheus adds to a target)."""
+    from test_alerts import (
+        TARGET_LABELS,
+        alert_rules,
+        dashboard,
+        dashboard_queries,
+        selectors,
+    )
+
+    doc = load("quickstart.yaml")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(doc))
+    wait_phase(cluster, namespace, "quickstart", "Ready")
+    served: dict[str, set[str]] = {}
+    for name, labels in measured().samples:
+        served.setdefault(name, set()).update(k for k, _ in labels)
+    queries = [*dashboard_queries(dashboard()), *((r["alert"], r["expr"]) for r in alert_rules())]
+    checked = 0
+    for where, expr in queries:
+        for sel in selectors(expr):
+            if not sel.metric.startswith(("aistack_", "process_")):
+                continue  # vLLM's (the conformance suite) and Prometheus' own (`up`)
+            assert sel.metric in served, f"{where}: {sel.metric} is not served"
+            missing = sel.labels - TARGET_LABELS - served[sel.metric]
+            assert not missing, f"{where}: {sel.metric} has no label {missing}"
+            checked += 1
+    assert checked >= 15, checked
