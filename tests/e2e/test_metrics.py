@@ -176,3 +176,4 @@ def test_every_operator_series_the_dashboard_and_alerts_read_is_served(
             assert not missing, f"{where}: {sel.metric} has no label {missing}"
             checked += 1
     assert checked >= 15, checked
+    cluster.kubectl("delete", "aistack", "quickstart", "-n", namespace, "--wait=true")
