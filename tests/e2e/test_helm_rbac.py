@@ -500,14 +500,10 @@ def test_the_charts_rbac_covers_the_stacks_monitors_exactly_when_on(
     watches and prunes the stacks' PodMonitors without a refusal; with
     stackMonitoring.enabled false it has no such rights, and the operator (run with the
     flag the chart then passes) writes none and says so."""
-    from test_monitoring import CRDS, crd_files, podmonitors
+    from test_monitoring import install_crds, podmonitors, remove_crds
 
     release = install(stackMonitoring={"enabled": on})
-    for path in crd_files():
-        cluster.kubectl("apply", "--server-side", "-f", str(path))
-    for plural in CRDS:
-        cluster.kubectl("wait", "--for=condition=Established",
-                        f"crd/{plural}.monitoring.coreos.com", "--timeout=60s")  # fmt: skip
+    install_crds(cluster)
     # (kubectl resolves the resource first: asked before the CRD exists, it says no.)
     can = cluster.kubectl(
         "auth", "can-i", "create", "podmonitors.monitoring.coreos.com", "-n", namespace,
@@ -543,6 +539,5 @@ def test_the_charts_rbac_covers_the_stacks_monitors_exactly_when_on(
         after = refusals(cluster)
     finally:
         op.stop()
-        for path in crd_files():
-            cluster.kubectl("delete", "-f", str(path), "--ignore-not-found", "--wait=true")
+        remove_crds(cluster)
     assert_nothing_refused(op, before, after)

@@ -6,6 +6,7 @@ PrometheusRule are accepted by the same CRDs."""
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from aistack.kube import Kube, load_client
 CRDS = ("podmonitors", "servicemonitors", "prometheusrules")
 
 
+@functools.cache
 def crd_dir() -> Path:
     out = subprocess.run(
         [str(REPO_ROOT / "hack" / "prometheus-crds.sh")],
@@ -34,17 +36,30 @@ def crd_files() -> list[Path]:
     return [crd_dir() / f"monitoring.coreos.com_{plural}.yaml" for plural in CRDS]
 
 
-@pytest.fixture(scope="module")
-def watcher(cluster: Any, crds: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    op = OperatorProcess(cluster.env, tmp_path_factory.mktemp("monitoring"))
-    op.start()
-    try:
-        yield op
-    finally:
-        op.stop()
-        # Later modules' stacks must not meet the CRDs.
-        for path in crd_files():
-            cluster.kubectl("delete", "-f", str(path), "--ignore-not-found", "--wait=true")
+def install_crds(cluster: Any) -> None:
+    """The Prometheus Operator's CRDs, installed and established."""
+    for path in crd_files():
+        cluster.kubectl("apply", "--server-side", "-f", str(path))
+    for plural in CRDS:
+        cluster.kubectl(
+            "wait", "--for=condition=Established",
+            f"crd/{plural}.monitoring.coreos.com", "--timeout=60s",
+        )  # fmt: skip
+
+
+def remove_crds(cluster: Any, *, missing_ok: bool = True) -> None:
+    """The CRDs deleted (and every object of theirs with them)."""
+    for path in crd_files():
+        cluster.kubectl(
+            "delete", "-f", str(path), "--wait=true", *(["--ignore-not-found"] * missing_ok)
+        )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_crds_after(cluster: Any) -> Iterator[None]:
+    """Later modules' stacks must not meet the CRDs."""
+    yield
+    remove_crds(cluster)
 
 
 def monitoring(cluster: Any, ns: str, name: str) -> dict[str, Any]:
@@ -64,7 +79,7 @@ def podmonitors(cluster: Any, ns: str) -> dict[str, dict[str, Any]]:
 
 
 def test_monitors_follow_the_prometheus_operator_crds(
-    cluster: Any, watcher: OperatorProcess, namespace: str
+    cluster: Any, operator: OperatorProcess, namespace: str
 ) -> None:
     auto = load("quickstart.yaml")  # monitoring left unset: on when the CRDs exist
     off = load("quickstart.yaml")
@@ -85,13 +100,7 @@ def test_monitors_follow_the_prometheus_operator_crds(
 
     # The CRDs arrive (e.g. kube-prometheus-stack installed after the operator): the
     # operator notices without a restart, and the API server accepts every monitor.
-    for path in crd_files():
-        cluster.kubectl("apply", "--server-side", "-f", str(path))
-    for plural in CRDS:
-        cluster.kubectl(
-            "wait", "--for=condition=Established",
-            f"crd/{plural}.monitoring.coreos.com", "--timeout=60s",
-        )  # fmt: skip
+    install_crds(cluster)
     assert kube.serves("PodMonitor") is True
     rendered = wait_monitoring(cluster, namespace, "quickstart", "Rendered")
     assert rendered["status"] == "True"
@@ -120,9 +129,9 @@ def test_monitors_follow_the_prometheus_operator_crds(
     # A restart keeps them: the new operator knows the CRDs are there before it reconciles
     # (it neither deletes nor writes a monitor).
     uids = {n: pm["metadata"]["uid"] for n, pm in podmonitors(cluster, namespace).items()}
-    watcher.restart()
+    operator.restart()
     cluster.wait_until(
-        lambda: "Handler 'stack_event' succeeded" in watcher.log(),
+        lambda: "Handler 'stack_event' succeeded" in operator.log(),
         timeout=60, message="the restarted operator to see the stacks",
     )  # fmt: skip
     wait_phase(cluster, namespace, "quickstart", "Ready")
@@ -130,25 +139,21 @@ def test_monitors_follow_the_prometheus_operator_crds(
     after = {n: pm["metadata"]["uid"] for n, pm in podmonitors(cluster, namespace).items()}
     assert after == uids
     # (The operator serves every namespace: only this test's stack is its to judge.)
-    assert not [w for w in watcher.writes() if f"/namespaces/{namespace}/podmonitors" in w]
+    assert not [w for w in operator.writes() if f"/namespaces/{namespace}/podmonitors" in w]
 
     # The CRDs go: the stack says so again, and is still Ready.
-    for path in crd_files():
-        cluster.kubectl("delete", "-f", str(path), "--wait=true")
+    remove_crds(cluster, missing_ok=False)
     wait_monitoring(cluster, namespace, "quickstart", "CRDsAbsent")
     wait_phase(cluster, namespace, "quickstart", "Ready")
+    # Gone before the namespace is: a stack left in a terminating namespace has the
+    # operators of later tests write into it, and be refused.
+    cluster.kubectl("delete", "aistack", "quickstart", "quiet", "-n", namespace, "--wait=true")
 
 
 def test_the_api_server_accepts_the_charts_monitoring_objects(cluster: Any, tmp_path: Path) -> None:
     from test_helm_rbac import helm_binary  # the helm the e2e suite builds
 
-    for path in crd_files():
-        cluster.kubectl("apply", "--server-side", "-f", str(path))
-    for plural in CRDS:
-        cluster.kubectl(
-            "wait", "--for=condition=Established",
-            f"crd/{plural}.monitoring.coreos.com", "--timeout=60s",
-        )  # fmt: skip
+    install_crds(cluster)
     try:
         out = subprocess.run(
             [helm_binary(), "template", "aistack-operator",
@@ -166,5 +171,4 @@ def test_the_api_server_accepts_the_charts_monitoring_objects(cluster: Any, tmp_
         manifest.write_text(yaml.safe_dump_all(objs))
         cluster.kubectl("apply", "--dry-run=server", "-f", str(manifest))
     finally:
-        for path in crd_files():
-            cluster.kubectl("delete", "-f", str(path), "--ignore-not-found", "--wait=true")
+        remove_crds(cluster)
