@@ -250,7 +250,8 @@ def _run_settings(args: argparse.Namespace) -> OperatorSettings:
         images={c.image: getattr(args, f"{c.image}_image") for c in COMPONENTS},
         cluster_domain=args.cluster_domain or defaults.cluster_domain,
         stack_monitoring=args.stack_monitoring,
-        # Until the watch on the PodMonitor CRD says otherwise (handlers.monitoring_crd).
+        # Until API discovery at start, then the watch on the PodMonitor CRD, say
+        # otherwise (handlers.Runtime.start, handlers.monitoring_crd).
         monitoring_crds=False,
     )
     return OperatorSettings(

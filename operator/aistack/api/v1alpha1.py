@@ -734,9 +734,10 @@ class MonitoringSpec(APIModel):
     picks (``{release: kube-prometheus-stack}``)."""
     scrape_from: NetworkPeers = Field(default_factory=list)
     """Who may scrape (usually your Prometheus' namespace): admitted by the stack's
-    NetworkPolicies to the metrics ports only (vLLM's API port, the gateway's metrics port,
-    Ray's metrics port). Without it, a Prometheus outside the stack is refused where the
-    network plugin enforces NetworkPolicy (``network.allowFrom`` admits to every port)."""
+    NetworkPolicies to the metrics ports only (vLLM's API port, Ray's metrics port, and
+    the gateway's port when it has no key). Without it, a Prometheus outside the stack is
+    refused where the network plugin enforces NetworkPolicy (``network.allowFrom`` admits
+    to every port)."""
 
 
 # ---------------------------------------------------------------- AIStack
