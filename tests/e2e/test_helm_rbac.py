@@ -502,6 +502,13 @@ def test_the_charts_rbac_covers_the_stacks_monitors_exactly_when_on(
     flag the chart then passes) writes none and says so."""
     from test_monitoring import install_crds, podmonitors, remove_crds
 
+    # Earlier modules' namespaces gone first: the operator serves every namespace, and
+    # its writes for a stack left in a terminating one are refused (not for RBAC).
+    cluster.wait_until(
+        lambda: not [n for n in cluster.get_json("namespaces")["items"]
+                     if n["status"].get("phase") == "Terminating"],
+        timeout=180, message="terminating namespaces to go",
+    )  # fmt: skip
     release = install(stackMonitoring={"enabled": on})
     install_crds(cluster)
     # (kubectl resolves the resource first: asked before the CRD exists, it says no.)
