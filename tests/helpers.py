@@ -40,3 +40,14 @@ def all_permitted(s: AIStack) -> dict[str, bool]:
     names = [n for m in s.spec.models for n in [m.name, *(a.name for a in m.adapters)]]
     names += [p.name for p in s.spec.gateway.providers]
     return dict.fromkeys(names, True)
+
+
+def trusting_policy(**spec: Any) -> dict[str, Any]:
+    """The built-in default policy (named ``default``), but trusting a license that only the
+    stack declares for Hugging Face repos too (``unverified.huggingFace: Trust``): for tests
+    about something else than verification, whose repos no catalog knows."""
+    text = (ROOT / "operator" / "aistack" / "data" / "default-licensepolicy.yaml").read_text()
+    doc: dict[str, Any] = yaml.safe_load(text)
+    doc["spec"]["unverified"] = {"huggingFace": "Trust", "storage": "Trust"}
+    doc["spec"].update(spec)
+    return doc

@@ -28,9 +28,9 @@ from aistack.licenses import (
 )
 from aistack.render import RenderConfig, render
 from aistack.render.fetch_s3 import targets
-from aistack.render.render import ADAPTER_DIR, ADAPTER_MOUNT, MODEL_MOUNT, gateway_config
+from aistack.render.render import ADAPTER_DIR, CLAIM_MOUNT, MODEL_MOUNT, gateway_config
 from aistack.status import Observed, compute_status, status_dict, transitions
-from helpers import ROOT, stack, stack_doc
+from helpers import ROOT, stack, stack_doc, trusting_policy
 from test_status import T0, T1, deployments_for
 
 HUB = {"name": "hub", "source": "org/hub-lora", "revision": "abc123", "license": "Apache-2.0"}
@@ -133,7 +133,7 @@ def test_permitted_adapters_are_loaded_by_one_lora_modules_flag() -> None:
     assert args[args.index("--max-cpu-loras") + 1] == "3"
     assert lora_modules(args) == [
         f"hub={ADAPTER_DIR}/hub",
-        f"disk={ADAPTER_MOUNT}/loras/team/disk-lora",
+        f"disk={CLAIM_MOUNT}/loras/team/disk-lora",
         f"bucket={ADAPTER_DIR}/bucket",
     ]
 
@@ -217,12 +217,12 @@ def test_pvc_adapters_mount_their_claim_once_read_only() -> None:
         {"claimName": "loras", "readOnly": True},
     ]
     assert lora_modules(server["args"]) == [
-        f"disk={ADAPTER_MOUNT}/loras/team/disk-lora",
-        f"disk2={ADAPTER_MOUNT}/loras/other",
+        f"disk={CLAIM_MOUNT}/loras/team/disk-lora",
+        f"disk2={CLAIM_MOUNT}/loras/other",
         f"own={MODEL_MOUNT}/own-lora",  # the model's own claim, already mounted
     ]
     mounts = server["container"]["volumeMounts"]
-    mount = next(m for m in mounts if m["mountPath"] == f"{ADAPTER_MOUNT}/loras")
+    mount = next(m for m in mounts if m["mountPath"] == f"{CLAIM_MOUNT}/loras")
     assert mount["readOnly"] is True
     assert "initContainers" not in server["pod"]
 
@@ -282,7 +282,8 @@ def test_the_s3_fetch_program_refuses_an_empty_prefix_without_boto3_calls(tmp_pa
 
 
 def test_an_adapter_is_checked_like_a_model_on_top_of_its_base() -> None:
-    v = decide_models(lora_stack(HUB, NC, PVC | {"license": None}).spec.models, policies_from([]))
+    models = lora_stack(HUB, NC, PVC | {"license": None}).spec.models
+    v = decide_models(models, policies_from([trusting_policy()]))
     assert (v["hub"].permitted, v["hub"].license, v["hub"].license_source) == (
         True, "Apache-2.0", "Declared",
     )  # fmt: skip
@@ -291,12 +292,19 @@ def test_an_adapter_is_checked_like_a_model_on_top_of_its_base() -> None:
     # A PVC has no card: without a declared license, the adapter's license is unknown.
     assert (v["disk"].permitted, v["disk"].reason) == (False, "LicenseUnknown")
     assert v["base"].permitted
+    # Under the default policy a Hugging Face adapter's license that only the stack
+    # declares is not proof: the catalog or the Hub must confirm it.
+    v = decide_models(models, policies_from([]))
+    assert (v["hub"].permitted, v["hub"].reason) == (False, "LicenseUnverified")
+    assert "org/hub-lora@abc123 declares Apache-2.0, but neither the catalog" in v["hub"].message
+    # A PVC's declared license is trusted by default: nothing else could know it.
+    assert decide_models(lora_stack(PVC).spec.models, policies_from([]))["disk"].permitted
 
 
 def test_a_denied_base_denies_its_adapters() -> None:
     s = stack(models=[{"name": "nc-base", "source": "CohereForAI/c4ai-command-r-plus",
                        "adapters": [HUB]}])  # fmt: skip
-    v = decide_models(s.spec.models, policies_from([]))
+    v = decide_models(s.spec.models, policies_from([trusting_policy()]))
     assert not v["nc-base"].permitted
     assert (v["hub"].permitted, v["hub"].reason) == (False, "BaseModelBlocked")
     assert "its base model is not permitted" in v["hub"].message
@@ -322,7 +330,7 @@ def test_an_exception_can_name_an_adapter() -> None:
 
 
 def test_the_webhook_names_the_model_the_adapter_and_the_license() -> None:
-    denied, warned = admission_messages(lora_stack(HUB, NC), [])
+    denied, warned = admission_messages(lora_stack(HUB, NC), [trusting_policy()])
     assert warned == []
     assert denied == [
         "adapter nc of model base: org/nc-lora is under CC-BY-NC-4.0, which policy default denies"
@@ -333,7 +341,7 @@ def test_the_webhook_names_the_model_the_adapter_and_the_license() -> None:
 
 def test_status_reports_each_adapter_and_a_blocked_one_degrades_the_stack() -> None:
     s = lora_stack(HUB, NC, replicas=2)
-    verdicts = decide_stack(s, [])
+    verdicts = decide_stack(s, [trusting_policy()])
     status = compute_status(s, verdicts, Observed(deployments_for(s)), now=T0)
     (model,) = status.models
     assert model.reason == "Ready" and model.ready_replicas == 2  # the base serves
@@ -353,13 +361,15 @@ def test_status_reports_each_adapter_and_a_blocked_one_degrades_the_stack() -> N
     assert AIStackStatus.model_validate(doc) == status
     # Without blocked adapters the same stack is Ready.
     fine = lora_stack(HUB, replicas=2)
-    ready = compute_status(fine, decide_stack(fine, []), Observed(deployments_for(fine)), now=T0)
+    ready = compute_status(
+        fine, decide_stack(fine, [trusting_policy()]), Observed(deployments_for(fine)), now=T0
+    )
     assert ready.phase == "Ready"
 
 
 def test_an_adapter_that_becomes_blocked_posts_one_event() -> None:
     s = lora_stack(NC)
-    allowing = [policy(allow=["MIT", "CC-BY-NC-4.0"])]
+    allowing = [policy(allow=["MIT", "CC-BY-NC-4.0"], unverified={"huggingFace": "Trust"})]
     before = compute_status(s, decide_stack(s, allowing), Observed(deployments_for(s)), now=T0)
     after = compute_status(s, decide_stack(s, []), Observed(deployments_for(s)), now=T1)
     events = transitions(before, after)
@@ -382,7 +392,10 @@ def test_license_check_lists_adapters_and_fails_on_a_denied_one(tmp_path: Path) 
     path = tmp_path / "stack.yaml"
     path.write_text(json.dumps(stack_doc(models=[
         {"name": "base", "source": "microsoft/phi-4", "adapters": [HUB, NC]}])))  # fmt: skip
-    run = [sys.executable, "-m", "aistack.cli", "license", "check", "-f", str(path)]
+    trusting = tmp_path / "policy.yaml"
+    trusting.write_text(json.dumps(trusting_policy()))
+    run = [sys.executable, "-m", "aistack.cli", "license", "check", "-f", str(path),
+           "--policy", str(trusting)]  # fmt: skip
     result = subprocess.run([*run, "-o", "json"], capture_output=True, text=True)
     assert result.returncode == 1, result.stderr
     rows = json.loads(result.stdout)
@@ -405,5 +418,5 @@ def test_render_deny_previews_a_blocked_adapter(tmp_path: Path) -> None:
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     manifests = [d for d in yaml.safe_load_all(out) if d]
-    assert lora_modules(vllm(manifests)["args"]) == [f"disk={ADAPTER_MOUNT}/loras/team/disk-lora"]
+    assert lora_modules(vllm(manifests)["args"]) == [f"disk={CLAIM_MOUNT}/loras/team/disk-lora"]
     assert set(routes(manifests)) == {"base", "disk"}

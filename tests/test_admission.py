@@ -55,6 +55,9 @@ def test_the_webhook_refuses_under_a_policy_it_cannot_read_and_names_it(
              "metadata": {"name": "legal"},
              "spec": {"allow": ["Apache-2.0"], "datasets": {"allow": ["CC-BY-4.0"]}}}  # fmt: skip
     monkeypatch.setattr(handlers, "_current_policies", lambda: [newer])
+    # A started replica (its client is never asked: the stack has no provider keys).
+    kube = Kube(kubernetes.client.ApiClient())
+    monkeypatch.setattr(handlers.RUNTIME, "reconciler", Reconciler(kube, decide_stack))
     model = {"name": "m", "source": "mistralai/Mistral-7B-v0.3"}  # Apache-2.0
     stack = {"apiVersion": "aistack.dev/v1alpha1", "kind": "AIStack",
              "metadata": {"name": "s", "namespace": "ml"}, "spec": {"models": [model]}}  # fmt: skip

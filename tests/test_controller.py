@@ -56,6 +56,19 @@ class FakeKube:
         self.calls.append(("delete", key))
         self.objects.pop(key, None)
 
+    def scale_to_zero(
+        self, kind: str, namespace: str, name: str, annotation: str
+    ) -> dict[str, Any]:
+        key = (kind, namespace, name)
+        self.calls.append(("scale", key))
+        self.rv += 1
+        obj = copy.deepcopy(self.objects[key])
+        obj["spec"]["replicas"] = 0
+        obj["metadata"].setdefault("annotations", {})[annotation] = "true"
+        obj["metadata"]["resourceVersion"] = str(self.rv)
+        self.objects[key] = obj
+        return obj
+
     def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         self.calls.append(("status", patch))
         self.status = merge_apply(self.status or {}, patch)
@@ -67,7 +80,7 @@ class FakeKube:
         self.calls.append(("event", (type_, reason)))
 
     def writes(self) -> list[tuple[str, Any]]:
-        return [c for c in self.calls if c[0] in ("apply", "delete", "status")]
+        return [c for c in self.calls if c[0] in ("apply", "delete", "status", "scale")]
 
 
 def merge_apply(target: Any, patch: Any) -> Any:

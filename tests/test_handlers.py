@@ -215,8 +215,9 @@ def test_the_hub_of_the_settings_judges_for_the_reconciler_and_the_webhook(
     assert len(hub.asked) > asked, "the webhook asked the same hub"
     assert set(hub.asked) == {"acme/not-in-the-catalog"}
     assert warnings == []
-    without = handlers.Runtime()
+    without = handlers.Runtime(OperatorSettings())
     monkeypatch.setattr(handlers, "RUNTIME", without)
+    without.start()
     with pytest.raises(kopf.AdmissionError, match="unknown"):
         asyncio.run(handlers.admit_stack(body=doc, warnings=[], dryrun=False))  # type: ignore[arg-type]
 

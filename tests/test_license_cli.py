@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, trusting_policy
 
 POLICY = str(ROOT / "examples" / "license-policy.yaml")
 
@@ -57,15 +57,23 @@ def test_declared_licenses_and_json_output() -> None:
     assert check("s3://models-bucket/x").returncode == 1  # unknown: denied by default
 
 
-def test_every_model_of_a_stack_file() -> None:
-    result = check("-f", str(ROOT / "examples" / "multi-model.yaml"), "-o", "json")
-    assert result.returncode == 0, result.stdout
+def test_every_model_of_a_stack_file(tmp_path: Path) -> None:
+    example = str(ROOT / "examples" / "multi-model.yaml")
+    result = check("-f", example, "-o", "json")
     rows = json.loads(result.stdout)
-    assert [(r["stack"], r["model"]) for r in rows] == [
-        ("multi", "chat"),
-        ("multi", "mixtral"),
-        ("multi", "gpt-oss"),
+    assert [(r["stack"], r["model"], r["permitted"], r["reason"]) for r in rows] == [
+        ("multi", "chat", True, "LicenseAllowed"),
+        ("multi", "mixtral", True, "LicenseAllowed"),
+        # Its license is fine, but the image it names is no default one.
+        ("multi", "gpt-oss", False, "ImageNotAllowed"),
     ]
+    assert result.returncode == 1
+    assert all(r["verified"] == "catalog" for r in rows)
+    # A policy that allows the image, as the example says.
+    policy = trusting_policy(images={"allow": ["registry.example.com/vllm-openai-ray"]})
+    (tmp_path / "policy.yaml").write_text(json.dumps(policy))
+    allowed = check("-f", example, "--policy", str(tmp_path / "policy.yaml"))
+    assert allowed.returncode == 0, allowed.stdout
 
 
 def test_bad_input_exits_2(tmp_path: Path) -> None:
@@ -209,8 +217,10 @@ def test_an_unreachable_hub_is_never_a_permission() -> None:
     result = check_env(hub_env(endpoint), "acme/open-7b", "--hub")
     assert result.returncode == 1 and "reason=LicenseUnknown" in result.stdout
     assert time.monotonic() - started < 30
+    # A declared license does not stand in for the Hub's answer: nothing verified it.
     declared = check_env(hub_env(endpoint), "acme/open-7b", "--hub", "--license", "MIT")
-    assert declared.returncode == 0 and "source=Declared" in declared.stdout
+    assert declared.returncode == 1 and "source=Declared (declared only)" in declared.stdout
+    assert "reason=LicenseUnverified" in declared.stdout
 
 
 # ------------------------------------------------------------------ stack files
@@ -251,10 +261,10 @@ def test_json_rows_have_one_shape() -> None:
     assert result.returncode == 1
     (row,) = json.loads(result.stdout)
     assert row == {
-        "stack": None, "model": None, "adapter": None, "provider": None,
-        "source": "meta-llama/Llama-3.1-8B-Instruct",
+        "stack": None, "model": None, "adapter": None, "draft": None, "provider": None,
+        "image": None, "source": "meta-llama/Llama-3.1-8B-Instruct",
         "revision": "0e9e39f", "license": "LicenseRef-llama3.1", "licenseSource": "Catalog",
-        "permitted": False, "violation": True, "reason": "LicenseNotAllowed",
+        "verified": "catalog", "permitted": False, "violation": True, "reason": "LicenseNotAllowed",
         "message": "meta-llama/Llama-3.1-8B-Instruct@0e9e39f is under LicenseRef-llama3.1, "
                    "which policy default does not allow",
     }  # fmt: skip

@@ -314,9 +314,9 @@ class FakeHub:
 
 
 def test_the_hub_answers_for_models_the_catalog_does_not_know() -> None:
-    hub = FakeHub({("openai/gpt-oss-120b", None): ("apache-2.0", ""),
+    hub = FakeHub({("acme/open-120b", None): ("apache-2.0", ""),
                    ("org/model", "abc123"): ("other", "acme-research")})  # fmt: skip
-    verdict = decide(model("openai/gpt-oss-120b"), default(), hub=hub)
+    verdict = decide(model("acme/open-120b"), default(), hub=hub)
     assert (verdict.permitted, verdict.license, verdict.license_source) == (
         True,
         "Apache-2.0",
@@ -334,8 +334,10 @@ def test_no_answer_from_the_hub_is_never_a_permission() -> None:
     hub = FakeHub({})
     verdict = decide(model("org/unknown"), default(), hub=hub)
     assert (verdict.permitted, verdict.reason) == (False, "LicenseUnknown")
+    # A declaration is no answer either: it is judged as what nothing verified.
     declared = decide(model("org/unknown", license="MIT"), default(), hub=hub)
-    assert (declared.permitted, declared.license_source) == (True, "Declared")
+    assert (declared.permitted, declared.license_source) == (False, "Declared")
+    assert declared.reason == "LicenseUnverified"
 
 
 def test_a_declaration_contradicting_the_hub_is_a_mismatch() -> None:

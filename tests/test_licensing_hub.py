@@ -60,7 +60,9 @@ GATED = {"acme/gated-8b"}
 
 def test_the_card_is_read_at_the_pinned_revision(calls: list[Call]) -> None:
     hub = HfHub(token="hf_secret")
-    assert hub.card_license("acme/research-7b", "abc123") == CardLicense("other", "acme-research")
+    assert hub.card_license("acme/research-7b", "abc123") == CardLicense(
+        "other", "acme-research", "acme/research-7b"
+    )
     (call,) = calls
     assert call["revision"] == "abc123"
     assert call["token"] == "hf_secret"
@@ -75,13 +77,14 @@ def test_without_a_token_no_stored_credentials_are_used(calls: list[Call]) -> No
 
 
 def test_the_license_tag_when_the_card_has_no_license(calls: list[Call]) -> None:
-    assert HfHub().card_license("acme/tag-only", None) == CardLicense("mit")
+    assert HfHub().card_license("acme/tag-only", None) == CardLicense("mit", "", "acme/tag-only")
     assert HfHub().card_license("acme/no-card", None) is None
 
 
 def test_a_gated_model_needs_the_token(calls: list[Call]) -> None:
     assert HfHub().card_license("acme/gated-8b", None) is None
-    assert HfHub(token="hf_secret").card_license("acme/gated-8b", None) == CardLicense("llama3.1")
+    card = HfHub(token="hf_secret").card_license("acme/gated-8b", None)
+    assert card == CardLicense("llama3.1", "", "acme/gated-8b")
     assert len(calls) == 2
 
 

@@ -18,12 +18,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aistack import handlers, metrics
 from aistack.api import AIStack
-from aistack.controller import ReconcileError, StackView
+from aistack.controller import ReconcileError, Reconciler, StackView
 from aistack.hub import HfHub, HubUnavailable
 from aistack.kube import Kube, KubeError
 from aistack.licenses import decide_stack
 from aistack.status import Observed, compute_status
-from helpers import stack, stack_doc
+from helpers import stack, stack_doc, trusting_policy
 from hubserver import REPO, REV, FakeHubServer
 from test_controller import KEY, setup
 from test_status import T0, deployments_for
@@ -67,8 +67,9 @@ def test_stacks_by_phase_readiness_and_license_decisions_follow_the_status() -> 
             {"name": "ok", "source": "o/ok", "license": "MIT"},
             {"name": "nc", "source": "o/nc", "license": "CC-BY-NC-4.0"}]}],
         gateway={"providers": [{"name": "gpt", "provider": "openai", "model": "gpt-4o",
-                                "credentialsSecretRef": {"name": "k", "key": "k"}}]})  # fmt: skip
-    verdicts = decide_stack(s, [])
+                                "credentialsSecretRef": {"name": "k", "key": "k"}}],
+                 "authSecretRef": {"name": "gw", "key": "key"}})  # fmt: skip
+    verdicts = decide_stack(s, [trusting_policy()])
     degraded = compute_status(s, verdicts, Observed(deployments_for(s)), now=T0)
     assert degraded.phase == "Degraded"
     before = value("aistack_stacks", phase="Degraded")
@@ -186,6 +187,9 @@ def test_hub_lookups_are_counted_by_result(hub_server: FakeHubServer) -> None:
 
 def test_webhook_admissions_are_counted_by_result(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(handlers, "_current_policies", lambda: [])
+    # A started replica (its client is never asked: no stack here has provider keys).
+    started = Reconciler(Kube(kubernetes.client.ApiClient()), decide_stack)
+    monkeypatch.setattr(handlers.RUNTIME, "reconciler", started)
 
     def admit(**spec: Any) -> None:
         asyncio.run(handlers.admit_stack(body=stack_doc(**spec), warnings=[], dryrun=False))  # type: ignore[arg-type]

@@ -16,7 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from aistack.api import rules
-from aistack.api.v1alpha1 import PROVIDERS, AIStack, AIStackStatus
+from aistack.api.v1alpha1 import PROVIDERS, AIStack, AIStackStatus, LicensePolicySpec
 from aistack.licenses import admission_messages, decide_stack, default_policy, policies_from
 from aistack.render import render
 from aistack.render.render import PROVIDER_PREFIX, provider_key_env
@@ -29,10 +29,12 @@ GPT = {"name": "gpt", "provider": "openai", "model": "gpt-4o-mini", "credentials
 CLAUDE = {"name": "claude", "provider": "anthropic", "model": "claude-sonnet-4-5",
           "credentialsSecretRef": {"name": "llm-keys", "key": "anthropic"}}  # fmt: skip
 MODEL = {"name": "m", "source": "microsoft/phi-4"}
+#: The gateway's own key: a gateway with providers needs one.
+AUTH = {"authSecretRef": {"name": "gateway-key", "key": "key"}}
 
 
 def hybrid(*providers: dict[str, Any], **gateway: Any) -> AIStack:
-    return stack(models=[MODEL], gateway={"providers": list(providers), **gateway})
+    return stack(models=[MODEL], gateway={"providers": list(providers), **AUTH, **gateway})
 
 
 def policy(**spec: Any) -> dict[str, Any]:
@@ -65,7 +67,7 @@ def test_route_names_are_unique_across_models_adapters_and_providers() -> None:
         hybrid(GPT | {"name": "m"})
     with pytest.raises(ValidationError, match=re.escape(rules.UNIQUE_ROUTES)):
         stack(models=[MODEL | {"adapters": [{"name": "gpt", "source": "o/a"}]}],
-              gateway={"providers": [GPT]})  # fmt: skip
+              gateway={"providers": [GPT], **AUTH})  # fmt: skip
     with pytest.raises(ValidationError, match=r"Duplicate|unique"):
         hybrid(GPT, GPT | {"model": "gpt-4o"})
 
@@ -214,7 +216,8 @@ def test_the_webhook_names_the_route_and_the_provider() -> None:
     denied, warned = admission_messages(hybrid(GPT), [allowing("anthropic")])
     assert warned == []
     assert denied == [
-        "route gpt sends prompts to provider openai (gpt-4o-mini), which policy team does not "
+        "route gpt sends prompts to provider openai (gpt-4o-mini) at api.openai.com, which "
+        "policy team does not "
         "allow (prompts leave the cluster only for providers a LicensePolicy's "
         "providers.allow lists)"
     ]
@@ -263,7 +266,7 @@ def test_the_key_never_reaches_the_status() -> None:
 
 def test_license_check_reports_providers_and_fails_on_a_denied_one(tmp_path: Path) -> None:
     path = tmp_path / "stack.yaml"
-    path.write_text(json.dumps(stack_doc(models=[MODEL], gateway={"providers": [GPT]})))
+    path.write_text(json.dumps(stack_doc(models=[MODEL], gateway={"providers": [GPT], **AUTH})))
     pol = tmp_path / "policy.yaml"
     pol.write_text(json.dumps(allowing("openai")))
     run = [sys.executable, "-m", "aistack.cli", "license", "check", "-f", str(path)]
@@ -271,10 +274,10 @@ def test_license_check_reports_providers_and_fails_on_a_denied_one(tmp_path: Pat
     assert denied.returncode == 1
     rows = json.loads(denied.stdout)
     assert [(r["provider"], r["source"], r["permitted"], r["reason"]) for r in rows[1:]] == [
-        ("gpt", "openai/gpt-4o-mini", False, "ProviderNotAllowed")
+        ("gpt", "openai/gpt-4o-mini at api.openai.com", False, "ProviderNotAllowed")
     ]
     text = subprocess.run(run, capture_output=True, text=True).stdout
-    assert "demo/gpt (provider openai/gpt-4o-mini): DENIED" in text
+    assert "demo/gpt (provider openai/gpt-4o-mini at api.openai.com): DENIED" in text
     allowed = subprocess.run([*run, "--policy", str(pol)], capture_output=True, text=True)
     assert allowed.returncode == 0, allowed.stdout
 
@@ -282,10 +285,10 @@ def test_license_check_reports_providers_and_fails_on_a_denied_one(tmp_path: Pat
 def test_the_hybrid_examples_policy_is_the_default_plus_one_provider() -> None:
     docs = list(yaml.safe_load_all((ROOT / "examples" / "hybrid.yaml").read_text()))
     (pol,) = [d for d in docs if d["kind"] == "LicensePolicy"]
-    spec = dict(pol["spec"])
-    assert spec.pop("providers") == {"allow": ["openai"]}
-    assert spec == default_policy().spec.model_dump(
-        by_alias=True, exclude={"exceptions", "providers"}
+    spec = LicensePolicySpec.model_validate(pol["spec"])
+    assert spec.providers.allow == ["openai"]
+    assert spec.model_copy(update={"providers": default_policy().spec.providers}) == (
+        default_policy().spec
     )
     (stack_body,) = [d for d in docs if d["kind"] == "AIStack"]
     verdicts = decide_stack(AIStack.model_validate(stack_body), [pol])
@@ -293,7 +296,7 @@ def test_the_hybrid_examples_policy_is_the_default_plus_one_provider() -> None:
 
 
 def test_a_stack_of_providers_only_is_judged_and_without_a_gateway_nothing_is() -> None:
-    only = stack(models=[], gateway={"providers": [GPT]})
+    only = stack(models=[], gateway={"providers": [GPT], **AUTH})
     status = compute_status(only, decide_stack(only, []), Observed({}), now=T0)
     cond = {c.type: c for c in status.conditions}
     assert (cond["LicenseCompliant"].status, cond["LicenseCompliant"].reason) == (

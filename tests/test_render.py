@@ -124,7 +124,9 @@ def test_a_model_that_is_not_permitted_runs_nothing_and_gets_no_route() -> None:
             deployments[name]["metadata"]["annotations"][names.LICENSE_BLOCKED_ANNOTATION] == "true"
         )
     assert "demo-vllm-blocked-cache" in by_kind(out, "PersistentVolumeClaim")
-    assert "annotations" not in deployments["demo-vllm-ok"]["metadata"]
+    assert names.LICENSE_BLOCKED_ANNOTATION not in deployments["demo-vllm-ok"]["metadata"].get(
+        "annotations", {}
+    )
     routes = yaml.safe_load(by_kind(out, "ConfigMap")["demo-gateway-config"]["data"]["config.yaml"])
     assert [r["model_name"] for r in routes["model_list"]] == ["ok"]
 

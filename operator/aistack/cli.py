@@ -17,14 +17,12 @@ from typing import TYPE_CHECKING, Any, TextIO
 import yaml
 from pydantic import ValidationError
 
-from aistack import __version__
+from aistack import __version__, names
 from aistack.api.v1alpha1 import (
     API_VERSION,
     GROUP,
-    AdapterSpec,
     AIStack,
     ModelSpec,
-    ProviderSpec,
 )
 from aistack.crd import all_crds, crd_files
 from aistack.errors import format_validation_error
@@ -190,6 +188,10 @@ def _cmd_render(args: argparse.Namespace) -> int:
                 f"{stack.metadata.name}"
             )
         permitted = {name: name not in args.deny for name in licensed}
+        # A draft model follows its model here (the operator judges it on its own).
+        permitted |= {
+            names.speculative_key(m.name): m.name not in args.deny for m in stack.spec.models
+        }
         manifests += render(stack, permitted, config)
     sys.stdout.write(render_yaml(manifests))
     return 0
@@ -345,25 +347,15 @@ def _load_policies(paths: Sequence[str]) -> list[dict[str, Any]]:
     return policies
 
 
-def _routes_to_check(
-    args: argparse.Namespace,
-) -> list[tuple[str, list[ModelSpec], list[ProviderSpec]]]:
-    """(stack name, its models, its hosted providers) for every stack in -f FILE, or
-    ("", [MODEL], [])."""
+def _stacks_to_check(args: argparse.Namespace) -> list[AIStack | None]:
+    """Every stack in -f FILE, or [None] for MODEL alone."""
     if args.filename:
         if args.model:
             raise InputError("give either MODEL or -f FILE, not both")
         stacks, _ = load_stacks(args.filename)
-        return [
-            (
-                s.metadata.name,
-                s.spec.models,
-                s.spec.gateway.providers if s.spec.gateway.enabled else [],
-            )
-            for s in stacks
-        ]
+        return list(stacks)
     if args.model:
-        return [("", [_model_of(args)], [])]
+        return [None]
     raise InputError("give a MODEL (a Hugging Face repo id, pvc:// or s3:// source) or -f FILE")
 
 
@@ -380,24 +372,58 @@ def _model_of(args: argparse.Namespace) -> ModelSpec:
         raise InputError("\n".join(format_validation_error("MODEL", err))) from err
 
 
-def _provider_target(provider: ProviderSpec | None) -> str | None:
-    return f"{provider.provider}/{provider.model}" if provider else None
+#: How each license source was verified, as ``license check`` prints it.
+VERIFIED = {"Catalog": "catalog", "Hub": "Hugging Face Hub", "Declared": "declared only"}
 
 
-def _license_row(
-    stack_name: str, model: ModelSpec | None, v: LicenseVerdict,
-    adapter: AdapterSpec | None = None, provider: ProviderSpec | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    what = adapter or model
+def _row(stack: str, v: LicenseVerdict, source: str | None, revision: str | None,
+         **what: str | None) -> dict[str, Any]:  # fmt: skip
+    """One verdict as ``license check`` reports it; ``what``: model, adapter, draft,
+    provider or image (the part), each None unless the row is about it."""
     return {
-        "stack": stack_name or None, "model": model.name if stack_name and model else None,
-        "adapter": adapter.name if adapter else None,
-        "provider": provider.name if provider else None,
-        "source": what.source if what else _provider_target(provider),
-        "revision": what.revision if what else None, "license": v.license,
-        "licenseSource": v.license_source, "permitted": v.permitted,
+        "stack": stack or None, "model": None, "adapter": None, "draft": None,
+        "provider": None, "image": None, **what, "source": source, "revision": revision,
+        "license": v.license, "licenseSource": v.license_source,
+        "verified": VERIFIED.get(v.license_source or ""), "permitted": v.permitted,
         "violation": v.violation, "reason": v.reason, "message": v.message,
     }  # fmt: skip
+
+
+def _stack_rows(stack: AIStack, verdicts: Mapping[str, LicenseVerdict]) -> list[dict[str, Any]]:
+    name = stack.metadata.name
+    rows = []
+    for m in stack.spec.models:
+        rows.append(_row(name, verdicts[m.name], m.source, m.revision, model=m.name))
+        rows += [
+            _row(name, verdicts[a.name], a.source, a.revision, model=m.name, adapter=a.name)
+            for a in m.adapters
+        ]
+        draft = m.speculative
+        if draft is not None and (v := verdicts.get(names.speculative_key(m.name))):
+            rows.append(_row(name, v, draft.source, draft.revision, model=m.name,
+                             draft=draft.source))  # fmt: skip
+    for p in stack.spec.gateway.providers if stack.spec.gateway.enabled else []:
+        target = f"{p.provider}/{p.model} at {p.host}"
+        rows.append(_row(name, verdicts[p.name], target, None, provider=p.name))
+    for part in ("ray", "mlflow", "gateway"):
+        if (v := verdicts.get(names.image_key(part))) is not None:
+            rows.append(_row(name, v, None, None, image=part))
+    return rows
+
+
+def _who(row: Mapping[str, Any]) -> str:
+    if not row["stack"]:
+        return ""
+    if row["provider"]:
+        return f"{row['stack']}/{row['provider']} (provider {row['source']}): "
+    if row["image"]:
+        return f"{row['stack']}/{row['image']} (image): "
+    who = f"{row['stack']}/{row['model']}"
+    if row["adapter"]:
+        return f"{who}/{row['adapter']} (adapter): "
+    if row["draft"]:
+        return f"{who} (draft model {row['draft']}): "
+    return f"{who}: "
 
 
 def _print_license_rows(rows: Sequence[Mapping[str, Any]]) -> None:
@@ -405,31 +431,31 @@ def _print_license_rows(rows: Sequence[Mapping[str, Any]]) -> None:
         verdict = "PERMITTED" if row["permitted"] else "DENIED"
         if row["permitted"] and row["violation"]:
             verdict = "PERMITTED (policy violated, not enforced)"
-        who = f"{row['stack']}/{row['model']}: " if row["stack"] else ""
-        if row["adapter"]:
-            who = f"{who.removesuffix(': ')}/{row['adapter']} (adapter): "
-        if row["provider"]:
-            who = f"{row['stack']}/{row['provider']} (provider {row['source']}): "
-        print(f"{who}{verdict}  license={row['license'] or 'unknown'}  "
-              f"source={row['licenseSource'] or '-'}  reason={row['reason']}")  # fmt: skip
+        verified = f" ({row['verified']})" if row["verified"] else ""
+        print(f"{_who(row)}{verdict}  license={row['license'] or 'unknown'}  "
+              f"source={row['licenseSource'] or '-'}{verified}  "
+              f"reason={row['reason']}")  # fmt: skip
         print(f"  {row['message']}")
 
 
 def _cmd_license_check(args: argparse.Namespace) -> int:
     import json
 
-    from aistack.licenses import decide_models, decide_provider, policies_from
+    from aistack.licenses import decide_models, decide_routes, policies_from
 
     policies = policies_from(_load_policies(args.policy))
     hub = _hub() if args.hub else None
-    rows = []
-    for name, models, providers in _routes_to_check(args):
-        verdicts = decide_models(models, policies, hub=hub)
-        for m in models:
-            rows.append(_license_row(name, m, verdicts[m.name]))
-            rows += [_license_row(name, m, verdicts[a.name], a) for a in m.adapters]
-        for p in providers:
-            rows.append(_license_row(name, None, decide_provider(p, policies), provider=p))
+    defaults = tuple(RenderConfig().images.values())
+    rows: list[dict[str, Any]] = []
+    for stack in _stacks_to_check(args):
+        if stack is None:
+            model = _model_of(args)
+            verdict = decide_models([model], policies, hub=hub, default_images=defaults)
+            rows.append(_row("", verdict[model.name], model.source, model.revision))
+            continue
+        # Secrets are checked by the operator (this command has no cluster to ask).
+        verdicts = decide_routes(stack, policies, hub=hub, default_images=defaults)
+        rows += _stack_rows(stack, verdicts)
     if args.output == "json":
         print(json.dumps(rows, indent=2))
     else:

@@ -21,24 +21,32 @@ import logging
 import random
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from aistack import metrics
+from aistack import metrics, names
 from aistack.api.v1alpha1 import AIStack, AIStackStatus
 from aistack.conditions import as_dict, condition, previous_of
 from aistack.errors import format_validation_error
+from aistack.hub import HubClient
 from aistack.kube import Kube, KubeError
-from aistack.licenses import LicenseVerdict
+from aistack.licenses import (
+    LicenseVerdict,
+    SecretLabels,
+    SecretUnreadable,
+    decide_record,
+    decide_stack,
+)
 from aistack.limits import DEFAULT_RESYNC, DEFAULT_WORKERS
 from aistack.plan import Key, Manifest, Plan, key_of, make_plan, with_owner
 from aistack.render import RenderConfig, render
 from aistack.status import (
+    LICENSE_COMPLIANT,
     READY,
     EventSpec,
     Observed,
@@ -65,7 +73,51 @@ class StackView:
 
 
 class Licensing(Protocol):
-    def __call__(self, stack: AIStack, policies: list[Obj]) -> Mapping[str, LicenseVerdict]: ...
+    def __call__(self, stack: AIStack, policies: Sequence[Obj]) -> Mapping[str, LicenseVerdict]: ...
+
+
+class RecordJudge(Protocol):
+    """Judges what one Deployment runs from its record (``licenses.decide_record``): the
+    stack's namespace, the record (None: it has none), the cluster's policies."""
+
+    def __call__(
+        self, namespace: str, record: str | None, policies: list[Obj]
+    ) -> list[LicenseVerdict]: ...
+
+
+def _judge_record_plainly(
+    namespace: str, record: str | None, policies: list[Obj]
+) -> list[LicenseVerdict]:
+    return decide_record(record, policies, namespace)
+
+
+def licensing_for(
+    kube: Kube, hub: HubClient | None, default_images: Sequence[str]
+) -> tuple[Licensing, RecordJudge]:
+    """The license decisions the reconcile asks for, bound to the operator's Hugging Face
+    client, its default images and the cluster's Secrets (their labels: a provider key's
+    opt-in, read from the API server when a stack has providers)."""
+
+    def secrets_of(namespace: str) -> SecretLabels:
+        def labels(name: str) -> Mapping[str, str] | None:
+            try:
+                return kube.secret_labels(namespace, name)
+            except KubeError as exc:
+                raise SecretUnreadable(exc.message) from exc
+
+        return labels
+
+    def licensing(stack: AIStack, policies: Sequence[Obj]) -> Mapping[str, LicenseVerdict]:
+        secrets = secrets_of(stack.metadata.namespace or "default")
+        return decide_stack(stack, policies, hub, secrets=secrets, default_images=default_images)
+
+    def judge(namespace: str, record: str | None, policies: list[Obj]) -> list[LicenseVerdict]:
+        return decide_record(
+            record, policies, namespace, hub, secrets=secrets_of(namespace),
+            default_images=default_images,
+        )  # fmt: skip
+
+    return licensing, judge
 
 
 def now_rfc3339() -> str:
@@ -133,6 +185,8 @@ class Reconciler:
     kube: Kube
     licensing: Licensing
     config: RenderConfig = field(default_factory=RenderConfig)
+    #: Judges what a Deployment runs from its record, while the stack's spec cannot be read.
+    judge_record: RecordJudge = _judge_record_plainly
     clock: Callable[[], str] = now_rfc3339
     #: Per stack, our own writes that the watch may not have delivered yet, packed
     #: (``pack``; a thousand stacks created at once leave thousands of
@@ -208,7 +262,8 @@ class Reconciler:
         try:
             stack = AIStack.model_validate(body)
         except ValidationError as err:
-            self._write_invalid(key, body, err, result)
+            violations = self._enforce_records(key, view, result)
+            self._write_invalid(key, body, err, result, violations)
             metrics.record_phase(*key, "Degraded")
             result.invalid = True
             return result
@@ -299,27 +354,74 @@ class Reconciler:
         self._reported[key] = (reason, message)
         return True
 
+    def _enforce_records(
+        self, key: StackKey, view: StackView, result: Result
+    ) -> list[LicenseVerdict]:
+        """While a stack's spec cannot be read, nothing of it is rendered, and its
+        Deployments keep running what they run, as long as the policies permit it: each
+        is judged from its record of what it runs (``names.LICENSED_ANNOTATION``), and
+        scaled to zero when something in it is not permitted now (or cannot be judged).
+        The violations found, for the status."""
+        found: list[LicenseVerdict] = []
+        written = self._written.setdefault(key, {})
+        for obj in self._observed_children(key, view):
+            if obj.get("kind") != "Deployment":
+                continue
+            meta = obj["metadata"]
+            record = (meta.get("annotations") or {}).get(names.LICENSED_ANNOTATION)
+            verdicts = self.judge_record(key[0], record, view.policies)
+            what = f"Deployment {meta['name']}"
+            found += [replace(v, message=f"{what}: {v.message}") for v in verdicts if v.violation]
+            if any(v.stale for v in verdicts):
+                result.requeue_after = LOOKUP_RETRY
+            if (
+                any(not v.permitted for v in verdicts)
+                and (obj.get("spec") or {}).get("replicas", 1) != 0
+            ):
+                blocked = names.LICENSE_BLOCKED_ANNOTATION
+                written[key_of(obj)] = pack(
+                    self.kube.scale_to_zero("Deployment", key[0], meta["name"], blocked)
+                )
+                result.applied.append(key_of(obj))
+                log.info("scaled %s/%s to zero: the policies do not permit what it runs",
+                         key[0], meta["name"])  # fmt: skip
+        return found
+
     def _write_invalid(
-        self, key: StackKey, body: Obj, err: ValidationError, result: Result
+        self,
+        key: StackKey,
+        body: Obj,
+        err: ValidationError,
+        result: Result,
+        violations: list[LicenseVerdict],
     ) -> None:
         # The CRD schema and CEL rules catch almost everything; what gets through (e.g. a
         # stack stored before a rule existed, or written for a newer CRD) is reported, for
-        # the current generation, and not retried: nothing changes until the spec does.
+        # the current generation, and not retried: nothing changes until the spec does
+        # (but the policies, whose changes still reach what runs: _enforce_records).
         message = "; ".join(format_validation_error("spec", err))
         now = self.clock()
         generation = body["metadata"].get("generation")
         old = dict(body.get("status") or {})
+        previous = previous_of(old.get("conditions"))
         ready = condition(
-            READY,
-            False,
-            "InvalidSpec",
-            message,
-            generation=generation,
-            previous=previous_of(old.get("conditions")),
+            READY, False, "InvalidSpec", message, generation=generation, previous=previous,
             now=now,
-        )
+        )  # fmt: skip
+        if violations:
+            compliant = condition(
+                LICENSE_COMPLIANT, False, violations[0].reason,
+                "; ".join(v.message for v in violations), generation=generation,
+                previous=previous, now=now,
+            )  # fmt: skip
+        else:
+            compliant = condition(
+                LICENSE_COMPLIANT, True, "LicensesPermitted",
+                "the spec cannot be read; what runs is permitted (judged from each "
+                "Deployment's record of it)", generation=generation, previous=previous, now=now,
+            )  # fmt: skip
         status = {"observedGeneration": generation, "phase": "Degraded",
-                  "conditions": [as_dict(ready)]}  # fmt: skip
+                  "conditions": [as_dict(ready), as_dict(compliant)]}  # fmt: skip
         if status != {k: old.get(k) for k in status}:
             meta = body["metadata"]
             self.kube.patch_status(meta["namespace"], meta["name"], merge_patch(old, status))

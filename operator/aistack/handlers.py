@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import copy
-import functools
 import logging
 import shutil
 import tempfile
@@ -32,6 +31,7 @@ from aistack.controller import (
     StackKey,
     StackQueue,
     StackView,
+    licensing_for,
     merge_patch,
     now_rfc3339,
     pack,
@@ -40,7 +40,7 @@ from aistack.controller import (
 from aistack.errors import format_validation_error
 from aistack.kinds import BY_KIND, CHILD_KINDS
 from aistack.kube import Kube, KubeError, RateLimit, load_client
-from aistack.licenses import admission_messages, decide_stack, policy_status
+from aistack.licenses import admission_verdicts, policy_status
 from aistack.render.components import MONITORING_CRD
 from aistack.settings import OperatorSettings
 
@@ -70,8 +70,10 @@ class Runtime:
     def start(self) -> None:
         s = self.settings
         kube = Kube(load_client(s.kubeconfig, s.workers), RateLimit(s.api_qps, s.api_burst))
-        licensing = functools.partial(decide_stack, hub=s.hub)
-        self.reconciler = Reconciler(kube=kube, licensing=licensing, config=s.config)
+        licensing, judge = licensing_for(kube, s.hub, tuple(s.config.images.values()))
+        self.reconciler = Reconciler(
+            kube=kube, licensing=licensing, config=s.config, judge_record=judge
+        )
         # Before any stack is reconciled, so that a restart does not drop (and then make
         # again) the monitors of every stack; the CRD watch keeps it true from then on.
         self.set_monitoring_crds(s.config.stack_monitoring and _podmonitors_served(kube))
@@ -422,7 +424,7 @@ async def admit_stack(body: kopf.Body, warnings: list[str], dryrun: bool, **kwar
             result = "denied"
             raise kopf.AdmissionError("; ".join(format_validation_error("AIStack", err))) from err
         policies = await asyncio.to_thread(_current_policies)
-        denied, warned = admission_messages(stack, policies, RUNTIME.settings.hub)
+        denied, warned = await asyncio.to_thread(_judge_admission, stack, policies)
         warnings.extend(warned)
         if denied:
             result = "denied"
@@ -430,6 +432,19 @@ async def admit_stack(body: kopf.Body, warnings: list[str], dryrun: bool, **kwar
         result = "warned" if warned else "allowed"
     finally:
         metrics.ADMISSIONS.labels(result).inc()
+
+
+def _judge_admission(stack: AIStack, policies: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """The webhook's verdicts: as the reconcile judges (its Secrets' labels read from the
+    API server), so that what is admitted is what runs."""
+    reconciler = RUNTIME.reconciler
+    if reconciler is None:  # _current_policies has refused by then
+        raise kopf.AdmissionError("the aistack operator is starting; retry", code=503)
+    licensing, _ = licensing_for(
+        reconciler.kube, RUNTIME.settings.hub, tuple(reconciler.config.images.values())
+    )
+    verdicts = licensing(stack, policies).values()
+    return admission_verdicts(verdicts)
 
 
 def _current_policies() -> list[dict[str, Any]]:

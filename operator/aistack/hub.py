@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from aistack import metrics
@@ -22,6 +22,8 @@ class CardLicense:
 
     hub_license: str
     license_name: str = ""
+    #: The id the Hub answered under: a renamed repo's new name (the Hub redirects).
+    repo_id: str = ""
 
 
 class HubUnavailable(Exception):
@@ -134,6 +136,8 @@ class HfHub:
             )
             card = info.card_data.to_dict() if info.card_data is not None else {}  # type: ignore[no-untyped-call]
             answer = card_license_of(card, info.tags or [])
+            if answer is not None and info.id:
+                answer = replace(answer, repo_id=str(info.id))
         except Exception as exc:
             if not _definitive(exc):
                 metrics.HUB_LOOKUPS.labels("unavailable").inc()

@@ -47,6 +47,8 @@ KINDS: tuple[Kind, ...] = (
     # the render leaves monitors out while it is missing).
     Kind("PodMonitor", "monitoring.coreos.com", "v1", "podmonitors", child=True, optional=True),
     Kind("Event", "", "v1", "events"),
+    # Read for its labels only (a provider key's opt-in), never its data.
+    Kind("Secret", "", "v1", "secrets"),
     Kind("AIStack", GROUP, VERSION, "aistacks"),
     Kind("LicensePolicy", GROUP, VERSION, "licensepolicies", namespaced=False),
 )

@@ -117,6 +117,7 @@ class Kube:
         query: Mapping[str, str] | None = None,
         body: Any = None,
         content_type: str = "application/json",
+        accept: str = "application/json",
     ) -> dict[str, Any]:
         self.limit.wait()
         verb = "apply" if content_type == "application/apply-patch+yaml" else method.lower()
@@ -124,7 +125,7 @@ class Kube:
             method=method,
             resource_path=path,
             query_params=list((query or {}).items()),
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            header_params={"Content-Type": content_type, "Accept": accept},
             body=body,
             auth_settings=["BearerToken"],
         )
@@ -186,6 +187,34 @@ class Kube:
         except KubeError as exc:
             if exc.status != 404:
                 raise
+
+    def scale_to_zero(
+        self, kind: str, namespace: str, name: str, annotation: str
+    ) -> dict[str, Any]:
+        """Set a workload's replicas to 0 and mark it with ``annotation`` (merge patch:
+        nothing else of it changes; the next server-side apply takes the fields back)."""
+        return self.request(
+            "PATCH",
+            _path(kind, namespace, name),
+            query={"fieldManager": FIELD_MANAGER},
+            body={"metadata": {"annotations": {annotation: "true"}}, "spec": {"replicas": 0}},
+            content_type="application/merge-patch+json",
+        )
+
+    def secret_labels(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A Secret's labels, None when there is no such Secret. Only its metadata is
+        asked for (``PartialObjectMetadata``): its data never reaches the operator."""
+        try:
+            meta = self.request(
+                "GET",
+                _path("Secret", namespace, name),
+                accept="application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1",
+            )
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict((meta.get("metadata") or {}).get("labels") or {})
 
     # ------------------------------------------------------------ AIStack
 

@@ -1,25 +1,31 @@
 """Model licenses: resolve each model's license, evaluate it against the LicensePolicies.
 
 Pure given its inputs (the catalog is package data; the Hub is asked through the client
-passed in, see ``aistack.hub``). Resolution order, recorded as ``licenseSource``: the
-catalog shipped in the package (Hugging Face repo ids), then the model card on the Hugging
-Face Hub at the pinned revision (when the operator is allowed to ask it), then the license
-declared in the spec (the only source for pvc:// and s3://, and the fallback for repos
-nothing else knows). A declared license that contradicts the catalog denies the model
-(``LicenseMismatch``). No answer never means permitted: an unresolved license is
+passed in, see ``aistack.hub``; a Secret's labels through the lookup passed in). Names
+resolve to models, not spellings: a Hugging Face repo id is matched case-insensitively and
+through the Hub's renames (``data/model-aliases.tsv``, and the id the Hub answers under).
+Resolution order, recorded as ``licenseSource``: the catalog shipped in the package, then
+the model card on the Hugging Face Hub at the pinned revision (when the operator is allowed
+to ask it), then the license declared in the spec (the only source for pvc:// and s3://).
+A declared license that contradicts the catalog or the card denies the model
+(``LicenseMismatch``); one that nothing verified counts for what the policy's
+``unverified`` says. No answer never means permitted: an unresolved license is
 ``unknown``, and the policy's ``unknown`` setting decides.
 
 Evaluation parses SPDX expressions with license-expression: ``OR`` is permitted when any
-branch is, ``AND`` only when all are, ``X WITH exception`` is judged by ``X``; deny wins
-over allow; allow lists are exhaustive (a license on neither list is not permitted).
-Several policies all apply (the strictest wins); with none, the built-in default policy
-(the same as ``data/default-licensepolicy.yaml``) applies.
+branch is, ``AND`` only when all are, ``X WITH exception`` is judged by ``X`` (the
+exception must be an SPDX license exception); deny wins over allow; allow lists are
+exhaustive (a license on neither list is not permitted). Several policies all apply (the
+strictest wins); with none, the built-in default policy (the same as
+``data/default-licensepolicy.yaml``) applies. Hosted providers are judged by the host
+prompts go to, container images by their repository.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -27,7 +33,7 @@ from dataclasses import dataclass, replace
 from enum import IntEnum
 from functools import cache, lru_cache
 from importlib import resources
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 
 import yaml
 from license_expression import (
@@ -42,6 +48,8 @@ from license_expression import (
 from pydantic import ValidationError
 
 from aistack.api.v1alpha1 import (
+    ENDPOINT_PROVIDERS,
+    PROVIDER_HOSTS,
     AdapterSpec,
     AdapterStatus,
     AIStack,
@@ -49,14 +57,46 @@ from aistack.api.v1alpha1 import (
     ModelSpec,
     ModelStatus,
     ProviderSpec,
+    normalize_host,
 )
 from aistack.conditions import as_dict, condition, previous_of
 from aistack.errors import format_validation_error
 from aistack.hub import CardLicense, HubClient, HubUnavailable
+from aistack.images import covered, parse_image
+from aistack.names import PROVIDER_CREDENTIALS_LABEL, image_key, speculative_key
 
 Source = Literal["Catalog", "Hub", "Declared"]
-#: What has a license to check: a model, or a LoRA adapter (a derivative of its model).
-Licensed = ModelSpec | AdapterSpec
+
+
+class Licensed(Protocol):
+    """What has a license to check: a model, or what runs on top of it (a LoRA adapter, a
+    draft model for speculative decoding): derivatives of the model."""
+
+    @property
+    def source(self) -> str: ...
+    @property
+    def revision(self) -> str | None: ...
+    @property
+    def license(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A model's draft for speculative decoding, as a license check sees it."""
+
+    source: str
+    revision: str | None = None
+    license: str | None = None
+
+
+def draft_of(model: ModelSpec) -> Draft | None:
+    """The weights of a model's speculative decoding (None: none of its own)."""
+    spec = model.speculative
+    if spec is None or spec.source is None:
+        return None
+    return Draft(spec.source, spec.revision, spec.license)
+
+
 Enforcement = Literal["Deny", "Warn", "DryRun"]
 
 
@@ -92,17 +132,52 @@ class CatalogEntry:
         return hub_to_spdx(self.hub_license, self.license_name)
 
 
+def _rows(name: str) -> list[dict[str, str]]:
+    text = resources.files("aistack").joinpath(f"data/{name}").read_text()
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    return list(csv.DictReader(lines, delimiter="\t"))
+
+
+@cache
+def _renames() -> tuple[dict[str, str], dict[str, str]]:
+    """The Hub's renames (``data/model-aliases.tsv``), lower case: repos, organisations."""
+    repos: dict[str, str] = {}
+    orgs: dict[str, str] = {}
+    for row in _rows("model-aliases.tsv"):
+        old, new = row["from"].lower(), row["to"].lower()
+        (orgs if old.endswith("/") else repos)[old] = new
+    return repos, orgs
+
+
+def is_storage(source: str) -> bool:
+    """Whether a source is a path on a PVC or an S3 prefix (not a Hugging Face repo)."""
+    return source.startswith(("pvc://", "s3://"))
+
+
+def canonical_repo(repo_id: str) -> str:
+    """The Hugging Face repo a spelling names: lower case (the Hub's ids are
+    case-insensitive), under the name the Hub serves it under now (renamed repos and
+    organisations redirect to their new names)."""
+    repos, orgs = _renames()
+    key = repo_id.lower()
+    for _ in range(4):  # a renamed organisation's repo may itself have been renamed
+        org, slash, rest = key.partition("/")
+        moved = repos.get(key) or (orgs[org + "/"] + rest if slash and org + "/" in orgs else key)
+        if moved == key:
+            break
+        key = moved
+    return key
+
+
 @cache
 def catalog() -> dict[str, CatalogEntry]:
-    """The shipped catalog, keyed by lower-cased repo id."""
-    text = resources.files("aistack").joinpath("data/model-licenses.tsv").read_text()
-    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    """The shipped catalog, keyed by canonical repo id (``canonical_repo``)."""
     out = {}
-    for row in csv.DictReader(lines, delimiter="\t"):
+    for row in _rows("model-licenses.tsv"):
         entry = CatalogEntry(
             row["repo_id"], row["hub_license"], row["license_name"], row["status"], row["source"]
         )
-        out[entry.repo_id.lower()] = entry
+        out[canonical_repo(entry.repo_id)] = entry
     return out
 
 
@@ -202,7 +277,9 @@ def parse(expression: str) -> Any:
 @lru_cache(maxsize=4096)
 def _parse(expression: str) -> Any:
     try:
-        parsed = _licensing().parse(expression)
+        # strict: after WITH only a license exception (``Apache-2.0 WITH CC-BY-NC-4.0`` is no
+        # Apache-2.0 with an extra permission), and an exception never alone.
+        parsed = _licensing().parse(expression, strict=True)
     except ExpressionError as exc:
         raise ExpressionProblem(f"{expression!r} is not a valid SPDX expression: {exc}") from exc
     if parsed is None:
@@ -252,17 +329,35 @@ class Resolution:
     unknown_because: str = "not in the catalog, none declared in spec.models[].license"
     #: A lookup failed: why, and (when ``license`` is set) that it is the last good answer.
     stale: str | None = None
+    #: What verified the license, for messages: the catalog entry, the card at a revision.
+    evidence: str = ""
+
+    @property
+    def verified(self) -> bool:
+        """Whether something other than the stack's own declaration says so."""
+        return self.source in ("Catalog", "Hub")
 
 
-def _checked(model: Licensed, spdx: str, source: Source, where: str) -> Resolution:
+def _checked(model: Licensed, spdx: str, source: Source, where: str, evidence: str) -> Resolution:
+    """A verified license, and whether the stack's declaration contradicts it. ``where``:
+    the record, for a mismatch; ``evidence``: what verified it, in a few words."""
     if model.license is not None and not same_license(model.license, spdx):
         return Resolution(
             spdx,
             source,
             mismatch=f"{model.source} declares {model.license}, but its model card says "
             f"{spdx} ({where})",
+            evidence=evidence,
         )
-    return Resolution(spdx, source)
+    return Resolution(spdx, source, evidence=evidence)
+
+
+def _from_catalog(model: Licensed, entry: CatalogEntry, spdx: str) -> Resolution:
+    same = entry.repo_id.lower() == model.source.lower()
+    named = "" if same else f" as {entry.repo_id}"
+    return _checked(
+        model, spdx, "Catalog", f"catalog{named}: {entry.source}", f"verified by the catalog{named}"
+    )
 
 
 def resolve(
@@ -273,16 +368,18 @@ def resolve(
 ) -> Resolution:
     """Catalog, then the hub (at the pinned revision), then the declared license.
 
+    Repo ids are looked up under their canonical name (``canonical_repo``); a repo the Hub
+    answers for under another name is looked up in the catalog under that one too.
     ``last``: the license the hub gave for this source and revision before (from the
     stack's status), kept when the hub does not answer now.
     """
     known = catalog() if known is None else known
     entry = None
-    on_hub = not model.source.startswith(("pvc://", "s3://"))
+    on_hub = not is_storage(model.source)
     if on_hub:
-        entry = known.get(model.source.lower())
+        entry = known.get(canonical_repo(model.source))
     if entry is not None and entry.spdx is not None:
-        return _checked(model, entry.spdx, "Catalog", entry.source)
+        return _from_catalog(model, entry, entry.spdx)
     stale = None
     if on_hub and hub is not None:
         at = f"Hugging Face card at {model.revision}" if model.revision else "Hugging Face card"
@@ -292,14 +389,19 @@ def resolve(
             stale = exc.reason
             kept = card_spdx(exc.last) if exc.last is not None else last
             if kept is not None:
-                found = _checked(model, kept, "Hub", f"{at}, as last read")
+                found = _checked(model, kept, "Hub", f"{at}, as last read", f"{at}, as last read")
                 return replace(found, stale=f"{stale}; kept its last answer, {kept}")
             card = None
+        renamed = known.get(canonical_repo(card.repo_id)) if card and card.repo_id else None
+        if renamed is not None and renamed.spdx is not None:
+            return _from_catalog(model, renamed, renamed.spdx)
         spdx = None if card is None else card_spdx(card)
         if spdx is not None:
-            return _checked(model, spdx, "Hub", at)
+            return _checked(model, spdx, "Hub", at, f"verified on its {at}")
     if model.license is not None:
-        return Resolution(model.license, "Declared", stale=stale)
+        return Resolution(
+            model.license, "Declared", stale=stale, evidence="declared in the stack, not verified"
+        )
     if stale is not None:
         return Resolution(None, None, unknown_because=f"{stale}; retrying", stale=stale)
     if entry is not None:
@@ -320,16 +422,43 @@ class Leaf(IntEnum):
 
 
 @dataclass(frozen=True)
+class CompiledException:
+    model: str
+    namespace: str | None
+    revision: str | None
+    reason: str
+
+    def covers(self, subject: Licensed, namespace: str | None) -> bool:
+        """Whether it names this model: a Hugging Face repo by any spelling of it, a pvc://
+        or s3:// source exactly (paths and keys are case-sensitive), in its namespace."""
+        if self.namespace is not None and self.namespace != namespace:
+            return False
+        if self.revision is not None and self.revision != subject.revision:
+            return False
+        if is_storage(self.model) or is_storage(subject.source):
+            return self.model == subject.source
+        return canonical_repo(self.model) == canonical_repo(subject.source)
+
+
+@dataclass(frozen=True)
 class CompiledPolicy:
     name: str
     allow: frozenset[str]
     deny: frozenset[str]
     unknown: str
     enforcement: Enforcement
-    exceptions: tuple[tuple[str, str | None, str], ...]
-    #: Hosted providers the gateway may send prompts to, and never.
+    exceptions: tuple[CompiledException, ...]
+    #: Hosted providers the gateway may send prompts to, and never; where the providers
+    #: that take an endpoint may send them.
     providers_allow: frozenset[str] = frozenset()
     providers_deny: frozenset[str] = frozenset()
+    provider_hosts: tuple[str, ...] = ()
+    #: What a license only the stack declares counts for (``UnverifiedLicenses``).
+    unverified_hugging_face: str = "Deny"
+    unverified_storage: str = "Trust"
+    #: Images stacks may name (``ImagePolicy``).
+    images_allow: tuple[str, ...] = ()
+    images_require_digest: bool = False
     #: Why this operator cannot read the policy (a field it does not know, a deny entry
     #: that does not parse). Such a policy denies every model: it fails closed.
     invalid: str | None = None
@@ -371,9 +500,16 @@ def compile_policy(policy: LicensePolicy) -> tuple[CompiledPolicy, list[str]]:
         deny=ids(spec.deny, "deny", deny_problems),
         unknown=spec.unknown,
         enforcement=spec.enforcement,
-        exceptions=tuple((e.model.lower(), e.revision, e.reason) for e in spec.exceptions),
+        exceptions=tuple(
+            CompiledException(e.model, e.namespace, e.revision, e.reason) for e in spec.exceptions
+        ),
         providers_allow=frozenset(spec.providers.allow),
         providers_deny=frozenset(spec.providers.deny),
+        provider_hosts=tuple(spec.providers.hosts),
+        unverified_hugging_face=spec.unverified.hugging_face,
+        unverified_storage=spec.unverified.storage,
+        images_allow=tuple(spec.images.allow),
+        images_require_digest=spec.images.require_digest,
         invalid="; ".join(deny_problems) or None,
     )
     return compiled, problems + deny_problems
@@ -431,7 +567,41 @@ class PolicyVerdict:
     message: str
 
 
-def evaluate_one(model: Licensed, resolved: Resolution, policy: CompiledPolicy) -> PolicyVerdict:
+#: Reasons of a verdict that permits, and is said at admission as a warning.
+WARNING_REASONS = frozenset({"LicenseUnknown", "LicenseUnverified"})
+
+
+def _unverified(
+    what: str, lic: str, subject: Licensed, policy: CompiledPolicy
+) -> PolicyVerdict | None:
+    """What a declared license that nothing verified gets (``spec.unverified``), when it
+    would be allowed: None when the policy trusts it."""
+    storage = is_storage(subject.source)
+    action = policy.unverified_storage if storage else policy.unverified_hugging_face
+    if action == "Trust":
+        return None
+    field = "storage" if storage else "huggingFace"
+    nothing = (
+        "nothing but the stack says so"
+        if storage
+        else "neither the catalog nor the Hugging Face Hub confirmed it"
+    )
+    if action == "Warn":
+        return PolicyVerdict(
+            True, "LicenseUnverified", f"{what} is under {lic} as declared, which is allowed, "
+            f"but {nothing}; policy {policy.name} warns (unverified.{field}: Warn)",
+        )  # fmt: skip
+    return PolicyVerdict(
+        False, "LicenseUnverified", f"{what} declares {lic}, but {nothing}, and policy "
+        f"{policy.name} does not permit licenses only a stack declares "
+        f"(unverified.{field}: Deny): ask an admin for an exception, or pin a model the "
+        "catalog or the Hub knows",
+    )  # fmt: skip
+
+
+def evaluate_one(
+    model: Licensed, resolved: Resolution, policy: CompiledPolicy, namespace: str | None = None
+) -> PolicyVerdict:
     what = model.source + (f"@{model.revision}" if model.revision else "")
     if policy.invalid is not None:
         return PolicyVerdict(
@@ -439,11 +609,11 @@ def evaluate_one(model: Licensed, resolved: Resolution, policy: CompiledPolicy) 
             f"LicensePolicy {policy.name} ({policy.invalid}), and a policy it cannot read "
             "denies every model until it is fixed (or the operator upgraded to read it)",
         )  # fmt: skip
-    for exc_model, exc_revision, exc_reason in policy.exceptions:
-        if exc_model == model.source.lower() and exc_revision in (None, model.revision):
+    for exc in policy.exceptions:
+        if exc.covers(model, namespace):
             return PolicyVerdict(
                 True, "PolicyException", f"{what} is permitted by an exception in policy "
-                f"{policy.name}: {exc_reason}",
+                f"{policy.name}: {exc.reason}",
             )  # fmt: skip
     if resolved.mismatch:
         return PolicyVerdict(False, "LicenseMismatch", resolved.mismatch)
@@ -461,8 +631,12 @@ def evaluate_one(model: Licensed, resolved: Resolution, policy: CompiledPolicy) 
     verdict, deciding = judge(parsed, policy)
     lic = str(parsed)
     if verdict is Leaf.ALLOWED:
-        via = f" (via {deciding})" if deciding != lic else ""
-        return PolicyVerdict(True, "LicenseAllowed", f"{what} is under {lic}{via}, allowed")
+        if not resolved.verified and (unverified := _unverified(what, lic, model, policy)):
+            return unverified
+        via = f"via {deciding}; " if deciding != lic else ""
+        return PolicyVerdict(
+            True, "LicenseAllowed", f"{what} is under {lic} ({via}{resolved.evidence}), allowed"
+        )
     if verdict is Leaf.DENIED:
         return PolicyVerdict(
             False, "LicenseDenied", f"{what} is under {lic}, which policy {policy.name} denies"
@@ -496,26 +670,56 @@ def decide(
     known: Mapping[str, CatalogEntry] | None = None,
     hub: HubClient | None = None,
     last: str | None = None,
+    *,
+    namespace: str | None = None,
 ) -> LicenseVerdict:
     """One model against every policy: a violation of any policy counts; it blocks the
     model when that policy enforces (``Deny``), else the model runs and the status says.
-    ``last``: the license the hub gave before (see ``resolve``)."""
+    ``last``: the license the hub gave before (see ``resolve``); ``namespace``: the stack's
+    (exceptions may be limited to one)."""
     resolved = resolve(model, known, hub, last)
-    verdict = _decide(model, resolved, policies)
+    verdict = _combine(
+        policies,
+        lambda p: evaluate_one(model, resolved, p, namespace),
+        resolved.license,
+        resolved.source,
+    )
     return replace(verdict, stale=resolved.stale) if resolved.stale else verdict
 
 
-def _decide(
-    model: Licensed, resolved: Resolution, policies: Sequence[CompiledPolicy]
-) -> LicenseVerdict:
-    return _combine(
-        policies, lambda p: evaluate_one(model, resolved, p), resolved.license, resolved.source
-    )
+# ---------------------------------------------------------------- hosted providers
+
+
+def host_matches(pattern: str, host: str) -> bool:
+    """``providers.hosts`` matching: an exact name, or ``*.`` and a suffix (any name below
+    the suffix, not the suffix itself). Names compare as DNS does: case-insensitively,
+    with or without the trailing dot."""
+    host = normalize_host(host)
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
+    return host == pattern
+
+
+def _owner_of(host: str) -> str | None:
+    """The provider whose own endpoint ``host`` is (None: no provider's)."""
+    for provider, own in PROVIDER_HOSTS.items():
+        if "{region}" in own:
+            head, tail = own.split("{region}")
+            if host.startswith(head) and host.endswith(tail):
+                return provider
+        elif host == own:
+            return provider
+    return None
 
 
 def evaluate_provider(provider: ProviderSpec, policy: CompiledPolicy) -> PolicyVerdict:
-    """Whether one policy lets the gateway send prompts to the route's provider."""
-    what = f"route {provider.name} sends prompts to provider {provider.provider} ({provider.model})"
+    """Whether one policy lets the gateway send prompts to the route's destination: the
+    provider by name, and where it sends them by host."""
+    host = provider.host
+    what = (
+        f"route {provider.name} sends prompts to provider {provider.provider} "
+        f"({provider.model}) at {host}"
+    )
     if policy.invalid is not None:
         return PolicyVerdict(
             False, "PolicyInvalid", f"{what}, denied: this operator cannot read LicensePolicy "
@@ -523,18 +727,116 @@ def evaluate_provider(provider: ProviderSpec, policy: CompiledPolicy) -> PolicyV
         )  # fmt: skip
     if provider.provider in policy.providers_deny:
         return PolicyVerdict(False, "ProviderDenied", f"{what}, which policy {policy.name} denies")
+    owner = _owner_of(host)
+    if owner is not None and owner != provider.provider and owner in policy.providers_deny:
+        return PolicyVerdict(
+            False, "ProviderDenied", f"{what}, which is provider {owner}'s own endpoint, and "
+            f"policy {policy.name} denies {owner}",
+        )  # fmt: skip
     if provider.provider not in policy.providers_allow:
         return PolicyVerdict(
             False, "ProviderNotAllowed", f"{what}, which policy {policy.name} does not allow "
             "(prompts leave the cluster only for providers a LicensePolicy's "
             "providers.allow lists)",
         )  # fmt: skip
+    if provider.provider in ENDPOINT_PROVIDERS and not any(
+        host_matches(pattern, host) for pattern in policy.provider_hosts
+    ):
+        return PolicyVerdict(
+            False, "ProviderHostNotAllowed", f"{what}, a host policy {policy.name} does not "
+            f"allow (providers.hosts lists where {', '.join(ENDPOINT_PROVIDERS)} may send "
+            "prompts)",
+        )  # fmt: skip
     return PolicyVerdict(True, "ProviderAllowed", f"{what}, allowed")
 
 
-def decide_provider(provider: ProviderSpec, policies: Sequence[CompiledPolicy]) -> LicenseVerdict:
-    """A hosted provider route against every policy, as a model's license is judged."""
-    return _combine(policies, lambda p: evaluate_provider(provider, p), None, None)
+#: A Secret's labels, by name, in the stack's namespace; None when there is no such Secret.
+#: Raises ``SecretUnreadable`` when it cannot tell.
+SecretLabels = Callable[[str], Mapping[str, str] | None]
+
+
+class SecretUnreadable(Exception):
+    """A Secret's labels could not be read (the API server did not answer, or refused)."""
+
+
+def _credentials_problem(provider: ProviderSpec, secrets: SecretLabels) -> tuple[str, str] | None:
+    """Why the route's key may not be used: (reason, message), or None. Only a Secret that
+    opted in to being a provider credential is sent anywhere; the message names the
+    Secret, never its value."""
+    ref = provider.credentials_secret_ref
+    where = f"route {provider.name}: Secret {ref.name} (key {ref.key})"
+    try:
+        labels = secrets(ref.name)
+    except SecretUnreadable as exc:
+        return "CredentialsUnchecked", f"{where} could not be checked ({exc}); retrying"
+    if labels is None:
+        return "CredentialsNotOptedIn", f"{where} does not exist"
+    if labels.get(PROVIDER_CREDENTIALS_LABEL) != "true":
+        return "CredentialsNotOptedIn", (
+            f"{where} is not labelled {PROVIDER_CREDENTIALS_LABEL}=true: the gateway sends "
+            "only Secrets that opted in to being provider credentials to a provider "
+            f"(kubectl label secret {ref.name} {PROVIDER_CREDENTIALS_LABEL}=true, if it "
+            "holds this provider's key)"
+        )
+    return None
+
+
+def decide_provider(
+    provider: ProviderSpec,
+    policies: Sequence[CompiledPolicy],
+    secrets: SecretLabels | None = None,
+) -> LicenseVerdict:
+    """A hosted provider route against every policy, as a model's license is judged, and
+    its key's Secret against the opt-in (``secrets``; None: not checked, as in ``aistack
+    license check``, which has no cluster). A key that may not be used blocks the route
+    whatever the policies' enforcement."""
+    verdict = _combine(policies, lambda p: evaluate_provider(provider, p), None, None)
+    if secrets is not None and (problem := _credentials_problem(provider, secrets)):
+        reason, message = problem
+        stale = message if reason == "CredentialsUnchecked" else None
+        return LicenseVerdict(False, True, reason, message, enforcement="Deny", stale=stale)
+    return verdict
+
+
+# ---------------------------------------------------------------- images
+
+
+def evaluate_image(
+    image: str, what: str, policy: CompiledPolicy, defaults: Iterable[str]
+) -> PolicyVerdict:
+    """Whether one policy lets a stack run ``image`` (named by ``what``): the operator's
+    default images' repositories always, else what ``images.allow`` lists."""
+    if policy.invalid is not None:
+        return PolicyVerdict(
+            False, "PolicyInvalid", f"image {image} of {what}, denied: this operator cannot "
+            f"read LicensePolicy {policy.name} ({policy.invalid})",
+        )  # fmt: skip
+    ref = parse_image(image)
+    if image in defaults:
+        return PolicyVerdict(True, "ImageAllowed", f"image {image} of {what} is a default image")
+    if policy.images_require_digest and ref.digest is None:
+        return PolicyVerdict(
+            False, "ImageNotAllowed", f"image {image} of {what} is not pinned by digest, and "
+            f"policy {policy.name} requires it (images.requireDigest): name it "
+            "<repository>@sha256:<digest>",
+        )  # fmt: skip
+    repositories = [parse_image(d).repository for d in defaults]
+    pattern = covered(image, [*repositories, *policy.images_allow])
+    if pattern is None:
+        return PolicyVerdict(
+            False, "ImageNotAllowed", f"image {image} of {what} is not one policy "
+            f"{policy.name} allows: only the operator's default images' repositories and "
+            "what images.allow lists may run",
+        )  # fmt: skip
+    return PolicyVerdict(True, "ImageAllowed", f"image {image} of {what} is allowed ({pattern})")
+
+
+def decide_image(
+    image: str, what: str, policies: Sequence[CompiledPolicy], defaults: Iterable[str]
+) -> LicenseVerdict:
+    """An image a stack names against every policy."""
+    known = tuple(defaults)
+    return _combine(policies, lambda p: evaluate_image(image, what, p, known), None, None)
 
 
 def _combine(
@@ -545,26 +847,22 @@ def _combine(
 ) -> LicenseVerdict:
     """One verdict from every policy's: a violation of any counts; it blocks when that
     policy enforces (``Deny``), else the route runs and the status says."""
-    resolved = Resolution(license, source)
     verdicts = [(p, verdict_of(p)) for p in policies]
     violations = [(p, v) for p, v in verdicts if not v.ok]
     if not violations:
-        v = verdicts[0][1]
-        return LicenseVerdict(True, False, v.reason, v.message, resolved.license, resolved.source)
+        # A policy that warns (an unknown or unverified license it lets through) speaks.
+        v = next((v for _, v in verdicts if v.reason in WARNING_REASONS), verdicts[0][1])
+        return LicenseVerdict(True, False, v.reason, v.message, license, source)
     blocking = [(p, v) for p, v in violations if p.enforcement == "Deny"]
     if blocking:
         _, v = blocking[0]
-        return LicenseVerdict(
-            False, True, v.reason, v.message, resolved.license, resolved.source, enforcement="Deny"
-        )
+        return LicenseVerdict(False, True, v.reason, v.message, license, source, enforcement="Deny")
     # The strictest mode among the violated policies speaks: Warn before DryRun, whatever
     # order the policies were listed in (a Warn gets an admission warning, a DryRun not).
     p, v = next(((p, v) for p, v in violations if p.enforcement == "Warn"), violations[0])
     mode = "Warn: deployed anyway" if p.enforcement == "Warn" else "DryRun: only reported"
     message = f"{v.message} ({mode})"
-    return LicenseVerdict(
-        True, True, v.reason, message, resolved.license, resolved.source, enforcement=p.enforcement
-    )
+    return LicenseVerdict(True, True, v.reason, message, license, source, enforcement=p.enforcement)
 
 
 #: license-expression builds its SPDX tables lazily and not thread-safely: stacks
@@ -573,21 +871,27 @@ def _combine(
 _LOCK = threading.Lock()
 
 
-def decide_adapter(
+# ---------------------------------------------------------------- derivatives
+
+
+def decide_derivative(
+    label: str,
     model: ModelSpec,
-    adapter: AdapterSpec,
+    subject: Licensed,
     base: LicenseVerdict,
     policies: Sequence[CompiledPolicy],
     known: Mapping[str, CatalogEntry] | None = None,
     hub: HubClient | None = None,
     last: str | None = None,
+    *,
+    namespace: str | None = None,
 ) -> LicenseVerdict:
-    """An adapter against every policy, on top of its base model's verdict: an adapter is
-    a derivative of its model, so it is served only under its own license AND its
-    model's. Its own license is resolved and judged like a model's (an exception may
-    name its source); when the model is not permitted, neither is the adapter."""
-    verdict = decide(adapter, policies, known, hub, last)
-    prefix = f"adapter {adapter.name} of model {model.name}: "
+    """What runs on top of a model (an adapter, a draft model) against every policy: it
+    is used only under its own license AND its model's. Its own license is resolved and
+    judged like a model's (an exception may name its source); when the model is not
+    permitted, neither is it. ``label``: how messages name it ("adapter x")."""
+    verdict = decide(subject, policies, known, hub, last, namespace=namespace)
+    prefix = f"{label} of model {model.name}: "
     if base.permitted:
         return replace(verdict, message=prefix + verdict.message)
     why = f"its base model is not permitted ({base.message})"
@@ -604,22 +908,87 @@ def decide_adapter(
     )
 
 
+def decide_adapter(
+    model: ModelSpec,
+    adapter: AdapterSpec,
+    base: LicenseVerdict,
+    policies: Sequence[CompiledPolicy],
+    known: Mapping[str, CatalogEntry] | None = None,
+    hub: HubClient | None = None,
+    last: str | None = None,
+    *,
+    namespace: str | None = None,
+) -> LicenseVerdict:
+    """An adapter on top of its base model's verdict (``decide_derivative``)."""
+    return decide_derivative(
+        f"adapter {adapter.name}", model, adapter, base, policies, known, hub, last,
+        namespace=namespace,
+    )  # fmt: skip
+
+
+def _with_image(
+    verdict: LicenseVerdict,
+    model: ModelSpec,
+    image: str | None,
+    policies: Sequence[CompiledPolicy],
+    defaults: Sequence[str],
+) -> LicenseVerdict:
+    """A model's verdict with the image it runs in judged too: a model whose image is not
+    permitted does not run, whatever its license."""
+    if image is None or not verdict.permitted:
+        return verdict
+    judged = decide_image(image, f"model {model.name}", policies, defaults)
+    if judged.permitted and not judged.violation:
+        return verdict
+    if judged.permitted:  # a Warn or DryRun policy's violation: said, not enforced
+        return replace(verdict, violation=True, reason=judged.reason, message=judged.message,
+                       enforcement=judged.enforcement)  # fmt: skip
+    return replace(
+        judged, license=verdict.license, license_source=verdict.license_source,
+        stale=verdict.stale,
+    )  # fmt: skip
+
+
 def decide_models(
     models: Sequence[ModelSpec],
     policies: Sequence[CompiledPolicy],
     hub: HubClient | None = None,
     last: Mapping[str, str] | None = None,
+    *,
+    namespace: str | None = None,
+    vllm_image: str | None = None,
+    default_images: Sequence[str] = (),
 ) -> dict[str, LicenseVerdict]:
-    """Every model and every adapter of ``models``, by name (adapter names are unique
-    across the stack's models and adapters). ``last``: by name, the license the hub gave
-    before (see ``resolve``)."""
+    """Every model of ``models`` (with the image it runs in: its own, else ``vllm_image``
+    when set), every adapter and every draft model, by name (adapter names are unique
+    across the stack's models and adapters; drafts under ``speculative_key``).
+    ``last``: by name, the license the hub gave before (see ``resolve``)."""
     last = last or {}
     out: dict[str, LicenseVerdict] = {}
     for m in models:
-        base = out[m.name] = decide(m, policies, hub=hub, last=last.get(m.name))
+        base = decide(m, policies, hub=hub, last=last.get(m.name), namespace=namespace)
+        base = out[m.name] = _with_image(base, m, m.image or vllm_image, policies, default_images)
         for a in m.adapters:
-            out[a.name] = decide_adapter(m, a, base, policies, hub=hub, last=last.get(a.name))
+            out[a.name] = decide_adapter(
+                m, a, base, policies, hub=hub, last=last.get(a.name), namespace=namespace
+            )
+        if (draft := draft_of(m)) is not None:
+            key = speculative_key(m.name)
+            out[key] = decide_derivative(
+                f"draft model {draft.source}", m, draft, base, policies,
+                hub=hub, last=last.get(key), namespace=namespace,
+            )  # fmt: skip
     return out
+
+
+def _named_images(stack: AIStack) -> list[tuple[str, str | None]]:
+    """The images a stack names for its parts other than the models: (part, image)."""
+    spec = stack.spec
+    return [
+        ("ray", spec.ray.image if spec.ray.enabled else None),
+        ("mlflow", spec.mlflow.image if spec.mlflow.enabled else None),
+        ("gateway", spec.gateway.image if spec.gateway.enabled else None),
+    ]
 
 
 def decide_routes(
@@ -627,12 +996,23 @@ def decide_routes(
     policies: Sequence[CompiledPolicy],
     hub: HubClient | None = None,
     last: Mapping[str, str] | None = None,
+    *,
+    secrets: SecretLabels | None = None,
+    default_images: Sequence[str] = (),
 ) -> dict[str, LicenseVerdict]:
     """Every route of the stack by name (names are unique across them): its models, their
-    adapters and its hosted providers (when it has a gateway to send them prompts)."""
-    out = decide_models(stack.spec.models, policies, hub=hub, last=last)
+    adapters and drafts and its hosted providers (when it has a gateway to send them
+    prompts); and the images it names for its other parts (``image_key``)."""
+    out = decide_models(
+        stack.spec.models, policies, hub=hub, last=last,
+        namespace=stack.metadata.namespace or "default",
+        vllm_image=stack.spec.vllm.image, default_images=default_images,
+    )  # fmt: skip
     for p in stack.spec.gateway.providers if stack.spec.gateway.enabled else []:
-        out[p.name] = decide_provider(p, policies)
+        out[p.name] = decide_provider(p, policies, secrets)
+    for part, image in _named_images(stack):
+        if image is not None:
+            out[image_key(part)] = decide_image(image, part, policies, default_images)
     return out
 
 
@@ -662,39 +1042,122 @@ def last_hub_licenses(stack: AIStack) -> dict[str, str]:
     return out
 
 
+def _licensed(stack: AIStack) -> list[Licensed]:
+    """Every model, adapter and draft model of the stack."""
+    out: list[Licensed] = []
+    for m in stack.spec.models:
+        out += [m, *m.adapters]
+        if (draft := draft_of(m)) is not None:
+            out.append(draft)
+    return out
+
+
 def decide_stack(
-    stack: AIStack, policies: Sequence[Mapping[str, Any]], hub: HubClient | None = None
+    stack: AIStack,
+    policies: Sequence[Mapping[str, Any]],
+    hub: HubClient | None = None,
+    *,
+    secrets: SecretLabels | None = None,
+    default_images: Sequence[str] = (),
 ) -> dict[str, LicenseVerdict]:
-    """Every model, adapter and hosted provider of the stack against the cluster's policies
-    (raw objects), by name; what the reconciler asks, with the operator's hub bound
-    (``aistack run --hub``)."""
+    """Every model, adapter, draft, hosted provider and named image of the stack against
+    the cluster's policies (raw objects), by name; what the reconciler asks, with the
+    operator's hub bound (``aistack run --hub``), the stack's Secrets' labels
+    (``secrets``) and the operator's default images."""
     # Hub answers are fetched first, outside the lock: they may take a network timeout.
     if hub is not None:
-        licensed: list[Licensed] = []
-        for m in stack.spec.models:
-            licensed += [m, *m.adapters]
-        for x in licensed:
-            if x.source.lower() not in catalog() and not x.source.startswith(("pvc://", "s3://")):
+        for x in _licensed(stack):
+            if canonical_repo(x.source) not in catalog() and not is_storage(x.source):
                 with contextlib.suppress(HubUnavailable):
                     hub.card_license(x.source, x.revision)
     last = last_hub_licenses(stack) if hub is not None else {}
     with _LOCK:
-        return decide_routes(stack, policies_from(policies), hub=hub, last=last)
+        return decide_routes(
+            stack, policies_from(policies), hub=hub, last=last, secrets=secrets,
+            default_images=default_images,
+        )  # fmt: skip
+
+
+def _not_judged(why: str) -> LicenseVerdict:
+    return LicenseVerdict(False, True, "NotJudged", why, enforcement="Deny")
+
+
+def _judge_record(
+    data: Mapping[str, Any],
+    policies: Sequence[CompiledPolicy],
+    namespace: str,
+    hub: HubClient | None,
+    secrets: SecretLabels | None,
+    default_images: Sequence[str],
+) -> list[LicenseVerdict]:
+    if "model" in data:
+        model = ModelSpec.model_validate(data["model"])
+        verdicts = decide_models(
+            [model], policies, hub=hub, namespace=namespace,
+            vllm_image=data.get("image"), default_images=default_images,
+        )  # fmt: skip
+        return list(verdicts.values())
+    out = [decide_provider(ProviderSpec.model_validate(p), policies, secrets)
+           for p in data.get("providers") or []]  # fmt: skip
+    if data.get("image") is not None:
+        out.append(decide_image(str(data["image"]), "this part", policies, default_images))
+    return out
+
+
+def decide_record(
+    record: str | None,
+    policies: Sequence[Mapping[str, Any]],
+    namespace: str,
+    hub: HubClient | None = None,
+    *,
+    secrets: SecretLabels | None = None,
+    default_images: Sequence[str] = (),
+) -> list[LicenseVerdict]:
+    """What one Deployment runs, as its record says (``names.LICENSED_ANNOTATION``: the
+    model with its adapters and draft, the providers, the image the stack named), judged
+    under the cluster's policies now: what the reconciler asks while the stack's spec
+    cannot be read. A record that is missing or cannot be read is not permitted: what
+    cannot be judged does not run."""
+    if record is None:
+        return [_not_judged("it carries no record of what it runs (an older operator made it)")]
+    try:
+        data = json.loads(record)
+        if not isinstance(data, Mapping):
+            raise TypeError("not an object")
+        with _LOCK:
+            return _judge_record(
+                data, policies_from(policies), namespace, hub, secrets, default_images
+            )
+    except (ValueError, TypeError, ValidationError) as exc:
+        return [_not_judged(f"its record of what it runs cannot be read ({exc})")]
 
 
 def admission_messages(
-    stack: AIStack, policies: Sequence[Mapping[str, Any]], hub: HubClient | None = None
+    stack: AIStack,
+    policies: Sequence[Mapping[str, Any]],
+    hub: HubClient | None = None,
+    *,
+    secrets: SecretLabels | None = None,
+    default_images: Sequence[str] = (),
 ) -> tuple[list[str], list[str]]:
-    """What the webhook says of a stack: the messages that refuse it (models a ``Deny``
-    policy blocks) and its admission warnings (violations of a ``Warn`` policy, and unknown
-    licenses a policy with ``unknown: Warn`` lets through; violations of a ``DryRun``
-    policy are only reported in the stack's status)."""
-    verdicts = decide_stack(stack, policies, hub).values()
+    """What the webhook says of a stack: the messages that refuse it (what a ``Deny``
+    policy blocks, keys whose Secret did not opt in) and its admission warnings
+    (violations of a ``Warn`` policy, and unknown or unverified licenses a policy lets
+    through with a warning; violations of a ``DryRun`` policy are only reported in the
+    stack's status)."""
+    verdicts = decide_stack(stack, policies, hub, secrets=secrets, default_images=default_images)
+    return admission_verdicts(verdicts.values())
+
+
+def admission_verdicts(verdicts: Iterable[LicenseVerdict]) -> tuple[list[str], list[str]]:
+    """The messages that refuse a stack at admission, and its warnings (see
+    ``admission_messages``)."""
+    verdicts = list(verdicts)
     denied = [v.message for v in verdicts if not v.permitted]
     warned = [
         v.message
         for v in verdicts
-        if v.permitted and (v.enforcement == "Warn" or v.reason == "LicenseUnknown")
+        if v.permitted and (v.enforcement == "Warn" or v.reason in WARNING_REASONS)
     ]
     return denied, warned
 

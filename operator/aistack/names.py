@@ -10,6 +10,8 @@ from __future__ import annotations
 
 DNS_LABEL_MAX = 63
 DNS_1035_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+#: A namespace name.
+DNS_1123_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 GROUP = "aistack.dev"
 PART_OF = "aistack"
@@ -24,6 +26,25 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 RETAIN_ANNOTATION = f"{GROUP}/retain-on-delete"
 CONFIG_CHECKSUM_ANNOTATION = f"{GROUP}/config-checksum"
 LICENSE_BLOCKED_ANNOTATION = f"{GROUP}/license-blocked"
+#: On a Deployment: what its pods run that the license decision judged (JSON), so that what
+#: runs can be judged again while the stack's spec cannot be read.
+LICENSED_ANNOTATION = f"{GROUP}/licensed"
+#: The label with which a Secret opts in to being a hosted provider's credentials.
+PROVIDER_CREDENTIALS_LABEL = f"{GROUP}/provider-credentials"
+
+
+def speculative_key(model: str) -> str:
+    """The key of a model's draft among the license verdicts, whose other keys are route
+    names (which cannot hold a colon)."""
+    return f"speculative:{model}"
+
+
+def image_key(part: str) -> str:
+    """The key of an image a stack names for a part (``ray``, ``mlflow``, ``gateway``: the
+    components' image keys) among the license verdicts. A model's image is part of the
+    model's own verdict."""
+    return f"image:{part}"
+
 
 #: A stack name is at most this long, so that ``<stack>-gateway-config`` and friends fit.
 STACK_NAME_MAX = 40

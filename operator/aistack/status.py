@@ -18,6 +18,7 @@ from aistack.api.v1alpha1 import (
     AIStackSpec,
     AIStackStatus,
     Condition,
+    DraftStatus,
     Endpoints,
     GatewayStatus,
     ModelSpec,
@@ -222,10 +223,20 @@ class _Models:
     blocked_adapters: list[tuple[str, LicenseVerdict]] = field(default_factory=list)
     #: Hosted provider routes the policies do not permit, by name.
     blocked_providers: list[tuple[str, LicenseVerdict]] = field(default_factory=list)
+    #: Draft models not used (their license or their model's is not permitted), by model.
+    blocked_drafts: list[tuple[str, LicenseVerdict]] = field(default_factory=list)
+    #: Parts that run no pod because the image the stack names is not permitted.
+    blocked_images: list[tuple[str, LicenseVerdict]] = field(default_factory=list)
 
     @property
     def any_blocked(self) -> bool:
-        return bool(self.blocked or self.blocked_adapters or self.blocked_providers)
+        return bool(
+            self.blocked
+            or self.blocked_adapters
+            or self.blocked_providers
+            or self.blocked_drafts
+            or self.blocked_images
+        )
 
 
 def _routes(
@@ -291,6 +302,24 @@ def _adapters(
     return statuses
 
 
+def _draft(
+    model: ModelSpec, verdicts: Mapping[str, LicenseVerdict], out: _Models
+) -> DraftStatus | None:
+    draft = model.speculative
+    if draft is None or draft.source is None:
+        return None
+    verdict = verdicts.get(names.speculative_key(model.name)) or _not_checked(draft.source)
+    if verdict.violation:
+        out.violations.append((model.name, verdict))
+    if not verdict.permitted:
+        out.blocked_drafts.append((model.name, verdict))
+    return DraftStatus(
+        source=draft.source, revision=draft.revision, license=verdict.license,
+        license_source=verdict.license_source, permitted=verdict.permitted,
+        reason=verdict.reason, message=verdict.message,
+    )  # fmt: skip
+
+
 def _models(
     stack: AIStack,
     verdicts: Mapping[str, LicenseVerdict],
@@ -311,6 +340,7 @@ def _models(
             "permitted": verdict.permitted,
             "replicas": model.replicas,
             "adapters": _adapters(model, verdicts, out) or None,
+            "speculative": _draft(model, verdicts, out),
         }
         if not verdict.permitted:
             out.blocked.append((model, verdict))
@@ -337,12 +367,12 @@ Cond = Callable[[str, bool, str, str], Condition]
 def _license_condition(
     spec: AIStackSpec, models: _Models, verdicts: Mapping[str, LicenseVerdict], cond: Cond
 ) -> Condition:
-    if not spec.models and not (spec.gateway.enabled and spec.gateway.providers):
-        return cond(LICENSE_COMPLIANT, True, "NoModels", "the stack serves no models")
     if models.violations:
         first = models.violations[0][1]
         detail = "; ".join(v.message for _, v in models.violations)
         return cond(LICENSE_COMPLIANT, False, first.reason, detail)
+    if not spec.models and not (spec.gateway.enabled and spec.gateway.providers):
+        return cond(LICENSE_COMPLIANT, True, "NoModels", "the stack serves no models")
     licensed = [n for m in spec.models for n in [m.name, *(a.name for a in m.adapters)]]
     if stale := [(n, v) for n in licensed if (v := verdicts.get(n)) and v.stale]:
         # Permitted on the last good answer while a lookup fails: still compliant, but
@@ -375,9 +405,11 @@ def _models_condition(spec: AIStackSpec, models: _Models, cond: Cond) -> Conditi
 def _part_conditions(
     stack: AIStack, observed: Observed, generation: int | None,
     previous: Mapping[str, Condition], now: str,
+    verdicts: Mapping[str, LicenseVerdict], models: _Models,
 ) -> tuple[list[Condition], list[PartState]]:  # fmt: skip
     """Every part but the models (``COMPONENTS``): their conditions, in the registry's
-    order, and the states of those enabled."""
+    order, and the states of those enabled. A part whose named image is not permitted
+    runs no pod, and its condition says why."""
     conditions: list[Condition] = []
     states: list[PartState] = []
     for component in COMPONENTS:
@@ -385,7 +417,14 @@ def _part_conditions(
             continue  # per model, with its license: _models_condition
         on = component.enabled(stack.spec)
         state = None
-        if on:
+        image = verdicts.get(names.image_key(component.image)) if on else None
+        if image is not None and image.violation:
+            models.violations.append((component.title, image))
+        if image is not None and not image.permitted:
+            models.blocked_images.append((component.title, image))
+            state = PartState(0, 0, image.reason, image.message)
+            states.append(state)
+        elif on:
             state = part_state(
                 component.workloads(stack), component.pod_selector(stack.metadata.name), observed
             )
@@ -444,12 +483,14 @@ def compute_status(
 
     models = _models(stack, verdicts, observed, config)
     gateway = _routes(stack, verdicts, models, config)
+    parts, part_states = _part_conditions(
+        stack, observed, generation, previous, now, verdicts, models
+    )
     conditions = [
         _license_condition(spec, models, verdicts, cond),
         _models_condition(spec, models, cond),
+        *parts,
     ]
-    parts, part_states = _part_conditions(stack, observed, generation, previous, now)
-    conditions += parts
 
     # Ready and phase
     # A license violation that was not enforced (Warn, DryRun) is reported by
@@ -503,6 +544,9 @@ def transitions(old: AIStackStatus | None, new: AIStackStatus) -> list[EventSpec
             was = before_adapters.get(a.name)
             if a.permitted is False and (was is None or was.permitted is not False):
                 events.append(EventSpec("Warning", "AdapterBlocked", a.message or a.name))
+        draft, had = m.speculative, prev.speculative if prev else None
+        if draft and draft.permitted is False and (had is None or had.permitted is not False):
+            events.append(EventSpec("Warning", "DraftBlocked", draft.message or m.name))
         was_ready = prev is not None and prev.reason == "Ready"
         if m.permitted and m.reason == "Ready" and not was_ready:
             events.append(EventSpec("Normal", "ModelReady", f"{m.name} serves at {m.endpoint}"))

@@ -24,6 +24,28 @@ PROVIDER_API_BASE = (
     "Azure resource)"
 )
 PROVIDER_REGION = "provider bedrock needs region (the AWS region of the Bedrock endpoint)"
+PROVIDER_FIXED_ENDPOINT = (
+    "apiBase is only for openai-compatible and azure: openai, anthropic, gemini, mistral and "
+    "bedrock always send prompts to their provider's own endpoint (a LicensePolicy allows "
+    "them by name); for another endpoint use provider openai-compatible, which a policy "
+    "permits per host (providers.hosts)"
+)
+PROVIDERS_NEED_AUTH = (
+    "a gateway with hosted providers needs authSecretRef: without a master key anyone who "
+    "reaches the gateway would spend the providers' keys"
+)
+SPECULATIVE_SOURCE = (
+    "speculative.source is needed for methods draft_model, eagle and eagle3 (the draft's "
+    "weights), and refused for ngram and mtp (they load no weights of their own)"
+)
+SPECULATIVE_S3 = (
+    "speculative.source may be a Hugging Face repo id or pvc://: vLLM does not stream a "
+    "draft model from S3"
+)
+PVC_EXCEPTION_NAMESPACE = (
+    "an exception for a pvc:// source needs namespace: a claim is named per namespace, and a "
+    "LicensePolicy applies to every namespace"
+)
 UNKNOWN_ROUTE = (
     "gateway fallbacks and limits may name only routes of the stack (a model, an adapter or "
     "a provider)"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Final, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -47,22 +48,44 @@ Quantity = Annotated[
         }
     ),
 ]
+# One directory or file name of a pvc:// path or an s3:// prefix: letters, digits and
+# ``_ . + @ ~ -``, never ``.`` or ``..`` alone. No control characters (NUL cannot pass
+# execve), no ``=`` (vLLM splits ``--lora-modules name=path`` on it), no spaces, quotes,
+# commas or colons: a path reaches vLLM's argv, init containers and mounts as it is.
+_PATH_CHARS = r"[A-Za-z0-9_+@~-]"
+PATH_SEGMENT = (
+    rf"(?:{_PATH_CHARS}[A-Za-z0-9_.+@~-]*|\.{_PATH_CHARS}[A-Za-z0-9_.+@~-]*"
+    r"|\.\.[A-Za-z0-9_.+@~-]+)"
+)
+_PATH = rf"(/{PATH_SEGMENT})*/?"
 # A model source: a Hugging Face repo id, a path on a PVC, or an S3 prefix.
 SOURCE_PATTERN = (
     r"^(([A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*"
-    r"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^/].*)?"
-    r"|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?)$"
+    rf"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?{_PATH}"
+    rf"|s3://[a-z0-9][a-z0-9.-]{{1,61}}[a-z0-9]{_PATH})$"
 )
 SOURCE_RE = re.compile(SOURCE_PATTERN)
 # A container image reference: [registry[:port]/]path[:tag][@sha256:digest] (the grammar of
 # the distribution project, without upper-case repository paths).
 _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-IMAGE_PATTERN = (
-    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+_IMAGE_REPOSITORY = (
+    r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
     rf"(?::[0-9]+)?/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+)
+IMAGE_PATTERN = (
+    rf"^{_IMAGE_REPOSITORY}"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
 )
 Image = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=IMAGE_PATTERN)]
+#: What a LicensePolicy's ``images.allow`` lists: an image reference (a repository, any
+#: tag or digest; or with a tag or digest, exactly that), or a repository prefix ending in
+#: ``/*`` (every repository below it).
+ImagePattern = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=512, pattern=rf"{IMAGE_PATTERN}|^{_IMAGE_REPOSITORY}/\*$"
+    ),
+]
 #: A license: an SPDX id or expression, a ``LicenseRef-``, or a Hugging Face license name.
 LicenseText = Annotated[
     str, StringConstraints(min_length=1, max_length=512, pattern=r"^[A-Za-z0-9.+:()_ -]+$")
@@ -208,6 +231,58 @@ class AdapterSpec(APIModel):
     license of (pvc://, s3://)."""
 
 
+#: Speculative decoding methods (vLLM's ``--speculative-config`` ``method``): those that load
+#: weights of their own (a draft model, an EAGLE head), and those that do not (n-gram lookup
+#: in the prompt; the model's own multi-token-prediction layers).
+DRAFT_METHODS = ("draft_model", "eagle", "eagle3")
+SELF_METHODS = ("ngram", "mtp")
+
+
+class SpeculativeSpec(APIModel):
+    """Speculative decoding: a cheaper proposer suggests tokens that the model checks,
+    several at a time (vLLM's ``--speculative-config``). A draft model or EAGLE head has
+    weights of its own: its license is checked like an adapter's, and speculation is used
+    only when both its license and its model's are permitted (else the model serves
+    without it)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_crd_rules(
+            (
+                "(self.method in ['ngram', 'mtp']) != has(self.source)",
+                rules.SPECULATIVE_SOURCE,
+            ),
+            (
+                "!has(self.source) || !self.source.startsWith('s3://')",
+                rules.SPECULATIVE_S3,
+            ),
+        )
+    )
+
+    method: Literal[DRAFT_METHODS + SELF_METHODS]  # type: ignore[valid-type]
+    """``draft_model`` (a smaller model of the same family), ``eagle`` or ``eagle3`` (an
+    EAGLE head trained for the model): each needs ``source``; ``ngram`` (tokens looked up
+    in the prompt) and ``mtp`` (the model's own multi-token-prediction layers) load no
+    weights of their own."""
+    source: Annotated[str, StringConstraints(pattern=SOURCE_PATTERN, max_length=512)] | None = None
+    """Where the draft's weights come from: a Hugging Face repo id or
+    ``pvc://<claim>/<path>`` (mounted read-only)."""
+    revision: Revision | None = None
+    """Pinned commit, branch or tag of a Hugging Face draft: loaded at this revision, and its
+    license checked there."""
+    license: LicenseText | None = None
+    """The draft's declared license (SPDX expression); needed where nothing else knows it."""
+    num_speculative_tokens: Annotated[int, Field(ge=1, le=32)]
+    """Tokens proposed per step."""
+
+    @model_validator(mode="after")
+    def _check(self) -> SpeculativeSpec:
+        if (self.method in SELF_METHODS) == (self.source is not None):
+            raise ValueError(rules.SPECULATIVE_SOURCE)
+        if self.source is not None and self.source.startswith("s3://"):
+            raise ValueError(rules.SPECULATIVE_S3)
+        return self
+
+
 class ModelSpec(APIModel):
     """One model served by vLLM behind the stack's gateway."""
 
@@ -290,6 +365,9 @@ class ModelSpec(APIModel):
     max_lora_rank: Literal[LORA_RANKS] = 16  # type: ignore[valid-type]
     """``--max-lora-rank``: the highest rank of any adapter (vLLM refuses to load one of a
     higher rank). One of 1, 8, 16, 32, 64, 128, 256, 320, 512. Only with adapters."""
+    speculative: SpeculativeSpec | None = None
+    """Speculative decoding (``--speculative-config``), with a draft model whose license is
+    checked like an adapter's."""
 
     @property
     def effective_tp(self) -> int:
@@ -493,6 +571,17 @@ class MLflowSpec(APIModel):
 #: Hosted providers the gateway can route to (``spec.gateway.providers[].provider``), the
 #: ids a LicensePolicy's ``providers`` lists name.
 PROVIDERS = ("openai", "anthropic", "gemini", "azure", "bedrock", "mistral", "openai-compatible")
+#: Providers that send prompts where their ``apiBase`` says: a LicensePolicy permits them
+#: per host (``providers.hosts``). The others always use their own endpoint.
+ENDPOINT_PROVIDERS = ("azure", "openai-compatible")
+#: The host each other provider sends prompts to (bedrock's depends on its region).
+PROVIDER_HOSTS = {
+    "openai": "api.openai.com",
+    "anthropic": "api.anthropic.com",
+    "gemini": "generativelanguage.googleapis.com",
+    "mistral": "api.mistral.ai",
+    "bedrock": "bedrock-runtime.{region}.amazonaws.com",
+}
 #: A provider id (one of ``PROVIDERS``).
 ProviderIdField = Literal[PROVIDERS]  # type: ignore[valid-type]
 RouteName = Annotated[str, StringConstraints(pattern=names.DNS_1035_PATTERN, max_length=63)]
@@ -510,6 +599,10 @@ class ProviderSpec(APIModel):
                 rules.PROVIDER_API_BASE,
             ),
             ("self.provider != 'bedrock' || has(self.region)", rules.PROVIDER_REGION),
+            (
+                "self.provider in ['openai-compatible', 'azure'] || !has(self.apiBase)",
+                rules.PROVIDER_FIXED_ENDPOINT,
+            ),
         )
     )
 
@@ -529,10 +622,14 @@ class ProviderSpec(APIModel):
     deployment name."""
     credentials_secret_ref: SecretKeyRef
     """Secret key holding the provider's API key (for bedrock, a Bedrock API key). It
-    reaches the gateway only as an environment variable read from the Secret."""
+    reaches the gateway only as an environment variable read from the Secret. The Secret
+    must opt in to being a provider credential: the label
+    ``aistack.dev/provider-credentials: "true"``, which the operator checks (so that a stack
+    cannot send any Secret of its namespace to a provider)."""
     api_base: Annotated[str, StringConstraints(max_length=512, pattern=URL_PATTERN)] | None = None
-    """Endpoint of the API; required for openai-compatible and azure, else the provider's
-    own."""
+    """Endpoint of the API, for openai-compatible and azure (required there, refused for the
+    other providers, which always use their own). A LicensePolicy permits it by host
+    (``providers.hosts``)."""
     region: Annotated[str, StringConstraints(max_length=32, pattern=r"^[a-z0-9-]+$")] | None = None
     """AWS region, for bedrock (required there)."""
 
@@ -542,7 +639,22 @@ class ProviderSpec(APIModel):
             raise ValueError(rules.PROVIDER_API_BASE)
         if self.provider == "bedrock" and self.region is None:
             raise ValueError(rules.PROVIDER_REGION)
+        if self.provider not in ENDPOINT_PROVIDERS and self.api_base is not None:
+            raise ValueError(rules.PROVIDER_FIXED_ENDPOINT)
         return self
+
+    @property
+    def host(self) -> str:
+        """The host prompts sent to this route go to (lower case, no trailing dot): its
+        ``apiBase``'s for the providers that take one, else the provider's own."""
+        if self.api_base is not None:
+            return normalize_host(urlsplit(self.api_base).hostname or "")
+        return PROVIDER_HOSTS[self.provider].format(region=self.region)
+
+
+def normalize_host(host: str) -> str:
+    """A DNS name as resolvers read it: case folded, without the root's trailing dot."""
+    return host.lower().rstrip(".")
 
 
 class FallbackSpec(APIModel):
@@ -598,6 +710,16 @@ def _map_list(key: str, max_length: int) -> Any:
 class GatewaySpec(APIModel):
     """The OpenAI-compatible gateway (LiteLLM proxy) in front of every permitted model."""
 
+    model_config = ConfigDict(
+        json_schema_extra=_crd_rules(
+            (
+                "!has(self.providers) || size(self.providers) == 0 || has(self.authSecretRef) "
+                "|| (has(self.enabled) && !self.enabled)",
+                rules.PROVIDERS_NEED_AUTH,
+            )
+        )
+    )
+
     enabled: bool = True
     """Create the gateway."""
     image: Image | None = None
@@ -624,6 +746,12 @@ class GatewaySpec(APIModel):
     its limits."""
     limits: Annotated[list[RouteLimit], _map_list("route", 128)] = Field(default_factory=list)
     """Per route, requests and tokens per minute."""
+
+    @model_validator(mode="after")
+    def _check(self) -> GatewaySpec:
+        if self.enabled and self.providers and self.auth_secret_ref is None:
+            raise ValueError(rules.PROVIDERS_NEED_AUTH)
+        return self
 
 
 # ---------------------------------------------------------------- network isolation
@@ -743,6 +871,15 @@ class MonitoringSpec(APIModel):
 # ---------------------------------------------------------------- AIStack
 
 
+def _is_route(name: str) -> str:
+    """CEL: whether ``name`` is one of the stack's routes (a model, adapter or provider)."""
+    return (
+        f"((has(self.models) && self.models.exists(m, m.name == {name} || "
+        f"(has(m.adapters) && m.adapters.exists(a, a.name == {name})))) || "
+        f"(has(self.gateway.providers) && self.gateway.providers.exists(p, p.name == {name})))"
+    )
+
+
 class AIStackSpec(APIModel):
     """Desired state of an AI stack."""
 
@@ -753,14 +890,31 @@ class AIStackSpec(APIModel):
                 "|| has(m.image) || (has(self.vllm) && has(self.vllm.image)))",
                 rules.MULTINODE_IMAGE,
             ),
-            # Duplicates within a model are refused by the list's map key, and an adapter
-            # named like a model here. The same name on adapters of two models is refused
-            # by the validator below (the operator's webhook): that rule, quadratic in every
-            # adapter of the stack, costs more than the API server's CEL budget allows.
+            # Duplicates within a model are refused by the list's map key; an adapter named
+            # like a model, or like an adapter of another model, here. Every rule the
+            # validators hold is a CEL rule too: a stack the API server stores is one the
+            # operator can read, with or without its webhook.
             (
                 "!has(self.models) || self.models.all(m, !has(m.adapters) || "
                 "m.adapters.all(a, !self.models.exists(n, n.name == a.name)))",
                 rules.UNIQUE_ADAPTER_NAMES,
+            ),
+            (
+                "!has(self.models) || self.models.all(m, !has(m.adapters) || "
+                "m.adapters.all(a, self.models.all(n, n.name == m.name || !has(n.adapters) "
+                "|| !n.adapters.exists(b, b.name == a.name))))",
+                rules.UNIQUE_ADAPTER_NAMES,
+            ),
+            (
+                "!has(self.gateway) || !has(self.gateway.fallbacks) || "
+                f"self.gateway.fallbacks.all(f, {_is_route('f.model')} && "
+                f"f.to.all(t, {_is_route('t')}))",
+                rules.UNKNOWN_ROUTE,
+            ),
+            (
+                "!has(self.gateway) || !has(self.gateway.limits) || "
+                f"self.gateway.limits.all(l, {_is_route('l.route')})",
+                rules.UNKNOWN_ROUTE,
             ),
             (
                 "!has(self.gateway) || !has(self.gateway.providers) || !has(self.models) || "
@@ -867,6 +1021,25 @@ class AdapterStatus(APIModel):
     """Detail for ``reason``."""
 
 
+class DraftStatus(APIModel):
+    """License verdict of a model's draft model (speculative decoding)."""
+
+    source: str | None = None
+    """Where the draft comes from."""
+    revision: str | None = None
+    """Revision the license was checked at."""
+    license: str | None = None
+    """The draft's own resolved license; it is used only when its model's is permitted too."""
+    license_source: str | None = None
+    """Where the license came from: Catalog, Hub, Declared."""
+    permitted: bool | None = None
+    """Whether speculative decoding uses it; when not, the model serves without it."""
+    reason: str | None = None
+    """The license verdict, e.g. LicenseAllowed, LicenseNotAllowed, BaseModelBlocked."""
+    message: str | None = None
+    """Detail for ``reason``."""
+
+
 class ModelStatus(APIModel):
     """Observed state of one model."""
 
@@ -894,6 +1067,8 @@ class ModelStatus(APIModel):
     """In-cluster OpenAI-compatible base URL of the model itself."""
     adapters: list[AdapterStatus] | None = None
     """The model's LoRA adapters: license, where it came from, whether it is served."""
+    speculative: DraftStatus | None = None
+    """The draft model of its speculative decoding: license, whether it is used."""
 
 
 class RouteStatus(APIModel):
@@ -1015,12 +1190,44 @@ class AIStack(APIModel):
 class LicenseException(APIModel):
     """A model permitted whatever its license, with the reason on record."""
 
+    model_config = ConfigDict(
+        json_schema_extra=_crd_rules(
+            (
+                "!self.model.startsWith('pvc://') || has(self.namespace)",
+                rules.PVC_EXCEPTION_NAMESPACE,
+            )
+        )
+    )
+
     model: Annotated[str, StringConstraints(min_length=1, max_length=512)]
-    """Model source (e.g. ``facebook/opt-125m``) the exception is for."""
+    """Model source the exception is for (a model's, adapter's or draft model's): a Hugging
+    Face repo id (e.g. ``facebook/opt-125m``; any spelling of the same repo, renamed
+    repositories included, matches), or a ``pvc://`` or ``s3://`` source, which matches
+    exactly (paths and object keys are case-sensitive)."""
+    namespace: Annotated[str, StringConstraints(pattern=names.DNS_1123_LABEL_PATTERN)] | None = None
+    """Only for stacks in this namespace. Required for a ``pvc://`` source: claims are
+    named per namespace."""
     revision: str | None = None
     """Only at this revision; any revision when empty."""
     reason: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
     """Why it is permitted (who approved it, a ticket)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> LicenseException:
+        if self.model.startswith("pvc://") and self.namespace is None:
+            raise ValueError(rules.PVC_EXCEPTION_NAMESPACE)
+        return self
+
+
+#: A host a policy lets prompts go to: a DNS name (``llm.example.com``), or ``*.`` and a
+#: suffix (``*.openai.azure.com``: any name below it, not the suffix itself).
+HostNamePattern = Annotated[
+    str,
+    StringConstraints(
+        max_length=253,
+        pattern=r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+    ),
+]
 
 
 class ProviderPolicy(APIModel):
@@ -1030,7 +1237,50 @@ class ProviderPolicy(APIModel):
     """Providers permitted. The list is exhaustive: a provider not on it is not permitted,
     so a policy that names none permits none."""
     deny: Annotated[list[ProviderIdField], Field(max_length=16)] = Field(default_factory=list)
-    """Providers never permitted; deny wins over allow."""
+    """Providers never permitted; deny wins over allow. A denied provider's endpoint is
+    denied also through another provider (openai-compatible at api.openai.com, when openai
+    is denied)."""
+    hosts: Annotated[list[HostNamePattern], Field(max_length=64)] = Field(default_factory=list)
+    """Where the providers that take an endpoint (azure, openai-compatible; both must also
+    be on ``allow``) may send prompts: the host of their ``apiBase``, an exact name or
+    ``*.`` and a suffix (``*.openai.azure.com``). Exhaustive: a host not on it is not
+    permitted. The other providers always use their own endpoint."""
+
+
+UnverifiedAction = Literal["Deny", "Warn", "Trust"]
+
+
+class UnverifiedLicenses(APIModel):
+    """What a license only the stack declares counts for: one neither the catalog nor the
+    Hub confirmed (``licenseSource: Declared``). ``Trust`` judges the declared license
+    like any other; ``Warn`` too, and warns (an admission warning, reason
+    ``LicenseUnverified`` in the status); ``Deny`` does not permit the model."""
+
+    hugging_face: UnverifiedAction = "Deny"
+    """Hugging Face repos the catalog does not know (or knows no license of), with the Hub
+    lookup off or silent. By default not permitted: a stack author could declare any
+    license for any repo."""
+    storage: UnverifiedAction = "Trust"
+    """``pvc://`` and ``s3://`` sources: nothing but the declaration can know their
+    license; whoever may write to the claim or the bucket vouches for it."""
+
+
+class ImagePolicy(APIModel):
+    """Which container images stacks may name (``spec.models[].image``, ``spec.vllm.image``,
+    ``spec.ray.image``, ``spec.mlflow.image``, ``spec.gateway.image``): an image is a
+    program and may carry weights, so it is judged like them. The operator's own default
+    images (its settings, which a stack does not choose) are always permitted, at any tag
+    or digest of their repositories."""
+
+    allow: Annotated[list[ImagePattern], Field(max_length=128)] = Field(default_factory=list)
+    """Images stacks may name besides the defaults' repositories: a repository
+    (``ghcr.io/acme/vllm-ray``: any tag or digest), an exact reference
+    (``ghcr.io/acme/vllm-ray:0.34.0``, ``...@sha256:<digest>``), or a prefix ending in ``/*``
+    (``registry.acme.example/ml/*``). Docker Hub names match in any spelling
+    (``vllm/vllm-openai`` is ``docker.io/vllm/vllm-openai``). Exhaustive."""
+    require_digest: bool = False
+    """Images a stack names must be pinned by digest (``@sha256:...``), so that what runs
+    cannot change under the same tag."""
 
 
 class LicensePolicySpec(APIModel):
@@ -1054,6 +1304,12 @@ class LicensePolicySpec(APIModel):
     )
     """Hosted providers the gateway may send prompts to. By default none: prompts leave
     the cluster only where an admin allowed it. Several policies all apply."""
+    unverified: UnverifiedLicenses = Field(
+        default_factory=UnverifiedLicenses, json_schema_extra={"default": {}}
+    )
+    """What a license that only the stack declares counts for, per kind of source."""
+    images: ImagePolicy = Field(default_factory=ImagePolicy, json_schema_extra={"default": {}})
+    """Which images stacks may name. By default only the operator's default images."""
 
 
 class LicensePolicyStatus(APIModel):

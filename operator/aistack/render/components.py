@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aistack import names
 from aistack.api.v1alpha1 import AIStack, AIStackSpec, ModelSpec
@@ -71,6 +72,10 @@ class Component:
     #: it is not scraped, and ``unscraped`` says why.
     scrape: Callable[[AIStack], parts.Scrape | None] | None = None
     unscraped: Callable[[AIStack], str] | None = None
+    #: What its Deployments run that the license decision judged (the image the stack
+    #: names for it, the providers it sends prompts to), put on them as
+    #: ``names.LICENSED_ANNOTATION``; None for the models, whose record is per model.
+    record: Callable[[AIStack], dict[str, Any]] | None = None
 
     @property
     def default_image(self) -> str:
@@ -83,8 +88,11 @@ def _models(stack: AIStack, served: list[ModelSpec], config: RenderConfig) -> li
     for model in stack.spec.models:
         # A served model with its permitted adapters; a blocked one with none (it runs
         # no pod, and its adapters are blocked with it).
-        shown = by_name.get(model.name) or model.model_copy(update={"adapters": []})
-        out += parts.render_model(stack, shown, config, permitted=model.name in by_name)
+        shown = by_name.get(model.name) or model.model_copy(
+            update={"adapters": [], "speculative": None}
+        )
+        rendered = parts.render_model(stack, shown, config, permitted=model.name in by_name)
+        out += parts.annotate_licensed(rendered, parts.model_record(stack, shown))
     return out
 
 
@@ -151,6 +159,7 @@ COMPONENTS: tuple[Component, ...] = (
         # Every node's dashboard agent (`ray start --metrics-export-port`).
         scrape=lambda stack: parts.Scrape("metrics", parts.RAY_METRICS_PORT),
         image="ray",
+        record=lambda stack: parts.part_record(stack.spec.ray.image),
         program="ray",
         version="2.60.0",
         image_template="rayproject/ray:{version}-py311",
@@ -168,6 +177,7 @@ COMPONENTS: tuple[Component, ...] = (
         reached_by=("gateway", "model-server", "ray"),
         port=parts.MLFLOW_PORT,
         image="mlflow",
+        record=lambda stack: parts.part_record(stack.spec.mlflow.image),
         program="mlflow",
         version="3.17.2",
         image_template="ghcr.io/mlflow/mlflow:v{version}",
@@ -189,6 +199,9 @@ COMPONENTS: tuple[Component, ...] = (
         pod_selector=lambda stack: names.selector_labels(stack, "gateway"),
         endpoints=parts.gateway_endpoints,
         image="gateway",
+        record=lambda stack: parts.part_record(
+            stack.spec.gateway.image, stack.spec.gateway.providers
+        ),
         program="litellm",
         version="1.110.2",
         image_template="ghcr.io/berriai/litellm:v{version}",
@@ -227,8 +240,14 @@ def render(
 
     ``permitted`` maps model, adapter and provider route names to whether the policies
     permit them; a model that is not permitted (or missing from the map) runs no pod and
-    gets no gateway route, an adapter that is not is neither loaded nor routed, and a
-    hosted provider that is not gets no route (nor its key).
+    gets no gateway route, an adapter that is not is neither loaded nor routed, a draft
+    model that is not (``names.speculative_key``) is not used, and a hosted provider that
+    is not gets no route (nor its key). A part whose image the stack names
+    (``names.image_key``) runs no pod when that image is mapped to False.
+
+    Every Deployment carries a record of what it runs that was judged
+    (``names.LICENSED_ANNOTATION``), so that it can be judged again when the stack's spec
+    cannot be read.
     """
     config = config or RenderConfig()
     stack = parts.with_permitted_providers(stack, permitted)
@@ -238,7 +257,12 @@ def render(
     if stack.spec.network.policies:
         manifests += parts.render_network(stack, network(stack, on))
     for component in on:
-        manifests += component.render(stack, served, config)
+        rendered = component.render(stack, served, config)
+        if component.record is not None:
+            parts.annotate_licensed(rendered, component.record(stack))
+        if permitted.get(names.image_key(component.image)) is False:
+            parts.block(rendered)
+        manifests += rendered
     if monitoring(stack, config).monitors:
         manifests += parts.render_monitors(stack, monitors(stack, on))
     return manifests + parts.render_disruption_budgets(stack, manifests)
@@ -327,7 +351,9 @@ def network(stack: AIStack, on: list[Component]) -> list[parts.Ingress]:
             sources=[BY_NAME[s].pod_selector(name) for s in c.reached_by if s in enabled_names],
             port=c.port,
             public=c.public,
-            metrics_port=scrape.port if (scrape := _scrape(c, stack)) else None,
+            # Never a public part's port: the gateway's metrics are on its API port, and a
+            # scraper must not get the whole API (and the providers' keys behind it).
+            metrics_port=scrape.port if (scrape := _scrape(c, stack)) and not c.public else None,
         )
         for c in on
     ]

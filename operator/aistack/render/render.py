@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -49,8 +50,9 @@ FETCH_RESOURCES = {
     "requests": {"cpu": "250m", "memory": "256Mi", "ephemeral-storage": "64Mi"},
     "limits": {"memory": "1Gi", "ephemeral-storage": "1Gi"},
 }
-#: Where PVCs holding LoRA adapters are mounted, one directory per claim.
-ADAPTER_MOUNT = "/mnt/adapters"
+#: Where the PVCs of a model's adapters and draft model are mounted (those other than the
+#: model's own claim), one directory per claim.
+CLAIM_MOUNT = "/mnt/claims"
 #: Time a model pod may take to be scheduled and pull its (large) image before its
 #: startup budget starts counting.
 PULL_AND_SCHEDULE_SECONDS = 900
@@ -168,16 +170,27 @@ def _model_path(model: ModelSpec) -> str:
     return model.source
 
 
-def _adapter_claims(model: ModelSpec) -> list[str]:
-    """The PVCs of the model's pvc:// adapters that the model's own source does not mount."""
+def _extra_claims(model: ModelSpec) -> list[str]:
+    """The PVCs of the model's pvc:// adapters and draft that the model's own source does
+    not mount."""
     own = _pvc(model.source)[0] if model.source.startswith("pvc://") else None
+    sources = [a.source for a in model.adapters]
+    if model.speculative is not None and model.speculative.source is not None:
+        sources.append(model.speculative.source)
     out: list[str] = []
-    for adapter in model.adapters:
-        if adapter.source.startswith("pvc://"):
-            claim = _pvc(adapter.source)[0]
+    for source in sources:
+        if source.startswith("pvc://"):
+            claim = _pvc(source)[0]
             if claim != own and claim not in out:
                 out.append(claim)
     return out
+
+
+def _claim_path(model: ModelSpec, source: str) -> str:
+    """Where a ``pvc://`` source of an adapter or draft is in the model's pods."""
+    claim, path = _pvc(source)
+    own = model.source.startswith("pvc://") and _pvc(model.source)[0] == claim
+    return f"{MODEL_MOUNT if own else f'{CLAIM_MOUNT}/{claim}'}/{path}".rstrip("/")
 
 
 def adapter_path(model: ModelSpec, adapter: AdapterSpec) -> str:
@@ -185,9 +198,28 @@ def adapter_path(model: ModelSpec, adapter: AdapterSpec) -> str:
     its init container downloaded it."""
     if not adapter.source.startswith("pvc://"):
         return f"{ADAPTER_DIR}/{adapter.name}"
-    claim, path = _pvc(adapter.source)
-    own = model.source.startswith("pvc://") and _pvc(model.source)[0] == claim
-    return f"{MODEL_MOUNT if own else f'{ADAPTER_MOUNT}/{claim}'}/{path}".rstrip("/")
+    return _claim_path(model, adapter.source)
+
+
+def speculative_config(model: ModelSpec) -> dict[str, Any] | None:
+    """vLLM's ``--speculative-config`` for the model (None: no speculative decoding). A
+    Hugging Face draft is loaded by vLLM itself at its pinned revision; a PVC's from its
+    mount."""
+    spec = model.speculative
+    if spec is None:
+        return None
+    config: dict[str, Any] = {
+        "method": spec.method,
+        "num_speculative_tokens": spec.num_speculative_tokens,
+    }
+    if spec.source is not None:
+        if spec.source.startswith("pvc://"):
+            config["model"] = _claim_path(model, spec.source)
+        else:
+            config["model"] = spec.source
+            if spec.revision is not None:
+                config["revision"] = spec.revision
+    return config
 
 
 @cache
@@ -253,6 +285,8 @@ def _vllm_args(
     if model.source.startswith("s3://"):
         args += ["--load-format", "runai_streamer"]
     args += _lora_args(model)
+    if (speculative := speculative_config(model)) is not None:
+        args += ["--speculative-config", json.dumps(speculative, separators=(",", ":"))]
     if stack.spec.mlflow.enabled:
         # MLflow (3.6+) takes OTLP/HTTP traces; the experiment is named in a header.
         args += ["--otlp-traces-endpoint", f"{mlflow_uri(stack, config)}/v1/traces"]
@@ -324,12 +358,12 @@ def _model_volumes(stack: AIStack, model: ModelSpec) -> tuple[list[Any], list[An
             {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
         )
         mounts.append({"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True})
-    for i, claim in enumerate(_adapter_claims(model)):
-        volume = f"adapters-{i}"
+    for i, claim in enumerate(_extra_claims(model)):
+        volume = f"claim-{i}"
         volumes.append(
             {"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
         )
-        mounts.append({"name": volume, "mountPath": f"{ADAPTER_MOUNT}/{claim}", "readOnly": True})
+        mounts.append({"name": volume, "mountPath": f"{CLAIM_MOUNT}/{claim}", "readOnly": True})
     return volumes, mounts
 
 
@@ -851,12 +885,18 @@ def render_disruption_budgets(stack: AIStack, manifests: list[Manifest]) -> list
 
 
 def with_permitted_adapters(model: ModelSpec, permitted: Mapping[str, bool]) -> ModelSpec:
-    """The model with only its permitted adapters: the others are neither loaded nor
-    routed. An adapter missing from ``permitted`` is not permitted (fail closed)."""
+    """The model with only its permitted adapters (the others are neither loaded nor
+    routed), and its draft model only when that is permitted (else it serves without
+    speculative decoding). Missing from ``permitted``: not permitted (fail closed)."""
+    update: dict[str, Any] = {}
     kept = [a for a in model.adapters if permitted.get(a.name, False)]
-    if len(kept) == len(model.adapters):
-        return model
-    return model.model_copy(update={"adapters": kept})
+    if len(kept) != len(model.adapters):
+        update["adapters"] = kept
+    draft = model.speculative
+    has_weights = draft is not None and draft.source is not None
+    if has_weights and not permitted.get(names.speculative_key(model.name), False):
+        update["speculative"] = None
+    return model.model_copy(update=update) if update else model
 
 
 def served_models(stack: AIStack, permitted: Mapping[str, bool]) -> list[ModelSpec]:
@@ -868,6 +908,55 @@ def served_models(stack: AIStack, permitted: Mapping[str, bool]) -> list[ModelSp
         for m in stack.spec.models
         if permitted.get(m.name, False)
     ]
+
+
+# ---------------------------------------------------------------- what runs, on record
+
+
+#: A model's fields that say what its pods load: judged again from the record while the
+#: stack's spec cannot be read.
+_LICENSED_FIELDS = {"name", "source", "revision", "license", "adapters", "speculative"}
+
+
+def model_record(stack: AIStack, model: ModelSpec) -> dict[str, Any]:
+    """What a model's Deployments run that the license decision judged: the model as
+    served (its permitted adapters and draft) and the image it runs in when the stack
+    names one (``names.LICENSED_ANNOTATION``)."""
+    return {
+        "model": model.model_dump(by_alias=True, exclude_none=True, include=_LICENSED_FIELDS),
+        "image": model.image or stack.spec.vllm.image,
+    }
+
+
+def part_record(image: str | None, providers: Sequence[ProviderSpec] = ()) -> dict[str, Any]:
+    """What another part's Deployments run that was judged: the image the stack names for
+    it; for the gateway, also the hosted providers it sends prompts to (the permitted
+    ones)."""
+    record: dict[str, Any] = {"image": image}
+    if providers:
+        record["providers"] = [p.model_dump(by_alias=True, exclude_none=True) for p in providers]
+    return record
+
+
+def annotate_licensed(manifests: list[Manifest], record: Mapping[str, Any]) -> list[Manifest]:
+    """Put ``record`` on every Deployment of ``manifests`` (on the Deployment, not its pods:
+    a change of it rolls nothing)."""
+    text = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    for manifest in manifests:
+        if manifest["kind"] == "Deployment":
+            manifest["metadata"].setdefault("annotations", {})[names.LICENSED_ANNOTATION] = text
+    return manifests
+
+
+def block(manifests: list[Manifest]) -> list[Manifest]:
+    """A part that may not run: every Deployment of it at zero replicas, marked (its other
+    objects stay, so that a policy change back is cheap)."""
+    for manifest in manifests:
+        if manifest["kind"] == "Deployment":
+            manifest["spec"]["replicas"] = 0
+            annotations = manifest["metadata"].setdefault("annotations", {})
+            annotations[names.LICENSE_BLOCKED_ANNOTATION] = "true"
+    return manifests
 
 
 def render_yaml(manifests: list[Manifest]) -> str:
