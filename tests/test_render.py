@@ -449,7 +449,7 @@ def test_disabled_parts_render_nothing() -> None:
 
 def test_user_strings_cannot_break_out_of_their_yaml_value() -> None:
     tricky = 'x"\n  injected: true\n- "y'
-    s = stack(models=[{"name": "m", "source": "o/m", "extraArgs": [tricky],
+    s = stack(models=[{"name": "m", "source": "o/m", "extraArgs": ["--tool-call-parser", tricky],
                        "nodeSelector": {"pool": "a: b"}}])  # fmt: skip
     deploy = by_kind(render(s, all_permitted(s)), "Deployment")["demo-vllm-m"]
     assert container(deploy)["args"][-1] == tricky

@@ -145,22 +145,36 @@ def _defaults() -> None:
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 
 
+def serve_parsers() -> tuple[Any, Any, Any]:
+    """``(parser, serve_parser, serve)``: the ``vllm`` CLI's top-level
+    ``FlexibleArgumentParser`` with the ``serve`` subcommand registered by
+    ``ServeSubcommand.subparser_init``, as ``vllm.entrypoints.cli.main.main`` builds them
+    (see the module docstring), the ``serve`` subparser itself and the ``ServeSubcommand``.
+    ``vllm serve ARGS`` is ``parser.parse_args(["serve", *ARGS])``: the top-level parser's
+    ``parse_args`` rewrites the arguments (underscores, dotted JSON keys, ``-O``, ``--config``)
+    before argparse hands them to the subparser. Call :func:`_defaults` first."""
+    from vllm.entrypoints.cli.serve import ServeSubcommand
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser(description="vLLM CLI")
+    subparsers = parser.add_subparsers(required=False, dest="subparser")
+    serve = ServeSubcommand()
+    serve_parser = serve.subparser_init(subparsers)
+    serve_parser.set_defaults(dispatch_function=serve.cmd)
+    return parser, serve_parser, serve
+
+
 def check(argv: list[str], *, adapters: bool = False) -> dict[str, Any]:
     """Judge one command line; with ``adapters``, also each ``--lora-modules`` adapter
     (:func:`check_adapters`; stage ``adapters``)."""
     _defaults()
 
     from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.entrypoints.cli.serve import ServeSubcommand
     from vllm.entrypoints.common.startup import cli_env_setup
     from vllm.usage.usage_lib import UsageContext
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     cli_env_setup()
-    parser = FlexibleArgumentParser(description="vLLM CLI")
-    subparsers = parser.add_subparsers(required=False, dest="subparser")
-    serve = ServeSubcommand()
-    serve.subparser_init(subparsers).set_defaults(dispatch_function=serve.cmd)
+    parser, _serve_parser, serve = serve_parsers()
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr):

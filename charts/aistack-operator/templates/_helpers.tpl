@@ -110,6 +110,13 @@ refused request.
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+# Secrets named as a hosted provider's key: get, asking for their metadata only
+# (PartialObjectMetadata), to check the aistack.dev/provider-credentials opt-in label.
+# RBAC cannot grant less than the whole object; the operator never lists, watches or
+# reads their data.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
 {{- end }}
 
 {{/* Cluster-scoped reads and writes the operator needs in either mode. */}}

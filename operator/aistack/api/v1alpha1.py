@@ -14,6 +14,7 @@ from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -24,7 +25,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from aistack import names
+from aistack import names, vllm_flags
 from aistack.api import rules
 
 GROUP = names.GROUP
@@ -98,9 +99,27 @@ NodeSelector = Annotated[
     ],
     Field(max_length=32),
 ]
+
+
+def _extra_arg(item: str) -> str:
+    if (problem := vllm_flags.item_problem(item)) is not None:
+        raise ValueError(problem)
+    return item
+
+
+def _starts_with_a_flag(args: list[str]) -> list[str]:
+    if vllm_flags.starts_with_value(args):
+        raise ValueError(vllm_flags.FIRST_ITEM_IS_A_VALUE)
+    return args
+
+
 #: Extra ``vllm serve`` arguments: passed as argv (never through a shell), bounded in size.
+#: A flag that names weights, code or files to load, or that the operator sets from a field,
+#: is refused (``aistack.vllm_flags``: every flag of the default vLLM, classified).
 ExtraArgs = Annotated[
-    list[Annotated[str, StringConstraints(max_length=4096)]], Field(max_length=64)
+    list[Annotated[str, StringConstraints(max_length=4096), AfterValidator(_extra_arg)]],
+    Field(max_length=64),
+    AfterValidator(_starts_with_a_flag),
 ]
 #: A Host header MLflow accepts: a host name or address, optionally ``:port`` or ``:*``,
 #: ``*`` wildcards allowed.
@@ -871,13 +890,15 @@ class MonitoringSpec(APIModel):
 # ---------------------------------------------------------------- AIStack
 
 
-def _is_route(name: str) -> str:
-    """CEL: whether ``name`` is one of the stack's routes (a model, adapter or provider)."""
-    return (
-        f"((has(self.models) && self.models.exists(m, m.name == {name} || "
-        f"(has(m.adapters) && m.adapters.exists(a, a.name == {name})))) || "
-        f"(has(self.gateway.providers) && self.gateway.providers.exists(p, p.name == {name})))"
-    )
+#: CEL: every adapter name of the stack (the quadratic comparisons of every pair cost more
+#: than the API server's budget; flatten and distinct do not).
+_ADAPTER_NAMES = "self.models.map(m, has(m.adapters) ? m.adapters.map(a, a.name) : []).flatten()"
+#: CEL: every route name of the stack: its models, adapters and providers.
+_ROUTES = (
+    "((has(self.models) ? self.models.map(m, [m.name] + (has(m.adapters) ? "
+    "m.adapters.map(a, a.name) : [])).flatten() : []) + (has(self.gateway.providers) ? "
+    "self.gateway.providers.map(p, p.name) : []))"
+)
 
 
 class AIStackSpec(APIModel):
@@ -900,20 +921,17 @@ class AIStackSpec(APIModel):
                 rules.UNIQUE_ADAPTER_NAMES,
             ),
             (
-                "!has(self.models) || self.models.all(m, !has(m.adapters) || "
-                "m.adapters.all(a, self.models.all(n, n.name == m.name || !has(n.adapters) "
-                "|| !n.adapters.exists(b, b.name == a.name))))",
+                f"!has(self.models) || size({_ADAPTER_NAMES}) == size({_ADAPTER_NAMES}.distinct())",
                 rules.UNIQUE_ADAPTER_NAMES,
             ),
             (
                 "!has(self.gateway) || !has(self.gateway.fallbacks) || "
-                f"self.gateway.fallbacks.all(f, {_is_route('f.model')} && "
-                f"f.to.all(t, {_is_route('t')}))",
+                f"self.gateway.fallbacks.map(f, [f.model] + f.to).flatten().all(r, r in {_ROUTES})",
                 rules.UNKNOWN_ROUTE,
             ),
             (
                 "!has(self.gateway) || !has(self.gateway.limits) || "
-                f"self.gateway.limits.all(l, {_is_route('l.route')})",
+                f"self.gateway.limits.all(l, l.route in {_ROUTES})",
                 rules.UNKNOWN_ROUTE,
             ),
             (
