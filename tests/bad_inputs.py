@@ -243,6 +243,8 @@ CASES: list[Case] = [
     both("adapter-path-with-equals",
          model(adapters=[{"name": "a", "source": "pvc://loras/x=y", "license": "MIT"}]),
          "spec.models[0].adapters[0].source"),
+    both("revision-on-a-pvc-source", model(source="pvc://weights/m", revision="main"),
+         rules.REVISION_FOR_HUB),
     Case("license-with-a-license-as-exception",
          model(source="pvc://weights/m", license="Apache-2.0 WITH CC-BY-NC-4.0"),
          api="cannot be used as an exception", cli=None),

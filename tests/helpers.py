@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from aistack.api import AIStack
+from aistack.names import speculative_key
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The example stacks (examples/ also holds a LicensePolicy).
@@ -39,6 +40,7 @@ def all_permitted(s: AIStack) -> dict[str, bool]:
     """Every route of the stack permitted: its models, their adapters, its providers."""
     names = [n for m in s.spec.models for n in [m.name, *(a.name for a in m.adapters)]]
     names += [p.name for p in s.spec.gateway.providers]
+    names += [speculative_key(m.name) for m in s.spec.models if m.speculative is not None]
     return dict.fromkeys(names, True)
 
 

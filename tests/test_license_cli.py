@@ -68,7 +68,7 @@ def test_every_model_of_a_stack_file(tmp_path: Path) -> None:
         ("multi", "gpt-oss", False, "ImageNotAllowed"),
     ]
     assert result.returncode == 1
-    assert all(r["verified"] == "catalog" for r in rows)
+    assert all(r["verified"] == "verified" for r in rows)
     # A policy that allows the image, as the example says.
     policy = trusting_policy(images={"allow": ["registry.example.com/vllm-openai-ray"]})
     (tmp_path / "policy.yaml").write_text(json.dumps(policy))
@@ -219,7 +219,7 @@ def test_an_unreachable_hub_is_never_a_permission() -> None:
     assert time.monotonic() - started < 30
     # A declared license does not stand in for the Hub's answer: nothing verified it.
     declared = check_env(hub_env(endpoint), "acme/open-7b", "--hub", "--license", "MIT")
-    assert declared.returncode == 1 and "source=Declared (declared only)" in declared.stdout
+    assert declared.returncode == 1 and "source=Declared (not verified)" in declared.stdout
     assert "reason=LicenseUnverified" in declared.stdout
 
 
@@ -264,7 +264,7 @@ def test_json_rows_have_one_shape() -> None:
         "stack": None, "model": None, "adapter": None, "draft": None, "provider": None,
         "image": None, "source": "meta-llama/Llama-3.1-8B-Instruct",
         "revision": "0e9e39f", "license": "LicenseRef-llama3.1", "licenseSource": "Catalog",
-        "verified": "catalog", "permitted": False, "violation": True, "reason": "LicenseNotAllowed",
+        "verified": "verified", "permitted": False, "violation": True, "reason": "LicenseNotAllowed",
         "message": "meta-llama/Llama-3.1-8B-Instruct@0e9e39f is under LicenseRef-llama3.1, "
                    "which policy default does not allow",
     }  # fmt: skip

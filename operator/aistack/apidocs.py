@@ -98,6 +98,10 @@ def _constraints(node: Schema) -> list[str]:
         out.append("unique items")
     if "pattern" in node:
         out.append(f"pattern `{node['pattern']}`")
+    # A rule on a field that is no object (the objects' rules are listed under them).
+    if not _is_object(node):
+        rules = node.get("x-kubernetes-validations", [])
+        out += [f"rule: {r.get('message') or r['rule']}" for r in rules]
     return out
 
 

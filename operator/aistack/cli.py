@@ -373,7 +373,7 @@ def _model_of(args: argparse.Namespace) -> ModelSpec:
 
 
 #: How each license source was verified, as ``license check`` prints it.
-VERIFIED = {"Catalog": "catalog", "Hub": "Hugging Face Hub", "Declared": "declared only"}
+VERIFIED = {"Catalog": "verified", "Hub": "verified", "Declared": "not verified"}
 
 
 def _row(stack: str, v: LicenseVerdict, source: str | None, revision: str | None,

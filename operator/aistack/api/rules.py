@@ -34,6 +34,15 @@ PROVIDERS_NEED_AUTH = (
     "a gateway with hosted providers needs authSecretRef: without a master key anyone who "
     "reaches the gateway would spend the providers' keys"
 )
+SOURCE_PATH = (
+    "a pvc:// path or s3:// prefix is names separated by '/', each of letters, digits and "
+    "_ . + @ ~ - (none empty, '.' or '..'); no spaces, control characters, '=' or quotes: "
+    "the path reaches vLLM's arguments and the pods' mounts as it is"
+)
+REVISION_FOR_HUB = (
+    "revision pins a commit of a Hugging Face repo: a pvc:// or s3:// source has none (its "
+    "path is what is loaded; point it at the exact directory or prefix)"
+)
 SPECULATIVE_SOURCE = (
     "speculative.source is needed for methods draft_model, eagle and eagle3 (the draft's "
     "weights), and refused for ngram and mtp (they load no weights of their own)"

@@ -49,23 +49,31 @@ Quantity = Annotated[
         }
     ),
 ]
+# A model source: a Hugging Face repo id, a path on a PVC, or an S3 prefix (its shape).
+SOURCE_SHAPE = (
+    r"^(([A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*"
+    r"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[\s\S]*)?"
+    r"|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[\s\S]*)?)$"
+)
 # One directory or file name of a pvc:// path or an s3:// prefix: letters, digits and
 # ``_ . + @ ~ -``, never ``.`` or ``..`` alone. No control characters (NUL cannot pass
-# execve), no ``=`` (vLLM splits ``--lora-modules name=path`` on it), no spaces, quotes,
-# commas or colons: a path reaches vLLM's argv, init containers and mounts as it is.
+# execve), no ``=`` (``--lora-modules name=path``), no spaces, quotes, commas or colons: a
+# path reaches vLLM's argv, init containers and mounts as it is.
 _PATH_CHARS = r"[A-Za-z0-9_+@~-]"
 PATH_SEGMENT = (
     rf"(?:{_PATH_CHARS}[A-Za-z0-9_.+@~-]*|\.{_PATH_CHARS}[A-Za-z0-9_.+@~-]*"
     r"|\.\.[A-Za-z0-9_.+@~-]+)"
 )
 _PATH = rf"(/{PATH_SEGMENT})*/?"
-# A model source: a Hugging Face repo id, a path on a PVC, or an S3 prefix.
+#: A source whose path (if it has one) holds only such names.
 SOURCE_PATTERN = (
     r"^(([A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*"
     rf"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?{_PATH}"
     rf"|s3://[a-z0-9][a-z0-9.-]{{1,61}}[a-z0-9]{_PATH})$"
 )
 SOURCE_RE = re.compile(SOURCE_PATTERN)
+
+
 # A container image reference: [registry[:port]/]path[:tag][@sha256:digest] (the grammar of
 # the distribution project, without upper-case repository paths).
 _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -128,6 +136,19 @@ HostPattern = Annotated[
 ]
 
 
+#: CEL: a revision only with a Hugging Face source.
+_REVISION_RULE = (
+    "!has(self.revision) || (has(self.source) && !self.source.startsWith('pvc://') "
+    "&& !self.source.startsWith('s3://'))",
+    rules.REVISION_FOR_HUB,
+)
+
+
+def _check_revision(source: str | None, revision: str | None) -> None:
+    if revision is not None and (source is None or source.startswith(("pvc://", "s3://"))):
+        raise ValueError(rules.REVISION_FOR_HUB)
+
+
 class APIModel(BaseModel):
     """Base of every API object: camelCase on the wire, immutable, unknown fields refused,
     types as strict as the API server's schema (``"on"`` is no boolean, ``"2"`` no integer)."""
@@ -146,6 +167,22 @@ class APIModel(BaseModel):
 
 def _crd_rules(*items: tuple[str, str]) -> dict[str, Any]:
     return {"x-kubernetes-validations": [{"rule": rule, "message": msg} for rule, msg in items]}
+
+
+def _source_path(source: str) -> str:
+    if not SOURCE_RE.fullmatch(source):
+        raise ValueError(f"{rules.SOURCE_PATH} (got {source!r})")
+    return source
+
+
+#: A weight source (see ``SOURCE_SHAPE``), its path held to ``SOURCE_PATTERN`` (a CEL rule
+#: for the API server, with a message rather than the pattern).
+Source = Annotated[
+    str,
+    StringConstraints(pattern=SOURCE_SHAPE, max_length=512),
+    AfterValidator(_source_path),
+    Field(json_schema_extra=_crd_rules((f"self.matches(r'{SOURCE_PATTERN}')", rules.SOURCE_PATH))),
+]
 
 
 # ---------------------------------------------------------------- shared building blocks
@@ -234,10 +271,12 @@ class AdapterSpec(APIModel):
     checked like a model's, and it is served only when both its license and its base
     model's are permitted."""
 
+    model_config = ConfigDict(json_schema_extra=_crd_rules(_REVISION_RULE))
+
     name: Annotated[str, StringConstraints(pattern=names.DNS_1035_PATTERN, max_length=63)]
     """Name clients send as ``model`` to reach the adapter: a DNS label, unique across every
     model and adapter of the stack."""
-    source: Annotated[str, StringConstraints(pattern=SOURCE_PATTERN, max_length=512)]
+    source: Source
     """Where the adapter comes from: a Hugging Face repo id (``org/name``),
     ``pvc://<claim>/<path>`` or ``s3://<bucket>/<prefix>``. Hugging Face and S3 adapters are
     downloaded by an init container of the model's pods (with the model's
@@ -248,6 +287,11 @@ class AdapterSpec(APIModel):
     license: LicenseText | None = None
     """Declared license as an SPDX expression. Needed for sources nothing else knows the
     license of (pvc://, s3://)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> AdapterSpec:
+        _check_revision(self.source, self.revision)
+        return self
 
 
 #: Speculative decoding methods (vLLM's ``--speculative-config`` ``method``): those that load
@@ -274,6 +318,7 @@ class SpeculativeSpec(APIModel):
                 "!has(self.source) || !self.source.startsWith('s3://')",
                 rules.SPECULATIVE_S3,
             ),
+            _REVISION_RULE,
         )
     )
 
@@ -282,7 +327,7 @@ class SpeculativeSpec(APIModel):
     EAGLE head trained for the model): each needs ``source``; ``ngram`` (tokens looked up
     in the prompt) and ``mtp`` (the model's own multi-token-prediction layers) load no
     weights of their own."""
-    source: Annotated[str, StringConstraints(pattern=SOURCE_PATTERN, max_length=512)] | None = None
+    source: Source | None = None
     """Where the draft's weights come from: a Hugging Face repo id or
     ``pvc://<claim>/<path>`` (mounted read-only)."""
     revision: Revision | None = None
@@ -299,6 +344,7 @@ class SpeculativeSpec(APIModel):
             raise ValueError(rules.SPECULATIVE_SOURCE)
         if self.source is not None and self.source.startswith("s3://"):
             raise ValueError(rules.SPECULATIVE_S3)
+        _check_revision(self.source, self.revision)
         return self
 
 
@@ -316,6 +362,7 @@ class ModelSpec(APIModel):
                 "!has(self.nodes) || self.nodes == 1 || !has(self.replicas) || self.replicas <= 64",
                 rules.MULTINODE_REPLICAS,
             ),
+            _REVISION_RULE,
         )
     )
 
@@ -323,7 +370,7 @@ class ModelSpec(APIModel):
         str, StringConstraints(pattern=names.DNS_1035_PATTERN, max_length=names.MODEL_NAME_BUDGET)
     ]
     """Served model name (what clients send as ``model``); unique in the stack, a DNS label."""
-    source: Annotated[str, StringConstraints(pattern=SOURCE_PATTERN, max_length=512)]
+    source: Source
     """Where the weights come from: a Hugging Face repo id (``org/name``),
     ``pvc://<claim>/<path>`` or ``s3://<bucket>/<prefix>``."""
     revision: Revision | None = None
@@ -407,6 +454,7 @@ class ModelSpec(APIModel):
             raise ValueError(rules.TP_DIVIDES_GPUS)
         if self.nodes > 1 and self.replicas > names.MAX_REPLICAS:
             raise ValueError(rules.MULTINODE_REPLICAS)
+        _check_revision(self.source, self.revision)
         seen = [a.name for a in self.adapters]
         dupes = sorted({n for n in seen if seen.count(n) > 1})
         if dupes:
