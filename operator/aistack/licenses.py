@@ -50,7 +50,6 @@ from pydantic import ValidationError
 from aistack.api.v1alpha1 import (
     ENDPOINT_PROVIDERS,
     PROVIDER_HOSTS,
-    AdapterSpec,
     AdapterStatus,
     AIStack,
     LicensePolicy,
@@ -908,24 +907,6 @@ def decide_derivative(
     )
 
 
-def decide_adapter(
-    model: ModelSpec,
-    adapter: AdapterSpec,
-    base: LicenseVerdict,
-    policies: Sequence[CompiledPolicy],
-    known: Mapping[str, CatalogEntry] | None = None,
-    hub: HubClient | None = None,
-    last: str | None = None,
-    *,
-    namespace: str | None = None,
-) -> LicenseVerdict:
-    """An adapter on top of its base model's verdict (``decide_derivative``)."""
-    return decide_derivative(
-        f"adapter {adapter.name}", model, adapter, base, policies, known, hub, last,
-        namespace=namespace,
-    )  # fmt: skip
-
-
 def _with_image(
     verdict: LicenseVerdict,
     model: ModelSpec,
@@ -969,9 +950,10 @@ def decide_models(
         base = decide(m, policies, hub=hub, last=last.get(m.name), namespace=namespace)
         base = out[m.name] = _with_image(base, m, m.image or vllm_image, policies, default_images)
         for a in m.adapters:
-            out[a.name] = decide_adapter(
-                m, a, base, policies, hub=hub, last=last.get(a.name), namespace=namespace
-            )
+            out[a.name] = decide_derivative(
+                f"adapter {a.name}", m, a, base, policies, hub=hub, last=last.get(a.name),
+                namespace=namespace,
+            )  # fmt: skip
         if (draft := draft_of(m)) is not None:
             key = speculative_key(m.name)
             out[key] = decide_derivative(
