@@ -264,7 +264,8 @@ def test_json_rows_have_one_shape() -> None:
         "stack": None, "model": None, "adapter": None, "draft": None, "provider": None,
         "image": None, "source": "meta-llama/Llama-3.1-8B-Instruct",
         "revision": "0e9e39f", "license": "LicenseRef-llama3.1", "licenseSource": "Catalog",
-        "verified": "verified", "permitted": False, "violation": True, "reason": "LicenseNotAllowed",
+        "verified": "verified", "permitted": False, "violation": True,
+        "reason": "LicenseNotAllowed",
         "message": "meta-llama/Llama-3.1-8B-Instruct@0e9e39f is under LicenseRef-llama3.1, "
                    "which policy default does not allow",
     }  # fmt: skip

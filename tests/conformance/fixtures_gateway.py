@@ -273,9 +273,11 @@ def start_gateway(
     log_dir: Path,
     secrets: Mapping[tuple[str, str], str] | None = None,
     key: str | None = None,
+    extra_env: Mapping[str, str] | None = None,
     timeout: float = 240,
 ) -> Gateway:
-    """Stand-ins for the model servers, then the rendered gateway; waits for its probes."""
+    """Stand-ins for the model servers, then the rendered gateway; waits for its probes.
+    ``extra_env``: test-side variables beyond the rendered env (none may shadow it)."""
     hosts.add_services(manifests)
     deployment = gateway_deployment(manifests)["metadata"]["name"]
     stand_ins = start_standins(manifests, hosts=hosts, workdir=workdir, log_dir=log_dir)
@@ -301,13 +303,19 @@ def start_gateway(
             views=workdir / "views",
         )
         pod_tmp = spec.mounts.get("/tmp")
+        test_env = dict(extra_env or {})
+        shadowed = sorted(set(test_env) & set(spec.env))
+        if shadowed:
+            raise AssertionError(f"test-side env would replace the rendered {shadowed}")
+        if pod_tmp is not None:
+            test_env["TMPDIR"] = str(pod_tmp)
         running = harness.start(
             spec,
             name=deployment,
             bin_dir=env_dir / "bin",
             log_dir=log_dir,
             argv=argv,
-            extra_env={"TMPDIR": str(pod_tmp)} if pod_tmp is not None else None,
+            extra_env=test_env or None,
         )
         gateway = Gateway(
             manifests=manifests,

@@ -10,9 +10,21 @@ route's ``apiBase`` must point at a stand-in started by the test) and rendered w
   with the rendered Secret references (``AISTACK_PROVIDER_<ROUTE>_KEY``) filled with those
   keys, as the kubelet fills them from the Secret.
 
-Test-side only: the provider routes' ``apiBase`` (a loopback address instead of the
-provider's own endpoint), and the stack has MLflow off (no trace callback; tracing through
-the gateway is covered by test_gateway.py).
+The stack is what a user may write: a gateway with providers has its own key
+(``authSecretRef``, filled like the provider keys), and only ``openai-compatible`` and
+``azure`` routes name an ``apiBase``; the others go to their provider's own endpoint.
+
+Test-side only, so that no request leaves this machine:
+
+- an ``openai-compatible`` route's ``apiBase`` is its stand-in's loopback address (what a
+  user writes for their own endpoint);
+- a provider with a fixed endpoint (``anthropic``) is rendered without one, and the gateway
+  process gets the variable through which LiteLLM itself moves that provider's endpoint
+  (``ANTHROPIC_API_BASE``), naming the stand-in: the endpoint translation, as
+  ``HF_ENDPOINT`` is for the Hub. The render sets no such variable (``start_gateway``
+  refuses a test variable that would replace a rendered one);
+- MLflow is off (no trace callback; tracing through the gateway is covered by
+  test_gateway.py).
 """
 
 from __future__ import annotations
@@ -35,6 +47,13 @@ PROVIDER_STANDINS = HERE / "provider_standins.py"
 #: the HostMap namespace of the provider stand-ins (outside every stack)
 PROVIDER_STANDIN_NAMESPACE = "hosted-providers"
 PROVIDERS_NAMESPACE = "providers"
+#: the Secret and key of the gateway's own key (``spec.gateway.authSecretRef``)
+GATEWAY_KEY_SECRET = ("gateway-key", "key")
+#: providers whose routes may name an ``apiBase`` (the others' is their provider's)
+API_BASE_PROVIDERS = ("openai-compatible", "azure")
+#: provider -> the variable LiteLLM reads that provider's endpoint from when the route
+#: names none (litellm/main.py, llms/anthropic/common_utils.py at the pinned version)
+ENDPOINT_VARIABLES = {"anthropic": "ANTHROPIC_API_BASE"}
 
 
 # --------------------------------------------------------------------------- stand-ins
@@ -138,6 +157,7 @@ def hybrid_stack(
             ],
             "mlflow": {"enabled": False},
             "gateway": {
+                "authSecretRef": {"name": GATEWAY_KEY_SECRET[0], "key": GATEWAY_KEY_SECRET[1]},
                 "providers": [dict(p) for p in providers],
                 "fallbacks": [dict(f) for f in fallbacks],
                 "limits": [dict(lim) for lim in limits],
@@ -180,6 +200,8 @@ class HybridGateway:
     gateway: Gateway
     #: route name -> the stand-in of its provider's API
     providers: dict[str, ProviderStandIn]
+    #: the test-side variables that point fixed-endpoint providers at their stand-ins
+    endpoint_env: dict[str, str]
 
     @property
     def manifests(self) -> list[Manifest]:
@@ -202,18 +224,22 @@ def start_hybrid_gateway(
     model: str,
     providers: Sequence[Mapping[str, Any]],
     keys: Mapping[str, str],
+    gateway_key: str,
     hosts: HostMap,
     workdir: Path,
     log_dir: Path,
     fallbacks: Sequence[Mapping[str, Any]] = (),
     limits: Sequence[Mapping[str, Any]] = (),
 ) -> HybridGateway:
-    """Start a stand-in for each of ``providers`` (each a ProviderSpec without ``apiBase``,
-    which is set to its stand-in, plus ``standin``: ``openai`` or ``anthropic``), render the
-    stack, and start its gateway with the Secret values ``keys`` (route -> key), which are
-    also the keys the stand-ins accept."""
+    """Start a stand-in for each of ``providers`` (each a ProviderSpec without ``apiBase``
+    plus ``standin``: ``openai`` or ``anthropic``), render the stack, and start its gateway
+    with the Secret values ``keys`` (route -> key), which are also the keys the stand-ins
+    accept, and ``gateway_key`` as its own key. An ``openai-compatible`` or ``azure``
+    route's ``apiBase`` is set to its stand-in; another provider's endpoint is moved there
+    by its variable in :data:`ENDPOINT_VARIABLES`, on the gateway process only."""
     stand_ins: dict[str, ProviderStandIn] = {}
     specs: list[dict[str, Any]] = []
+    endpoint_env: dict[str, str] = {}
     try:
         for provider in providers:
             route = provider["name"]
@@ -230,7 +256,13 @@ def start_hybrid_gateway(
             spec = {k: v for k, v in provider.items() if k != "standin"}
             # OpenAI's client appends /chat/completions to a base that ends in /v1; for
             # Anthropic, LiteLLM appends /v1/messages to the base (ensure_api_route).
-            spec["apiBase"] = stand_in.url + ("/v1" if kind == "openai" else "")
+            base = stand_in.url + ("/v1" if kind == "openai" else "")
+            if spec["provider"] in API_BASE_PROVIDERS:
+                spec["apiBase"] = base
+            else:
+                variable = ENDPOINT_VARIABLES[spec["provider"]]
+                if endpoint_env.setdefault(variable, base) != base:
+                    raise AssertionError(f"two {spec['provider']} routes: one {variable}")
             specs.append(spec)
         stack = hybrid_stack(name, model=model, providers=specs, fallbacks=fallbacks, limits=limits)
         manifests = render_stack(stack, workdir / f"{name}.yaml")
@@ -238,11 +270,18 @@ def start_hybrid_gateway(
             (p["credentialsSecretRef"]["name"], p["credentialsSecretRef"]["key"]): keys[p["name"]]
             for p in specs
         }
+        secrets[GATEWAY_KEY_SECRET] = gateway_key
         gateway = start_gateway(
-            manifests, hosts=hosts, workdir=workdir, log_dir=log_dir, secrets=secrets
+            manifests,
+            hosts=hosts,
+            workdir=workdir,
+            log_dir=log_dir,
+            secrets=secrets,
+            key=gateway_key,
+            extra_env=endpoint_env,
         )
     except BaseException:
         for stand_in in stand_ins.values():
             stand_in.stop()
         raise
-    return HybridGateway(gateway, stand_ins)
+    return HybridGateway(gateway, stand_ins, endpoint_env)

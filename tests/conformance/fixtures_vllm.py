@@ -13,14 +13,21 @@ version of the default image with that image's packages, ``envs/vllm.txt``):
   request through vLLM's own tracer setup (``vllm_check.tracing_hook``).
 
 The check reads the model's Hugging Face config offline from the rendered ``HF_HOME`` (a
-host directory here); :data:`MODEL_CONFIGS` holds, per model the examples name, a config of
-the model's architecture with its published head, layer, vocabulary and position counts
-(what vLLM's config validation reads), seeded into that cache at the rendered revision.
+host directory here); :data:`MODEL_CONFIGS` holds, per model the examples and the tests'
+stacks name (speculative decoding's drafts included), a config of the model's architecture
+with its published head, layer, vocabulary and position counts (what vLLM's config
+validation reads), seeded into that cache at the rendered revision.
+
+A rendered ``--speculative-config`` is a JSON value: a draft on a claim is named there by
+its path in the pod, which :func:`prepare_deployment` maps to the claim's host directory
+(the harness's mount translation, inside the JSON); a Hugging Face draft is seeded into the
+cache at its rendered revision only.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -40,11 +47,19 @@ VLLM_ENV = "vllm"
 #: the revision a cache entry gets when the render names none (any 40-hex commit id)
 DEFAULT_COMMIT = "0" * 40
 CHECK_TIMEOUT = 300
+SPECULATIVE_FLAG = "--speculative-config"
 
 
 def _llama_like(arch: str, model_type: str, **fields: Any) -> dict[str, Any]:
     return {"architectures": [arch], "model_type": model_type, "torch_dtype": "bfloat16", **fields}
 
+
+_LLAMA3_ROPE: dict[str, Any] = {
+    "rope_type": "llama3",
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
 
 #: Hugging Face configs (config.json) of the models the examples serve: architecture and the
 #: sizes vLLM's config validation reads, as published on each model's card. gpt-oss's
@@ -112,6 +127,58 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
         max_window_layers=28,
         use_sliding_window=False,
     ),
+    "meta-llama/Llama-3.1-8B-Instruct": _llama_like(
+        "LlamaForCausalLM",
+        "llama",
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        max_position_embeddings=131072,
+        rope_theta=500000.0,
+        rope_scaling=_LLAMA3_ROPE | {"factor": 8.0},
+        tie_word_embeddings=False,
+        bos_token_id=128000,
+        eos_token_id=[128001, 128008, 128009],
+    ),
+    # Llama-3.1-8B's draft: the same tokenizer (vocabulary), a quarter of the layers.
+    "meta-llama/Llama-3.2-1B-Instruct": _llama_like(
+        "LlamaForCausalLM",
+        "llama",
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        vocab_size=128256,
+        max_position_embeddings=131072,
+        rope_theta=500000.0,
+        rope_scaling=_LLAMA3_ROPE | {"factor": 32.0},
+        tie_word_embeddings=True,
+        bos_token_id=128000,
+        eos_token_id=[128001, 128008, 128009],
+    ),
+    # Qwen2.5's smallest: the same tokenizer as Qwen2.5-7B, but its embedding matrix has
+    # 151936 rows where the 7B's has 152064 (each padded differently).
+    "Qwen/Qwen2.5-0.5B-Instruct": _llama_like(
+        "Qwen2ForCausalLM",
+        "qwen2",
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        sliding_window=32768,
+        max_window_layers=21,
+        use_sliding_window=False,
+        tie_word_embeddings=True,
+    ),
     "openai/gpt-oss-120b": _llama_like(
         "GptOssForCausalLM",
         "gpt_oss",
@@ -167,19 +234,65 @@ def model_and_revision(args: Sequence[str]) -> tuple[str, str | None]:
     return model, revision
 
 
-def seed_hf_cache(hf_home: Path, model: str, revision: str | None) -> None:
-    """Put ``model``'s config into a Hugging Face hub cache at ``revision``, the layout
-    ``huggingface_hub`` reads offline (``hub/models--org--name/snapshots/<commit>/``)."""
+def model_config(model: str) -> dict[str, Any]:
     config = MODEL_CONFIGS.get(model)
     if config is None:
         raise KeyError(f"no config for {model} in fixtures_vllm.MODEL_CONFIGS: add one")
+    return config
+
+
+def seed_hf_cache(
+    hf_home: Path, model: str, revision: str | None, *, commit_only: bool = False
+) -> None:
+    """Put ``model``'s config into a Hugging Face hub cache at ``revision``, the layout
+    ``huggingface_hub`` reads offline (``hub/models--org--name/snapshots/<commit>/``).
+    ``commit_only`` (``revision`` a commit id): no ref points at it, so only that
+    revision finds it (a read of ``main`` fails)."""
+    config = model_config(model)
     commit = revision or DEFAULT_COMMIT
     repo = hf_home / "hub" / ("models--" + model.replace("/", "--"))
     snapshot = repo / "snapshots" / commit
     snapshot.mkdir(parents=True, exist_ok=True)
     (snapshot / "config.json").write_text(json.dumps(config, indent=1))
+    if commit_only:
+        if revision is None or len(revision) != 40:
+            raise ValueError(f"commit_only needs a full commit id, not {revision!r}")
+        return
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / (revision if revision and len(revision) != 40 else "main")).write_text(commit)
+
+
+def write_model_config(directory: Path, model: str) -> Path:
+    """``model``'s config where a claim holds it (a directory vLLM loads by path)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(model_config(model), indent=1))
+    return directory
+
+
+def speculative_config(args: Sequence[str]) -> dict[str, Any] | None:
+    """The JSON of ``--speculative-config`` in ``vllm serve`` args, parsed (None: none)."""
+    for i, arg in enumerate(args):
+        if arg == SPECULATIVE_FLAG:
+            value = args[i + 1]
+        elif arg.startswith(SPECULATIVE_FLAG + "="):
+            value = arg.split("=", 1)[1]
+        else:
+            continue
+        config: dict[str, Any] = json.loads(value)
+        return config
+    return None
+
+
+def _speculative_on_host(args: list[str], spec: ProcessSpec) -> list[str]:
+    """``args`` with a draft path in ``--speculative-config`` mapped to the host directory
+    of its mount (only the ``model`` value changes; the JSON is written back as rendered,
+    compact)."""
+    config = speculative_config(args)
+    if config is None or not os.path.isabs(config.get("model", "")):
+        return args
+    config["model"] = str(spec.host_path(config["model"]))
+    i = args.index(SPECULATIVE_FLAG)
+    return [*args[: i + 1], json.dumps(config, separators=(",", ":")), *args[i + 2 :]]
 
 
 @dataclass
@@ -295,13 +408,25 @@ def prepare_deployment(
     manifests: Sequence[Manifest], deployment: str, workdir: Path
 ) -> tuple[ProcessSpec, CheckJob]:
     """The rendered ``vllm serve`` container of ``deployment`` as a host process spec and a
-    check job, with its model's config seeded into the rendered ``HF_HOME``."""
+    check job, with its model's config seeded into the rendered ``HF_HOME``, and so is a
+    Hugging Face draft's (at its rendered revision only). A model or draft on a claim (its
+    path in the args is a host directory by now) is the caller's to put there
+    (:func:`write_model_config`)."""
     spec = harness.container_process(
         manifests, deployment, workdir=workdir, field_refs={"status.podIP": "127.0.0.1"}
     )
-    args = serve_args(spec)
+    args = _speculative_on_host(serve_args(spec), spec)
+    hf_home = Path(spec.env["HF_HOME"])
     model, revision = model_and_revision(args)
-    seed_hf_cache(Path(spec.env["HF_HOME"]), model, revision)
+    if not os.path.isabs(model):
+        seed_hf_cache(hf_home, model, revision)
+    draft = speculative_config(args) or {}
+    if "model" in draft and not os.path.isabs(draft["model"]):
+        # Pinned to a commit: found there and nowhere else, so a draft read at another
+        # revision (main) fails the check.
+        pinned = draft.get("revision")
+        commit_only = pinned is not None and len(pinned) == 40
+        seed_hf_cache(hf_home, draft["model"], pinned, commit_only=commit_only)
     return spec, CheckJob(args, dict(spec.env))
 
 

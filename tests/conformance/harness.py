@@ -62,12 +62,37 @@ def render_example(
         argv += ["--deny", model]
     if namespace:
         argv += ["-n", namespace]
-    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-    return [doc for doc in yaml.safe_load_all(out) if doc]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        # The CLI says why on stderr (an API rule the stack breaks): the test should too.
+        raise AssertionError(f"{shlex.join(argv)} exited {proc.returncode}:\n{proc.stderr}")
+    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
 
 
 def example(name: str) -> Path:
     return EXAMPLES / name
+
+
+def example_documents(name: str) -> list[Manifest]:
+    """Every document of an example, in order (a LicensePolicy may come before the
+    AIStack)."""
+    return [doc for doc in yaml.safe_load_all(example(name).read_text()) if doc]
+
+
+def example_stack(documents: Sequence[Manifest]) -> Manifest:
+    """The one AIStack among an example's documents (the object itself: a variant edits it
+    in place and writes all the documents back with :func:`write_documents`)."""
+    stacks = [doc for doc in documents if doc.get("kind") == "AIStack"]
+    if len(stacks) != 1:
+        raise AssertionError(f"expected one AIStack, found {len(stacks)}")
+    return stacks[0]
+
+
+def write_documents(path: Path, documents: Sequence[Manifest]) -> Path:
+    """``documents`` as one multi-document YAML file (what ``aistack render -f`` reads)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump_all(list(documents), sort_keys=False))
+    return path
 
 
 def find(manifests: Iterable[Manifest], kind: str, name: str) -> Manifest:

@@ -28,7 +28,6 @@ from typing import Any
 import envs
 import harness
 import pytest
-import yaml
 from fixtures_adapters import (
     HubRepo,
     HubStandIn,
@@ -215,15 +214,14 @@ def put_objects(
 def s3_variant(path: Path) -> Path:
     """examples/lora.yaml with support-bot taken from S3 and the model's
     ``credentialsSecretRef`` naming the Secret with the store's credentials."""
-    doc = yaml.safe_load(harness.example(EXAMPLE).read_text())
-    model = doc["spec"]["models"][0]
+    documents = harness.example_documents(EXAMPLE)
+    model = harness.example_stack(documents)["spec"]["models"][0]
     model["credentialsSecretRef"] = {"name": S3_SECRET}
     for adapter in model["adapters"]:
         if adapter["name"] == "support-bot":
             adapter["source"] = f"s3://{S3_BUCKET}/{S3_PREFIX}"
             adapter.pop("revision", None)
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+    return harness.write_documents(path, documents)
 
 
 def test_s3_adapter_is_fetched_with_the_models_credentials(

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import harness
 import pytest
-import yaml
 from fixtures_gateway import (
     Gateway,
     gateway_config,
@@ -317,13 +316,12 @@ class TestKeyedGateway:
 @pytest.fixture(scope="class")
 def unmonitored_gateway(hosts: HostMap, suite_dir: Path, log_dir: Path) -> Iterator[Gateway]:
     """The quickstart with ``spec.monitoring.enabled: false`` (as ``unmonitored``)."""
-    stack = yaml.safe_load(harness.example("quickstart.yaml").read_text())
+    documents = harness.example_documents("quickstart.yaml")
+    stack = harness.example_stack(documents)
     stack["metadata"]["name"] = "unmonitored"
     stack["spec"]["monitoring"] = {"enabled": False}
-    path = suite_dir / "unmonitored.yaml"
-    path.write_text(yaml.safe_dump(stack))
     gateway = start_gateway(
-        harness.render_example(path),
+        harness.render_example(harness.write_documents(suite_dir / "unmonitored.yaml", documents)),
         hosts=hosts,
         workdir=suite_dir / "gateway-unmonitored",
         log_dir=log_dir,

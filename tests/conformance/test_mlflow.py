@@ -27,7 +27,6 @@ from typing import Any
 import envs
 import harness
 import pytest
-import yaml
 from fixtures_mlflow import (
     FULL_ENV,
     PLAIN_ENV,
@@ -110,11 +109,10 @@ def test_rendered_allow_list_is_exactly_the_service_names_and_loopback(
     example: str, tmp_path: Path
 ) -> None:
     # Rendered with an extra allowedHosts entry, which must come through as written.
-    doc = yaml.safe_load(harness.example(example).read_text())
+    documents = harness.example_documents(example)
+    doc = harness.example_stack(documents)
     doc["spec"].setdefault("mlflow", {})["allowedHosts"] = ["mlflow.example.com"]
-    path = tmp_path / example
-    path.write_text(yaml.safe_dump(doc))
-    manifests = harness.render_example(path)
+    manifests = harness.render_example(harness.write_documents(tmp_path / example, documents))
     svc = names.mlflow(doc["metadata"]["name"])
     ns = doc["metadata"].get("namespace", "default")
     patterns = allowed_hosts(manifests)

@@ -1,6 +1,6 @@
 """Hosted providers behind the rendered LiteLLM gateway, run for real (see
 fixtures_providers.py): routes to an OpenAI-compatible API and to Anthropic's Messages API,
-keys from the Secret only, fallbacks, limits and the route list.
+keys from the Secret only, the gateway's own key, fallbacks, limits and the route list.
 
 Each class starts one gateway (they listen on the rendered port 4000) with loopback
 stand-ins of the providers' APIs (provider_standins.py); no real provider is contacted.
@@ -19,6 +19,8 @@ import pytest
 import yaml
 from fixtures_gateway import gateway_config
 from fixtures_providers import (
+    ENDPOINT_VARIABLES,
+    GATEWAY_KEY_SECRET,
     HybridGateway,
     gateway_config_text,
     gateway_secret_env,
@@ -43,6 +45,9 @@ SECRET_KEYS = {
 #: the Secret's values for the first gateway, and other values for the second
 KEYS = {COMPAT: "sk-conformance-compat-3f1c", CLAUDE: "sk-ant-conformance-9d2e"}
 ROTATED = {COMPAT: "sk-conformance-compat-rotated-77aa", CLAUDE: "sk-ant-conformance-rotated-5b0c"}
+#: the gateway's own key (authSecretRef), for the first gateway and the second
+GATEWAY_KEY = "sk-conformance-gateway-41d7"
+ROTATED_GATEWAY_KEY = "sk-conformance-gateway-rotated-c2e9"
 
 #: what the vLLM stand-in (standin.py) answers
 SELF_HOSTED_REPLY = f"stand-in for {SELF_HOSTED}"
@@ -85,6 +90,7 @@ def hybrid(hosts: HostMap, suite_dir: Path, log_dir: Path) -> Iterator[HybridGat
         model=SELF_HOSTED,
         providers=providers(),
         keys=KEYS,
+        gateway_key=GATEWAY_KEY,
         fallbacks=[{"model": SELF_HOSTED, "to": [CLAUDE, COMPAT]}],
         hosts=hosts,
         workdir=suite_dir / "gateway-providers",
@@ -132,9 +138,19 @@ class TestHostedProviders:
         params = provider_routes(hybrid.manifests)[CLAUDE]
         stand_in = hybrid.providers[CLAUDE]
         assert params["model"] == f"anthropic/{CLAUDE_MODEL}"
-        # apiBase is the host: LiteLLM appends /v1/messages (its default endpoint is
+        # Rendered for Anthropic's own endpoint: no api_base, and no variable that moves it.
+        assert "api_base" not in params
+        rendered_env = {
+            var["name"]
+            for var in harness.container(
+                hybrid.manifests, hybrid.gateway.deployment, "gateway"
+            ).get("env", [])
+        }
+        assert not rendered_env & {"ANTHROPIC_API_BASE", "ANTHROPIC_BASE_URL"}, rendered_env
+        # Test-side, LiteLLM's own variable for Anthropic's endpoint names the stand-in's
+        # host; LiteLLM appends /v1/messages (its default is
         # https://api.anthropic.com/v1/messages).
-        assert params["api_base"] == stand_in.url
+        assert hybrid.endpoint_env == {ENDPOINT_VARIABLES["anthropic"]: stand_in.url}
         before = len(stand_in.posts())
         compat_before = len(hybrid.providers[COMPAT].posts())
         code, body = hybrid.gateway.post("/v1/chat/completions", chat(CLAUDE, "bonjour"))
@@ -165,13 +181,18 @@ class TestHostedProviders:
         # Not in the ConfigMap, nor anywhere in the render: only the variable's name.
         rendered = yaml.safe_dump_all(hybrid.manifests)
         text = gateway_config_text(hybrid.manifests)
-        assert not [key for key in KEYS.values() if key in rendered]
+        assert not [key for key in [*KEYS.values(), GATEWAY_KEY] if key in rendered]
         routes = provider_routes(hybrid.manifests)
         env = gateway_secret_env(hybrid.manifests)
         for route, (secret_key, var) in SECRET_KEYS.items():
             assert routes[route]["api_key"] == f"os.environ/{var}"
             assert f"os.environ/{var}" in text
             assert env[var] == (SECRET, secret_key)
+        # The gateway's own key, from its Secret, is LiteLLM's master key.
+        assert gateway_config(hybrid.manifests)["general_settings"] == {
+            "master_key": "os.environ/LITELLM_MASTER_KEY"
+        }
+        assert env["LITELLM_MASTER_KEY"] == GATEWAY_KEY_SECRET
         # Each route sent its own Secret key's value on every request (LiteLLM's own
         # GET /v1/models to the OpenAI-compatible API included)...
         compat, claude = hybrid.providers[COMPAT], hybrid.providers[CLAUDE]
@@ -189,6 +210,29 @@ class TestHostedProviders:
         ):
             code, out = harness.http(url, method="POST", body=chat("x"), headers=headers)
             assert code == 401, out
+
+    @pytest.mark.parametrize("key", ["", "sk-wrong", KEYS[COMPAT]])
+    def test_without_the_gateways_key_no_request_reaches_a_provider(
+        self, hybrid: HybridGateway, key: str
+    ) -> None:
+        """Why a gateway with providers needs its own key: without it, whoever reaches the
+        gateway would spend the providers' keys. A provider's key is not the gateway's."""
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        before = {route: len(s.posts()) for route, s in hybrid.providers.items()}
+        model_server = hybrid.gateway.stand_ins[SELF_HOSTED]
+        served = len(model_server.requests())
+        for method, path, body in (
+            ("GET", "/v1/models", None),
+            *(("POST", "/v1/chat/completions", chat(route)) for route in (COMPAT, CLAUDE)),
+        ):
+            code, out = harness.http(
+                hybrid.gateway.url + path, method=method, body=body, headers=headers
+            )
+            # A key that is not the master key is looked up in LiteLLM's database; with none
+            # configured it is refused with 400 "No connected db".
+            assert code in ((400, 401) if key else (401,)), (path, code, out)
+        assert {route: len(s.posts()) for route, s in hybrid.providers.items()} == before
+        assert len(model_server.requests()) == served
 
     def test_the_model_of_our_own_is_served_by_its_server(self, hybrid: HybridGateway) -> None:
         model_server = hybrid.gateway.stand_ins[SELF_HOSTED]
@@ -261,6 +305,7 @@ def limited(hosts: HostMap, suite_dir: Path, log_dir: Path) -> Iterator[HybridGa
         model=SELF_HOSTED,
         providers=providers(),
         keys=ROTATED,
+        gateway_key=ROTATED_GATEWAY_KEY,
         fallbacks=[{"model": CLAUDE, "to": [SELF_HOSTED]}],
         limits=[{"route": COMPAT, "rpm": COMPAT_RPM}, {"route": CLAUDE, "rpm": CLAUDE_RPM}],
         hosts=hosts,
@@ -276,7 +321,11 @@ def limited(hosts: HostMap, suite_dir: Path, log_dir: Path) -> Iterator[HybridGa
 def post(gateway: HybridGateway, body: Any, timeout: float) -> tuple[int, Any]:
     """A chat completion with a short wait (``Gateway.post`` waits 60 s)."""
     code, out = harness.http(
-        gateway.gateway.url + "/v1/chat/completions", method="POST", body=body, timeout=timeout
+        gateway.gateway.url + "/v1/chat/completions",
+        method="POST",
+        body=body,
+        headers=gateway.gateway.headers(),
+        timeout=timeout,
     )
     try:
         return code, json.loads(out)

@@ -36,7 +36,6 @@ from typing import Any
 
 import harness
 import pytest
-import yaml
 from fixtures_adapters import rendered_lora_modules, write_peft_adapter
 from fixtures_mlflow import MLflowServer
 from fixtures_vllm import (
@@ -193,11 +192,13 @@ def test_vllm_accepts_every_rendered_model_server(example: str, checked: Checked
         assert v["otlp_traces_endpoint"] == _flag(args, "--otlp-traces-endpoint")
         assert v["otlp_traces_endpoint"], "the render sends no traces to MLflow"
         assert v["otel_available"] is True
+        # Speculative decoding only where rendered (test_vllm_speculative.py checks it).
+        assert (v["speculative"] is None) == (_flag(args, "--speculative-config") is None)
 
 
 def test_vllm_settles_on_the_rendered_lora_settings(checked: Checked) -> None:
     manifests = checked.renders[LORA_EXAMPLE]
-    model = yaml.safe_load(harness.example(LORA_EXAMPLE).read_text())["spec"]["models"][0]
+    model = harness.example_stack(harness.example_documents(LORA_EXAMPLE))["spec"]["models"][0]
     result = checked.results[LORA_DEPLOYMENT]
     assert result.ok, f"vLLM rejects it at {result.stage}: {result.error}"
     args = serve_args(checked.specs[LORA_DEPLOYMENT])

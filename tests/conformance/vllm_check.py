@@ -23,7 +23,9 @@ vLLM's own code at the pinned version:
    check of ``--otlp-traces-endpoint``, Ray's presence for ``--distributed-executor-backend
    ray``) and the platform's config hooks; with ``--enable-lora``, ``LoRAConfig`` (rank one
    of vLLM's ranks, ``--max-cpu-loras`` >= ``--max-loras``) and its check against the
-   model (the architecture implements LoRA).
+   model (the architecture implements LoRA); with ``--speculative-config``,
+   ``SpeculativeConfig`` (method, tokens and, for a draft model, the draft's own
+   ``ModelConfig`` read offline like the model's, whose vocabulary must be the model's).
 4. **Adapters** (when the caller asks): each ``--lora-modules`` directory as vLLM reads it
    when it loads the adapter at startup, up to the weights (:func:`check_adapters`).
 
@@ -79,6 +81,31 @@ def _values(args: argparse.Namespace, config: Any) -> dict[str, Any]:
             {"name": m.name, "path": m.path, "base_model_name": m.base_model_name}
             for m in (args.lora_modules or [])
         ],
+        "max_num_batched_tokens": config.scheduler_config.max_num_batched_tokens,
+        "max_num_seqs": config.scheduler_config.max_num_seqs,
+        "speculative": _speculative_values(config.speculative_config),
+    }
+
+
+def _speculative_values(spec: Any) -> dict[str, Any] | None:
+    """What vLLM's ``SpeculativeConfig`` settled on (``None``: no speculative decoding).
+    The ``draft_*`` values are those of the draft's own ``ModelConfig``, ``None`` where the
+    method loads no model of its own (vLLM then points the draft config at the target's)."""
+    if spec is None:
+        return None
+    draft = spec.draft_model_config
+    own = draft is not None and draft is not spec.target_model_config
+    return {
+        "method": spec.method,
+        "model": spec.model,
+        "revision": spec.revision,
+        "num_speculative_tokens": spec.num_speculative_tokens,
+        "draft_tensor_parallel_size": spec.draft_tensor_parallel_size,
+        "draft_model": draft.model if own else None,
+        "draft_revision": draft.revision if own else None,
+        "draft_architectures": list(draft.architectures or []) if own else [],
+        "draft_vocab_size": draft.get_vocab_size() if own else None,
+        "draft_max_model_len": draft.max_model_len if own else None,
     }
 
 

@@ -47,6 +47,16 @@ SPECULATIVE_SOURCE = (
     "speculative.source is needed for methods draft_model, eagle and eagle3 (the draft's "
     "weights), and refused for ngram and mtp (they load no weights of their own)"
 )
+#: Most speculative tokens with LoRA adapters (vLLM 0.34.0, ``create_engine_config``:
+#: with LoRA it needs max_num_batched_tokens >= max_num_seqs * (n + 1), and its defaults on
+#: GPUs, 2048/256 and 8192/1024, hold that up to n = 7).
+MAX_SPECULATIVE_TOKENS_WITH_LORA = 7
+SPECULATIVE_WITH_LORA = (
+    f"speculative.numSpeculativeTokens may be at most {MAX_SPECULATIVE_TOKENS_WITH_LORA} on a "
+    "model with adapters: with LoRA, vLLM refuses to start unless max-num-batched-tokens is at "
+    "least max-num-seqs times (tokens + 1), which its defaults hold up to "
+    f"{MAX_SPECULATIVE_TOKENS_WITH_LORA} tokens"
+)
 SPECULATIVE_S3 = (
     "speculative.source may be a Hugging Face repo id or pvc://: vLLM does not stream a "
     "draft model from S3"

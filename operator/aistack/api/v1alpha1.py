@@ -363,6 +363,12 @@ class ModelSpec(APIModel):
                 rules.MULTINODE_REPLICAS,
             ),
             _REVISION_RULE,
+            (
+                "!has(self.speculative) || !has(self.adapters) || size(self.adapters) == 0 || "
+                "self.speculative.numSpeculativeTokens <= "
+                f"{rules.MAX_SPECULATIVE_TOKENS_WITH_LORA}",
+                rules.SPECULATIVE_WITH_LORA,
+            ),
         )
     )
 
@@ -455,6 +461,10 @@ class ModelSpec(APIModel):
         if self.nodes > 1 and self.replicas > names.MAX_REPLICAS:
             raise ValueError(rules.MULTINODE_REPLICAS)
         _check_revision(self.source, self.revision)
+        speculative = self.speculative
+        tokens = speculative.num_speculative_tokens if speculative is not None else 0
+        if self.adapters and tokens > rules.MAX_SPECULATIVE_TOKENS_WITH_LORA:
+            raise ValueError(rules.SPECULATIVE_WITH_LORA)
         seen = [a.name for a in self.adapters]
         dupes = sorted({n for n in seen if seen.count(n) > 1})
         if dupes:
