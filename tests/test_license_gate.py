@@ -30,6 +30,7 @@ from aistack.licenses import (
     decide_record,
     decide_stack,
     host_matches,
+    last_hub_licenses,
 )
 from aistack.render import RenderConfig, render
 from aistack.status import Observed, compute_status
@@ -576,3 +577,14 @@ def test_the_reconcile_asks_the_api_server_for_the_secrets_labels() -> None:
     )
     v = licensing(broken, allowing)["gpt"]
     assert (v.permitted, v.reason) == (False, "CredentialsUnchecked")
+
+
+def test_the_hubs_last_answer_for_a_draft_is_kept_from_the_status() -> None:
+    draft = {"method": "draft_model", "source": "org/draft", "revision": "abc123",
+             "numSpeculativeTokens": 3}  # fmt: skip
+    doc = stack_doc(models=[{"name": "m", "source": "microsoft/phi-4", "speculative": draft}])
+    seen = {"source": "org/draft", "revision": "abc123", "license": "MIT", "licenseSource": "Hub"}
+    doc["status"] = {"models": [{"name": "m", "speculative": seen}]}
+    assert last_hub_licenses(AIStack.model_validate(doc)) == {names.speculative_key("m"): "MIT"}
+    doc["spec"]["models"][0]["speculative"]["revision"] = "def456"  # another revision
+    assert last_hub_licenses(AIStack.model_validate(doc)) == {}

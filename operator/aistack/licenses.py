@@ -52,6 +52,7 @@ from aistack.api.v1alpha1 import (
     PROVIDER_HOSTS,
     AdapterStatus,
     AIStack,
+    DraftStatus,
     LicensePolicy,
     ModelSpec,
     ModelStatus,
@@ -999,7 +1000,7 @@ def decide_routes(
 
 
 def last_hub_licenses(stack: AIStack) -> dict[str, str]:
-    """Per model and adapter, the license the hub gave for its current source and
+    """Per model, adapter and draft, the license the hub gave for its current source and
     revision, as the stack's status recorded it: kept when the hub does not answer (an
     operator restarted during an outage of the hub does not stop the models that run)."""
     if stack.status is None:
@@ -1008,8 +1009,13 @@ def last_hub_licenses(stack: AIStack) -> dict[str, str]:
     for m in stack.spec.models:
         specs[m.name] = m
         specs |= {a.name: a for a in m.adapters}
-    seen: list[tuple[str, ModelStatus | AdapterStatus]] = [(s.name, s) for s in stack.status.models]
+        if (draft := draft_of(m)) is not None:
+            specs[speculative_key(m.name)] = draft
+    seen: list[tuple[str, ModelStatus | AdapterStatus | DraftStatus]] = [
+        (s.name, s) for s in stack.status.models
+    ]
     seen += [(a.name, a) for s in stack.status.models for a in s.adapters or []]
+    seen += [(speculative_key(s.name), s.speculative) for s in stack.status.models if s.speculative]
     out = {}
     for name, status in seen:
         spec = specs.get(name)
