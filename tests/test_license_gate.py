@@ -297,6 +297,10 @@ def test_only_a_secret_that_opted_in_is_sent_to_a_provider() -> None:
     v = decide_stack(s, allowing, secrets=unreadable)["gpt"]
     assert (v.permitted, v.reason, bool(v.stale)) == (False, "CredentialsUnchecked", True)
     assert decide_stack(s, allowing, secrets=opted_in)["gpt"].permitted
+    # Both in the way: both said, so that fixing one does not meet the other only then.
+    both = decide_stack(s, [], secrets=lambda n: None)["gpt"].message
+    assert "Secret keys (key gpt) does not exist; and route gpt sends prompts" in both
+    assert "which policy default does not allow" in both
 
 
 def test_the_operator_reads_a_secrets_metadata_only() -> None:

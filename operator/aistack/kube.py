@@ -203,7 +203,10 @@ class Kube:
 
     def secret_labels(self, namespace: str, name: str) -> dict[str, str] | None:
         """A Secret's labels, None when there is no such Secret. Only its metadata is
-        asked for (``PartialObjectMetadata``): its data never reaches the operator."""
+        asked for (``PartialObjectMetadata``), and only its labels are kept: a Secret made
+        with ``kubectl apply`` carries a copy of its data in the
+        ``kubectl.kubernetes.io/last-applied-configuration`` annotation, which is dropped
+        here, never logged or stored."""
         try:
             meta = self.request(
                 "GET",

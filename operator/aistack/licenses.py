@@ -794,6 +794,8 @@ def decide_provider(
     if secrets is not None and (problem := _credentials_problem(provider, secrets)):
         reason, message = problem
         stale = message if reason == "CredentialsUnchecked" else None
+        if not verdict.permitted:  # say all that stands in the way, not one at a time
+            message = f"{message}; and {verdict.message}"
         return LicenseVerdict(False, True, reason, message, enforcement="Deny", stale=stale)
     return verdict
 

@@ -510,17 +510,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def governed(
-    cluster: Any, crds: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    """The operator with its license webhook, reachable by the API server on 127.0.0.1."""
+@contextlib.contextmanager
+def governed_operator(cluster: Any, log_dir: Path, *args: str) -> Iterator[OperatorProcess]:
+    """The operator with its license webhook, reachable by the API server on 127.0.0.1,
+    and ``args`` besides; the webhook's configuration is removed after it."""
     webhook = f"e2e-{uuid.uuid4().hex[:6]}.aistack.dev"
     op = OperatorProcess(
         cluster.env,
-        tmp_path_factory.mktemp("governed"),
+        log_dir,
         ["--webhook-port", str(free_port()), "--webhook-addr", "127.0.0.1",
-         "--webhook-host", "127.0.0.1", "--webhook-managed", webhook],
+         "--webhook-host", "127.0.0.1", "--webhook-managed", webhook, *args],
     )  # fmt: skip
     op.start()
     try:
@@ -540,6 +539,15 @@ def governed(
 
 
 @pytest.fixture(scope="module")
+def governed(
+    cluster: Any, crds: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """The operator with its license webhook (see ``governed_operator``)."""
+    with governed_operator(cluster, tmp_path_factory.mktemp("governed")) as op:
+        yield op
+
+
+@pytest.fixture(scope="module")
 def operator(
     cluster: Any, crds: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
@@ -549,3 +557,24 @@ def operator(
         yield op
     finally:
         op.stop()
+
+
+# --------------------------------------------------------------------------- #
+# LicensePolicies for one test
+# --------------------------------------------------------------------------- #
+@pytest.fixture
+def policy(cluster: Any) -> Iterator[Callable[..., str]]:
+    """Apply LicensePolicies for one test (the same ``name`` again replaces one); all are
+    removed afterwards."""
+    made: list[str] = []
+
+    def apply(**spec: Any) -> str:
+        name = spec.pop("name", f"e2e-{uuid.uuid4().hex[:6]}")
+        cluster.apply({"apiVersion": "aistack.dev/v1alpha1", "kind": "LicensePolicy",
+                       "metadata": {"name": name}, "spec": spec})  # fmt: skip
+        made.append(name)
+        return name
+
+    yield apply
+    for name in made:
+        cluster.kubectl("delete", "licensepolicy", name, "--ignore-not-found", check=False)

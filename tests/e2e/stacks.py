@@ -10,12 +10,21 @@ from operator_process import REPO_ROOT
 
 EXAMPLES = REPO_ROOT / "examples"
 READY_TIMEOUT = 90
+DEFAULT_POLICY = REPO_ROOT / "operator" / "aistack" / "data" / "default-licensepolicy.yaml"
 
 
 def load(name: str) -> dict[str, Any]:
     doc = yaml.safe_load((EXAMPLES / name).read_text())
     doc["metadata"].pop("namespace", None)
     return doc
+
+
+def default_policy(**changes: Any) -> dict[str, Any]:
+    """The built-in default LicensePolicy's spec with ``changes``: a policy of a test's own
+    replaces the default (which applies only while the cluster has none), so a policy meant
+    to add one thing to the default starts from it."""
+    spec: dict[str, Any] = yaml.safe_load(DEFAULT_POLICY.read_text())["spec"]
+    return {**spec, **changes}
 
 
 def get_stack(cluster: Any, ns: str, name: str) -> dict[str, Any]:

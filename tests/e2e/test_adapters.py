@@ -5,13 +5,19 @@ denies a running adapter later unloads and unroutes it while its model keeps ser
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from operator_process import OperatorProcess
-from stacks import conditions, deployments, events, get_stack, load, routes, wait_phase
+from stacks import (
+    conditions,
+    default_policy,
+    deployments,
+    events,
+    get_stack,
+    load,
+    routes,
+    wait_phase,
+)
 
 BASE = "microsoft/phi-4"  # MIT on its model card
 PERMITTED = {"name": "support", "source": "example-org/phi-4-support-lora",
@@ -19,23 +25,9 @@ PERMITTED = {"name": "support", "source": "example-org/phi-4-support-lora",
              "license": "Apache-2.0"}  # fmt: skip
 NON_COMMERCIAL = {"name": "research", "source": "example-org/phi-4-research-lora",
                   "license": "CC-BY-NC-4.0"}  # fmt: skip
-
-
-@pytest.fixture
-def policy(cluster: Any) -> Iterator[Any]:
-    """Apply LicensePolicies for one test; all are removed afterwards."""
-    made: list[str] = []
-
-    def apply(**spec: Any) -> str:
-        name = spec.pop("name", f"e2e-{uuid.uuid4().hex[:6]}")
-        cluster.apply({"apiVersion": "aistack.dev/v1alpha1", "kind": "LicensePolicy",
-                       "metadata": {"name": name}, "spec": spec})  # fmt: skip
-        made.append(name)
-        return name
-
-    yield apply
-    for name in made:
-        cluster.kubectl("delete", "licensepolicy", name, check=False)
+#: Nothing verifies the licenses these made-up repos declare (no catalog entry, no Hub
+#: here): the policies these tests need are ones that trust a declaration.
+TRUST_DECLARED = {"unverified": {"huggingFace": "Trust"}}
 
 
 def lora_stack(*adapters: dict[str, Any], replicas: int = 1) -> dict[str, Any]:
@@ -62,14 +54,33 @@ def adapters(stack: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_a_non_commercial_adapter_is_refused_at_apply_time(
-    cluster: Any, governed: OperatorProcess, namespace: str
+    cluster: Any, governed: OperatorProcess, namespace: str, policy: Any
 ) -> None:
+    # Under the built-in default a declared license nothing verified permits nothing, and a
+    # declared non-commercial one is denied all the same.
     result = apply(cluster, lora_stack(PERMITTED, NON_COMMERCIAL), namespace)
     assert result.returncode != 0
     assert "admission webhook" in result.stderr
     assert (
         "adapter research of model base: example-org/phi-4-research-lora is under "
         "CC-BY-NC-4.0, which policy default denies"
+    ) in result.stderr
+    assert (
+        "adapter support of model base: example-org/phi-4-support-lora@"
+        f"{PERMITTED['revision']} declares Apache-2.0, but neither the catalog nor the Hugging "
+        "Face Hub confirmed it, and policy default does not permit licenses only a stack "
+        "declares (unverified.huggingFace: Deny)"
+    ) in result.stderr
+    assert cluster.kubectl("get", "aistack", "quickstart", "-n", namespace, check=False).returncode
+
+    # The default's lists, trusting declarations: only the non-commercial adapter is refused.
+    name = policy(**default_policy(**TRUST_DECLARED))
+    result = apply(cluster, lora_stack(PERMITTED, NON_COMMERCIAL), namespace)
+    assert result.returncode != 0
+    assert "admission webhook" in result.stderr
+    assert (
+        "adapter research of model base: example-org/phi-4-research-lora is under "
+        f"CC-BY-NC-4.0, which policy {name} denies"
     ) in result.stderr
     assert "support" not in result.stderr.split("denied the request:")[-1]
     assert cluster.kubectl("get", "aistack", "quickstart", "-n", namespace, check=False).returncode
@@ -92,14 +103,14 @@ def test_a_policy_change_that_denies_an_adapter_unroutes_it_and_the_base_keeps_s
     cluster: Any, governed: OperatorProcess, namespace: str, policy: Any
 ) -> None:
     custom = {**NON_COMMERCIAL, "license": "LicenseRef-example-research"}
-    name = policy(allow=["MIT", "Apache-2.0", "LicenseRef-example-research"])
+    name = policy(allow=["MIT", "Apache-2.0", "LicenseRef-example-research"], **TRUST_DECLARED)
     result = apply(cluster, lora_stack(PERMITTED, custom, replicas=2), namespace)
     assert result.returncode == 0, result.stderr
     wait_phase(cluster, namespace, "quickstart", "Ready")
     assert routes(cluster, namespace, "quickstart") == ["base", "support", "research"]
 
     # Legal withdraws the approval of the research adapter's license.
-    policy(name=name, allow=["MIT", "Apache-2.0"])
+    policy(name=name, allow=["MIT", "Apache-2.0"], **TRUST_DECLARED)
     stack = wait_phase(cluster, namespace, "quickstart", "Degraded")
     research = adapters(stack)["research"]
     assert (research["permitted"], research["reason"]) == (False, "LicenseNotAllowed")
@@ -124,6 +135,6 @@ def test_a_policy_change_that_denies_an_adapter_unroutes_it_and_the_base_keeps_s
     assert deployments(cluster, namespace)["quickstart-vllm-base"]["spec"]["replicas"] == 2
 
     # Approved again: it is loaded and routed again.
-    policy(name=name, allow=["MIT", "Apache-2.0", "LicenseRef-example-research"])
+    policy(name=name, allow=["MIT", "Apache-2.0", "LicenseRef-example-research"], **TRUST_DECLARED)
     wait_phase(cluster, namespace, "quickstart", "Ready")
     assert routes(cluster, namespace, "quickstart") == ["base", "support", "research"]

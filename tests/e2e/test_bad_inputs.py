@@ -24,6 +24,11 @@ API_CASES = [c for c in CASES if c.api is not None]
 def bad_ns(cluster: Any) -> Iterator[str]:
     name = f"e2e-bad-inputs-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", name)
+    # The Secrets the table's provider routes name, the provider's key opted in: a case
+    # about where prompts go is then refused for that, not for a missing key.
+    cluster.kubectl("create", "secret", "generic", "gw", "-n", name, "--from-literal=key=k")
+    cluster.kubectl("create", "secret", "generic", "keys", "-n", name, "--from-literal=openai=k")
+    cluster.kubectl("label", "secret", "keys", "-n", name, "aistack.dev/provider-credentials=true")
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 

@@ -30,10 +30,20 @@ import pytest
 import yaml
 from lupa import lua51
 from operator_process import REPO_ROOT, OperatorProcess
-from stacks import conditions, deployments, load, routes, wait_exists, wait_phase
+from stacks import (
+    conditions,
+    default_policy,
+    deployments,
+    load,
+    routes,
+    wait_exists,
+    wait_phase,
+)
 
 CHART = REPO_ROOT / "charts" / "aistack-operator"
 MISTRAL = {"name": "mistral", "source": "mistralai/Mistral-7B-Instruct-v0.3"}  # Apache-2.0
+GPT = {"name": "gpt", "provider": "openai", "model": "gpt-4o-mini",
+       "credentialsSecretRef": {"name": "llm-keys", "key": "openai"}}  # fmt: skip
 #: How a refusal shows in the operator's log: the API server's message ("... is forbidden:
 #: User ... cannot ..."), kopf's APIForbiddenError, kopf's fallback warnings.
 ARGOCD_STACKS = REPO_ROOT / "examples" / "argocd" / "stacks"
@@ -201,6 +211,29 @@ def scenario(cluster: Any, namespace: str, policy: Any) -> None:
     )  # fmt: skip
     cluster.kubectl("delete", "licensepolicy", name)
     wait_phase(cluster, namespace, "quickstart", "Ready")
+
+    # A hosted provider: each reconcile gets its key's Secret (the metadata only) to check
+    # the opt-in label. Then the route goes again.
+    name = f"e2e-rbac-providers-{uuid.uuid4().hex[:6]}"
+    policy(name, **default_policy(providers={"allow": ["openai"]}))
+    cluster.kubectl("create", "secret", "generic", "gateway-key", "-n", namespace,
+                    "--from-literal=key=sk-not-for-the-operator")  # fmt: skip
+    cluster.kubectl("create", "secret", "generic", "llm-keys", "-n", namespace,
+                    "--from-literal=openai=sk-not-for-the-operator")  # fmt: skip
+    cluster.kubectl("label", "secret", "llm-keys", "-n", namespace,
+                    "aistack.dev/provider-credentials=true")  # fmt: skip
+    doc["spec"]["gateway"] = {"authSecretRef": {"name": "gateway-key", "key": "key"},
+                              "providers": [dict(GPT)]}  # fmt: skip
+    cluster.apply(doc, namespace=namespace)
+    stack = wait_phase(cluster, namespace, "quickstart", "Ready")
+    gpt = {r["name"]: r for r in stack["status"]["gateway"]["routes"]}["gpt"]
+    assert (gpt["kind"], gpt["permitted"]) == ("Provider", True)
+    assert routes(cluster, namespace, "quickstart") == ["phi-3-5-mini", "mistral", "gpt"]
+    del doc["spec"]["gateway"]
+    cluster.apply(doc, namespace=namespace)
+    wait_phase(cluster, namespace, "quickstart", "Ready")
+    assert routes(cluster, namespace, "quickstart") == ["phi-3-5-mini", "mistral"]
+    cluster.kubectl("delete", "licensepolicy", name)
 
     doc["spec"]["models"] = [dict(MISTRAL)]
     cluster.apply(doc, namespace=namespace)

@@ -7,33 +7,13 @@ from __future__ import annotations
 
 import json
 import signal
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from operator_process import OperatorProcess
 from stacks import conditions, deployments, events, get_stack, load, routes, wait_phase
 
 NC_MODEL = "CohereForAI/c4ai-command-r-plus"  # CC-BY-NC-4.0 on its model card
 LLAMA = "meta-llama/Llama-3.1-8B-Instruct"  # LicenseRef-llama3.1
-
-
-@pytest.fixture
-def policy(cluster: Any) -> Iterator[Any]:
-    """Apply LicensePolicies for one test; all are removed afterwards."""
-    made: list[str] = []
-
-    def apply(**spec: Any) -> str:
-        name = spec.pop("name", f"e2e-{uuid.uuid4().hex[:6]}")
-        cluster.apply({"apiVersion": "aistack.dev/v1alpha1", "kind": "LicensePolicy",
-                       "metadata": {"name": name}, "spec": spec})  # fmt: skip
-        made.append(name)
-        return name
-
-    yield apply
-    for name in made:
-        cluster.kubectl("delete", "licensepolicy", name, check=False)
 
 
 def stack_with(*sources: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import yaml
 from operator_process import REPO_ROOT, OperatorProcess
 from stacks import (
     conditions,
+    default_policy,
     deployments,
     events,
     load,
@@ -73,9 +74,14 @@ def test_quickstart_becomes_ready_on_a_gpu_node(
 
 
 def test_multi_model_stack_places_every_model_and_routes_them(
-    cluster: Any, operator: OperatorProcess, namespace: str, gpu_nodes: list[str]
+    cluster: Any, operator: OperatorProcess, namespace: str, gpu_nodes: list[str], policy: Any
 ) -> None:
-    cluster.apply(load("multi-model.yaml"), namespace=namespace)
+    # The multi-node model runs in an image of its own (vLLM with Ray), which a policy must
+    # allow, as the example says.
+    doc = load("multi-model.yaml")
+    (image,) = {m["image"] for m in doc["spec"]["models"] if "image" in m}
+    policy(**default_policy(images={"allow": [image.rsplit(":", 1)[0]]}))
+    cluster.apply(doc, namespace=namespace)
     stack = wait_phase(cluster, namespace, "multi", "Ready", timeout=120)
     assert stack["status"]["modelsReady"] == "3/3"
     assert routes(cluster, namespace, "multi") == ["chat", "mixtral", "gpt-oss"]

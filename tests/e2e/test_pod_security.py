@@ -9,6 +9,7 @@ the same namespace is refused: the namespace really enforces.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,9 @@ from operator_process import REPO_ROOT
 
 from aistack.api.v1alpha1 import AIStack
 from aistack.render import render
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from helpers import all_permitted
 
 
 def stacks_of(path: Path, namespace: str = "default") -> list[AIStack]:
@@ -81,7 +85,8 @@ def test_every_rendered_pod_is_admitted_under_restricted(
 ) -> None:
     checked: list[str] = []
     for stack in stacks_of(path, restricted):
-        out = render(stack, {m.name: True for m in stack.spec.models})
+        # Everything permitted: adapters' init containers and drafts' mounts are judged too.
+        out = render(stack, all_permitted(stack))
         for i, obj in enumerate(o for o in out if "template" in o.get("spec", {})):
             pod = pod_from(obj, restricted, i)
             result = dry_run(cluster, pod)

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from operator_process import OperatorProcess
 from stacks import conditions, deployments, events, get_stack, load, routes, wait_phase
 
@@ -19,27 +17,11 @@ GPT = {"name": "gpt", "provider": "openai", "model": "gpt-4o-mini",
 LICENSES = ["MIT", "Apache-2.0"]
 
 
-@pytest.fixture
-def policy(cluster: Any) -> Iterator[Any]:
-    """Apply LicensePolicies for one test; all are removed afterwards."""
-    made: list[str] = []
-
-    def apply(**spec: Any) -> str:
-        name = spec.pop("name", f"e2e-{uuid.uuid4().hex[:6]}")
-        cluster.apply({"apiVersion": "aistack.dev/v1alpha1", "kind": "LicensePolicy",
-                       "metadata": {"name": name}, "spec": spec})  # fmt: skip
-        made.append(name)
-        return name
-
-    yield apply
-    for name in made:
-        cluster.kubectl("delete", "licensepolicy", name, check=False)
-
-
 def hybrid() -> dict[str, Any]:
     doc = load("quickstart.yaml")
     doc["spec"]["ray"] = {"enabled": False}
     doc["spec"]["gateway"] = {
+        "authSecretRef": {"name": "gateway-key", "key": "key"},
         "providers": [GPT],
         "fallbacks": [{"model": "phi-3-5-mini", "to": ["gpt"]}],
         "limits": [{"route": "gpt", "rpm": 60}],
@@ -49,6 +31,18 @@ def hybrid() -> dict[str, Any]:
 
 def apply(cluster: Any, doc: dict[str, Any], ns: str) -> Any:
     return cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(doc), check=False)
+
+
+def keys(cluster: Any, ns: str) -> None:
+    """The gateway's key, and the provider's in a Secret that opted in to being one, so
+    that what is judged is where prompts go."""
+    for name, key, labels in (
+        ("gateway-key", "key", {}),
+        ("llm-keys", "openai", {"aistack.dev/provider-credentials": "true"}),
+    ):
+        cluster.apply({"apiVersion": "v1", "kind": "Secret",
+                       "metadata": {"name": name, "labels": labels},
+                       "stringData": {key: f"sk-{uuid.uuid4().hex}"}}, namespace=ns)  # fmt: skip
 
 
 def gateway_env(cluster: Any, ns: str) -> list[str]:
@@ -61,12 +55,13 @@ def test_a_stack_routing_to_a_provider_no_policy_allows_is_refused(
     cluster: Any, governed: OperatorProcess, namespace: str
 ) -> None:
     # No LicensePolicy in the cluster: the built-in default allows no provider.
+    keys(cluster, namespace)
     result = apply(cluster, hybrid(), namespace)
     assert result.returncode != 0
     assert "admission webhook" in result.stderr
     assert (
-        "route gpt sends prompts to provider openai (gpt-4o-mini), which policy default does "
-        "not allow"
+        "route gpt sends prompts to provider openai (gpt-4o-mini) at api.openai.com, which "
+        "policy default does not allow"
     ) in result.stderr
     assert cluster.kubectl("get", "aistack", "quickstart", "-n", namespace, check=False).returncode
 
@@ -75,6 +70,7 @@ def test_a_policy_change_removes_a_providers_route(
     cluster: Any, governed: OperatorProcess, namespace: str, policy: Any
 ) -> None:
     name = policy(allow=LICENSES, providers={"allow": ["openai"]})
+    keys(cluster, namespace)
     result = apply(cluster, hybrid(), namespace)
     assert result.returncode == 0, result.stderr
     stack = wait_phase(cluster, namespace, "quickstart", "Ready")

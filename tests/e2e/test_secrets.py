@@ -19,8 +19,9 @@ from operator_process import OperatorProcess
 from stacks import wait_phase
 
 
-def secret(name: str, **data: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data}
+def secret(name: str, labels: dict[str, str] | None = None, **data: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "labels": labels or {}}, "stringData": data}  # fmt: skip
 
 
 def env_refs(pod_spec: dict[str, Any]) -> dict[str, tuple[str, str]]:
@@ -53,7 +54,10 @@ def test_secret_values_reach_pods_only_by_reference(
     for s in (
         secret("hf-token", token=values["hf"]),
         secret("gateway-key", key=values["key"]),
-        secret("provider-key", openai=values["provider"]),
+        # Opted in to being a provider's key: the gateway is sent no other Secret.
+        secret(
+            "provider-key", {"aistack.dev/provider-credentials": "true"}, openai=values["provider"]
+        ),
         secret("mlflow-db", uri=f"postgresql://u:{values['uri']}@db:5432/mlflow"),
         secret("mlflow-artifacts", destination=f"s3://bucket/{values['dest']}"),
         secret("s3-creds", AWS_SECRET_ACCESS_KEY=values["aws"], AWS_ACCESS_KEY_ID="id"),

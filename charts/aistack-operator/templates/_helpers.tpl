@@ -111,7 +111,8 @@ refused request.
   resources: [events]
   verbs: [create]
 # Secrets named as a hosted provider's key: get, asking for their metadata only
-# (PartialObjectMetadata), to check the aistack.dev/provider-credentials opt-in label.
+# (PartialObjectMetadata) and keeping only the labels, to check the
+# aistack.dev/provider-credentials opt-in label.
 # RBAC cannot grant less than the whole object; the operator never lists, watches or
 # reads their data.
 - apiGroups: [""]
