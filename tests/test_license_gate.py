@@ -592,3 +592,23 @@ def test_the_hubs_last_answer_for_a_draft_is_kept_from_the_status() -> None:
     assert last_hub_licenses(AIStack.model_validate(doc)) == {names.speculative_key("m"): "MIT"}
     doc["spec"]["models"][0]["speculative"]["revision"] = "def456"  # another revision
     assert last_hub_licenses(AIStack.model_validate(doc)) == {}
+
+
+def test_secrets_are_asked_for_outside_the_decisions_lock() -> None:
+    # The labels come from the API server: a slow answer must not hold up every other
+    # stack's decision (they all take one lock, for license-expression's sake).
+    from aistack import licenses
+
+    held: list[bool] = []
+
+    def labels(name: str) -> Mapping[str, str] | None:
+        held.append(licenses._LOCK.locked())
+        return {names.PROVIDER_CREDENTIALS_LABEL: "true"}
+
+    s = provider_stack({"name": "gpt", "provider": "openai", "model": "gpt-4o"})
+    decide_stack(s, [policy(providers={"allow": ["openai"]})], secrets=labels)
+    record = json.dumps({"image": None, "providers": [
+        {"name": "gpt", "provider": "openai", "model": "gpt-4o",
+         "credentialsSecretRef": {"name": "keys", "key": "k"}}]})  # fmt: skip
+    decide_record(record, [policy(providers={"allow": ["openai"]})], "ml", secrets=labels)
+    assert held == [False, False]

@@ -759,6 +759,27 @@ class SecretUnreadable(Exception):
     """A Secret's labels could not be read (the API server did not answer, or refused)."""
 
 
+def prefetched(secrets: SecretLabels, wanted: Iterable[str]) -> SecretLabels:
+    """``secrets`` asked now for each name in ``wanted``, and its answers (or failures)
+    replayed later: the lookups go to the API server, and the decisions that read them run
+    under a lock no network call should hold."""
+    answers: dict[str, Mapping[str, str] | SecretUnreadable | None] = {}
+    for name in wanted:
+        if name not in answers:
+            try:
+                answers[name] = secrets(name)
+            except SecretUnreadable as exc:
+                answers[name] = exc
+
+    def replay(name: str) -> Mapping[str, str] | None:
+        answer = answers[name] if name in answers else secrets(name)
+        if isinstance(answer, SecretUnreadable):
+            raise answer
+        return answer
+
+    return replay
+
+
 def _credentials_problem(provider: ProviderSpec, secrets: SecretLabels) -> tuple[str, str] | None:
     """Why the route's key may not be used: (reason, message), or None. Only a Secret that
     opted in to being a provider credential is sent anywhere; the message names the
@@ -1032,14 +1053,19 @@ def last_hub_licenses(stack: AIStack) -> dict[str, str]:
     return out
 
 
-def _licensed(stack: AIStack) -> list[Licensed]:
-    """Every model, adapter and draft model of the stack."""
-    out: list[Licensed] = []
-    for m in stack.spec.models:
-        out += [m, *m.adapters]
-        if (draft := draft_of(m)) is not None:
-            out.append(draft)
-    return out
+def _licensed_of(model: ModelSpec) -> list[Licensed]:
+    """A model, its adapters and its draft model."""
+    draft = draft_of(model)
+    return [model, *model.adapters, *([draft] if draft is not None else [])]
+
+
+def _ask_hub(hub: HubClient, licensed: Iterable[Licensed]) -> None:
+    """The Hub's answers for what the catalog does not know, asked before the lock is
+    taken (they may take a network timeout); the client keeps them for the decision."""
+    for x in licensed:
+        if canonical_repo(x.source) not in catalog() and not is_storage(x.source):
+            with contextlib.suppress(HubUnavailable):
+                hub.card_license(x.source, x.revision)
 
 
 def decide_stack(
@@ -1054,13 +1080,12 @@ def decide_stack(
     the cluster's policies (raw objects), by name; what the reconciler asks, with the
     operator's hub bound (``aistack run --hub``), the stack's Secrets' labels
     (``secrets``) and the operator's default images."""
-    # Hub answers are fetched first, outside the lock: they may take a network timeout.
     if hub is not None:
-        for x in _licensed(stack):
-            if canonical_repo(x.source) not in catalog() and not is_storage(x.source):
-                with contextlib.suppress(HubUnavailable):
-                    hub.card_license(x.source, x.revision)
+        _ask_hub(hub, [x for m in stack.spec.models for x in _licensed_of(m)])
     last = last_hub_licenses(stack) if hub is not None else {}
+    if secrets is not None and stack.spec.gateway.enabled:
+        keys = [p.credentials_secret_ref.name for p in stack.spec.gateway.providers]
+        secrets = prefetched(secrets, keys)  # outside the lock, like the Hub's answers
     with _LOCK:
         return decide_routes(
             stack, policies_from(policies), hub=hub, last=last, secrets=secrets,
@@ -1072,26 +1097,50 @@ def _not_judged(why: str) -> LicenseVerdict:
     return LicenseVerdict(False, True, "NotJudged", why, enforcement="Deny")
 
 
-def _judge_record(
-    data: Mapping[str, Any],
-    policies: Sequence[CompiledPolicy],
-    namespace: str,
-    hub: HubClient | None,
-    secrets: SecretLabels | None,
-    default_images: Sequence[str],
-) -> list[LicenseVerdict]:
-    if "model" in data:
-        model = ModelSpec.model_validate(data["model"])
-        verdicts = decide_models(
-            [model], policies, hub=hub, namespace=namespace,
-            vllm_image=data.get("image"), default_images=default_images,
-        )  # fmt: skip
-        return list(verdicts.values())
-    out = [decide_provider(ProviderSpec.model_validate(p), policies, secrets)
-           for p in data.get("providers") or []]  # fmt: skip
-    if data.get("image") is not None:
-        out.append(decide_image(str(data["image"]), "this part", policies, default_images))
-    return out
+@dataclass(frozen=True)
+class _Record:
+    """What a Deployment's record names (``names.LICENSED_ANNOTATION``)."""
+
+    model: ModelSpec | None
+    providers: tuple[ProviderSpec, ...]
+    image: str | None
+
+    @classmethod
+    def read(cls, text: str) -> _Record:
+        data = json.loads(text)
+        if not isinstance(data, Mapping):
+            raise TypeError("not an object")
+        model = ModelSpec.model_validate(data["model"]) if "model" in data else None
+        providers = tuple(ProviderSpec.model_validate(p) for p in data.get("providers") or [])
+        image = data.get("image")
+        return cls(model, providers, None if image is None else str(image))
+
+    def prefetch(self, hub: HubClient | None, secrets: SecretLabels | None) -> SecretLabels | None:
+        """Ask the Hub and the API server now, outside the lock (``decide_stack``)."""
+        if hub is not None and self.model is not None:
+            _ask_hub(hub, _licensed_of(self.model))
+        if secrets is None:
+            return None
+        return prefetched(secrets, [p.credentials_secret_ref.name for p in self.providers])
+
+    def judge(
+        self,
+        policies: Sequence[CompiledPolicy],
+        namespace: str,
+        hub: HubClient | None,
+        secrets: SecretLabels | None,
+        default_images: Sequence[str],
+    ) -> list[LicenseVerdict]:
+        if self.model is not None:
+            verdicts = decide_models(
+                [self.model], policies, hub=hub, namespace=namespace,
+                vllm_image=self.image, default_images=default_images,
+            )  # fmt: skip
+            return list(verdicts.values())
+        out = [decide_provider(p, policies, secrets) for p in self.providers]
+        if self.image is not None:
+            out.append(decide_image(self.image, "this part", policies, default_images))
+        return out
 
 
 def decide_record(
@@ -1111,15 +1160,12 @@ def decide_record(
     if record is None:
         return [_not_judged("it carries no record of what it runs (an older operator made it)")]
     try:
-        data = json.loads(record)
-        if not isinstance(data, Mapping):
-            raise TypeError("not an object")
-        with _LOCK:
-            return _judge_record(
-                data, policies_from(policies), namespace, hub, secrets, default_images
-            )
-    except (ValueError, TypeError, ValidationError) as exc:
+        read = _Record.read(record)
+    except (ValueError, TypeError, KeyError, ValidationError) as exc:
         return [_not_judged(f"its record of what it runs cannot be read ({exc})")]
+    secrets = read.prefetch(hub, secrets)
+    with _LOCK:
+        return read.judge(policies_from(policies), namespace, hub, secrets, default_images)
 
 
 def admission_messages(
