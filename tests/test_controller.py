@@ -69,6 +69,18 @@ class FakeKube:
         self.objects[key] = obj
         return obj
 
+    def drop_annotation(
+        self, kind: str, namespace: str, name: str, annotation: str
+    ) -> dict[str, Any]:
+        key = (kind, namespace, name)
+        self.calls.append(("unmark", key))
+        self.rv += 1
+        obj = copy.deepcopy(self.objects[key])
+        obj["metadata"].get("annotations", {}).pop(annotation, None)
+        obj["metadata"]["resourceVersion"] = str(self.rv)
+        self.objects[key] = obj
+        return obj
+
     def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         self.calls.append(("status", patch))
         self.status = merge_apply(self.status or {}, patch)
@@ -80,7 +92,7 @@ class FakeKube:
         self.calls.append(("event", (type_, reason)))
 
     def writes(self) -> list[tuple[str, Any]]:
-        return [c for c in self.calls if c[0] in ("apply", "delete", "status", "scale")]
+        return [c for c in self.calls if c[0] in ("apply", "delete", "status", "scale", "unmark")]
 
 
 def merge_apply(target: Any, patch: Any) -> Any:

@@ -395,6 +395,28 @@ def test_an_unreadable_stack_under_a_tightened_policy_stops_its_model() -> None:
     calls = len(kube.calls)
     rec.reconcile_once(KEY, dataclass_replace(view(kube, invalid), tightened()))
     assert [c for c in kube.calls[calls:] if c[0] == "scale"] == []
+    # Fixed and permitted again: it runs, and the mark the stop left is dropped too (a
+    # server-side apply would leave a field another write set).
+    fixed = copy.deepcopy(doc)
+    fixed["metadata"]["generation"] = 3
+    kube.objects[model]["metadata"]["annotations"][names.LICENSE_BLOCKED_ANNOTATION] = "true"
+    rec.reconcile_once(KEY, view(kube, fixed))
+    assert kube.objects[model]["spec"]["replicas"] == 1
+    assert names.LICENSE_BLOCKED_ANNOTATION not in kube.objects[model]["metadata"]["annotations"]
+    assert ("unmark", model) in kube.calls
+
+
+def test_the_plan_drops_a_blocked_mark_only_from_what_runs_again() -> None:
+    from aistack.plan import make_plan
+
+    def deploy(**annotations: str) -> dict[str, Any]:
+        return {"kind": "Deployment", "metadata": {"name": "d", "namespace": "ml",
+                "annotations": annotations}, "spec": {"replicas": 1}}  # fmt: skip
+
+    marked = deploy(**{names.LICENSE_BLOCKED_ANNOTATION: "true"})
+    assert make_plan([deploy()], [marked], "uid").unmark == [("Deployment", "ml", "d")]
+    assert make_plan([marked], [marked], "uid").unmark == []
+    assert make_plan([deploy()], [deploy()], "uid").empty
 
 
 def dataclass_replace(v: StackView, policies: list[dict[str, Any]]) -> StackView:

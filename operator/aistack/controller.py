@@ -314,6 +314,15 @@ class Reconciler:
                 errors.append(f"{k[0]} {k[2]}: {exc.message}")
                 if exc.status == 0:
                     raise  # no answer from the API server: retry the whole reconcile later
+        for k in plan.unmark:
+            try:
+                blocked = names.LICENSE_BLOCKED_ANNOTATION
+                written[k] = pack(self.kube.drop_annotation(k[0], k[1], k[2], blocked))
+                result.applied.append(k)
+            except KubeError as exc:
+                errors.append(f"{k[0]} {k[2]}: {exc.message}")
+                if exc.status == 0:
+                    raise
         for k in plan.delete:
             try:
                 self.kube.delete(k)

@@ -201,6 +201,18 @@ class Kube:
             content_type="application/merge-patch+json",
         )
 
+    def drop_annotation(
+        self, kind: str, namespace: str, name: str, annotation: str
+    ) -> dict[str, Any]:
+        """Remove one annotation (merge patch), whoever set it."""
+        return self.request(
+            "PATCH",
+            _path(kind, namespace, name),
+            query={"fieldManager": FIELD_MANAGER},
+            body={"metadata": {"annotations": {annotation: None}}},
+            content_type="application/merge-patch+json",
+        )
+
     def secret_labels(self, namespace: str, name: str) -> dict[str, str] | None:
         """A Secret's labels, None when there is no such Secret. Only its metadata is
         asked for (``PartialObjectMetadata``), and only its labels are kept: a Secret made

@@ -120,12 +120,16 @@ class Plan:
 
     apply: list[Manifest] = field(default_factory=list)
     delete: list[Key] = field(default_factory=list)
+    #: Workloads that run again but still carry the license-blocked mark another write
+    #: put there (the merge patch that stopped them while their stack could not be read):
+    #: server-side apply leaves a field it does not own, so the mark is dropped by name.
+    unmark: list[Key] = field(default_factory=list)
     #: Why each object is applied: key -> first differing paths (for logs and Events).
     reasons: dict[Key, list[str]] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
-        return not self.apply and not self.delete
+        return not self.apply and not self.delete and not self.unmark
 
 
 def owner_reference(stack: Mapping[str, Any]) -> dict[str, Any]:
@@ -169,6 +173,8 @@ def make_plan(
     apply: list[Manifest] = []
     reasons: dict[Key, list[str]] = {}
     wanted: set[Key] = set()
+    unmark: list[Key] = []
+    blocked = names.LICENSE_BLOCKED_ANNOTATION
     for manifest in desired:
         key = key_of(manifest)
         wanted.add(key)
@@ -177,6 +183,9 @@ def make_plan(
             apply.append(manifest)
             reasons[key] = ["missing"]
             continue
+        marked = blocked in (have.get("metadata", {}).get("annotations") or {})
+        if marked and blocked not in (manifest["metadata"].get("annotations") or {}):
+            unmark.append(key)
         if key[0] in CREATE_ONLY:
             diff = differences(manifest["metadata"], have.get("metadata", {}), "metadata")
         else:
@@ -189,4 +198,4 @@ def make_plan(
         key for key, obj in seen.items() if key not in wanted and is_owned_by(obj, owner_uid)
     )
     delete.sort(key=lambda k: -KINDS.index(k[0]) if k[0] in KINDS else 0)
-    return Plan(apply=apply, delete=delete, reasons=reasons)
+    return Plan(apply=apply, delete=delete, reasons=reasons, unmark=unmark)

@@ -220,4 +220,7 @@ def test_a_stack_the_operator_cannot_read_is_still_judged_by_what_it_runs(
     cluster.kubectl("delete", "licensepolicy", name)
     cluster.apply(doc, namespace=namespace)
     wait_phase(cluster, namespace, "quickstart", "Ready")
-    assert deployments(cluster, namespace)["quickstart-vllm-m"]["spec"]["replicas"] == 1
+    model = deployments(cluster, namespace)["quickstart-vllm-m"]
+    assert model["spec"]["replicas"] == 1
+    # The mark the stop left (a merge patch's, which server-side apply does not own) goes.
+    assert BLOCKED not in model["metadata"].get("annotations", {})
