@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from aistack import names
 from aistack.api.v1alpha1 import Endpoints
 from aistack.render import COMPONENTS, RenderConfig, endpoints, render
+from aistack.render.components import MODELS
 from aistack.status import CONDITION_TYPES
 from helpers import EXAMPLES, all_permitted, example, stack
 
@@ -75,3 +77,23 @@ def test_a_part_name_fits_beside_the_longest_stack_name() -> None:
     assert len(names.part(longest, "p" * names.PART_MAX)) == names.DNS_LABEL_MAX
     with pytest.raises(ValueError, match="not 1 to 22 characters"):
         names.part(longest, "p" * (names.PART_MAX + 1))
+
+
+def test_the_images_the_policies_judge_are_the_ones_each_part_names() -> None:
+    # The license decision cannot read the registry (licensing imports no render code): it
+    # reads the same spec fields, and this holds the two to one list of parts.
+    from aistack.licenses import decide_stack
+
+    s = stack(
+        ray={"image": "ghcr.io/acme/ray:1"},
+        mlflow={"image": "ghcr.io/acme/mlflow:1"},
+        gateway={"image": "ghcr.io/acme/litellm:1"},
+    )
+    named = {
+        names.image_key(c.image): c.named_image(s.spec)
+        for c in COMPONENTS
+        if c.named_image is not None
+    }
+    judged = {k for k in decide_stack(s, []) if k.startswith(names.image_key(""))}
+    assert judged == set(named) and None not in named.values()
+    assert [c for c in COMPONENTS if c.named_image is None] == [MODELS]

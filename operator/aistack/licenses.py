@@ -988,7 +988,9 @@ def decide_models(
 
 
 def _named_images(stack: AIStack) -> list[tuple[str, str | None]]:
-    """The images a stack names for its parts other than the models: (part, image)."""
+    """The images a stack names for its parts other than the models: (part, image), part
+    being the component's image key (the registry's ``named_image``, which this module may
+    not import: tests/test_components.py holds the two equal)."""
     spec = stack.spec
     return [
         ("ray", spec.ray.image if spec.ray.enabled else None),

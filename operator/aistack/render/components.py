@@ -15,10 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from aistack import names
-from aistack.api.v1alpha1 import AIStack, AIStackSpec, ModelSpec
+from aistack.api.v1alpha1 import AIStack, AIStackSpec, ModelSpec, ProviderSpec
 from aistack.render import render as parts
 from aistack.render.config import RenderConfig
 
@@ -72,10 +71,14 @@ class Component:
     #: it is not scraped, and ``unscraped`` says why.
     scrape: Callable[[AIStack], parts.Scrape | None] | None = None
     unscraped: Callable[[AIStack], str] | None = None
-    #: What its Deployments run that the license decision judged (the image the stack
-    #: names for it, the providers it sends prompts to), put on them as
-    #: ``names.LICENSED_ANNOTATION``; None for the models, whose record is per model.
-    record: Callable[[AIStack], dict[str, Any]] | None = None
+    #: The image the stack names for it (None: the operator's default), which the
+    #: policies judge (``names.image_key(image)``; ``licenses`` reads the same fields, and
+    #: ``tests/test_components.py`` holds the two equal). None for the models, whose image
+    #: is part of each model's own verdict.
+    named_image: Callable[[AIStackSpec], str | None] | None = None
+    #: What its Deployments run that the license decision judged, beside the image: the
+    #: providers it sends prompts to. Put on them as ``names.LICENSED_ANNOTATION``.
+    providers: Callable[[AIStack], list[ProviderSpec]] | None = None
 
     @property
     def default_image(self) -> str:
@@ -159,7 +162,7 @@ COMPONENTS: tuple[Component, ...] = (
         # Every node's dashboard agent (`ray start --metrics-export-port`).
         scrape=lambda stack: parts.Scrape("metrics", parts.RAY_METRICS_PORT),
         image="ray",
-        record=lambda stack: parts.part_record(stack.spec.ray.image),
+        named_image=lambda spec: spec.ray.image,
         program="ray",
         version="2.60.0",
         image_template="rayproject/ray:{version}-py311",
@@ -177,7 +180,7 @@ COMPONENTS: tuple[Component, ...] = (
         reached_by=("gateway", "model-server", "ray"),
         port=parts.MLFLOW_PORT,
         image="mlflow",
-        record=lambda stack: parts.part_record(stack.spec.mlflow.image),
+        named_image=lambda spec: spec.mlflow.image,
         program="mlflow",
         version="3.17.2",
         image_template="ghcr.io/mlflow/mlflow:v{version}",
@@ -199,9 +202,8 @@ COMPONENTS: tuple[Component, ...] = (
         pod_selector=lambda stack: names.selector_labels(stack, "gateway"),
         endpoints=parts.gateway_endpoints,
         image="gateway",
-        record=lambda stack: parts.part_record(
-            stack.spec.gateway.image, stack.spec.gateway.providers
-        ),
+        named_image=lambda spec: spec.gateway.image,
+        providers=lambda stack: list(stack.spec.gateway.providers),
         program="litellm",
         version="1.110.2",
         image_template="ghcr.io/berriai/litellm:v{version}",
@@ -258,8 +260,10 @@ def render(
         manifests += parts.render_network(stack, network(stack, on))
     for component in on:
         rendered = component.render(stack, served, config)
-        if component.record is not None:
-            parts.annotate_licensed(rendered, component.record(stack))
+        if component.named_image is not None:
+            providers = component.providers(stack) if component.providers else []
+            record = parts.part_record(component.named_image(stack.spec), providers)
+            parts.annotate_licensed(rendered, record)
         if permitted.get(names.image_key(component.image)) is False:
             parts.block(rendered)
         manifests += rendered
