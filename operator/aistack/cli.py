@@ -405,7 +405,7 @@ def _stack_rows(stack: AIStack, verdicts: Mapping[str, LicenseVerdict]) -> list[
     for p in stack.spec.gateway.providers if stack.spec.gateway.enabled else []:
         target = f"{p.provider}/{p.model} at {p.host}"
         rows.append(_row(name, verdicts[p.name], target, None, provider=p.name))
-    for part in ("ray", "mlflow", "gateway"):
+    for part in (c.image for c in COMPONENTS if c.named_image is not None):
         if (v := verdicts.get(names.image_key(part))) is not None:
             rows.append(_row(name, v, None, None, image=part))
     return rows

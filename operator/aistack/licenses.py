@@ -57,6 +57,7 @@ from aistack.api.v1alpha1 import (
     ModelSpec,
     ModelStatus,
     ProviderSpec,
+    is_storage,
     normalize_host,
 )
 from aistack.conditions import as_dict, condition, previous_of
@@ -147,11 +148,6 @@ def _renames() -> tuple[dict[str, str], dict[str, str]]:
         old, new = row["from"].lower(), row["to"].lower()
         (orgs if old.endswith("/") else repos)[old] = new
     return repos, orgs
-
-
-def is_storage(source: str) -> bool:
-    """Whether a source is a path on a PVC or an S3 prefix (not a Hugging Face repo)."""
-    return source.startswith(("pvc://", "s3://"))
 
 
 def canonical_repo(repo_id: str) -> str:

@@ -144,8 +144,13 @@ _REVISION_RULE = (
 )
 
 
+def is_storage(source: str) -> bool:
+    """Whether a source is a path on a PVC or an S3 prefix (not a Hugging Face repo)."""
+    return source.startswith(("pvc://", "s3://"))
+
+
 def _check_revision(source: str | None, revision: str | None) -> None:
-    if revision is not None and (source is None or source.startswith(("pvc://", "s3://"))):
+    if revision is not None and (source is None or is_storage(source)):
         raise ValueError(rules.REVISION_FOR_HUB)
 
 

@@ -25,6 +25,7 @@ from aistack.api.v1alpha1 import (
     ResourceRequirements,
     SecretKeyRef,
     Toleration,
+    is_storage,
 )
 from aistack.render.config import RenderConfig
 from aistack.yamlio import dump_all
@@ -280,7 +281,7 @@ def _vllm_args(
         args += ["--max-model-len", str(model.max_model_len)]
     util = model.gpu_memory_utilization or vllm.gpu_memory_utilization
     args += ["--gpu-memory-utilization", str(util)]
-    if model.revision is not None and not model.source.startswith(("pvc://", "s3://")):
+    if model.revision is not None and not is_storage(model.source):
         args += ["--revision", model.revision]
     if model.source.startswith("s3://"):
         args += ["--load-format", "runai_streamer"]
