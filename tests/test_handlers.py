@@ -230,3 +230,35 @@ def test_without_stack_monitoring_nothing_watches_podmonitors() -> None:
     ids = [handler for _, handler in json.loads(run.stdout)]
     assert ids and not [i for i in ids if "podmonitors" in i or i == "monitoring_crd"]
     assert "child-deployments" in ids and "deployments_index" in ids
+
+
+def test_the_webhook_judges_an_update_by_what_it_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kopf hands the handler the operation and the old object: a CREATE is judged whole,
+    an UPDATE that leaves a denied model as it was is admitted with a warning naming it,
+    and one that alters it is refused; an old object that does not read counts as none."""
+    rt = handlers.Runtime(OperatorSettings())
+    monkeypatch.setattr(handlers, "RUNTIME", rt)
+    monkeypatch.setattr(handlers, "load_client", lambda *a: object())
+    monkeypatch.setattr(handlers, "_current_policies", list)
+    rt.start()
+    nc = {"name": "nc", "source": "CohereForAI/c4ai-command-r-plus", "gpus": 1}
+    old = stack_doc(models=[nc])
+    relabelled = {**old, "metadata": {**old["metadata"], "labels": {"team": "chat"}}}
+
+    def admit(body: dict[str, Any], operation: str, before: dict[str, Any] | None) -> list[str]:
+        warnings: list[str] = []
+        asyncio.run(handlers.admit_stack(
+            body=body, warnings=warnings, dryrun=False, operation=operation, old=before,
+        ))  # type: ignore[arg-type]  # fmt: skip
+        return warnings
+
+    with pytest.raises(kopf.AdmissionError, match=r"CC-BY-NC-4\.0"):
+        admit(old, "CREATE", None)
+    (warning,) = admit(relabelled, "UPDATE", old)
+    assert warning.startswith("'nc' is unchanged by this update, so it is not refused again")
+    bigger = stack_doc(models=[nc | {"gpus": 2}])
+    with pytest.raises(kopf.AdmissionError, match=r"CC-BY-NC-4\.0"):
+        admit(bigger, "UPDATE", old)
+    unreadable = {**old, "spec": {"models": "not a list"}}
+    with pytest.raises(kopf.AdmissionError, match=r"CC-BY-NC-4\.0"):
+        admit(relabelled, "UPDATE", unreadable)

@@ -40,7 +40,7 @@ from aistack.controller import (
 from aistack.errors import format_validation_error
 from aistack.kinds import BY_KIND, CHILD_KINDS
 from aistack.kube import Kube, KubeError, RateLimit, load_client
-from aistack.licenses import admission_verdicts, policy_status
+from aistack.licenses import policy_status, update_verdicts
 from aistack.render.components import MONITORING_CRD
 from aistack.settings import OperatorSettings
 
@@ -413,8 +413,16 @@ def watch_stack_monitors() -> None:
 # ---------------------------------------------------------------- admission
 
 
-async def admit_stack(body: kopf.Body, warnings: list[str], dryrun: bool, **kwargs: Any) -> None:
-    """Validating webhook: refuse a stack that would serve a model the policy denies."""
+async def admit_stack(
+    body: kopf.Body,
+    warnings: list[str],
+    dryrun: bool,
+    operation: str | None = None,
+    old: kopf.Body | None = None,
+    **kwargs: Any,
+) -> None:
+    """Validating webhook: refuse a stack that would serve a model the policy denies. A
+    CREATE is judged whole; an UPDATE by what it adds or alters (``update_verdicts``)."""
     RUNTIME.bind(kwargs)
     result = "error"
     try:
@@ -423,8 +431,9 @@ async def admit_stack(body: kopf.Body, warnings: list[str], dryrun: bool, **kwar
         except ValidationError as err:
             result = "denied"
             raise kopf.AdmissionError("; ".join(format_validation_error("AIStack", err))) from err
+        before = _old_stack(old) if operation == "UPDATE" else None
         policies = await asyncio.to_thread(_current_policies)
-        denied, warned = await asyncio.to_thread(_judge_admission, stack, policies)
+        denied, warned = await asyncio.to_thread(_judge_admission, stack, policies, before)
         warnings.extend(warned)
         if denied:
             result = "denied"
@@ -434,17 +443,30 @@ async def admit_stack(body: kopf.Body, warnings: list[str], dryrun: bool, **kwar
         metrics.ADMISSIONS.labels(result).inc()
 
 
-def _judge_admission(stack: AIStack, policies: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+def _old_stack(old: kopf.Body | None) -> AIStack | None:
+    """The object an UPDATE replaces, or None where it does not read (stored before a
+    stricter schema): then the update is judged whole."""
+    if old is None:
+        return None
+    try:
+        return AIStack.model_validate(dict(old))
+    except ValidationError:
+        return None
+
+
+def _judge_admission(
+    stack: AIStack, policies: list[dict[str, Any]], old: AIStack | None = None
+) -> tuple[list[str], list[str]]:
     """The webhook's verdicts: as the reconcile judges (its Secrets' labels read from the
-    API server), so that what is admitted is what runs."""
+    API server), so that what is admitted is what runs; of an UPDATE (``old``), what it
+    adds or alters."""
     reconciler = RUNTIME.reconciler
     if reconciler is None:  # _current_policies has refused by then
         raise kopf.AdmissionError("the aistack operator is starting; retry", code=503)
     licensing, _ = licensing_for(
         reconciler.kube, RUNTIME.settings.hub, tuple(reconciler.config.images.values())
     )
-    verdicts = licensing(stack, policies).values()
-    return admission_verdicts(verdicts)
+    return update_verdicts(licensing(stack, policies), stack, old)
 
 
 def _current_policies() -> list[dict[str, Any]]:
