@@ -10,6 +10,12 @@
 #                             served by the Go module proxy, checkov covers its checks)
 # and, with --promtool, Prometheus' rule checker that `make promtool-rules` runs:
 #   promtool                                                          (github.com/prometheus/prometheus)
+# and, with --argocd, the Argo CD that `make gitops` runs (through the wrapper module
+# hack/argocdbuild; Argo CD's go.mod needs Go 1.27, which the go command takes from the
+# module proxy as toolchain ${ARGOCD_GOTOOLCHAIN}):
+#   argocd, and argocd-application-controller and argocd-repo-server  (github.com/argoproj/argo-cd/v3)
+#   linked to it (Argo CD's one binary acts by the name it is called by), and the module's
+#   git-verify-wrapper.sh, which the repo-server runs
 # Versions are pinned in hack/versions.env (the linters' below, unless versions.env
 # sets them). Nothing is downloaded at run time other than Go modules (and checkov's
 # PyPI packages).
@@ -21,10 +27,12 @@
 #   ${AISTACK_TOOLS_CACHE:-$HOME/.cache/aistack-operator/tools}/lint_kube-score-<v>_checkov-<v>/bin
 # and so has promtool:
 #   ${AISTACK_TOOLS_CACHE:-$HOME/.cache/aistack-operator/tools}/promtool-<v>/bin
+# and so has Argo CD:
+#   ${AISTACK_TOOLS_CACHE:-$HOME/.cache/aistack-operator/tools}/argocd-<v>/bin
 # A tool is rebuilt only when its binary is missing or its --version output
 # does not match the pin, so a second run takes seconds.
 #
-# Usage: hack/build-tools.sh [--lint|--promtool] [--print-bin-dir] [--check] [--force]
+# Usage: hack/build-tools.sh [--lint|--promtool|--argocd] [--print-bin-dir] [--check] [--force]
 #                            [--update-modules] [-h]
 #   (no option)        build what is missing; the last line of stdout is the bin dir
 #   --lint             act on the manifest linters (kube-score, checkov) instead of the
@@ -32,6 +40,8 @@
 #   --promtool         act on promtool instead of the control plane: build it (about 2
 #                      minutes on 2 CPUs with cold Go caches, including the module
 #                      downloads), or with --print-bin-dir / --check
+#   --argocd           act on Argo CD instead of the control plane: build it (5-15 minutes
+#                      on 2 CPUs with cold Go caches), or with --print-bin-dir / --check
 #   --print-bin-dir    print the bin dir and exit (builds nothing)
 #   --check            exit 0 if every tool is present at the pinned version, else 1
 #   --force            rebuild everything
@@ -73,11 +83,12 @@ die() { log "ERROR: $*"; exit 1; }
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
-FORCE=0 UPDATE=0 MODE=build LINT=0 PROMTOOL=0
+FORCE=0 UPDATE=0 MODE=build LINT=0 PROMTOOL=0 ARGOCD=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --lint) LINT=1 ;;
     --promtool) PROMTOOL=1 ;;
+    --argocd) ARGOCD=1 ;;
     --print-bin-dir) MODE=print ;;
     --check) MODE=check ;;
     --force) FORCE=1 ;;
@@ -88,8 +99,8 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 
-if [[ $LINT == 1 && $PROMTOOL == 1 ]]; then
-  die "--lint and --promtool are separate tool sets: give one"
+if (( LINT + PROMTOOL + ARGOCD > 1 )); then
+  die "--lint, --promtool and --argocd are separate tool sets: give one"
 fi
 if [[ $LINT == 1 ]]; then
   [[ $UPDATE == 0 ]] || die "--update-modules is for the control plane; --lint has no wrapper modules"
@@ -98,6 +109,10 @@ if [[ $LINT == 1 ]]; then
 elif [[ $PROMTOOL == 1 ]]; then
   [[ $UPDATE == 0 ]] || die "--update-modules is for the control plane; --promtool has no wrapper module"
   KEY="promtool-${PROMETHEUS_VERSION}"
+  BIN_DIR="$CACHE_ROOT/$KEY/bin"
+elif [[ $ARGOCD == 1 ]]; then
+  [[ $UPDATE == 0 ]] || die "--update-modules is for the control plane; hack/argocdbuild is kept by hand (see its go.mod)"
+  KEY="argocd-${ARGOCD_VERSION}"
   BIN_DIR="$CACHE_ROOT/$KEY/bin"
 fi
 
@@ -138,6 +153,13 @@ tool_ok() {
     kube-score)
       out=$("$bin" version 2>&1) || return 1
       [[ $out == "kube-score version: ${KUBE_SCORE_VERSION#v},"* ]] ;;
+    argocd)
+      out=$("$bin" version --client --short 2>&1) || return 1
+      [[ $out == "argocd: ${ARGOCD_VERSION}+"* ]] ;;
+    argocd-application-controller|argocd-repo-server)
+      [[ $(readlink "$bin") == argocd ]] ;;
+    git-verify-wrapper.sh)
+      [[ -x $bin ]] ;;
     promtool)
       out=$("$bin" --version 2>&1) || return 1
       [[ $out == "promtool, version $(prometheus_release) "* ]] ;;
@@ -155,6 +177,8 @@ if [[ $LINT == 1 ]]; then
   ALL_TOOLS=(kube-score checkov)
 elif [[ $PROMTOOL == 1 ]]; then
   ALL_TOOLS=(promtool)
+elif [[ $ARGOCD == 1 ]]; then
+  ALL_TOOLS=(argocd argocd-application-controller argocd-repo-server git-verify-wrapper.sh)
 else
   ALL_TOOLS=("${KUBE_BINS[@]}" etcd kwok kwokctl helm)
 fi
@@ -321,6 +345,27 @@ build_promtool() {
   install_staged promtool
 }
 
+build_argocd() {
+  local dir="$HACK_DIR/argocdbuild" got date p=github.com/argoproj/argo-cd/v3/common
+  # Argo CD's go.mod says go 1.27.0: the go command fetches that toolchain from the
+  # module proxy (as a module; about 10 seconds on a new machine).
+  export GOTOOLCHAIN=$ARGOCD_GOTOOLCHAIN
+  got=$(module_version "$dir" github.com/argoproj/argo-cd/v3) || die "hack/argocdbuild is broken"
+  [[ $got == "$ARGOCD_VERSION" ]] || die "hack/argocdbuild pins Argo CD $got, versions.env says $ARGOCD_VERSION; edit hack/argocdbuild/go.mod"
+  date=$(cd "$dir" && "$GO" list -mod=readonly -m -f '{{if .Time}}{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}{{end}}' github.com/argoproj/argo-cd/v3)
+  log "building argocd ${ARGOCD_VERSION} (toolchain ${ARGOCD_GOTOOLCHAIN}; 5-15 minutes on 2 CPUs when Go's caches are cold)"
+  # ldflags as in Argo CD's Makefile, so `argocd version` reports the release.
+  (cd "$dir" && "$GO" build -mod=readonly -p "$JOBS" -trimpath \
+    -ldflags "-s -w -X $p.version=${ARGOCD_VERSION#v} -X $p.buildDate=${date:-1970-01-01T00:00:00Z} -X $p.gitCommit=unknown -X $p.gitTreeState=clean" \
+    -o "$STAGE/argocd" github.com/argoproj/argo-cd/v3/cmd)
+  install_staged argocd
+  ln -sfn argocd "$BIN_DIR/argocd-application-controller"
+  ln -sfn argocd "$BIN_DIR/argocd-repo-server"
+  # The repo-server runs this script of Argo CD's for every revision (its image has it
+  # on PATH); it comes with the module.
+  install -m 0755 "$(cd "$dir" && "$GO" list -mod=readonly -m -f '{{.Dir}}' github.com/argoproj/argo-cd/v3)/hack/git-verify-wrapper.sh" "$BIN_DIR/"
+}
+
 build_checkov() {
   # A virtualenv records its own path, so it is made where it stays (beside bin/), anew;
   # bin/checkov links to its entry point. A half-made one fails tool_ok and is made again.
@@ -338,6 +383,8 @@ if [[ $LINT == 1 ]]; then
   if need checkov; then timed "checkov" build_checkov; fi
 elif [[ $PROMTOOL == 1 ]]; then
   if need promtool; then timed "promtool" build_promtool; fi
+elif [[ $ARGOCD == 1 ]]; then
+  if need "${ALL_TOOLS[@]}"; then timed "argocd" build_argocd; fi
 else
   if need "${KUBE_BINS[@]}"; then timed "kubernetes" build_kube; fi
   if need etcd; then timed "etcd" build_etcd; fi

@@ -114,7 +114,8 @@ start_operator() {
   stop_operator
   local metrics_port
   metrics_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  local args=(run --namespace "$NS" --metrics-port "$metrics_port")
+  # ml: the namespace of examples/argocd's stacks.
+  local args=(run --namespace "$NS" --namespace ml --metrics-port "$metrics_port")
   if [[ $(backend) == local ]]; then
     # The local API server runs on this host, so it can call the license webhook on
     # 127.0.0.1; the operator maintains the webhook configuration itself.

@@ -19,6 +19,7 @@ import re
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,8 +29,9 @@ from typing import Any
 
 import pytest
 import yaml
-from lupa import lua51
 from operator_process import REPO_ROOT, OperatorProcess
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stacks import (
     conditions,
     default_policy,
@@ -40,6 +42,8 @@ from stacks import (
     wait_phase,
 )
 
+from argocd_lua import health
+
 CHART = REPO_ROOT / "charts" / "aistack-operator"
 MISTRAL = {"name": "mistral", "source": "mistralai/Mistral-7B-Instruct-v0.3"}  # Apache-2.0
 GPT = {"name": "gpt", "provider": "openai", "model": "gpt-4o-mini",
@@ -47,7 +51,6 @@ GPT = {"name": "gpt", "provider": "openai", "model": "gpt-4o-mini",
 #: How a refusal shows in the operator's log: the API server's message ("... is forbidden:
 #: User ... cannot ..."), kopf's APIForbiddenError, kopf's fallback warnings.
 ARGOCD_STACKS = REPO_ROOT / "examples" / "argocd" / "stacks"
-ARGOCD_HEALTH = REPO_ROOT / "operator" / "aistack" / "argocd" / "health.lua"
 REFUSED = re.compile(r"forbidden|unauthorized|not enough permissions", re.IGNORECASE)
 
 
@@ -178,10 +181,8 @@ def operator_as(cluster: Any, release: Release, log_dir: Path, *args: str) -> Op
 
 
 def argocd_health(stack: dict[str, Any]) -> str:
-    """What Argo CD's health check (the chart's Lua) says of a real stack."""
-    lua = lua51.LuaRuntime()
-    lua.globals().obj = lua.table_from(stack, recursive=True)
-    return str(lua.execute(ARGOCD_HEALTH.read_text())["status"])
+    """What Argo CD's health check says of a real stack, in Argo CD's Lua sandbox."""
+    return health(stack)["status"]
 
 
 def scenario(cluster: Any, namespace: str, policy: Any) -> None:

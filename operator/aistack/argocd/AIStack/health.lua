@@ -40,7 +40,8 @@ end
 local generation = obj.metadata.generation
 if generation ~= nil and (status.observedGeneration == nil or status.observedGeneration < generation) then
   hs.status = "Progressing"
-  hs.message = "Waiting for the aistack operator to observe generation " .. string.format("%d", generation)
+  -- Argo CD runs health scripts without Lua's string library: tostring, not string.format.
+  hs.message = "Waiting for the aistack operator to observe generation " .. tostring(generation)
   return hs
 end
 
