@@ -935,3 +935,24 @@ def test_every_image_value_becomes_its_flag_in_registry_order(helm: str) -> None
     args = container(template(helm, {"images": images}))["args"]
     flags = [a for a in args if "-image=" in a]
     assert flags == [f"--{c.image}-image=registry.local/{c.image}:1" for c in COMPONENTS]
+
+
+# ---------------------------------------------------------------- the docs' RBAC table
+
+VERBS = {"get", "list", "watch", "create", "patch", "update", "delete"}
+
+
+def test_the_install_docs_rbac_table_lists_exactly_the_grants() -> None:
+    """docs/install.md's table of what the operator may do is what a user writing their
+    own RBAC copies: every (resource, verb) the chart may grant is in it, and nothing else."""
+    text = (ROOT / "docs" / "install.md").read_text()
+    section = text.split("## What the operator may do", 1)[1].split("\n\n", 3)[2]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    documented = set()
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        resources = re.findall(r"`([a-z/]+)`", cells[0])
+        verbs = set(re.findall(r"[a-z]+", cells[1])) & VERBS
+        documented |= {(r, v) for r in resources if "." not in r for v in verbs}
+    granted = {(r, v) for _, r, v in ALLOWED}
+    assert documented == granted
