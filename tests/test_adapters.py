@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from aistack.api import AIStack, rules
 from aistack.api.v1alpha1 import LORA_RANKS, AIStackStatus
+from aistack.components import RenderConfig
 from aistack.licenses import (
     admission_messages,
     decide_models,
@@ -26,7 +27,7 @@ from aistack.licenses import (
     last_hub_licenses,
     policies_from,
 )
-from aistack.render import RenderConfig, render
+from aistack.render import render
 from aistack.render.fetch_s3 import targets
 from aistack.render.render import ADAPTER_DIR, CLAIM_MOUNT, MODEL_MOUNT, gateway_config
 from aistack.status import Observed, compute_status, status_dict, transitions

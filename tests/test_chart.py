@@ -916,7 +916,7 @@ def test_the_charts_image_settings_are_written_from_the_registry() -> None:
 def test_the_charts_images_are_the_components_images() -> None:
     # The chart's `images.<key>` values become `--<key>-image`: its keys, in values.yaml,
     # values.schema.json and the arguments template, are the components' image keys.
-    from aistack.render import COMPONENTS
+    from aistack.components import COMPONENTS
 
     keys = {c.image for c in COMPONENTS}
     values = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -929,7 +929,7 @@ def test_the_charts_images_are_the_components_images() -> None:
 
 
 def test_every_image_value_becomes_its_flag_in_registry_order(helm: str) -> None:
-    from aistack.render import COMPONENTS
+    from aistack.components import COMPONENTS
 
     images = {c.image: f"registry.local/{c.image}:1" for c in COMPONENTS}
     args = container(template(helm, {"images": images}))["args"]

@@ -9,8 +9,8 @@ import pytest
 
 from aistack import names
 from aistack.api.v1alpha1 import Endpoints
-from aistack.render import COMPONENTS, RenderConfig, endpoints, render
-from aistack.render.components import MODELS
+from aistack.components import COMPONENTS, MODELS, RenderConfig, endpoints
+from aistack.render import RENDERERS, render
 from aistack.status import CONDITION_TYPES
 from helpers import EXAMPLES, all_permitted, example, stack
 
@@ -33,7 +33,7 @@ def test_each_part_renders_the_workloads_it_reports_on(path: Path) -> None:
     for c in COMPONENTS:
         if not c.enabled(s.spec):
             continue
-        objs = c.render(s, served, RenderConfig())
+        objs = RENDERERS[c.name](s, served, RenderConfig())
         deployments = {o["metadata"]["name"] for o in objs if o["kind"] == "Deployment"}
         assert set(c.workloads(s)) == deployments, c.name
         for o in objs:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aistack.render.components import COMPONENTS, VERSIONS
+from aistack.components import COMPONENTS, VERSIONS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "conformance"))
 import envs

@@ -24,8 +24,8 @@ from aistack.controller import (
     merge_patch,
 )
 from aistack.kube import KubeError
-from aistack.licenses import LicenseVerdict
 from aistack.plan import Key, key_of
+from aistack.verdicts import LicenseVerdict
 from helpers import stack_doc
 
 NOW = "2026-01-01T00:00:00Z"

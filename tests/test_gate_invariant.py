@@ -31,8 +31,9 @@ from pydantic import ValidationError
 
 from aistack import names, vllm_flags
 from aistack.api.v1alpha1 import AIStack
+from aistack.components import RenderConfig
 from aistack.licenses import canonical_repo, decide_stack, draft_of
-from aistack.render import RenderConfig, render
+from aistack.render import render
 from helpers import trusting_policy
 
 #: The flags the operator itself renders; any other flag that is not ``allowed`` in the

@@ -17,7 +17,8 @@ import pytest
 
 from aistack.controller import LOOKUP_RETRY, Reconciler, StackView
 from aistack.hub import HfHub, HubUnavailable
-from aistack.licenses import LicenseVerdict, decide_stack
+from aistack.licenses import decide_stack
+from aistack.verdicts import LicenseVerdict
 from helpers import stack_doc
 from hubserver import REPO, REV, FakeHubServer
 from test_controller import FakeKube

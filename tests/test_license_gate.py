@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from aistack import names
 from aistack.api import rules
 from aistack.api.v1alpha1 import AIStack, LicensePolicy
+from aistack.components import RenderConfig
 from aistack.controller import Reconciler, StackView
 from aistack.errors import format_validation_error
 from aistack.images import matches, parse_image
@@ -32,7 +33,7 @@ from aistack.licenses import (
     host_matches,
     last_hub_licenses,
 )
-from aistack.render import RenderConfig, render
+from aistack.render import render
 from aistack.status import Observed, compute_status
 from helpers import all_permitted, stack, stack_doc, trusting_policy
 from test_controller import KEY, NOW, FakeKube, view

@@ -14,9 +14,16 @@ from pydantic import ValidationError
 
 from aistack import handlers, names
 from aistack.api import AIStack
-from aistack.render import RenderConfig, render
-from aistack.render.components import BY_NAME, MONITORING_CRD, monitoring
-from aistack.render.render import GATEWAY_PORT, RAY_METRICS_PORT, VLLM_PORT
+from aistack.components import (
+    BY_NAME,
+    GATEWAY_PORT,
+    MONITORING_CRD,
+    RAY_METRICS_PORT,
+    VLLM_PORT,
+    RenderConfig,
+    monitoring,
+)
+from aistack.render import render
 from aistack.status import Observed, compute_status
 from helpers import ROOT, all_permitted, stack
 

@@ -11,8 +11,8 @@ import pytest
 from pydantic import ValidationError
 
 from aistack.api import rules
+from aistack.components import GATEWAY_PORT
 from aistack.render import render
-from aistack.render.render import GATEWAY_PORT
 from helpers import EXAMPLES, all_permitted, example, stack
 
 K8S_VERSION = "1.36.0"

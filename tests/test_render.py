@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from aistack import names
-from aistack.render import RenderConfig, endpoints, render, render_yaml
+from aistack.components import RenderConfig, endpoints
+from aistack.render import render, render_yaml
 from aistack.render.render import GPU_RESOURCE, gateway_config
 from helpers import EXAMPLES, ROOT, all_permitted, example, stack
 

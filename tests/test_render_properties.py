@@ -13,7 +13,8 @@ from pydantic import ValidationError
 
 from aistack import names
 from aistack.api.v1alpha1 import AIStack
-from aistack.render import RenderConfig, render
+from aistack.components import RenderConfig
+from aistack.render import render
 from helpers import all_permitted
 
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")

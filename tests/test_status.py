@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from aistack.api import AIStack
-from aistack.licenses import LicenseVerdict
 from aistack.render import render
 from aistack.status import (
     Observed,
@@ -16,6 +15,7 @@ from aistack.status import (
     status_dict,
     transitions,
 )
+from aistack.verdicts import LicenseVerdict
 from helpers import ROOT, all_permitted, example, stack_doc
 
 GOLDEN = ROOT / "tests" / "golden" / "status"

@@ -9,7 +9,7 @@ from importlib import resources
 import pytest
 
 from aistack import vllm_flags
-from aistack.render.components import VERSIONS
+from aistack.components import VERSIONS
 from aistack.vllm_flags import Flag, FlagError, extra_args_problems, resolve, table
 
 FIELD = "spec.models[0].extraArgs"

@@ -5,7 +5,7 @@
 
 Each component's default image is an operator setting (``aistack run --<image>-image``) and
 a chart value (``images.<image>``). Three places of the chart follow the registry
-(``aistack.render.components.COMPONENTS``), in its order:
+(``aistack.components.COMPONENTS``), in its order:
 
 - ``values.yaml``: the ``images:`` block, one empty key per component, its comment naming
   the built-in default;
@@ -24,7 +24,7 @@ import re
 import sys
 from pathlib import Path
 
-from aistack.render.components import COMPONENTS, Component
+from aistack.components import COMPONENTS, Component
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "aistack-operator"
 VALUES = "values.yaml"
@@ -72,7 +72,7 @@ def schema_json(text: str, components: tuple[Component, ...] = COMPONENTS) -> st
 def images_template(components: tuple[Component, ...] = COMPONENTS) -> str:
     lines = [
         "{{/* Written by `make chart-images` from the component registry"
-        " (operator/aistack/render/components.py): do not edit. */}}",
+        " (operator/aistack/components.py): do not edit. */}}",
         "",
         "{{- /* The operator's --<key>-image argument for each images.<key> that is set. */}}",
         '{{- define "aistack-operator.imageArgs" -}}',

@@ -24,16 +24,17 @@ from aistack.api.v1alpha1 import (
     AIStack,
     ModelSpec,
 )
+from aistack.components import COMPONENTS, RenderConfig
 from aistack.crd import all_crds, crd_files
 from aistack.errors import format_validation_error
 from aistack.hub import HfHub
 from aistack.limits import DEFAULT_BURST, DEFAULT_QPS, DEFAULT_RESYNC, DEFAULT_WORKERS
-from aistack.render import COMPONENTS, RenderConfig, render, render_yaml
+from aistack.render import render, render_yaml
 from aistack.settings import OperatorSettings
 from aistack.yamlio import dump_all
 
 if TYPE_CHECKING:
-    from aistack.licenses import LicenseVerdict
+    from aistack.verdicts import LicenseVerdict
 
 EXIT_USAGE = 2
 #: Input larger than this is refused unread (the API server takes at most 3 MiB per request).

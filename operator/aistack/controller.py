@@ -31,20 +31,15 @@ from pydantic import ValidationError
 
 from aistack import metrics, names
 from aistack.api.v1alpha1 import AIStack, AIStackStatus
+from aistack.components import RenderConfig
 from aistack.conditions import as_dict, condition, previous_of
 from aistack.errors import format_validation_error
 from aistack.hub import HubClient
 from aistack.kube import Kube, KubeError
-from aistack.licenses import (
-    LicenseVerdict,
-    SecretLabels,
-    SecretUnreadable,
-    decide_record,
-    decide_stack,
-)
+from aistack.licenses import SecretLabels, SecretUnreadable, decide_record, decide_stack
 from aistack.limits import DEFAULT_RESYNC, DEFAULT_WORKERS
 from aistack.plan import Key, Manifest, Plan, key_of, make_plan, with_owner
-from aistack.render import RenderConfig, render
+from aistack.render import render
 from aistack.status import (
     LICENSE_COMPLIANT,
     READY,
@@ -54,6 +49,7 @@ from aistack.status import (
     status_dict,
     transitions,
 )
+from aistack.verdicts import LicenseVerdict
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from aistack import metrics, names
 from aistack.api.v1alpha1 import AIStack
 from aistack.certs import self_signed
+from aistack.components import MONITORING_CRD
 from aistack.controller import (
     Reconciler,
     StackKey,
@@ -41,7 +42,6 @@ from aistack.errors import format_validation_error
 from aistack.kinds import BY_KIND, CHILD_KINDS
 from aistack.kube import Kube, KubeError, RateLimit, load_client
 from aistack.licenses import policy_status, update_verdicts
-from aistack.render.components import MONITORING_CRD
 from aistack.settings import OperatorSettings
 
 log = logging.getLogger(__name__)

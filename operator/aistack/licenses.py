@@ -65,6 +65,7 @@ from aistack.errors import format_validation_error
 from aistack.hub import CardLicense, HubClient, HubUnavailable
 from aistack.images import covered, parse_image
 from aistack.names import PROVIDER_CREDENTIALS_LABEL, image_key, speculative_key
+from aistack.verdicts import Enforcement, LicenseVerdict
 
 Source = Literal["Catalog", "Hub", "Declared"]
 
@@ -96,28 +97,6 @@ def draft_of(model: ModelSpec) -> Draft | None:
     if spec is None or spec.source is None:
         return None
     return Draft(spec.source, spec.revision, spec.license)
-
-
-Enforcement = Literal["Deny", "Warn", "DryRun"]
-
-
-@dataclass(frozen=True)
-class LicenseVerdict:
-    """What the license check decided for one model (the status needs no more)."""
-
-    permitted: bool
-    violation: bool
-    reason: str
-    message: str
-    license: str | None = None
-    license_source: str | None = None
-    #: Set when a lookup failed (the Hub did not answer): why, and what was kept. The
-    #: verdict is then the last good one (or unknown, for a model never resolved), and
-    #: the stack is looked at again soon.
-    stale: str | None = None
-    #: The enforcement mode of the policy whose violation ``message`` reports (``Deny``
-    #: blocks the model, ``Warn`` and ``DryRun`` do not); None when no policy is violated.
-    enforcement: Enforcement | None = None
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from prometheus_client import (
 
 if TYPE_CHECKING:
     from aistack.api.v1alpha1 import AIStack, AIStackStatus
-    from aistack.licenses import LicenseVerdict
+    from aistack.verdicts import LicenseVerdict
 
 # No ``*_created`` series next to every counter: nothing here reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from aistack.components import RenderConfig
 from aistack.hub import HubClient
 from aistack.limits import DEFAULT_BURST, DEFAULT_QPS, DEFAULT_RESYNC, DEFAULT_WORKERS
-from aistack.render import RenderConfig
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,18 @@ from aistack.api.v1alpha1 import (
     ModelStatus,
     RouteStatus,
 )
+from aistack.components import (
+    COMPONENTS,
+    MODELS,
+    RenderConfig,
+    endpoints,
+    model_group_workloads,
+    model_url,
+    model_workloads,
+    monitoring,
+)
 from aistack.conditions import condition, previous_of
-from aistack.licenses import LicenseVerdict
-from aistack.render import COMPONENTS, RenderConfig, endpoints
-from aistack.render.components import MODELS, monitoring
-from aistack.render.render import model_group_workloads, model_url, model_workloads
+from aistack.verdicts import LicenseVerdict
 
 Obj = Mapping[str, Any]
 Phase = Literal["Pending", "Progressing", "Ready", "Degraded", "Blocked"]

@@ -45,7 +45,7 @@ from importlib import resources
 from typing import Literal
 
 #: The vLLM whose parser the table was read from: the default image's (the table's header
-#: says the same, and ``aistack.render.components.VERSIONS["vllm"]`` must agree).
+#: says the same, and ``aistack.components.VERSIONS["vllm"]`` must agree).
 VLLM_VERSION = "0.34.0"
 
 Kind = Literal["allowed", "operator", "refused"]

@@ -51,7 +51,7 @@ from fixtures_ray import with_hosts
 from fixtures_vllm import VLLM_ENV, model_and_revision, seed_hf_cache, vllm_check
 from harness import Running, run_quiet
 
-from aistack.render.components import DEFAULT_IMAGES, VERSIONS
+from aistack.components import DEFAULT_IMAGES, VERSIONS
 
 #: The environment of images/vllm-ray/Dockerfile (the default vLLM image plus Ray).
 VLLM_RAY_ENV = "vllm-ray"

@@ -19,8 +19,7 @@ from fixtures_ray import CPU_WORKER, HEAD, RAY_EXAMPLE, RayCluster, session_logs
 from harness import HostMap, Sample
 
 from aistack.cli import load_stacks
-from aistack.render import endpoints
-from aistack.render.components import VERSIONS
+from aistack.components import VERSIONS, endpoints
 
 
 def stack_endpoints() -> dict[str, str]:

@@ -1,4 +1,4 @@
-{{/* Written by `make chart-images` from the component registry (operator/aistack/render/components.py): do not edit. */}}
+{{/* Written by `make chart-images` from the component registry (operator/aistack/components.py): do not edit. */}}
 
 {{- /* The operator's --<key>-image argument for each images.<key> that is set. */}}
 {{- define "aistack-operator.imageArgs" -}}

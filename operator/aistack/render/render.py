@@ -27,19 +27,28 @@ from aistack.api.v1alpha1 import (
     Toleration,
     is_storage,
 )
-from aistack.render.config import RenderConfig
+from aistack.components import (
+    GATEWAY_PORT,
+    MLFLOW_PORT,
+    RAY_AGENT_PORT,
+    RAY_CLIENT_PORT,
+    RAY_DASHBOARD_PORT,
+    RAY_GCS_PORT,
+    RAY_METRICS_PORT,
+    VLLM_PORT,
+    RenderConfig,
+    Scrape,
+    gateway_exports_metrics,
+    group_selector,
+    mlflow_uri,
+    model_url,
+    namespace_of,
+    svc_host,
+)
 from aistack.yamlio import dump_all
 
 Manifest = dict[str, Any]
 
-VLLM_PORT = 8000
-GATEWAY_PORT = 4000
-MLFLOW_PORT = 5000
-RAY_GCS_PORT = 6379
-RAY_DASHBOARD_PORT = 8265
-RAY_CLIENT_PORT = 10001
-RAY_METRICS_PORT = 8080
-RAY_AGENT_PORT = 52365
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 MODEL_MOUNT = "/mnt/models"
@@ -105,17 +114,6 @@ def _tolerations(user: list[Toleration], gpu: bool) -> list[dict[str, Any]]:
     return out
 
 
-def _svc_host(name: str, namespace: str, config: RenderConfig) -> str:
-    return f"{name}.{namespace}.svc.{config.cluster_domain}"
-
-
-def model_url(stack: AIStack, model: ModelSpec, config: RenderConfig) -> str:
-    """A model's own OpenAI-compatible base URL in the cluster (its Service): the
-    gateway's route to it, and ``status.models[].endpoint``."""
-    host = _svc_host(names.model_base(stack.metadata.name, model.name), _namespace(stack), config)
-    return f"http://{host}:{VLLM_PORT}/v1"
-
-
 def _pod_security() -> dict[str, Any]:
     return {
         "runAsNonRoot": True,
@@ -145,15 +143,6 @@ def _secret_env(name: str, ref: SecretKeyRef) -> dict[str, Any]:
 
 def _checksum(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def mlflow_uri(stack: AIStack, config: RenderConfig) -> str:
-    host = _svc_host(names.mlflow(stack.metadata.name), _namespace(stack), config)
-    return f"http://{host}:{MLFLOW_PORT}"
-
-
-def _namespace(stack: AIStack) -> str:
-    return stack.metadata.namespace or "default"
 
 
 # ---------------------------------------------------------------- models
@@ -373,7 +362,7 @@ def _model_context(stack: AIStack, model: ModelSpec, config: RenderConfig) -> di
     volumes, mounts = _model_volumes(stack, model)
     period = 10
     return {
-        "namespace": _namespace(stack),
+        "namespace": namespace_of(stack),
         "model": model,
         "base": names.model_base(stack_name, model.name),
         "labels": names.common_labels(stack_name, "model-server", "vllm", model=model.name),
@@ -426,7 +415,7 @@ def render_model(
     serve = shlex.join(["vllm", "serve", *_vllm_args(stack, model, config, multi_node=True)])
     groups = []
     for i in range(model.replicas):
-        head = _svc_host(names.model_group(stack_name, model.name, i), ctx["namespace"], config)
+        head = svc_host(names.model_group(stack_name, model.name, i), ctx["namespace"], config)
         leader_script = (
             f"ray start --head --port={RAY_GCS_PORT} --dashboard-host=0.0.0.0 "
             f"--num-gpus={model.gpus} --disable-usage-stats\n"
@@ -446,7 +435,7 @@ def render_model(
                 "service": names.model_group(stack_name, model.name, i),
                 "leader": names.model_group_leader(stack_name, model.name, i),
                 "workers": names.model_group_workers(stack_name, model.name, i),
-                "group_selector": _group_selector(stack_name, model, i),
+                "group_selector": group_selector(stack_name, model, i),
                 "leader_script": leader_script,
                 "worker_script": worker_script,
             }
@@ -482,7 +471,7 @@ def render_ray(stack: AIStack, config: RenderConfig) -> list[Manifest]:
             "node_selector": dict(group.node_selector),
             "args": [
                 "start",
-                f"--address={_svc_host(head, _namespace(stack), config)}:{RAY_GCS_PORT}",
+                f"--address={svc_host(head, namespace_of(stack), config)}:{RAY_GCS_PORT}",
                 f"--num-gpus={group.gpus}",
                 f"--dashboard-agent-listen-port={RAY_AGENT_PORT}",
                 f"--metrics-export-port={RAY_METRICS_PORT}",
@@ -492,7 +481,7 @@ def render_ray(stack: AIStack, config: RenderConfig) -> list[Manifest]:
 
     return _template(
         "ray.yaml.j2",
-        namespace=_namespace(stack),
+        namespace=namespace_of(stack),
         head=head,
         image=ray.image or config.images["ray"],
         head_labels=names.common_labels(stack_name, "ray-head", "ray"),
@@ -537,7 +526,7 @@ def mlflow_allowed_hosts(stack: AIStack, config: RenderConfig) -> list[str]:
     as ``<svc>.<ns>.attacker.example``. The user's ``allowedHosts`` come last.
     """
     service = names.mlflow(stack.metadata.name)
-    namespace = _namespace(stack)
+    namespace = namespace_of(stack)
     allowed: list[str] = []
     for host in (
         service,
@@ -553,7 +542,7 @@ def mlflow_allowed_hosts(stack: AIStack, config: RenderConfig) -> list[str]:
 
 def render_mlflow(stack: AIStack, config: RenderConfig) -> list[Manifest]:
     stack_name = stack.metadata.name
-    namespace = _namespace(stack)
+    namespace = namespace_of(stack)
     mlflow = stack.spec.mlflow
     service = names.mlflow(stack_name)
     env: list[dict[str, Any]] = []
@@ -724,19 +713,6 @@ def gateway_config(stack: AIStack, served: list[ModelSpec], config: RenderConfig
     return cfg
 
 
-def gateway_exports_metrics(stack: AIStack) -> bool:
-    """The gateway exports Prometheus metrics unless ``spec.monitoring.enabled`` is false
-    (whether or not monitors are rendered: any scraper may use them)."""
-    return stack.spec.monitoring.enabled is not False
-
-
-def gateway_scrapable(stack: AIStack) -> bool:
-    """Whether a scraper can read the gateway's metrics without a secret: its /metrics
-    asks for the master key when the stack has one (``gateway.authSecretRef``), and a
-    key that opens every route is not one to hand to Prometheus."""
-    return gateway_exports_metrics(stack) and stack.spec.gateway.auth_secret_ref is None
-
-
 def render_gateway(stack: AIStack, served: list[ModelSpec], config: RenderConfig) -> list[Manifest]:
     stack_name = stack.metadata.name
     gateway = stack.spec.gateway
@@ -759,7 +735,7 @@ def render_gateway(stack: AIStack, served: list[ModelSpec], config: RenderConfig
     env.append({"name": "HOME", "value": "/tmp"})
     return _template(
         "gateway.yaml.j2",
-        namespace=_namespace(stack),
+        namespace=namespace_of(stack),
         name=names.gateway(stack_name),
         config_name=names.gateway_config(stack_name),
         gateway=gateway,
@@ -836,30 +812,13 @@ def render_network(stack: AIStack, policies: list[Ingress]) -> list[Manifest]:
     stack_name = stack.metadata.name
     return _template(
         "network.yaml.j2",
-        namespace=_namespace(stack),
+        namespace=namespace_of(stack),
         labels=names.common_labels(stack_name, "network", "aistack"),
         policies=[
             {"name": p.name, "selector": p.selector, "ingress": _ingress_rules(stack, p)}
             for p in policies
         ],
     )
-
-
-def _group_selector(stack_name: str, model: ModelSpec, group: int) -> dict[str, str]:
-    """The labels of one replica group's pods (leader and workers) of a multi-node model."""
-    return names.selector_labels(stack_name, "model-server", model=model.name, group=str(group))
-
-
-def model_groups(stack: AIStack) -> list[tuple[str, dict[str, str]]]:
-    """The replica groups of the stack's multi-node models: a name and the labels of the
-    group's pods (its leader and workers form one Ray cluster and reach each other)."""
-    stack_name = stack.metadata.name
-    return [
-        (names.model_group(stack_name, model.name, i), _group_selector(stack_name, model, i))
-        for model in stack.spec.models
-        if model.multi_node
-        for i in range(model.replicas)
-    ]
 
 
 # ---------------------------------------------------------------- disruption budgets
@@ -879,7 +838,7 @@ def render_disruption_budgets(stack: AIStack, manifests: list[Manifest]) -> list
     ]
     if not deployments:
         return []
-    return _template("disruption.yaml.j2", namespace=_namespace(stack), deployments=deployments)
+    return _template("disruption.yaml.j2", namespace=namespace_of(stack), deployments=deployments)
 
 
 # ---------------------------------------------------------------- entry points
@@ -965,44 +924,7 @@ def render_yaml(manifests: list[Manifest]) -> str:
     return dump_all(manifests)
 
 
-def model_group_workloads(stack_name: str, model: ModelSpec, group: int) -> list[str]:
-    """The Deployments of one replica group of a multi-node model: leader and workers."""
-    return [
-        names.model_group_leader(stack_name, model.name, group),
-        names.model_group_workers(stack_name, model.name, group),
-    ]
-
-
-def model_workloads(stack_name: str, model: ModelSpec) -> list[str]:
-    """A model's Deployments: its server, or a leader and workers per replica group."""
-    if not model.multi_node:
-        return [names.model_base(stack_name, model.name)]
-    return [d for g in range(model.replicas) for d in model_group_workloads(stack_name, model, g)]
-
-
-def gateway_endpoints(stack: AIStack, config: RenderConfig) -> dict[str, str]:
-    host = _svc_host(names.gateway(stack.metadata.name), _namespace(stack), config)
-    return {"gateway": f"http://{host}:{GATEWAY_PORT}/v1"}
-
-
-def ray_endpoints(stack: AIStack, config: RenderConfig) -> dict[str, str]:
-    host = _svc_host(names.ray_head(stack.metadata.name), _namespace(stack), config)
-    return {
-        "rayDashboard": f"http://{host}:{RAY_DASHBOARD_PORT}",
-        "rayClient": f"ray://{host}:{RAY_CLIENT_PORT}",
-    }
-
-
 # ---------------------------------------------------------------- monitoring
-
-
-@dataclass(frozen=True)
-class Scrape:
-    """Where Prometheus finds a part's metrics: a named container port and a path."""
-
-    port_name: str
-    port: int
-    path: str = "/metrics"
 
 
 def render_monitors(
@@ -1014,7 +936,7 @@ def render_monitors(
     monitoring = stack.spec.monitoring
     return _template(
         "monitoring.yaml.j2",
-        namespace=_namespace(stack),
+        namespace=namespace_of(stack),
         labels={
             **dict(monitoring.labels),
             **names.common_labels(stack_name, "monitoring", "aistack"),

@@ -1,27 +1,179 @@
-"""The parts of a stack, each described once.
+"""The parts of a stack, each described once: the registry every layer reads.
 
-A ``Component`` says everything the operator needs to know about one part: whether the
-stack enables it (its spec section), the objects it renders (its template, through its
-render function), how it reports readiness (its Deployments, its pods, its condition),
-its endpoints, the operator setting of its default image (``aistack run --<image>-image``,
-the chart's ``images.<image>``), and who may reach it (the NetworkPolicies).
+A ``Component`` says what the operator needs to know about one part, besides how its
+objects are written (``render/``): whether the stack enables it (its spec section), how it
+reports readiness (its Deployments, its pods, its condition), its ports and endpoints, the
+operator setting of its default image (``aistack run --<image>-image``, the chart's
+``images.<image>``), where it serves metrics, and who may reach it (the NetworkPolicies).
+``RenderConfig``, the operator installation's settings for the parts (their default
+images, the cluster domain), lives beside it.
 
-Render, status, the network policies, the CLI flags and the chart all read ``COMPONENTS``:
-adding a part to the stack is its entry here, its template and its API section
-(docs/adding-a-component.md lists the files).
+Render, status, the license decision, the CLI flags and the chart all read ``COMPONENTS``;
+this module reads only the API and the names (docs/architecture.md has the layers, and
+tests/test_layers.py holds them). docs/adding-a-component.md lists the files a new part
+touches.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from aistack import names
 from aistack.api.v1alpha1 import AIStack, AIStackSpec, ModelSpec, ProviderSpec
-from aistack.render import render as parts
-from aistack.render.config import RenderConfig
 
-Manifest = parts.Manifest
+# ---------------------------------------------------------------- ports
+
+VLLM_PORT = 8000
+GATEWAY_PORT = 4000
+MLFLOW_PORT = 5000
+RAY_GCS_PORT = 6379
+RAY_DASHBOARD_PORT = 8265
+RAY_CLIENT_PORT = 10001
+RAY_METRICS_PORT = 8080
+RAY_AGENT_PORT = 52365
+
+
+# ---------------------------------------------------------------- the installation
+
+
+class RenderConfig(BaseModel):
+    """Settings of the operator installation that shape every stack's manifests."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: The default image of each component, by its image key (``Component.image``): the
+    #: ones given here, and the component's built-in default for the others. A key that
+    #: names no component is refused.
+    images: Mapping[str, str] = Field(default_factory=dict)
+    cluster_domain: str = "cluster.local"
+    #: MLflow experiment that the gateway's and the model servers' OTLP traces go to, by id
+    #: (MLflow's OTLP endpoint takes an id, not a name). "0" is the Default experiment,
+    #: which every MLflow server has; each stack has its own MLflow, so it is the stack's.
+    mlflow_trace_experiment_id: str = "0"
+    #: Whether the cluster has the Prometheus Operator's PodMonitor CRD: the operator
+    #: watches for it (True/False); None where nobody looked (``aistack render`` without
+    #: ``--monitoring-crds``): then only ``spec.monitoring.enabled: true`` renders monitors.
+    monitoring_crds: bool | None = None
+    #: Whether this installation renders stacks' monitors at all (``aistack run
+    #: --no-stack-monitoring``: its RBAC does not cover PodMonitors).
+    stack_monitoring: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_images(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        given = dict(data.get("images") or {})
+        unknown = sorted(set(given) - set(DEFAULT_IMAGES))
+        if unknown:
+            raise ValueError(
+                f"images: {', '.join(unknown)} is not a component's image key "
+                f"(known: {', '.join(DEFAULT_IMAGES)})"
+            )
+        return {**data, "images": {**DEFAULT_IMAGES, **{k: v for k, v in given.items() if v}}}
+
+
+# ---------------------------------------------------------------- where parts are found
+
+
+def svc_host(name: str, namespace: str, config: RenderConfig) -> str:
+    return f"{name}.{namespace}.svc.{config.cluster_domain}"
+
+
+def namespace_of(stack: AIStack) -> str:
+    return stack.metadata.namespace or "default"
+
+
+def model_url(stack: AIStack, model: ModelSpec, config: RenderConfig) -> str:
+    """A model's own OpenAI-compatible base URL in the cluster (its Service): the
+    gateway's route to it, and ``status.models[].endpoint``."""
+    host = svc_host(names.model_base(stack.metadata.name, model.name), namespace_of(stack), config)
+    return f"http://{host}:{VLLM_PORT}/v1"
+
+
+def mlflow_uri(stack: AIStack, config: RenderConfig) -> str:
+    host = svc_host(names.mlflow(stack.metadata.name), namespace_of(stack), config)
+    return f"http://{host}:{MLFLOW_PORT}"
+
+
+def gateway_endpoints(stack: AIStack, config: RenderConfig) -> dict[str, str]:
+    host = svc_host(names.gateway(stack.metadata.name), namespace_of(stack), config)
+    return {"gateway": f"http://{host}:{GATEWAY_PORT}/v1"}
+
+
+def ray_endpoints(stack: AIStack, config: RenderConfig) -> dict[str, str]:
+    host = svc_host(names.ray_head(stack.metadata.name), namespace_of(stack), config)
+    return {
+        "rayDashboard": f"http://{host}:{RAY_DASHBOARD_PORT}",
+        "rayClient": f"ray://{host}:{RAY_CLIENT_PORT}",
+    }
+
+
+# ---------------------------------------------------------------- workloads and groups
+
+
+def model_group_workloads(stack_name: str, model: ModelSpec, group: int) -> list[str]:
+    """The Deployments of one replica group of a multi-node model: leader and workers."""
+    return [
+        names.model_group_leader(stack_name, model.name, group),
+        names.model_group_workers(stack_name, model.name, group),
+    ]
+
+
+def model_workloads(stack_name: str, model: ModelSpec) -> list[str]:
+    """A model's Deployments: its server, or a leader and workers per replica group."""
+    if not model.multi_node:
+        return [names.model_base(stack_name, model.name)]
+    return [d for g in range(model.replicas) for d in model_group_workloads(stack_name, model, g)]
+
+
+def group_selector(stack_name: str, model: ModelSpec, group: int) -> dict[str, str]:
+    """The labels of one replica group's pods (leader and workers) of a multi-node model."""
+    return names.selector_labels(stack_name, "model-server", model=model.name, group=str(group))
+
+
+def model_groups(stack: AIStack) -> list[tuple[str, dict[str, str]]]:
+    """The replica groups of the stack's multi-node models: a name and the labels of the
+    group's pods (its leader and workers form one Ray cluster and reach each other)."""
+    stack_name = stack.metadata.name
+    return [
+        (names.model_group(stack_name, model.name, i), group_selector(stack_name, model, i))
+        for model in stack.spec.models
+        if model.multi_node
+        for i in range(model.replicas)
+    ]
+
+
+# ---------------------------------------------------------------- metrics
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """Where Prometheus finds a part's metrics: a named container port and a path."""
+
+    port_name: str
+    port: int
+    path: str = "/metrics"
+
+
+def gateway_exports_metrics(stack: AIStack) -> bool:
+    """The gateway exports Prometheus metrics unless ``spec.monitoring.enabled`` is false
+    (whether or not monitors are rendered: any scraper may use them)."""
+    return stack.spec.monitoring.enabled is not False
+
+
+def gateway_scrapable(stack: AIStack) -> bool:
+    """Whether a scraper can read the gateway's metrics without a secret: its /metrics
+    asks for the master key when the stack has one (``gateway.authSecretRef``), and a
+    key that opens every route is not one to hand to Prometheus."""
+    return gateway_exports_metrics(stack) and stack.spec.gateway.auth_secret_ref is None
+
+
+# ---------------------------------------------------------------- the registry
 
 
 @dataclass(frozen=True)
@@ -34,8 +186,6 @@ class Component:
     condition: str
     #: Whether the stack has this part.
     enabled: Callable[[AIStackSpec], bool]
-    #: Its objects: the stack, the models that are served (permitted), the settings.
-    render: Callable[[AIStack, list[ModelSpec], RenderConfig], list[Manifest]]
     #: The Deployments whose readiness is the part's (they act as one).
     workloads: Callable[[AIStack], list[str]]
     #: The labels of its pods (their problems explain a part that is not ready).
@@ -69,7 +219,7 @@ class Component:
     note: Callable[[AIStack], str | None] | None = None
     #: Where its pods serve Prometheus metrics (a PodMonitor when monitoring is on); None:
     #: it is not scraped, and ``unscraped`` says why.
-    scrape: Callable[[AIStack], parts.Scrape | None] | None = None
+    scrape: Callable[[AIStack], Scrape | None] | None = None
     unscraped: Callable[[AIStack], str] | None = None
     #: The image the stack names for it (None: the operator's default), which the
     #: policies judge (``names.image_key(image)``; ``licenses`` reads the same fields, and
@@ -85,24 +235,10 @@ class Component:
         return self.image_template.format(version=self.version)
 
 
-def _models(stack: AIStack, served: list[ModelSpec], config: RenderConfig) -> list[Manifest]:
-    by_name = {m.name: m for m in served}
-    out: list[Manifest] = []
-    for model in stack.spec.models:
-        # A served model with its permitted adapters; a blocked one with none (it runs
-        # no pod, and its adapters are blocked with it).
-        shown = by_name.get(model.name) or model.model_copy(
-            update={"adapters": [], "speculative": None}
-        )
-        rendered = parts.render_model(stack, shown, config, permitted=model.name in by_name)
-        out += parts.annotate_licensed(rendered, parts.model_record(stack, shown))
-    return out
-
-
 def _model_workloads(stack: AIStack) -> list[str]:
     out: list[str] = []
     for model in stack.spec.models:
-        out += parts.model_workloads(stack.metadata.name, model)
+        out += model_workloads(stack.metadata.name, model)
     return out
 
 
@@ -131,17 +267,16 @@ COMPONENTS: tuple[Component, ...] = (
         title="vLLM",
         condition="ModelsReady",
         enabled=lambda spec: bool(spec.models),
-        render=_models,
         workloads=_model_workloads,
         pod_selector=lambda stack: names.selector_labels(stack, "model-server"),
         endpoints=lambda stack, config: {},
         # Only the API port: the leader of a multi-node group also runs a Ray head.
         reached_by=("gateway",),
-        port=parts.VLLM_PORT,
-        groups=parts.model_groups,
+        port=VLLM_PORT,
+        groups=model_groups,
         # vLLM serves /metrics on its API port (its engine metrics unless
         # --disable-log-stats, which we never set).
-        scrape=lambda stack: parts.Scrape("http", parts.VLLM_PORT),
+        scrape=lambda stack: Scrape("http", VLLM_PORT),
         image="vllm",
         program="vllm",
         version="0.34.0",
@@ -152,15 +287,14 @@ COMPONENTS: tuple[Component, ...] = (
         title="Ray",
         condition="RayReady",
         enabled=lambda spec: spec.ray.enabled,
-        render=lambda stack, served, config: parts.render_ray(stack, config),
         workloads=_ray_workloads,
         pod_selector=lambda stack: {names.STACK_LABEL: stack, "app.kubernetes.io/name": "ray"},
-        endpoints=parts.ray_endpoints,
+        endpoints=ray_endpoints,
         # Not the gateway: Ray's GCS and job API have no authentication, so a part that
         # faces the internet must not reach them.
         reached_by=("ray",),
         # Every node's dashboard agent (`ray start --metrics-export-port`).
-        scrape=lambda stack: parts.Scrape("metrics", parts.RAY_METRICS_PORT),
+        scrape=lambda stack: Scrape("metrics", RAY_METRICS_PORT),
         image="ray",
         named_image=lambda spec: spec.ray.image,
         program="ray",
@@ -172,13 +306,12 @@ COMPONENTS: tuple[Component, ...] = (
         title="MLflow",
         condition="TrackingReady",
         enabled=lambda spec: spec.mlflow.enabled,
-        render=lambda stack, served, config: parts.render_mlflow(stack, config),
         workloads=lambda stack: [names.mlflow(stack.metadata.name)],
         pod_selector=lambda stack: names.selector_labels(stack, "tracking"),
-        endpoints=lambda stack, config: {"mlflow": parts.mlflow_uri(stack, config)},
+        endpoints=lambda stack, config: {"mlflow": mlflow_uri(stack, config)},
         # The parts that send it runs (Ray jobs) or traces (the gateway, the model servers).
         reached_by=("gateway", "model-server", "ray"),
-        port=parts.MLFLOW_PORT,
+        port=MLFLOW_PORT,
         image="mlflow",
         named_image=lambda spec: spec.mlflow.image,
         program="mlflow",
@@ -197,21 +330,18 @@ COMPONENTS: tuple[Component, ...] = (
         title="Gateway",
         condition="GatewayReady",
         enabled=lambda spec: spec.gateway.enabled,
-        render=parts.render_gateway,
         workloads=lambda stack: [names.gateway(stack.metadata.name)],
         pod_selector=lambda stack: names.selector_labels(stack, "gateway"),
-        endpoints=parts.gateway_endpoints,
+        endpoints=gateway_endpoints,
         image="gateway",
         named_image=lambda spec: spec.gateway.image,
         providers=lambda stack: list(stack.spec.gateway.providers),
         program="litellm",
         version="1.110.2",
         image_template="ghcr.io/berriai/litellm:v{version}",
-        port=parts.GATEWAY_PORT,
+        port=GATEWAY_PORT,
         public=True,
-        scrape=lambda stack: (
-            parts.Scrape("http", parts.GATEWAY_PORT) if parts.gateway_scrapable(stack) else None
-        ),
+        scrape=lambda stack: Scrape("http", GATEWAY_PORT) if gateway_scrapable(stack) else None,
         unscraped=lambda stack: (
             "its /metrics asks for the gateway's master key "
             "(gateway.authSecretRef), which a scraper should not hold"
@@ -231,60 +361,8 @@ def enabled(stack: AIStack) -> list[Component]:
     return [c for c in COMPONENTS if c.enabled(stack.spec)]
 
 
-def render(
-    stack: AIStack,
-    permitted: Mapping[str, bool],
-    config: RenderConfig | None = None,
-) -> list[Manifest]:
-    """Every manifest the stack needs: its NetworkPolicies, then each enabled component's
-    objects, in the order of ``COMPONENTS``, then a PodDisruptionBudget for each
-    Deployment with more than one replica.
-
-    ``permitted`` maps model, adapter and provider route names to whether the policies
-    permit them; a model that is not permitted (or missing from the map) runs no pod and
-    gets no gateway route, an adapter that is not is neither loaded nor routed, a draft
-    model that is not (``names.speculative_key``) is not used, and a hosted provider that
-    is not gets no route (nor its key). A part whose image the stack names
-    (``names.image_key``) runs no pod when that image is mapped to False.
-
-    Every Deployment carries a record of what it runs that was judged
-    (``names.LICENSED_ANNOTATION``), so that it can be judged again when the stack's spec
-    cannot be read.
-    """
-    config = config or RenderConfig()
-    stack = parts.with_permitted_providers(stack, permitted)
-    served = parts.served_models(stack, permitted)
-    on = enabled(stack)
-    manifests: list[Manifest] = []
-    if stack.spec.network.policies:
-        manifests += parts.render_network(stack, network(stack, on))
-    for component in on:
-        rendered = component.render(stack, served, config)
-        if component.named_image is not None:
-            providers = component.providers(stack) if component.providers else []
-            record = parts.part_record(component.named_image(stack.spec), providers)
-            parts.annotate_licensed(rendered, record)
-        if permitted.get(names.image_key(component.image)) is False:
-            parts.block(rendered)
-        manifests += rendered
-    if monitoring(stack, config).monitors:
-        manifests += parts.render_monitors(stack, monitors(stack, on))
-    return manifests + parts.render_disruption_budgets(stack, manifests)
-
-
-def _scrape(component: Component, stack: AIStack) -> parts.Scrape | None:
+def scrape_of(component: Component, stack: AIStack) -> Scrape | None:
     return component.scrape(stack) if component.scrape else None
-
-
-def monitors(stack: AIStack, on: list[Component]) -> list[tuple[str, dict[str, str], parts.Scrape]]:
-    """A monitor per enabled part that serves metrics: its name, its pods, its scrape."""
-    name = stack.metadata.name
-    out = []
-    for c in on:
-        scrape = _scrape(c, stack)
-        if scrape is not None:
-            out.append((c.name, c.pod_selector(name), scrape))
-    return out
 
 
 @dataclass(frozen=True)
@@ -330,41 +408,16 @@ def monitoring(stack: AIStack, config: RenderConfig | None = None) -> Monitoring
             f"({MONITORING_CRD}) or spec.monitoring.enabled is true",
         )
     on = enabled(stack)
-    scraped = [c.title for c in on if _scrape(c, stack) is not None]
+    scraped = [c.title for c in on if scrape_of(c, stack) is not None]
     message = f"PodMonitors for {', '.join(scraped)}" if scraped else "no part serves metrics"
     unscraped = [
         f"{c.title} is not scraped: {c.unscraped(stack)}"
         for c in on
-        if c.unscraped and _scrape(c, stack) is None
+        if c.unscraped and scrape_of(c, stack) is None
     ]
     if wanted is None:
         message += " (the Prometheus Operator CRDs are installed)"
     return Monitoring(True, "Rendered", "; ".join([message, *unscraped]))
-
-
-def network(stack: AIStack, on: list[Component]) -> list[parts.Ingress]:
-    """The NetworkPolicies of the enabled parts: each admits the enabled parts it is
-    reached by (and ``spec.network.allowFrom``), then one per group of pods that reach
-    each other."""
-    name = stack.metadata.name
-    enabled_names = {c.name for c in on}
-    out = [
-        parts.Ingress(
-            name=names.part(name, c.name),
-            selector=c.pod_selector(name),
-            sources=[BY_NAME[s].pod_selector(name) for s in c.reached_by if s in enabled_names],
-            port=c.port,
-            public=c.public,
-            # Never a public part's port: the gateway's metrics are on its API port, and a
-            # scraper must not get the whole API (and the providers' keys behind it).
-            metrics_port=scrape.port if (scrape := _scrape(c, stack)) and not c.public else None,
-        )
-        for c in on
-    ]
-    for c in on:
-        for group, selector in c.groups(stack) if c.groups else []:
-            out.append(parts.Ingress(name=group, selector=selector, sources=[selector]))
-    return out
 
 
 def endpoints(stack: AIStack, config: RenderConfig | None = None) -> dict[str, str]:

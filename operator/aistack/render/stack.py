@@ -1,0 +1,129 @@
+"""A whole stack's manifests: each enabled part's objects, written by its renderer
+(``RENDERERS``, by the part's name in the registry ``aistack.components``), and what the
+registry says of all of them together: the NetworkPolicies (who reaches whom), the
+PodMonitors and the PodDisruptionBudgets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from aistack import names
+from aistack.api.v1alpha1 import AIStack, ModelSpec
+from aistack.components import (
+    BY_NAME,
+    COMPONENTS,
+    Component,
+    RenderConfig,
+    Scrape,
+    enabled,
+    monitoring,
+    scrape_of,
+)
+from aistack.render import render as parts
+
+Manifest = parts.Manifest
+#: How a part's objects are written: the stack, the models that are served (permitted),
+#: the settings.
+Renderer = Callable[[AIStack, list[ModelSpec], RenderConfig], list[Manifest]]
+
+
+def _models(stack: AIStack, served: list[ModelSpec], config: RenderConfig) -> list[Manifest]:
+    by_name = {m.name: m for m in served}
+    out: list[Manifest] = []
+    for model in stack.spec.models:
+        # A served model with its permitted adapters; a blocked one with none (it runs
+        # no pod, and its adapters are blocked with it).
+        shown = by_name.get(model.name) or model.model_copy(
+            update={"adapters": [], "speculative": None}
+        )
+        rendered = parts.render_model(stack, shown, config, permitted=model.name in by_name)
+        out += parts.annotate_licensed(rendered, parts.model_record(stack, shown))
+    return out
+
+
+#: Each part's renderer, by its name in the registry (a test holds the two to the same
+#: parts).
+RENDERERS: dict[str, Renderer] = {
+    "model-server": _models,
+    "ray": lambda stack, served, config: parts.render_ray(stack, config),
+    "tracking": lambda stack, served, config: parts.render_mlflow(stack, config),
+    "gateway": parts.render_gateway,
+}
+assert set(RENDERERS) == {c.name for c in COMPONENTS}, "a part without a renderer"
+
+
+def render(
+    stack: AIStack,
+    permitted: Mapping[str, bool],
+    config: RenderConfig | None = None,
+) -> list[Manifest]:
+    """Every manifest the stack needs: its NetworkPolicies, then each enabled component's
+    objects, in the order of ``COMPONENTS``, then a PodDisruptionBudget for each
+    Deployment with more than one replica.
+
+    ``permitted`` maps model, adapter and provider route names to whether the policies
+    permit them; a model that is not permitted (or missing from the map) runs no pod and
+    gets no gateway route, an adapter that is not is neither loaded nor routed, a draft
+    model that is not (``names.speculative_key``) is not used, and a hosted provider that
+    is not gets no route (nor its key). A part whose image the stack names
+    (``names.image_key``) runs no pod when that image is mapped to False.
+
+    Every Deployment carries a record of what it runs that was judged
+    (``names.LICENSED_ANNOTATION``), so that it can be judged again when the stack's spec
+    cannot be read.
+    """
+    config = config or RenderConfig()
+    stack = parts.with_permitted_providers(stack, permitted)
+    served = parts.served_models(stack, permitted)
+    on = enabled(stack)
+    manifests: list[Manifest] = []
+    if stack.spec.network.policies:
+        manifests += parts.render_network(stack, network(stack, on))
+    for component in on:
+        rendered = RENDERERS[component.name](stack, served, config)
+        if component.named_image is not None:
+            providers = component.providers(stack) if component.providers else []
+            record = parts.part_record(component.named_image(stack.spec), providers)
+            parts.annotate_licensed(rendered, record)
+        if permitted.get(names.image_key(component.image)) is False:
+            parts.block(rendered)
+        manifests += rendered
+    if monitoring(stack, config).monitors:
+        manifests += parts.render_monitors(stack, monitors(stack, on))
+    return manifests + parts.render_disruption_budgets(stack, manifests)
+
+
+def monitors(stack: AIStack, on: list[Component]) -> list[tuple[str, dict[str, str], Scrape]]:
+    """A monitor per enabled part that serves metrics: its name, its pods, its scrape."""
+    name = stack.metadata.name
+    out = []
+    for c in on:
+        scrape = scrape_of(c, stack)
+        if scrape is not None:
+            out.append((c.name, c.pod_selector(name), scrape))
+    return out
+
+
+def network(stack: AIStack, on: list[Component]) -> list[parts.Ingress]:
+    """The NetworkPolicies of the enabled parts: each admits the enabled parts it is
+    reached by (and ``spec.network.allowFrom``), then one per group of pods that reach
+    each other."""
+    name = stack.metadata.name
+    enabled_names = {c.name for c in on}
+    out = [
+        parts.Ingress(
+            name=names.part(name, c.name),
+            selector=c.pod_selector(name),
+            sources=[BY_NAME[s].pod_selector(name) for s in c.reached_by if s in enabled_names],
+            port=c.port,
+            public=c.public,
+            # Never a public part's port: the gateway's metrics are on its API port, and a
+            # scraper must not get the whole API (and the providers' keys behind it).
+            metrics_port=scrape.port if (scrape := scrape_of(c, stack)) and not c.public else None,
+        )
+        for c in on
+    ]
+    for c in on:
+        for group, selector in c.groups(stack) if c.groups else []:
+            out.append(parts.Ingress(name=group, selector=selector, sources=[selector]))
+    return out
