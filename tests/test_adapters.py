@@ -29,7 +29,8 @@ from aistack.licenses import (
 )
 from aistack.render import render
 from aistack.render.fetch_s3 import targets
-from aistack.render.render import ADAPTER_DIR, CLAIM_MOUNT, MODEL_MOUNT, gateway_config
+from aistack.render.gateway import gateway_config
+from aistack.render.models import ADAPTER_DIR, CLAIM_MOUNT, MODEL_MOUNT
 from aistack.status import Observed, compute_status, status_dict, transitions
 from helpers import ROOT, stack, stack_doc, trusting_policy
 from test_status import T0, T1, deployments_for

@@ -19,7 +19,7 @@ from aistack.api import rules
 from aistack.api.v1alpha1 import PROVIDERS, AIStack, AIStackStatus, LicensePolicySpec
 from aistack.licenses import admission_messages, decide_stack, default_policy, policies_from
 from aistack.render import render
-from aistack.render.render import PROVIDER_PREFIX, provider_key_env
+from aistack.render.gateway import PROVIDER_PREFIX, provider_key_env
 from aistack.status import Observed, compute_status, status_dict, transitions
 from helpers import ROOT, stack, stack_doc
 from test_status import T0, T1, deployments_for

@@ -13,7 +13,8 @@ import yaml
 from aistack import names
 from aistack.components import RenderConfig, endpoints
 from aistack.render import render, render_yaml
-from aistack.render.render import GPU_RESOURCE, gateway_config
+from aistack.render.common import GPU_RESOURCE
+from aistack.render.gateway import gateway_config
 from helpers import EXAMPLES, ROOT, all_permitted, example, stack
 
 GOLDEN = ROOT / "tests" / "golden"

@@ -9,7 +9,7 @@ default image) comes from the registry, ``aistack.components``.
 
 from __future__ import annotations
 
-from aistack.render.render import render_yaml
+from aistack.render.common import render_yaml
 from aistack.render.stack import RENDERERS, render
 
 __all__ = ["RENDERERS", "render", "render_yaml"]

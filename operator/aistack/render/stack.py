@@ -19,9 +19,15 @@ from aistack.components import (
     monitoring,
     scrape_of,
 )
-from aistack.render import render as parts
+from aistack.render.common import Manifest, annotate_licensed, block, part_record
+from aistack.render.disruption import render_disruption_budgets
+from aistack.render.gateway import render_gateway, with_permitted_providers
+from aistack.render.mlflow import render_mlflow
+from aistack.render.models import model_record, render_model, served_models
+from aistack.render.monitoring import render_monitors
+from aistack.render.network import Ingress, render_network
+from aistack.render.ray import render_ray
 
-Manifest = parts.Manifest
 #: How a part's objects are written: the stack, the models that are served (permitted),
 #: the settings.
 Renderer = Callable[[AIStack, list[ModelSpec], RenderConfig], list[Manifest]]
@@ -36,8 +42,8 @@ def _models(stack: AIStack, served: list[ModelSpec], config: RenderConfig) -> li
         shown = by_name.get(model.name) or model.model_copy(
             update={"adapters": [], "speculative": None}
         )
-        rendered = parts.render_model(stack, shown, config, permitted=model.name in by_name)
-        out += parts.annotate_licensed(rendered, parts.model_record(stack, shown))
+        rendered = render_model(stack, shown, config, permitted=model.name in by_name)
+        out += annotate_licensed(rendered, model_record(stack, shown))
     return out
 
 
@@ -45,9 +51,9 @@ def _models(stack: AIStack, served: list[ModelSpec], config: RenderConfig) -> li
 #: parts).
 RENDERERS: dict[str, Renderer] = {
     "model-server": _models,
-    "ray": lambda stack, served, config: parts.render_ray(stack, config),
-    "tracking": lambda stack, served, config: parts.render_mlflow(stack, config),
-    "gateway": parts.render_gateway,
+    "ray": lambda stack, served, config: render_ray(stack, config),
+    "tracking": lambda stack, served, config: render_mlflow(stack, config),
+    "gateway": render_gateway,
 }
 assert set(RENDERERS) == {c.name for c in COMPONENTS}, "a part without a renderer"
 
@@ -73,24 +79,24 @@ def render(
     cannot be read.
     """
     config = config or RenderConfig()
-    stack = parts.with_permitted_providers(stack, permitted)
-    served = parts.served_models(stack, permitted)
+    stack = with_permitted_providers(stack, permitted)
+    served = served_models(stack, permitted)
     on = enabled(stack)
     manifests: list[Manifest] = []
     if stack.spec.network.policies:
-        manifests += parts.render_network(stack, network(stack, on))
+        manifests += render_network(stack, network(stack, on))
     for component in on:
         rendered = RENDERERS[component.name](stack, served, config)
         if component.named_image is not None:
             providers = component.providers(stack) if component.providers else []
-            record = parts.part_record(component.named_image(stack.spec), providers)
-            parts.annotate_licensed(rendered, record)
+            record = part_record(component.named_image(stack.spec), providers)
+            annotate_licensed(rendered, record)
         if permitted.get(names.image_key(component.image)) is False:
-            parts.block(rendered)
+            block(rendered)
         manifests += rendered
     if monitoring(stack, config).monitors:
-        manifests += parts.render_monitors(stack, monitors(stack, on))
-    return manifests + parts.render_disruption_budgets(stack, manifests)
+        manifests += render_monitors(stack, monitors(stack, on))
+    return manifests + render_disruption_budgets(stack, manifests)
 
 
 def monitors(stack: AIStack, on: list[Component]) -> list[tuple[str, dict[str, str], Scrape]]:
@@ -104,14 +110,14 @@ def monitors(stack: AIStack, on: list[Component]) -> list[tuple[str, dict[str, s
     return out
 
 
-def network(stack: AIStack, on: list[Component]) -> list[parts.Ingress]:
+def network(stack: AIStack, on: list[Component]) -> list[Ingress]:
     """The NetworkPolicies of the enabled parts: each admits the enabled parts it is
     reached by (and ``spec.network.allowFrom``), then one per group of pods that reach
     each other."""
     name = stack.metadata.name
     enabled_names = {c.name for c in on}
     out = [
-        parts.Ingress(
+        Ingress(
             name=names.part(name, c.name),
             selector=c.pod_selector(name),
             sources=[BY_NAME[s].pod_selector(name) for s in c.reached_by if s in enabled_names],
@@ -125,5 +131,5 @@ def network(stack: AIStack, on: list[Component]) -> list[parts.Ingress]:
     ]
     for c in on:
         for group, selector in c.groups(stack) if c.groups else []:
-            out.append(parts.Ingress(name=group, selector=selector, sources=[selector]))
+            out.append(Ingress(name=group, selector=selector, sources=[selector]))
     return out

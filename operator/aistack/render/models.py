@@ -1,0 +1,395 @@
+"""The model servers: a vLLM Deployment (or a multi-node group's leader and workers) per
+model, its Service, its weights, adapters and draft model."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Mapping
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from aistack import names
+from aistack.api.v1alpha1 import AdapterSpec, AIStack, ModelSpec, is_storage
+from aistack.components import (
+    RAY_AGENT_PORT,
+    RAY_GCS_PORT,
+    VLLM_PORT,
+    RenderConfig,
+    group_selector,
+    mlflow_uri,
+    namespace_of,
+    svc_host,
+)
+from aistack.render.common import (
+    PULL_AND_SCHEDULE_SECONDS,
+    Manifest,
+    container_resources,
+    container_security,
+    fill_template,
+    pod_security,
+    secret_env,
+    tolerations,
+)
+
+MODEL_MOUNT = "/mnt/models"
+
+
+#: Where the init containers put the LoRA adapters they download (on the cache volume).
+ADAPTER_DIR = "/cache/adapters"
+
+
+#: What an adapter's init container needs: it streams files from the Hub or S3 into the
+#: cache volume (its own root is read-only: only logs count against its node disk).
+FETCH_RESOURCES = {
+    "requests": {"cpu": "250m", "memory": "256Mi", "ephemeral-storage": "64Mi"},
+    "limits": {"memory": "1Gi", "ephemeral-storage": "1Gi"},
+}
+
+
+#: Where the PVCs of a model's adapters and draft model are mounted (those other than the
+#: model's own claim), one directory per claim.
+CLAIM_MOUNT = "/mnt/claims"
+
+
+def _pvc(source: str) -> tuple[str, str]:
+    """The claim and the path in it of a ``pvc://<claim>/<path>`` source."""
+    claim, _, path = source.removeprefix("pvc://").partition("/")
+    return claim, path
+
+
+def _model_path(model: ModelSpec) -> str:
+    if model.source.startswith("pvc://"):
+        return f"{MODEL_MOUNT}/{_pvc(model.source)[1]}".rstrip("/")
+    return model.source
+
+
+def _extra_claims(model: ModelSpec) -> list[str]:
+    """The PVCs of the model's pvc:// adapters and draft that the model's own source does
+    not mount."""
+    own = _pvc(model.source)[0] if model.source.startswith("pvc://") else None
+    sources = [a.source for a in model.adapters]
+    if model.speculative is not None and model.speculative.source is not None:
+        sources.append(model.speculative.source)
+    out: list[str] = []
+    for source in sources:
+        if source.startswith("pvc://"):
+            claim = _pvc(source)[0]
+            if claim != own and claim not in out:
+                out.append(claim)
+    return out
+
+
+def _claim_path(model: ModelSpec, source: str) -> str:
+    """Where a ``pvc://`` source of an adapter or draft is in the model's pods."""
+    claim, path = _pvc(source)
+    own = model.source.startswith("pvc://") and _pvc(model.source)[0] == claim
+    return f"{MODEL_MOUNT if own else f'{CLAIM_MOUNT}/{claim}'}/{path}".rstrip("/")
+
+
+def adapter_path(model: ModelSpec, adapter: AdapterSpec) -> str:
+    """Where vLLM finds an adapter in the model's pods: under its PVC's mount, or where
+    its init container downloaded it."""
+    if not adapter.source.startswith("pvc://"):
+        return f"{ADAPTER_DIR}/{adapter.name}"
+    return _claim_path(model, adapter.source)
+
+
+def speculative_config(model: ModelSpec) -> dict[str, Any] | None:
+    """vLLM's ``--speculative-config`` for the model (None: no speculative decoding). A
+    Hugging Face draft is loaded by vLLM itself at its pinned revision; a PVC's from its
+    mount."""
+    spec = model.speculative
+    if spec is None:
+        return None
+    config: dict[str, Any] = {
+        "method": spec.method,
+        "num_speculative_tokens": spec.num_speculative_tokens,
+    }
+    if spec.source is not None:
+        if spec.source.startswith("pvc://"):
+            config["model"] = _claim_path(model, spec.source)
+        else:
+            config["model"] = spec.source
+            if spec.revision is not None:
+                config["revision"] = spec.revision
+    return config
+
+
+@cache
+def _s3_fetch_program() -> str:
+    return resources.files("aistack.render").joinpath("fetch_s3.py").read_text()
+
+
+def adapter_fetchers(model: ModelSpec) -> list[tuple[str, list[str]]]:
+    """The init containers that download the model's Hugging Face and S3 adapters (vLLM
+    loads adapters only from a local directory, or from the Hub's default branch): a name
+    and a command each. Adapters on a PVC need none."""
+    out: list[tuple[str, list[str]]] = []
+    for i, adapter in enumerate(model.adapters):
+        dest = adapter_path(model, adapter)
+        if adapter.source.startswith("pvc://"):
+            continue
+        if adapter.source.startswith("s3://"):
+            command = ["python3", "-c", _s3_fetch_program(), adapter.source, dest]
+        else:
+            command = ["hf", "download", adapter.source, "--local-dir", dest]
+            if adapter.revision is not None:
+                command += ["--revision", adapter.revision]
+        out.append((f"fetch-adapter-{i}", command))
+    return out
+
+
+def _lora_args(model: ModelSpec) -> list[str]:
+    """vLLM's LoRA flags for the model's adapters (the permitted ones: see
+    ``with_permitted_adapters``); none without adapters. Every adapter is listed in one
+    ``--lora-modules`` (vLLM keeps only the last of repeated ones) and kept in CPU memory."""
+    if not model.adapters:
+        return []
+    return [
+        "--enable-lora",
+        "--max-loras", str(model.max_loras),
+        "--max-lora-rank", str(model.max_lora_rank),
+        "--max-cpu-loras", str(max(model.max_loras, len(model.adapters))),
+        "--lora-modules", *(f"{a.name}={adapter_path(model, a)}" for a in model.adapters),
+    ]  # fmt: skip
+
+
+def _vllm_args(
+    stack: AIStack, model: ModelSpec, config: RenderConfig, *, multi_node: bool
+) -> list[str]:
+    vllm = stack.spec.vllm
+    args = [
+        _model_path(model),
+        "--served-model-name", model.name,
+        "--host", "0.0.0.0",
+        "--port", str(VLLM_PORT),
+        "--tensor-parallel-size", str(model.effective_tp),
+    ]  # fmt: skip
+    if model.pipeline_parallel_size > 1:
+        args += ["--pipeline-parallel-size", str(model.pipeline_parallel_size)]
+    if multi_node:
+        args += ["--distributed-executor-backend", "ray"]
+    if model.max_model_len is not None:
+        args += ["--max-model-len", str(model.max_model_len)]
+    util = model.gpu_memory_utilization or vllm.gpu_memory_utilization
+    args += ["--gpu-memory-utilization", str(util)]
+    if model.revision is not None and not is_storage(model.source):
+        args += ["--revision", model.revision]
+    if model.source.startswith("s3://"):
+        args += ["--load-format", "runai_streamer"]
+    args += _lora_args(model)
+    if (speculative := speculative_config(model)) is not None:
+        args += ["--speculative-config", json.dumps(speculative, separators=(",", ":"))]
+    if stack.spec.mlflow.enabled:
+        # MLflow (3.6+) takes OTLP/HTTP traces; the experiment is named in a header.
+        args += ["--otlp-traces-endpoint", f"{mlflow_uri(stack, config)}/v1/traces"]
+    return args + list(vllm.extra_args) + list(model.extra_args)
+
+
+def _model_env(
+    stack: AIStack, model: ModelSpec, config: RenderConfig, *, multi_node: bool
+) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "HF_HOME", "value": "/cache/huggingface"},
+        {"name": "VLLM_CACHE_ROOT", "value": "/cache/vllm"},
+        {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+        {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
+    ]
+    if multi_node:
+        env.append(
+            {"name": "VLLM_HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+        )
+    if stack.spec.mlflow.enabled:
+        headers = f"x-mlflow-experiment-id={config.mlflow_trace_experiment_id}"
+        env += [
+            {
+                "name": "OTEL_SERVICE_NAME",
+                "value": names.model_base(stack.metadata.name, model.name),
+            },
+            {"name": "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "value": "http/protobuf"},
+            {"name": "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "value": headers},
+        ]
+    if model.hf_token_secret_ref is not None:
+        env.append(secret_env("HF_TOKEN", model.hf_token_secret_ref))
+    return env
+
+
+def _scratch_size(stack: AIStack, model: ModelSpec) -> int | str:
+    return model.scratch_size if model.scratch_size is not None else stack.spec.vllm.scratch_size
+
+
+def _model_resources(stack: AIStack, model: ModelSpec) -> dict[str, Any]:
+    """CPU, memory and GPUs as the spec says, and the node disk of the pod's emptyDirs
+    (``ephemeral-storage``), unless the spec requests a figure of its own."""
+    out = container_resources(model.resources or stack.spec.vllm.resources, gpus=model.gpus)
+    out.setdefault("requests", {}).setdefault("ephemeral-storage", _scratch_size(stack, model))
+    return out
+
+
+def _model_volumes(stack: AIStack, model: ModelSpec) -> tuple[list[Any], list[Any]]:
+    stack_name = stack.metadata.name
+    scratch = _scratch_size(stack, model)
+    if model.cache is None:
+        cache_volume: dict[str, Any] = {"name": "cache", "emptyDir": {"sizeLimit": scratch}}
+    else:
+        claim = model.cache.existing_claim or names.model_cache(stack_name, model.name)
+        cache_volume = {"name": "cache", "persistentVolumeClaim": {"claimName": claim}}
+    volumes = [
+        cache_volume,
+        {"name": "tmp", "emptyDir": {"sizeLimit": scratch}},
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": stack.spec.vllm.shm_size}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "cache", "mountPath": "/cache"},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "shm", "mountPath": "/dev/shm"},
+    ]
+    if model.source.startswith("pvc://"):
+        claim = _pvc(model.source)[0]
+        volumes.append(
+            {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
+        mounts.append({"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True})
+    for i, claim in enumerate(_extra_claims(model)):
+        volume = f"claim-{i}"
+        volumes.append(
+            {"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
+        mounts.append({"name": volume, "mountPath": f"{CLAIM_MOUNT}/{claim}", "readOnly": True})
+    return volumes, mounts
+
+
+def _model_context(stack: AIStack, model: ModelSpec, config: RenderConfig) -> dict[str, Any]:
+    stack_name = stack.metadata.name
+    volumes, mounts = _model_volumes(stack, model)
+    period = 10
+    return {
+        "namespace": namespace_of(stack),
+        "model": model,
+        "base": names.model_base(stack_name, model.name),
+        "labels": names.common_labels(stack_name, "model-server", "vllm", model=model.name),
+        "selector": names.selector_labels(stack_name, "model-server", model=model.name),
+        "image": model.image or stack.spec.vllm.image or config.images["vllm"],
+        "resources": _model_resources(stack, model),
+        "tolerations": tolerations(model.tolerations, gpu=True),
+        "node_selector": dict(model.node_selector),
+        "volumes": volumes,
+        "mounts": mounts,
+        "credentials": model.credentials_secret_ref.name if model.credentials_secret_ref else None,
+        "fetchers": adapter_fetchers(model),
+        # The hf CLI asks PyPI for a newer version of itself at start: not from a pod.
+        "fetch_env": [{"name": "HF_HUB_DISABLE_UPDATE_CHECK", "value": "1"}],
+        "fetch_resources": FETCH_RESOURCES,
+        "fetch_security": container_security(read_only_root=True),
+        "pod_security": pod_security(),
+        "container_security": container_security(),
+        "port": VLLM_PORT,
+        "startup_period": period,
+        "startup_failures": -(-stack.spec.vllm.startup_timeout_seconds // period),
+        "progress_deadline": stack.spec.vllm.startup_timeout_seconds + PULL_AND_SCHEDULE_SECONDS,
+        "cache_pvc": (
+            {
+                "name": names.model_cache(stack_name, model.name),
+                "size": model.cache.size,
+                "storage_class": model.cache.storage_class_name,
+                "access_mode": model.cache.access_mode,
+            }
+            if model.cache is not None and model.cache.existing_claim is None
+            else None
+        ),
+    }
+
+
+def render_model(
+    stack: AIStack, model: ModelSpec, config: RenderConfig, *, permitted: bool
+) -> list[Manifest]:
+    ctx = _model_context(stack, model, config)
+    # A model whose license is not permitted keeps its objects (and its weight cache)
+    # scaled to zero, so that a policy change in either direction is cheap.
+    ctx["permitted"] = permitted
+    ctx["blocked_annotation"] = names.LICENSE_BLOCKED_ANNOTATION
+    if not model.multi_node:
+        ctx["args"] = _vllm_args(stack, model, config, multi_node=False)
+        ctx["env"] = _model_env(stack, model, config, multi_node=False)
+        return fill_template("model.yaml.j2", **ctx)
+
+    stack_name = stack.metadata.name
+    serve = shlex.join(["vllm", "serve", *_vllm_args(stack, model, config, multi_node=True)])
+    groups = []
+    for i in range(model.replicas):
+        head = svc_host(names.model_group(stack_name, model.name, i), ctx["namespace"], config)
+        leader_script = (
+            f"ray start --head --port={RAY_GCS_PORT} --dashboard-host=0.0.0.0 "
+            f"--num-gpus={model.gpus} --disable-usage-stats\n"
+            # vLLM places its pipeline stages only once every node has joined.
+            f'until [ "$(python3 -c \'import ray; ray.init(address="auto", '
+            f'logging_level="ERROR"); print(sum(1 for n in ray.nodes() if n["Alive"]))\')" '
+            f"-ge {model.nodes} ]; do echo waiting for {model.nodes} Ray nodes; sleep 5; done\n"
+            f"exec {serve}\n"
+        )
+        worker_script = (
+            f"exec ray start --address={head}:{RAY_GCS_PORT} --num-gpus={model.gpus} "
+            f"--dashboard-agent-listen-port={RAY_AGENT_PORT} --block --disable-usage-stats"
+        )
+        groups.append(
+            {
+                "index": i,
+                "service": names.model_group(stack_name, model.name, i),
+                "leader": names.model_group_leader(stack_name, model.name, i),
+                "workers": names.model_group_workers(stack_name, model.name, i),
+                "group_selector": group_selector(stack_name, model, i),
+                "leader_script": leader_script,
+                "worker_script": worker_script,
+            }
+        )
+    ctx["groups"] = groups
+    ctx["env"] = _model_env(stack, model, config, multi_node=True)
+    ctx["role_label"] = names.ROLE_LABEL
+    ctx["group_label"] = names.GROUP_LABEL
+    ctx["ray_port"] = RAY_GCS_PORT
+    ctx["agent_port"] = RAY_AGENT_PORT
+    return fill_template("model-multinode.yaml.j2", **ctx)
+
+
+def with_permitted_adapters(model: ModelSpec, permitted: Mapping[str, bool]) -> ModelSpec:
+    """The model with only its permitted adapters (the others are neither loaded nor
+    routed), and its draft model only when that is permitted (else it serves without
+    speculative decoding). Missing from ``permitted``: not permitted (fail closed)."""
+    update: dict[str, Any] = {}
+    kept = [a for a in model.adapters if permitted.get(a.name, False)]
+    if len(kept) != len(model.adapters):
+        update["adapters"] = kept
+    draft = model.speculative
+    has_weights = draft is not None and draft.source is not None
+    if has_weights and not permitted.get(names.speculative_key(model.name), False):
+        update["speculative"] = None
+    return model.model_copy(update=update) if update else model
+
+
+def served_models(stack: AIStack, permitted: Mapping[str, bool]) -> list[ModelSpec]:
+    """Models that get servers and routes, each with its permitted adapters: permitted
+    ones only. A model missing from ``permitted`` is treated as not permitted (fail
+    closed)."""
+    return [
+        with_permitted_adapters(m, permitted)
+        for m in stack.spec.models
+        if permitted.get(m.name, False)
+    ]
+
+
+#: A model's fields that say what its pods load: judged again from the record while the
+#: stack's spec cannot be read.
+_LICENSED_FIELDS = {"name", "source", "revision", "license", "adapters", "speculative"}
+
+
+def model_record(stack: AIStack, model: ModelSpec) -> dict[str, Any]:
+    """What a model's Deployments run that the license decision judged: the model as
+    served (its permitted adapters and draft) and the image it runs in when the stack
+    names one (``names.LICENSED_ANNOTATION``)."""
+    return {
+        "model": model.model_dump(by_alias=True, exclude_none=True, include=_LICENSED_FIELDS),
+        "image": model.image or stack.spec.vllm.image,
+    }
