@@ -15,16 +15,11 @@ from typing import Any
 import pytest
 
 from aistack.api import AIStack
-from aistack.controller import (
-    ReconcileError,
-    Reconciler,
-    Result,
-    StackQueue,
-    StackView,
-    merge_patch,
-)
+from aistack.codec import merge_patch
+from aistack.controller import ReconcileError, Reconciler, Result, StackView
 from aistack.kube import KubeError
 from aistack.plan import Key, key_of
+from aistack.queue import StackQueue
 from aistack.verdicts import LicenseVerdict
 from helpers import stack_doc
 

@@ -15,7 +15,7 @@ import pytest
 
 from aistack import handlers
 from aistack.api import AIStack
-from aistack.controller import pack, unpack
+from aistack.codec import pack, unpack
 from aistack.hub import CardLicense
 from aistack.settings import OperatorSettings
 from helpers import stack_doc

@@ -22,11 +22,12 @@ RENDER = {
 #: Bottom to top. A module imports modules of its own layer or below, never above.
 LAYERS: dict[str, set[str]] = {
     # Vocabulary with no knowledge of stacks: names, limits, errors, YAML, image
-    # references, vLLM's flag table, certificates, the verdict type; the S3 fetch script
-    # runs inside pods.
+    # references, vLLM's flag table, certificates, the verdict type, the packing of cached
+    # objects and merge patches; the S3 fetch script runs inside pods.
     "leaves": {
         "aistack", "aistack.names", "aistack.limits", "aistack.errors", "aistack.yamlio",
         "aistack.images", "aistack.vllm_flags", "aistack.certs", "aistack.verdicts",
+        "aistack.codec",
         "aistack.render.fetch_s3",
     },
     # The API: what a user writes (AIStack, LicensePolicy) and its rules.
@@ -44,7 +45,7 @@ LAYERS: dict[str, set[str]] = {
         *RENDER, "aistack.licenses", "aistack.status", "aistack.plan", "aistack.chartgen",
     },
     # Reconcile and the API client: the only I/O below the wiring.
-    "reconcile": {"aistack.kube", "aistack.settings", "aistack.controller"},
+    "reconcile": {"aistack.kube", "aistack.settings", "aistack.controller", "aistack.queue"},
     # Wiring: kopf's handlers and the command line.
     "wiring": {"aistack.handlers", "aistack.cli"},
 }  # fmt: skip

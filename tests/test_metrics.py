@@ -117,7 +117,7 @@ def test_a_deleted_stack_leaves_the_gauges() -> None:
 
 
 def test_the_queue_depth_counts_stacks_waiting_for_a_reconcile() -> None:
-    from aistack.controller import StackQueue
+    from aistack.queue import StackQueue
 
     # A thread event, not the loop's: a reconcile that starts after the loop has ended
     # (the other stacks, after close) must not wait on a loop that will never run again,

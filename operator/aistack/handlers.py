@@ -26,22 +26,20 @@ from pydantic import ValidationError
 from aistack import metrics, names
 from aistack.api.v1alpha1 import AIStack
 from aistack.certs import self_signed
+from aistack.codec import pack, unpack
 from aistack.components import MONITORING_CRD
 from aistack.controller import (
     Reconciler,
     StackKey,
-    StackQueue,
     StackView,
     licensing_for,
-    merge_patch,
-    now_rfc3339,
-    pack,
-    unpack,
+    write_policy_status,
 )
 from aistack.errors import format_validation_error
 from aistack.kinds import BY_KIND, CHILD_KINDS
 from aistack.kube import Kube, KubeError, RateLimit, load_client
-from aistack.licenses import policy_status, update_verdicts
+from aistack.licenses import update_verdicts
+from aistack.queue import StackQueue
 from aistack.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -348,17 +346,7 @@ async def policy_event(type: str | None, name: str, body: kopf.Body, **kwargs: A
     if RUNTIME.policy_changed(type, name, body):
         RUNTIME.request_all()
     if type != "DELETED" and RUNTIME.reconciler is not None:
-        await asyncio.to_thread(_write_policy_status, RUNTIME.reconciler.kube, name, _trim(body))
-
-
-def _write_policy_status(kube: Kube, name: str, body: dict[str, Any]) -> None:
-    old = body.get("status") or {}
-    new = policy_status(body, old, now_rfc3339())
-    if new != old:
-        try:
-            kube.patch_status("", name, merge_patch(old, new), kind="LicensePolicy")
-        except KubeError as exc:
-            log.warning("could not write the status of LicensePolicy %s: %s", name, exc)
+        await asyncio.to_thread(write_policy_status, RUNTIME.reconciler.kube, name, _trim(body))
 
 
 async def _child_event(namespace: str | None, labels: Mapping[str, str], **kwargs: Any) -> None:
