@@ -74,28 +74,39 @@ def _type(node: Schema, child: str | None) -> str:
     return link if kind == "object" else kind
 
 
-def _constraints(node: Schema) -> list[str]:
+def _bounds(node: Schema) -> list[str]:
     out = []
-    if "enum" in node:
-        out.append("one of " + ", ".join(f"`{v}`" for v in node["enum"]))
     low, high = node.get("minimum"), node.get("maximum")
     if low is not None:
         out.append(f"{'>' if node.get('exclusiveMinimum') else '≥'} {low}")
     if high is not None:
         out.append(f"{'<' if node.get('exclusiveMaximum') else '≤'} {high}")
+    return out
+
+
+def _lengths(node: Schema) -> list[str]:
     if "minLength" in node and "maxLength" in node:
-        out.append(f"{node['minLength']} to {node['maxLength']} characters")
-    elif "maxLength" in node:
-        out.append(f"at most {node['maxLength']} characters")
-    elif "minLength" in node:
-        out.append(f"at least {node['minLength']} characters")
-    if "maxItems" in node:
-        out.append(f"at most {node['maxItems']} items")
+        return [f"{node['minLength']} to {node['maxLength']} characters"]
+    if "maxLength" in node:
+        return [f"at most {node['maxLength']} characters"]
+    if "minLength" in node:
+        return [f"at least {node['minLength']} characters"]
+    return []
+
+
+def _list_rules(node: Schema) -> list[str]:
+    out = [f"at most {node['maxItems']} items"] if "maxItems" in node else []
     if node.get("x-kubernetes-list-type") == "map":
         keys = ", ".join(f"`{k}`" for k in node.get("x-kubernetes-list-map-keys", []))
         out.append(f"unique by {keys}")
     elif node.get("x-kubernetes-list-type") == "set":
         out.append("unique items")
+    return out
+
+
+def _constraints(node: Schema) -> list[str]:
+    out = ["one of " + ", ".join(f"`{v}`" for v in node["enum"])] if "enum" in node else []
+    out += _bounds(node) + _lengths(node) + _list_rules(node)
     if "pattern" in node:
         out.append(f"pattern `{node['pattern']}`")
     # A rule on a field that is no object (the objects' rules are listed under them).

@@ -118,6 +118,32 @@ def _read(path: str, stdin: TextIO) -> Iterator[Document]:
         yield Document(path, i, body)
 
 
+def _stack_of(doc: Any, notes: list[str], problems: list[str]) -> AIStack | None:
+    """The AIStack a document is, or None: another kind is noted (a GitOps directory
+    holds more than stacks) or refused, and a stack that does not validate is refused."""
+    api_version = doc.body.get("apiVersion")
+    kind = doc.body.get("kind")
+    if not isinstance(api_version, str) or not api_version.startswith(f"{GROUP}/"):
+        notes.append(f"{doc.where}: skipped {kind or 'object'} ({api_version or 'no apiVersion'})")
+        return None
+    if api_version != API_VERSION:
+        problems.append(
+            f"{doc.where}: apiVersion: {api_version!r} is not served; use {API_VERSION}"
+        )
+        return None
+    if kind == "LicensePolicy":
+        notes.append(f"{doc.where}: skipped LicensePolicy (policies are not rendered)")
+        return None
+    if kind != "AIStack":
+        problems.append(f"{doc.where}: kind: {kind!r} is not a kind of {GROUP}; expected AIStack")
+        return None
+    try:
+        return AIStack.model_validate(doc.body)
+    except ValidationError as err:
+        problems += format_validation_error(doc.where, err)
+        return None
+
+
 def load_stacks(paths: Sequence[str], stdin: TextIO = sys.stdin) -> tuple[list[AIStack], list[str]]:
     """Parse and validate every AIStack in the files.
 
@@ -128,39 +154,20 @@ def load_stacks(paths: Sequence[str], stdin: TextIO = sys.stdin) -> tuple[list[A
     notes: list[str] = []
     problems: list[str] = []
     for path in paths:
-        found = 0
         try:
             docs = list(_read(path, stdin))
         except InputError as exc:
             problems.append(str(exc))
             continue
+        # Documents that claim to be a stack of the served version, valid or not.
+        found = [
+            d for d in docs
+            if d.body.get("apiVersion") == API_VERSION and d.body.get("kind") == "AIStack"
+        ]  # fmt: skip
         for doc in docs:
-            api_version = doc.body.get("apiVersion")
-            kind = doc.body.get("kind")
-            if not isinstance(api_version, str) or not api_version.startswith(f"{GROUP}/"):
-                notes.append(
-                    f"{doc.where}: skipped {kind or 'object'} ({api_version or 'no apiVersion'})"
-                )
-                continue
-            if api_version != API_VERSION:
-                problems.append(
-                    f"{doc.where}: apiVersion: {api_version!r} is not served; use {API_VERSION}"
-                )
-                continue
-            if kind == "LicensePolicy":
-                notes.append(f"{doc.where}: skipped LicensePolicy (policies are not rendered)")
-                continue
-            if kind != "AIStack":
-                problems.append(
-                    f"{doc.where}: kind: {kind!r} is not a kind of {GROUP}; expected AIStack"
-                )
-                continue
-            found += 1
-            try:
-                stacks.append(AIStack.model_validate(doc.body))
-            except ValidationError as err:
-                problems += format_validation_error(doc.where, err)
-        if found == 0 and not any(p.startswith(path) for p in problems):
+            if (stack := _stack_of(doc, notes, problems)) is not None:
+                stacks.append(stack)
+        if not found and not any(p.startswith(path) for p in problems):
             problems.append(
                 f"{path}: no AIStack found (expected apiVersion: {API_VERSION}, kind: AIStack)"
             )

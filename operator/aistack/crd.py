@@ -40,9 +40,9 @@ def _describe(text: str) -> str:
     return re.sub(r"``([^`]+)``", r"`\1`", " ".join(text.split()))
 
 
-def structural(schema: Schema, defs: dict[str, Schema]) -> Schema:
-    """Convert one pydantic JSON Schema node (and its children) to a structural schema."""
-    node = dict(schema)
+def _merged(node: Schema, defs: dict[str, Schema]) -> Schema | None:
+    """A ``$ref`` resolved, or an ``anyOf`` of one type and null, merged with the node's
+    own keys; None for any other node."""
     if "$ref" in node:
         target = defs[node.pop("$ref").rsplit("/", 1)[-1]]
         resolved = structural(target, defs)
@@ -55,27 +55,42 @@ def structural(schema: Schema, defs: dict[str, Schema]) -> Schema:
         merged = structural(branches[0], defs)
         merged.update(structural(node, defs))
         return merged
+    return None
 
+
+def _dropped(key: str, value: Any) -> bool:
+    """Keys a structural schema has no use for (a null default, what ``_DROP`` names)."""
+    if key in _DROP and not (key == "additionalProperties" and isinstance(value, dict)):
+        return True
+    return key == "default" and value is None
+
+
+def _structural_key(key: str, value: Any, defs: dict[str, Schema]) -> Schema:
+    """One key of a node in structural form (a key may become two, or another)."""
+    if key == "description":
+        return {key: _describe(value)}
+    if key == "properties":
+        return {key: {name: structural(sub, defs) for name, sub in value.items()}}
+    if key in ("items", "additionalProperties"):
+        return {key: structural(value, defs)}
+    if key == "const":
+        return {"enum": [value]}
+    if key in ("exclusiveMinimum", "exclusiveMaximum"):
+        bound = "minimum" if key == "exclusiveMinimum" else "maximum"
+        return {bound: value, key: True}
+    return {key: value}
+
+
+def structural(schema: Schema, defs: dict[str, Schema]) -> Schema:
+    """Convert one pydantic JSON Schema node (and its children) to a structural schema."""
+    node = dict(schema)
+    merged = _merged(node, defs)
+    if merged is not None:
+        return merged
     out: Schema = {}
     for key, value in node.items():
-        if key in _DROP and not (key == "additionalProperties" and isinstance(value, dict)):
-            continue
-        if key == "default" and value is None:
-            continue
-        if key == "description":
-            out[key] = _describe(value)
-        elif key == "properties":
-            out[key] = {name: structural(sub, defs) for name, sub in value.items()}
-        elif key in ("items", "additionalProperties"):
-            out[key] = structural(value, defs)
-        elif key == "const":
-            out["enum"] = [value]
-        elif key in ("exclusiveMinimum", "exclusiveMaximum"):
-            bound = "minimum" if key == "exclusiveMinimum" else "maximum"
-            out[bound] = value
-            out[key] = True
-        else:
-            out[key] = value
+        if not _dropped(key, value):
+            out.update(_structural_key(key, value, defs))
     if "properties" in out:
         out.setdefault("type", "object")
     first = [k for k in ("description", "type") if k in out]

@@ -101,34 +101,54 @@ def _labels_match(obj: Obj, selector: Mapping[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
+def _unschedulable(pod: Obj) -> tuple[str, str] | None:
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if (
+            cond.get("type") == "PodScheduled"
+            and cond.get("status") == "False"
+            and cond.get("reason") == "Unschedulable"
+        ):
+            name = pod["metadata"]["name"]
+            return "Unschedulable", f"pod {name}: {cond.get('message', '').strip()}"
+    return None
+
+
+def _container_problem(pod: Obj, cs: Obj) -> tuple[str, str] | None:
+    name = pod["metadata"]["name"]
+    waiting = (cs.get("state") or {}).get("waiting") or {}
+    if waiting.get("reason") in _STUCK_CONTAINER_REASONS:
+        detail = waiting.get("message", "").strip()
+        return waiting["reason"], f"pod {name}, container {cs.get('name')}: {detail}"
+    # Started (its startup probe passed) and running, yet not ready: the server came up
+    # and now fails its readiness probe. A pod still starting has started=False, and is
+    # only Starting.
+    if cs.get("started") and not cs.get("ready") and "running" in (cs.get("state") or {}):
+        return "NotReady", (
+            f"pod {name}, container {cs.get('name')}: running but failing its readiness probe"
+        )
+    return None
+
+
 def _pod_problem(pods: Sequence[Obj], selector: Mapping[str, str]) -> tuple[str, str] | None:
     for pod in pods:
         if not _labels_match(pod, selector) or pod.get("metadata", {}).get("deletionTimestamp"):
             continue
-        status = pod.get("status") or {}
-        for cond in status.get("conditions") or []:
-            if (
-                cond.get("type") == "PodScheduled"
-                and cond.get("status") == "False"
-                and cond.get("reason") == "Unschedulable"
-            ):
-                name = pod["metadata"]["name"]
-                return "Unschedulable", f"pod {name}: {cond.get('message', '').strip()}"
-        for cs in status.get("containerStatuses") or []:
-            waiting = (cs.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in _STUCK_CONTAINER_REASONS:
-                name = pod["metadata"]["name"]
-                detail = waiting.get("message", "").strip()
-                return waiting["reason"], f"pod {name}, container {cs.get('name')}: {detail}"
-            # Started (its startup probe passed) and running, yet not ready: the server
-            # came up and now fails its readiness probe. A pod still starting has
-            # started=False, and is only Starting.
-            if cs.get("started") and not cs.get("ready") and "running" in (cs.get("state") or {}):
-                name = pod["metadata"]["name"]
-                return "NotReady", (
-                    f"pod {name}, container {cs.get('name')}: running but failing its "
-                    "readiness probe"
-                )
+        problem = _unschedulable(pod)
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            problem = problem or _container_problem(pod, cs)
+        if problem:
+            return problem
+    return None
+
+
+def _deployment_failure(status: Obj) -> tuple[str, str] | None:
+    """A Deployment that will not get further by itself: its progress deadline passed, or
+    its ReplicaSet cannot make pods."""
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+            return "ProgressDeadlineExceeded", cond.get("message", "")
+        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+            return "ReplicaFailure", cond.get("message", "")
     return None
 
 
@@ -142,11 +162,8 @@ def deployment_state(deploy: Obj | None, name: str) -> PartState:
     updated = int(status.get("updatedReplicas") or 0)
     generation = deploy.get("metadata", {}).get("generation")
     stale = generation is not None and int(status.get("observedGeneration") or 0) < int(generation)
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
-            return PartState(desired, ready, "ProgressDeadlineExceeded", cond.get("message", ""))
-        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
-            return PartState(desired, ready, "ReplicaFailure", cond.get("message", ""))
+    if failure := _deployment_failure(status):
+        return PartState(desired, ready, *failure)
     if desired == 0:
         return PartState(0, 0, "ScaledToZero", f"{name} is scaled to zero")
     if not stale and ready >= desired and updated >= desired:
@@ -537,36 +554,63 @@ def status_dict(status: AIStackStatus) -> dict[str, Any]:
     return status.model_dump(by_alias=True, exclude_none=True)
 
 
+def _newly_blocked(now: Any, before: Any) -> bool:
+    """Whether a model, adapter or draft (``now``) is blocked and was not (``before``)."""
+    return (
+        now is not None
+        and now.permitted is False
+        and (before is None or before.permitted is not False)
+    )
+
+
+def _adapter_events(m: ModelStatus, prev: ModelStatus | None) -> list[EventSpec]:
+    before = {a.name: a for a in (prev.adapters or [] if prev else [])}
+    return [
+        EventSpec("Warning", "AdapterBlocked", a.message or a.name)
+        for a in m.adapters or []
+        if _newly_blocked(a, before.get(a.name))
+    ]
+
+
+def _model_events(m: ModelStatus, prev: ModelStatus | None) -> list[EventSpec]:
+    events: list[EventSpec] = []
+    if _newly_blocked(m, prev):
+        events.append(EventSpec("Warning", "ModelBlocked", f"{m.name}: {m.message}"))
+    events += _adapter_events(m, prev)
+    if _newly_blocked(m.speculative, prev.speculative if prev else None):
+        assert m.speculative is not None
+        events.append(EventSpec("Warning", "DraftBlocked", m.speculative.message or m.name))
+    was_ready = prev is not None and prev.reason == "Ready"
+    if m.permitted and m.reason == "Ready" and not was_ready:
+        events.append(EventSpec("Normal", "ModelReady", f"{m.name} serves at {m.endpoint}"))
+    return events
+
+
+def _route_events(old: AIStackStatus | None, new: AIStackStatus) -> list[EventSpec]:
+    before = {r.name: r for r in (old.gateway.routes if old and old.gateway else [])}
+    return [
+        EventSpec("Warning", "ProviderBlocked", r.message or r.name)
+        for r in (new.gateway.routes if new.gateway else [])
+        if r.kind == "Provider"
+        and not r.permitted
+        and ((was := before.get(r.name)) is None or was.permitted)
+    ]
+
+
+def _phase_events(old: AIStackStatus | None, new: AIStackStatus) -> list[EventSpec]:
+    if new.phase == (old.phase if old else None):
+        return []
+    ready = next(c for c in new.conditions if c.type == READY)
+    if new.phase == "Ready":
+        return [EventSpec("Normal", "StackReady", ready.message)]
+    if new.phase in ("Degraded", "Blocked"):
+        return [EventSpec("Warning", new.phase, f"{ready.reason}: {ready.message}")]
+    return []
+
+
 def transitions(old: AIStackStatus | None, new: AIStackStatus) -> list[EventSpec]:
     """Events worth posting for the change from ``old`` to ``new``: only real transitions,
     so a stack that stays the same posts nothing."""
-    events: list[EventSpec] = []
     before = {m.name: m for m in (old.models if old else [])}
-    for m in new.models:
-        prev = before.get(m.name)
-        if m.permitted is False and (prev is None or prev.permitted is not False):
-            events.append(EventSpec("Warning", "ModelBlocked", f"{m.name}: {m.message}"))
-        before_adapters = {a.name: a for a in (prev.adapters or [] if prev else [])}
-        for a in m.adapters or []:
-            was = before_adapters.get(a.name)
-            if a.permitted is False and (was is None or was.permitted is not False):
-                events.append(EventSpec("Warning", "AdapterBlocked", a.message or a.name))
-        draft, had = m.speculative, prev.speculative if prev else None
-        if draft and draft.permitted is False and (had is None or had.permitted is not False):
-            events.append(EventSpec("Warning", "DraftBlocked", draft.message or m.name))
-        was_ready = prev is not None and prev.reason == "Ready"
-        if m.permitted and m.reason == "Ready" and not was_ready:
-            events.append(EventSpec("Normal", "ModelReady", f"{m.name} serves at {m.endpoint}"))
-    before_routes = {r.name: r for r in (old.gateway.routes if old and old.gateway else [])}
-    for r in new.gateway.routes if new.gateway else []:
-        was_route = before_routes.get(r.name)
-        if r.kind == "Provider" and not r.permitted and (was_route is None or was_route.permitted):
-            events.append(EventSpec("Warning", "ProviderBlocked", r.message or r.name))
-    old_phase = old.phase if old else None
-    if new.phase != old_phase:
-        ready = next(c for c in new.conditions if c.type == READY)
-        if new.phase == "Ready":
-            events.append(EventSpec("Normal", "StackReady", ready.message))
-        elif new.phase in ("Degraded", "Blocked"):
-            events.append(EventSpec("Warning", new.phase, f"{ready.reason}: {ready.message}"))
-    return events
+    events = [e for m in new.models for e in _model_events(m, before.get(m.name))]
+    return events + _route_events(old, new) + _phase_events(old, new)

@@ -1032,34 +1032,56 @@ class AIStackSpec(APIModel):
     )
     """Prometheus monitors for the stack's parts."""
 
+    # The cross-field rules, checked in this order (the first broken one is reported).
     @model_validator(mode="after")
-    def _unique(self) -> AIStackSpec:
-        seen = [m.name for m in self.models]
-        dupes = sorted({n for n in seen if seen.count(n) > 1})
-        if dupes:
+    def _unique_models(self) -> AIStackSpec:
+        if dupes := _repeated([m.name for m in self.models]):
             raise ValueError(f"{rules.UNIQUE_MODELS}: {', '.join(dupes)}")
-        model_names = set(seen)
+        return self
+
+    @model_validator(mode="after")
+    def _unique_adapters(self) -> AIStackSpec:
+        model_names = {m.name for m in self.models}
         adapters = [a.name for m in self.models for a in m.adapters]
-        clashes = sorted(
-            {n for n in adapters if n in model_names}
-            | {n for n in adapters if adapters.count(n) > 1}
-        )
+        clashes = sorted({n for n in adapters if n in model_names} | set(_repeated(adapters)))
         if clashes:
             raise ValueError(f"{rules.UNIQUE_ADAPTER_NAMES} (got {', '.join(clashes)})")
-        routes = [*seen, *adapters, *(p.name for p in self.gateway.providers)]
-        dupes = sorted({n for n in routes if routes.count(n) > 1})
-        if dupes:
+        return self
+
+    def _routes(self) -> list[str]:
+        adapters = [a.name for m in self.models for a in m.adapters]
+        return [
+            *(m.name for m in self.models),
+            *adapters,
+            *(p.name for p in self.gateway.providers),
+        ]
+
+    @model_validator(mode="after")
+    def _unique_routes(self) -> AIStackSpec:
+        if dupes := _repeated(self._routes()):
             raise ValueError(f"{rules.UNIQUE_ROUTES} (got {', '.join(dupes)})")
+        return self
+
+    @model_validator(mode="after")
+    def _known_routes(self) -> AIStackSpec:
         named = [f.model for f in self.gateway.fallbacks]
         named += [t for f in self.gateway.fallbacks for t in f.to]
         named += [limit.route for limit in self.gateway.limits]
-        unknown = sorted(set(named) - set(routes))
-        if unknown:
+        if unknown := sorted(set(named) - set(self._routes())):
             raise ValueError(f"{rules.UNKNOWN_ROUTE} (unknown: {', '.join(unknown)})")
+        return self
+
+    @model_validator(mode="after")
+    def _multinode_image(self) -> AIStackSpec:
         without = [m.name for m in self.models if m.multi_node and not m.image]
         if without and not self.vllm.image:
             raise ValueError(f"{rules.MULTINODE_IMAGE} (models: {', '.join(without)})")
         return self
+
+
+def _repeated(names: list[str]) -> list[str]:
+    """The names that occur more than once, sorted."""
+    return sorted({n for n in names if names.count(n) > 1})
 
 
 class Condition(APIModel):

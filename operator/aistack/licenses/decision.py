@@ -238,35 +238,45 @@ def decide_routes(
     return out
 
 
-def last_hub_licenses(stack: AIStack) -> dict[str, str]:
-    """Per model, adapter and draft, the license the hub gave for its current source and
-    revision, as the stack's status recorded it: kept when the hub does not answer (an
-    operator restarted during an outage of the hub does not stop the models that run)."""
-    if stack.status is None:
-        return {}
+def _licensed_by_key(stack: AIStack) -> dict[str, Licensed]:
+    """Every model, adapter and draft of the stack, by its verdict key."""
     specs: dict[str, Licensed] = {}
     for m in stack.spec.models:
         specs[m.name] = m
         specs |= {a.name: a for a in m.adapters}
         if (draft := draft_of(m)) is not None:
             specs[speculative_key(m.name)] = draft
+    return specs
+
+
+def _hub_license(status: ModelStatus | AdapterStatus | DraftStatus, spec: Licensed | None) -> bool:
+    """Whether ``status`` records the Hub's license for ``spec``'s source and revision."""
+    return (
+        spec is not None
+        and status.license_source == "Hub"
+        and bool(status.license)
+        and status.source == spec.source
+        and status.revision == spec.revision
+    )
+
+
+def last_hub_licenses(stack: AIStack) -> dict[str, str]:
+    """Per model, adapter and draft, the license the hub gave for its current source and
+    revision, as the stack's status recorded it: kept when the hub does not answer (an
+    operator restarted during an outage of the hub does not stop the models that run)."""
+    if stack.status is None:
+        return {}
+    specs = _licensed_by_key(stack)
     seen: list[tuple[str, ModelStatus | AdapterStatus | DraftStatus]] = [
         (s.name, s) for s in stack.status.models
     ]
     seen += [(a.name, a) for s in stack.status.models for a in s.adapters or []]
     seen += [(speculative_key(s.name), s.speculative) for s in stack.status.models if s.speculative]
-    out = {}
-    for name, status in seen:
-        spec = specs.get(name)
-        if (
-            spec is not None
-            and status.license_source == "Hub"
-            and status.license
-            and status.source == spec.source
-            and status.revision == spec.revision
-        ):
-            out[name] = status.license
-    return out
+    return {
+        name: status.license
+        for name, status in seen
+        if status.license and _hub_license(status, specs.get(name))
+    }
 
 
 def _licensed_of(model: ModelSpec) -> list[Licensed]:

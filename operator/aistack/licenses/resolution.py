@@ -52,6 +52,48 @@ def _from_catalog(model: Licensed, entry: CatalogEntry, spdx: str) -> Resolution
     )
 
 
+def _from_hub(
+    model: Licensed, known: Mapping[str, CatalogEntry], hub: HubClient, last: str | None
+) -> tuple[Resolution | None, str | None]:
+    """The license of a repo's card at the pinned revision (or, when the Hub does not
+    answer, the last one it gave), or the catalog's entry for the name the Hub answers
+    under; with why the Hub did not answer, if it did not."""
+    at = f"Hugging Face card at {model.revision}" if model.revision else "Hugging Face card"
+    stale = None
+    try:
+        card = hub.card_license(model.source, model.revision)
+    except HubUnavailable as exc:
+        stale = exc.reason
+        kept = card_spdx(exc.last) if exc.last is not None else last
+        if kept is not None:
+            found = _checked(model, kept, "Hub", f"{at}, as last read", f"{at}, as last read")
+            return replace(found, stale=f"{stale}; kept its last answer, {kept}"), stale
+        card = None
+    renamed = known.get(canonical_repo(card.repo_id)) if card and card.repo_id else None
+    if renamed is not None and renamed.spdx is not None:
+        return _from_catalog(model, renamed, renamed.spdx), stale
+    spdx = None if card is None else card_spdx(card)
+    if spdx is not None:
+        return _checked(model, spdx, "Hub", at, f"verified on its {at}"), stale
+    return None, stale
+
+
+def _unresolved(model: Licensed, entry: CatalogEntry | None, stale: str | None) -> Resolution:
+    """What nothing verified: the declared license, or unknown and why."""
+    if model.license is not None:
+        return Resolution(
+            model.license, "Declared", stale=stale, evidence="declared in the stack, not verified"
+        )
+    if stale is not None:
+        return Resolution(None, None, unknown_because=f"{stale}; retrying", stale=stale)
+    if entry is not None:
+        said = entry.hub_license + (f"/{entry.license_name}" if entry.license_name else "")
+        return Resolution(
+            None, None, unknown_because=f"its model card says {said!r}, which names no license"
+        )
+    return Resolution(None, None)
+
+
 def resolve(
     model: Licensed,
     known: Mapping[str, CatalogEntry] | None = None,
@@ -66,39 +108,13 @@ def resolve(
     stack's status), kept when the hub does not answer now.
     """
     known = catalog() if known is None else known
-    entry = None
     on_hub = not is_storage(model.source)
-    if on_hub:
-        entry = known.get(canonical_repo(model.source))
+    entry = known.get(canonical_repo(model.source)) if on_hub else None
     if entry is not None and entry.spdx is not None:
         return _from_catalog(model, entry, entry.spdx)
     stale = None
     if on_hub and hub is not None:
-        at = f"Hugging Face card at {model.revision}" if model.revision else "Hugging Face card"
-        try:
-            card = hub.card_license(model.source, model.revision)
-        except HubUnavailable as exc:
-            stale = exc.reason
-            kept = card_spdx(exc.last) if exc.last is not None else last
-            if kept is not None:
-                found = _checked(model, kept, "Hub", f"{at}, as last read", f"{at}, as last read")
-                return replace(found, stale=f"{stale}; kept its last answer, {kept}")
-            card = None
-        renamed = known.get(canonical_repo(card.repo_id)) if card and card.repo_id else None
-        if renamed is not None and renamed.spdx is not None:
-            return _from_catalog(model, renamed, renamed.spdx)
-        spdx = None if card is None else card_spdx(card)
-        if spdx is not None:
-            return _checked(model, spdx, "Hub", at, f"verified on its {at}")
-    if model.license is not None:
-        return Resolution(
-            model.license, "Declared", stale=stale, evidence="declared in the stack, not verified"
-        )
-    if stale is not None:
-        return Resolution(None, None, unknown_because=f"{stale}; retrying", stale=stale)
-    if entry is not None:
-        said = entry.hub_license + (f"/{entry.license_name}" if entry.license_name else "")
-        return Resolution(
-            None, None, unknown_because=f"its model card says {said!r}, which names no license"
-        )
-    return Resolution(None, None)
+        found, stale = _from_hub(model, known, hub, last)
+        if found is not None:
+            return found
+    return _unresolved(model, entry, stale)

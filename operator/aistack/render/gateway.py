@@ -70,10 +70,10 @@ def with_permitted_providers(stack: AIStack, permitted: Mapping[str, bool]) -> A
     return stack.model_copy(update={"spec": spec})
 
 
-def gateway_config(stack: AIStack, served: list[ModelSpec], config: RenderConfig) -> dict[str, Any]:
-    """LiteLLM proxy configuration: one route per permitted, deployed model, and one per
-    permitted adapter of it, to the same server (vLLM serves an adapter under its name),
-    and one per permitted hosted provider; then fallbacks and limits between them."""
+def _routes(stack: AIStack, served: list[ModelSpec], config: RenderConfig) -> list[dict[str, Any]]:
+    """One route per permitted, deployed model and per permitted adapter of it (to the same
+    server: vLLM serves an adapter under its name), one per permitted hosted provider; with
+    their limits."""
     model_list: list[dict[str, Any]] = [
         {
             "model_name": name,
@@ -89,18 +89,20 @@ def gateway_config(stack: AIStack, served: list[ModelSpec], config: RenderConfig
     model_list += [
         {"model_name": p.name, "litellm_params": _provider_params(p)} for p in gateway.providers
     ]
-    routed = {r["model_name"] for r in model_list}
     for limit in gateway.limits:
-        for route in model_list:
-            if route["model_name"] == limit.route:
-                if limit.rpm is not None:
-                    # LiteLLM 1.110.2 admits a route only while its count in the minute
-                    # + 1 < rpm (BerriAI/litellm#33032): rendered one higher, the route
-                    # gets exactly the requests the spec allows (conformance-tested).
-                    route["litellm_params"]["rpm"] = limit.rpm + LITELLM_RPM_OFFSET
-                if limit.tpm is not None:
-                    route["litellm_params"]["tpm"] = limit.tpm
-    cfg: dict[str, Any] = {"model_list": model_list}
+        for route in (r for r in model_list if r["model_name"] == limit.route):
+            if limit.rpm is not None:
+                # LiteLLM 1.110.2 admits a route only while its count in the minute
+                # + 1 < rpm (BerriAI/litellm#33032): rendered one higher, the route
+                # gets exactly the requests the spec allows (conformance-tested).
+                route["litellm_params"]["rpm"] = limit.rpm + LITELLM_RPM_OFFSET
+            if limit.tpm is not None:
+                route["litellm_params"]["tpm"] = limit.tpm
+    return model_list
+
+
+def _router(stack: AIStack, routed: set[str]) -> dict[str, Any]:
+    gateway = stack.spec.gateway
     router: dict[str, Any] = {}
     # Fallbacks between the routes there are (a blocked route is neither a source nor a
     # target).
@@ -118,8 +120,10 @@ def gateway_config(stack: AIStack, served: list[ModelSpec], config: RenderConfig
         # served): not retried, the request takes its fallback, or is answered 429.
         router["routing_strategy"] = "usage-based-routing-v2"
         router["retry_policy"] = {"RateLimitErrorRetries": 0}
-    if router:
-        cfg["router_settings"] = router
+    return router
+
+
+def _callbacks(stack: AIStack) -> list[str]:
     callbacks: list[str] = []
     if stack.spec.mlflow.enabled:
         # Request traces go to MLflow's OTLP endpoint (env set in _render_gateway). The
@@ -132,7 +136,18 @@ def gateway_config(stack: AIStack, served: list[ModelSpec], config: RenderConfig
         # with one worker, LiteLLM 1.110.2 sets up the samples directory after
         # prometheus_client has loaded, and that process serves no sample (conformance).
         callbacks.append("prometheus")
-    if callbacks:
+    return callbacks
+
+
+def gateway_config(stack: AIStack, served: list[ModelSpec], config: RenderConfig) -> dict[str, Any]:
+    """LiteLLM proxy configuration: one route per permitted, deployed model, and one per
+    permitted adapter of it, to the same server (vLLM serves an adapter under its name),
+    and one per permitted hosted provider; then fallbacks and limits between them."""
+    model_list = _routes(stack, served, config)
+    cfg: dict[str, Any] = {"model_list": model_list}
+    if router := _router(stack, {r["model_name"] for r in model_list}):
+        cfg["router_settings"] = router
+    if callbacks := _callbacks(stack):
         cfg["litellm_settings"] = {"callbacks": callbacks}
     if stack.spec.gateway.auth_secret_ref is not None:
         cfg["general_settings"] = {"master_key": "os.environ/LITELLM_MASTER_KEY"}
