@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,29 @@ def all_permitted(s: AIStack) -> dict[str, bool]:
     names += [p.name for p in s.spec.gateway.providers]
     names += [speculative_key(m.name) for m in s.spec.models if m.speculative is not None]
     return dict.fromkeys(names, True)
+
+
+def policy(name: str = "team", **spec: Any) -> dict[str, Any]:
+    """A LicensePolicy object named ``name`` with ``spec``."""
+    return {"apiVersion": "aistack.dev/v1alpha1", "kind": "LicensePolicy",
+            "metadata": {"name": name}, "spec": spec}  # fmt: skip
+
+
+def _kube_minor() -> str:
+    versions = (ROOT / "hack" / "versions.env").read_text()
+    match = re.search(r"^KUBE_VERSION=v1\.(\d+)\.", versions, re.M)
+    assert match, "hack/versions.env names no KUBE_VERSION"
+    return match.group(1)
+
+
+#: The Kubernetes version whose schemas the rendered objects are validated against: the
+#: local control plane's minor (hack/versions.env), as kubernetes-validate names it.
+K8S_VERSION = f"1.{_kube_minor()}.0"
+
+
+def by_name(objs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    """The objects of one kind, by name."""
+    return {o["metadata"]["name"]: o for o in objs if o["kind"] == kind}
 
 
 def trusting_policy(**spec: Any) -> dict[str, Any]:

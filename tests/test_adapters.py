@@ -32,7 +32,7 @@ from aistack.render.fetch_s3 import targets
 from aistack.render.gateway import gateway_config
 from aistack.render.models import ADAPTER_DIR, CLAIM_MOUNT, MODEL_MOUNT
 from aistack.status import Observed, compute_status, status_dict, transitions
-from helpers import ROOT, stack, stack_doc, trusting_policy
+from helpers import ROOT, policy, stack, stack_doc, trusting_policy
 from test_status import T0, T1, deployments_for
 
 HUB = {"name": "hub", "source": "org/hub-lora", "revision": "abc123", "license": "Apache-2.0"}
@@ -44,11 +44,6 @@ NC = {"name": "nc", "source": "org/nc-lora", "license": "CC-BY-NC-4.0"}
 def lora_stack(*adapters: dict[str, Any], **model: Any) -> AIStack:
     base = {"name": "base", "source": "microsoft/phi-4", "adapters": list(adapters), **model}
     return stack(models=[base])
-
-
-def policy(**spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "aistack.dev/v1alpha1", "kind": "LicensePolicy",
-            "metadata": {"name": spec.pop("name", "team")}, "spec": spec}  # fmt: skip
 
 
 def by_kind(manifests: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:

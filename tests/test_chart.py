@@ -23,11 +23,11 @@ import yaml
 
 from aistack.api.v1alpha1 import LicensePolicy
 from aistack.licenses import default_policy
+from helpers import K8S_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "aistack-operator"
 GOLDEN = ROOT / "tests" / "golden" / "chart"
-K8S_VERSION = "1.36.0"
 RELEASE, NAMESPACE = "aistack-operator", "aistack-system"
 
 #: name -> values (as --set-json / -f would give them)

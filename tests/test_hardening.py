@@ -11,9 +11,8 @@ import kubernetes_validate
 import pytest
 
 from aistack.render import render
-from helpers import EXAMPLES, all_permitted, example, stack
+from helpers import EXAMPLES, K8S_VERSION, all_permitted, by_name, example, stack
 
-K8S_VERSION = "1.36.0"
 RAY_IMAGE_MODEL = {"name": "big", "source": "org/big", "nodes": 3, "image": "vllm-ray:1"}
 
 
@@ -37,12 +36,8 @@ def everything() -> list[dict[str, Any]]:
     return render(s, all_permitted(s))
 
 
-def by_kind(objs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
-    return {o["metadata"]["name"]: o for o in objs if o["kind"] == kind}
-
-
 def pod_specs(objs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {n: d["spec"]["template"]["spec"] for n, d in by_kind(objs, "Deployment").items()}
+    return {n: d["spec"]["template"]["spec"] for n, d in by_name(objs, "Deployment").items()}
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: Path(p).stem)
@@ -54,8 +49,8 @@ def test_no_pod_mounts_a_service_account_token(path: Path) -> None:
 
 def test_every_replicated_deployment_and_only_those_get_a_disruption_budget() -> None:
     objs = everything()
-    deployments = by_kind(objs, "Deployment")
-    budgets = by_kind(objs, "PodDisruptionBudget")
+    deployments = by_name(objs, "Deployment")
+    budgets = by_name(objs, "PodDisruptionBudget")
     replicated = {n for n, d in deployments.items() if d["spec"]["replicas"] > 1}
     assert replicated == {
         "demo-vllm-chat",
@@ -76,7 +71,7 @@ def test_every_replicated_deployment_and_only_those_get_a_disruption_budget() ->
 def test_a_blocked_model_has_no_budget_to_block_a_drain() -> None:
     s = stack(models=[{"name": "chat", "source": "org/chat", "replicas": 2}])
     objs = render(s, {"chat": False})
-    assert "demo-vllm-chat" not in by_kind(objs, "PodDisruptionBudget")
+    assert "demo-vllm-chat" not in by_name(objs, "PodDisruptionBudget")
     assert "topologySpreadConstraints" not in pod_specs(objs)["demo-vllm-chat"]
 
 

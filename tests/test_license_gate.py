@@ -35,7 +35,7 @@ from aistack.licenses import (
 )
 from aistack.render import render
 from aistack.status import Observed, compute_status
-from helpers import all_permitted, stack, stack_doc, trusting_policy
+from helpers import all_permitted, policy, stack, stack_doc, trusting_policy
 from test_controller import KEY, NOW, FakeKube, view
 from test_status import T0, deployments_for
 
@@ -46,11 +46,6 @@ def refusal(doc: dict[str, Any]) -> str:
     with pytest.raises(ValidationError) as err:
         AIStack.model_validate(doc)
     return "\n".join(format_validation_error("stack.yaml", err.value))
-
-
-def policy(**spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "aistack.dev/v1alpha1", "kind": "LicensePolicy",
-            "metadata": {"name": spec.pop("name", "team")}, "spec": spec}  # fmt: skip
 
 
 # ---------------------------------------------------------------- 1. weights in extraArgs

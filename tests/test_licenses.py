@@ -19,7 +19,7 @@ from aistack.licenses import (
     policies_from,
     resolve,
 )
-from helpers import stack
+from helpers import policy, stack
 
 # (repo id, SPDX as resolved, permitted under the default policy, reason)
 REAL_MODELS = [
@@ -67,11 +67,6 @@ REAL_MODELS = [
 
 def default() -> list[Any]:
     return policies_from([])
-
-
-def policy(**spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "aistack.dev/v1alpha1", "kind": "LicensePolicy",
-            "metadata": {"name": spec.pop("name", "team")}, "spec": spec}  # fmt: skip
 
 
 def model(source: str, **kw: Any) -> Any:

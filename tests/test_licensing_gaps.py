@@ -14,7 +14,7 @@ import pytest
 from aistack.api import LicensePolicy
 from aistack.hub import CardLicense, card_license_of
 from aistack.licenses import compile_policy, decide, parse, policies_from
-from helpers import stack
+from helpers import policy, stack
 
 
 class Card:
@@ -29,11 +29,6 @@ class Card:
 
 def model(source: str, **kw: Any) -> Any:
     return stack(models=[{"name": "m", "source": source, **kw}]).spec.models[0]
-
-
-def policy(name: str = "team", **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "aistack.dev/v1alpha1", "kind": "LicensePolicy",
-            "metadata": {"name": name}, "spec": spec}  # fmt: skip
 
 
 def test_a_license_name_is_never_read_as_an_expression() -> None:

@@ -13,9 +13,7 @@ from pydantic import ValidationError
 from aistack.api import rules
 from aistack.components import GATEWAY_PORT
 from aistack.render import render
-from helpers import EXAMPLES, all_permitted, example, stack
-
-K8S_VERSION = "1.36.0"
+from helpers import EXAMPLES, K8S_VERSION, all_permitted, example, stack
 
 
 def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:

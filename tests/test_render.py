@@ -15,14 +15,9 @@ from aistack.components import RenderConfig, endpoints
 from aistack.render import render, render_yaml
 from aistack.render.common import GPU_RESOURCE
 from aistack.render.gateway import gateway_config
-from helpers import EXAMPLES, ROOT, all_permitted, example, stack
+from helpers import EXAMPLES, K8S_VERSION, ROOT, all_permitted, by_name, example, stack
 
 GOLDEN = ROOT / "tests" / "golden"
-K8S_VERSION = "1.36.0"
-
-
-def by_kind(manifests: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
-    return {m["metadata"]["name"]: m for m in manifests if m["kind"] == kind}
 
 
 def container(deployment: dict[str, Any]) -> dict[str, Any]:
@@ -82,7 +77,7 @@ def test_every_object_is_labelled_namespaced_and_secured(path: Path) -> None:
 def test_quickstart_model_server() -> None:
     s = example(ROOT / "examples" / "quickstart.yaml")
     out = render(s, all_permitted(s))
-    deploy = by_kind(out, "Deployment")["quickstart-vllm-phi-3-5-mini"]
+    deploy = by_name(out, "Deployment")["quickstart-vllm-phi-3-5-mini"]
     c = container(deploy)
     assert c["command"] == ["vllm", "serve"]
     args = c["args"]
@@ -103,7 +98,7 @@ def test_quickstart_model_server() -> None:
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 3600
     assert c["readinessProbe"]["httpGet"]["path"] == "/health"
     assert c["livenessProbe"]["httpGet"]["path"] == "/health"
-    svc = by_kind(out, "Service")["quickstart-vllm-phi-3-5-mini"]
+    svc = by_name(out, "Service")["quickstart-vllm-phi-3-5-mini"]
     assert svc["spec"]["selector"] == deploy["spec"]["selector"]["matchLabels"]
     assert svc["spec"]["ports"][0]["port"] == 8000
 
@@ -117,7 +112,7 @@ def test_a_model_that_is_not_permitted_runs_nothing_and_gets_no_route() -> None:
         ]
     )
     out = render(s, {"ok": True, "blocked": False, "big": False})
-    deployments = by_kind(out, "Deployment")
+    deployments = by_name(out, "Deployment")
     assert deployments["demo-vllm-ok"]["spec"]["replicas"] == 1
     # Scaled to zero, not deleted: its weight cache survives a policy that flips back.
     for name in ("demo-vllm-blocked", "demo-vllm-big-g0-leader", "demo-vllm-big-g0-worker"):
@@ -125,24 +120,24 @@ def test_a_model_that_is_not_permitted_runs_nothing_and_gets_no_route() -> None:
         assert (
             deployments[name]["metadata"]["annotations"][names.LICENSE_BLOCKED_ANNOTATION] == "true"
         )
-    assert "demo-vllm-blocked-cache" in by_kind(out, "PersistentVolumeClaim")
+    assert "demo-vllm-blocked-cache" in by_name(out, "PersistentVolumeClaim")
     assert names.LICENSE_BLOCKED_ANNOTATION not in deployments["demo-vllm-ok"]["metadata"].get(
         "annotations", {}
     )
-    routes = yaml.safe_load(by_kind(out, "ConfigMap")["demo-gateway-config"]["data"]["config.yaml"])
+    routes = yaml.safe_load(by_name(out, "ConfigMap")["demo-gateway-config"]["data"]["config.yaml"])
     assert [r["model_name"] for r in routes["model_list"]] == ["ok"]
 
 
 def test_a_model_without_a_decision_is_not_started() -> None:
     s = stack(models=[{"name": "m", "source": "o/m"}])
-    assert by_kind(render(s, {}), "Deployment")["demo-vllm-m"]["spec"]["replicas"] == 0
+    assert by_name(render(s, {}), "Deployment")["demo-vllm-m"]["spec"]["replicas"] == 0
 
 
 def test_gateway_routes_every_served_model_and_rolls_when_they_change() -> None:
     s = stack(models=[{"name": "a", "source": "o/a"}, {"name": "b", "source": "o/b"}])
     both = render(s, {"a": True, "b": True})
     only_a = render(s, {"a": True, "b": False})
-    cfg = yaml.safe_load(by_kind(both, "ConfigMap")["demo-gateway-config"]["data"]["config.yaml"])
+    cfg = yaml.safe_load(by_name(both, "ConfigMap")["demo-gateway-config"]["data"]["config.yaml"])
     assert cfg["model_list"][1] == {
         "model_name": "b",
         "litellm_params": {
@@ -156,7 +151,7 @@ def test_gateway_routes_every_served_model_and_rolls_when_they_change() -> None:
     assert cfg["litellm_settings"] == {"callbacks": ["otel", "prometheus"]}
 
     def checksum(out: list[dict[str, Any]]) -> str:
-        annotations = by_kind(out, "Deployment")["demo-gateway"]["spec"]["template"]["metadata"][
+        annotations = by_name(out, "Deployment")["demo-gateway"]["spec"]["template"]["metadata"][
             "annotations"
         ]
         return str(annotations[names.CONFIG_CHECKSUM_ANNOTATION])
@@ -167,14 +162,14 @@ def test_gateway_routes_every_served_model_and_rolls_when_they_change() -> None:
 
 def test_vllm_sends_traces_to_mlflow_only_when_tracking_is_on() -> None:
     s = stack()
-    c = container(by_kind(render(s, all_permitted(s)), "Deployment")["demo-vllm-m"])
+    c = container(by_name(render(s, all_permitted(s)), "Deployment")["demo-vllm-m"])
     endpoint = c["args"][c["args"].index("--otlp-traces-endpoint") + 1]
     assert endpoint == "http://demo-mlflow.ml.svc.cluster.local:5000/v1/traces"
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] == "http/protobuf"
     assert env["OTEL_EXPORTER_OTLP_TRACES_HEADERS"] == "x-mlflow-experiment-id=0"
     off = stack(mlflow={"enabled": False})
-    c = container(by_kind(render(off, all_permitted(off)), "Deployment")["demo-vllm-m"])
+    c = container(by_name(render(off, all_permitted(off)), "Deployment")["demo-vllm-m"])
     assert "--otlp-traces-endpoint" not in c["args"]
     assert not [e for e in c["env"] if e["name"].startswith("OTEL_")]
 
@@ -182,7 +177,7 @@ def test_vllm_sends_traces_to_mlflow_only_when_tracking_is_on() -> None:
 def test_gateway_auth_and_tracing_wiring() -> None:
     s = stack(gateway={"authSecretRef": {"name": "gw", "key": "k"}})
     out = render(s, all_permitted(s))
-    env = {e["name"]: e for e in container(by_kind(out, "Deployment")["demo-gateway"])["env"]}
+    env = {e["name"]: e for e in container(by_name(out, "Deployment")["demo-gateway"])["env"]}
     assert env["LITELLM_MASTER_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "gw", "key": "k"}
     # OTLP/HTTP to MLflow's trace endpoint, into the experiment named by id in a header.
     assert env["OTEL_EXPORTER"]["value"] == "otlp_http"
@@ -194,7 +189,7 @@ def test_gateway_auth_and_tracing_wiring() -> None:
 
     no_mlflow = stack(mlflow={"enabled": False})
     out = render(no_mlflow, all_permitted(no_mlflow))
-    env_names = {e["name"] for e in container(by_kind(out, "Deployment")["demo-gateway"])["env"]}
+    env_names = {e["name"] for e in container(by_name(out, "Deployment")["demo-gateway"])["env"]}
     assert not {n for n in env_names if n.startswith(("OTEL_", "MLFLOW_"))}
     assert gateway_config(no_mlflow, [], RenderConfig())["litellm_settings"] == {
         "callbacks": ["prometheus"]
@@ -215,7 +210,7 @@ def test_gateway_without_a_key_is_open_on_purpose() -> None:
 
 def test_tensor_parallel_on_one_node() -> None:
     s = stack(models=[{"name": "big", "source": "o/big", "gpus": 4, "tensorParallelSize": 2}])
-    c = container(by_kind(render(s, all_permitted(s)), "Deployment")["demo-vllm-big"])
+    c = container(by_name(render(s, all_permitted(s)), "Deployment")["demo-vllm-big"])
     assert c["args"][c["args"].index("--tensor-parallel-size") + 1] == "2"
     assert c["args"][c["args"].index("--pipeline-parallel-size") + 1] == "2"
     assert c["resources"]["limits"][GPU_RESOURCE] == 4
@@ -227,8 +222,8 @@ def test_multi_node_model_is_a_leader_and_workers_per_group() -> None:
         vllm={"image": "r/vllm-ray:1"},
     )
     out = render(s, all_permitted(s))
-    deployments = by_kind(out, "Deployment")
-    services = by_kind(out, "Service")
+    deployments = by_name(out, "Deployment")
+    services = by_name(out, "Service")
     for g in range(2):
         leader = deployments[f"demo-vllm-huge-g{g}-leader"]
         workers = deployments[f"demo-vllm-huge-g{g}-worker"]
@@ -275,7 +270,7 @@ def test_sources_map_to_vllm_arguments_and_volumes() -> None:
              "credentialsSecretRef": {"name": "s3creds"}},
         ]
     )  # fmt: skip
-    deployments = by_kind(render(s, all_permitted(s)), "Deployment")
+    deployments = by_name(render(s, all_permitted(s)), "Deployment")
     hub = container(deployments["demo-vllm-hub"])
     assert hub["args"][hub["args"].index("--revision") + 1] == "abc123"
     token = next(e for e in hub["env"] if e["name"] == "HF_TOKEN")
@@ -307,20 +302,20 @@ def test_weight_cache_pvc_or_existing_claim() -> None:
         ]
     )
     out = render(s, all_permitted(s))
-    pvcs = by_kind(out, "PersistentVolumeClaim")
+    pvcs = by_name(out, "PersistentVolumeClaim")
     assert pvcs["demo-vllm-new-cache"]["spec"]["resources"]["requests"]["storage"] == "100Gi"
     assert pvcs["demo-vllm-new-cache"]["spec"]["storageClassName"] == "fast"
     assert not [n for n in pvcs if "old" in n]
-    old = by_kind(out, "Deployment")["demo-vllm-old"]["spec"]["template"]["spec"]["volumes"]
+    old = by_name(out, "Deployment")["demo-vllm-old"]["spec"]["template"]["spec"]["volumes"]
     assert {"name": "cache", "persistentVolumeClaim": {"claimName": "shared-weights"}} in old
 
 
 def test_ray_cluster() -> None:
     s = stack(ray={"workerGroups": [{"name": "cpu", "replicas": 3}, {"name": "gpu", "gpus": 2}]})
     out = render(s, all_permitted(s))
-    head_svc = by_kind(out, "Service")["demo-ray-head"]
+    head_svc = by_name(out, "Service")["demo-ray-head"]
     assert {p["port"] for p in head_svc["spec"]["ports"]} >= {6379, 8265, 10001}
-    deployments = by_kind(out, "Deployment")
+    deployments = by_name(out, "Deployment")
     head = container(deployments["demo-ray-head"])
     assert "--head" in head["args"]
     env = {e["name"]: e.get("value") for e in head["env"]}
@@ -338,15 +333,15 @@ def test_ray_cluster() -> None:
 def test_mlflow_local_storage_is_kept_by_default() -> None:
     s = stack()
     out = render(s, all_permitted(s))
-    pvc = by_kind(out, "PersistentVolumeClaim")["demo-mlflow-data"]
+    pvc = by_name(out, "PersistentVolumeClaim")["demo-mlflow-data"]
     assert pvc["metadata"]["annotations"][names.RETAIN_ANNOTATION] == "true"
-    deploy = by_kind(out, "Deployment")["demo-mlflow"]
+    deploy = by_name(out, "Deployment")["demo-mlflow"]
     assert deploy["spec"]["strategy"]["type"] == "Recreate"
     args = container(deploy)["args"]
     assert args[args.index("--backend-store-uri") + 1] == "sqlite:////mlflow/mlflow.db"
 
     deleting = stack(mlflow={"storage": {"deleteWithStack": True}})
-    pvc = by_kind(render(deleting, all_permitted(deleting)), "PersistentVolumeClaim")[
+    pvc = by_name(render(deleting, all_permitted(deleting)), "PersistentVolumeClaim")[
         "demo-mlflow-data"
     ]
     assert names.RETAIN_ANNOTATION not in pvc["metadata"].get("annotations", {})
@@ -357,7 +352,7 @@ def test_mlflow_allows_exactly_its_service_names_and_loopback() -> None:
     # pattern whose "*" spans dots: only exact names (and loopback on any port, for
     # `kubectl port-forward`) keep the DNS-rebinding protection it exists for.
     s = stack(mlflow={"allowedHosts": ["mlflow.example.com"]})
-    deploy = by_kind(render(s, all_permitted(s)), "Deployment")["demo-mlflow"]
+    deploy = by_name(render(s, all_permitted(s)), "Deployment")["demo-mlflow"]
     hosts = next(
         e["value"] for e in container(deploy)["env"] if e["name"] == "MLFLOW_SERVER_ALLOWED_HOSTS"
     ).split(",")
@@ -384,8 +379,8 @@ def test_mlflow_allows_exactly_its_service_names_and_loopback() -> None:
 def test_mlflow_external_stores_come_from_secrets() -> None:
     s = example(ROOT / "examples" / "external-stores.yaml")
     out = render(s, all_permitted(s))
-    assert "tracked-mlflow-data" not in by_kind(out, "PersistentVolumeClaim")
-    deploy = by_kind(out, "Deployment")["tracked-mlflow"]
+    assert "tracked-mlflow-data" not in by_name(out, "PersistentVolumeClaim")
+    deploy = by_name(out, "Deployment")["tracked-mlflow"]
     c = container(deploy)
     assert c["args"][c["args"].index("--backend-store-uri") + 1] == "$(MLFLOW_BACKEND_STORE_URI)"
     env = {e["name"]: e for e in c["env"]}
@@ -402,12 +397,12 @@ def test_images_come_from_spec_then_operator_config() -> None:
     s = stack(
         models=[{"name": "a", "source": "o/a"}, {"name": "b", "source": "o/b", "image": "mine:2"}]
     )
-    deployments = by_kind(render(s, all_permitted(s), config), "Deployment")
+    deployments = by_name(render(s, all_permitted(s), config), "Deployment")
     assert container(deployments["demo-vllm-a"])["image"] == "registry.local/vllm:1"
     assert container(deployments["demo-vllm-b"])["image"] == "mine:2"
     s = stack(vllm={"image": "team/vllm:3"})
     assert (
-        container(by_kind(render(s, all_permitted(s), config), "Deployment")["demo-vllm-m"])[
+        container(by_name(render(s, all_permitted(s), config), "Deployment")["demo-vllm-m"])[
             "image"
         ]
         == "team/vllm:3"
@@ -453,7 +448,7 @@ def test_user_strings_cannot_break_out_of_their_yaml_value() -> None:
     tricky = 'x"\n  injected: true\n- "y'
     s = stack(models=[{"name": "m", "source": "o/m", "extraArgs": ["--tool-call-parser", tricky],
                        "nodeSelector": {"pool": "a: b"}}])  # fmt: skip
-    deploy = by_kind(render(s, all_permitted(s)), "Deployment")["demo-vllm-m"]
+    deploy = by_name(render(s, all_permitted(s)), "Deployment")["demo-vllm-m"]
     assert container(deploy)["args"][-1] == tricky
     assert deploy["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "a: b"}
 

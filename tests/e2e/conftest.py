@@ -568,8 +568,8 @@ def policy(cluster: Any) -> Iterator[Callable[..., str]]:
     removed afterwards."""
     made: list[str] = []
 
-    def apply(**spec: Any) -> str:
-        name = spec.pop("name", f"e2e-{uuid.uuid4().hex[:6]}")
+    def apply(name: str | None = None, **spec: Any) -> str:
+        name = name or f"e2e-{uuid.uuid4().hex[:6]}"
         cluster.apply({"apiVersion": "aistack.dev/v1alpha1", "kind": "LicensePolicy",
                        "metadata": {"name": name}, "spec": spec})  # fmt: skip
         made.append(name)

@@ -153,20 +153,6 @@ def install(cluster: Any, tmp_path: Path) -> Iterator[Any]:
         cluster.kubectl("delete", "namespace", release.namespace, "--wait=false", check=False)
 
 
-@pytest.fixture
-def policy(cluster: Any) -> Iterator[Any]:
-    made: list[str] = []
-
-    def apply(name: str, **spec: Any) -> None:
-        cluster.apply({"apiVersion": "aistack.dev/v1alpha1", "kind": "LicensePolicy",
-                       "metadata": {"name": name}, "spec": spec})  # fmt: skip
-        made.append(name)
-
-    yield apply
-    for name in made:
-        cluster.kubectl("delete", "licensepolicy", name, "--ignore-not-found", check=False)
-
-
 def operator_as(cluster: Any, release: Release, log_dir: Path, *args: str) -> OperatorProcess:
     """The operator as the chart runs it (peering), as the release's ServiceAccount."""
     env = {**cluster.env, "KUBECONFIG": release.kubeconfig, "POD_ID": f"{release.name}-0"}
