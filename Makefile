@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help venv lint unit e2e test crds check-crds demo demo-down cluster-tools clean \
+.PHONY: help venv lint unit integration e2e test crds check-crds demo demo-down cluster-tools clean \
 	chart chart-crds chart-images docs bench conformance conformance-envs gpu-smoke \
 	lint-manifests promtool-rules argocd-tools gitops
 
@@ -30,7 +30,10 @@ lint: $(STAMP) ## ruff and mypy
 	$(BIN)/mypy bench/analysis.py bench/bench.py
 
 unit: $(STAMP) ## unit tests: API, CRDs, renderer, CLI (no cluster)
-	$(BIN)/pytest tests --ignore=tests/e2e --ignore=tests/conformance $(PYTEST_ARGS)
+	$(BIN)/pytest tests --ignore=tests/e2e --ignore=tests/conformance --ignore=tests/integration $(PYTEST_ARGS)
+
+integration: $(STAMP) cluster-tools ## the reconcile against a real API server and etcd, without kopf (minutes)
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
 cluster-tools: ## build the local control plane (kube-apiserver, etcd, kwok, helm) from Go modules
 	hack/build-tools.sh
@@ -59,7 +62,7 @@ conformance: $(STAMP) conformance-envs ## the real vLLM, Ray, MLflow, LiteLLM st
 gpu-smoke: $(STAMP) ## on a GPU machine: real vLLM serves a tiny local model behind the real gateway
 	$(BIN)/python tests/conformance/gpu_smoke.py
 
-TEST_STAGES := lint lint-manifests promtool-rules unit chart e2e conformance gitops
+TEST_STAGES := lint lint-manifests promtool-rules unit chart integration e2e conformance gitops
 
 # The stages in order, stopping at the first that fails; each one's time is printed, and
 # all of them at the end, so a slow run shows where its time went. Argo CD, the biggest

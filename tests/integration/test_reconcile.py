@@ -1,0 +1,151 @@
+"""The reconcile against a real API server, without kopf: apply, drift, prune, status,
+Events and policy changes, each checked in what the API server holds afterwards."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aistack.components import DEFAULT_IMAGES
+from aistack.controller import Reconciler, write_policy_status
+from aistack.names import LICENSE_BLOCKED_ANNOTATION, RETAIN_ANNOTATION
+from conftest import Api
+
+PHI = {"name": "phi", "source": "microsoft/Phi-3.5-mini-instruct", "gpus": 1}  # MIT
+MISTRAL = {"name": "mistral", "source": "mistralai/Mistral-7B-Instruct-v0.3", "gpus": 1}
+
+
+def stack(namespace: str, *models: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "aistack.dev/v1alpha1",
+        "kind": "AIStack",
+        "metadata": {"name": "s", "namespace": namespace},
+        "spec": {"models": list(models), "ray": {"enabled": False}, **spec},
+    }
+
+
+def reconcile(api: Api, rec: Reconciler, namespace: str) -> Any:
+    result = rec.reconcile_once((namespace, "s"), api.view(namespace, "s"))
+    assert result is not None and result.error is None, result
+    return result
+
+
+def deployments(api: Api, namespace: str) -> dict[str, dict[str, Any]]:
+    items = api.kube.list("Deployment", namespace)
+    return {d["metadata"]["name"]: d for d in items}
+
+
+def conditions(api: Api, namespace: str) -> dict[str, dict[str, Any]]:
+    got = api.get("aistack", "s", namespace) or {}
+    return {c["type"]: c for c in (got.get("status") or {}).get("conditions") or []}
+
+
+def events(api: Api, namespace: str) -> list[str]:
+    return [e["reason"] for e in api.kube.list("Event", namespace)]
+
+
+def test_a_new_stack_gets_its_children_its_status_and_an_event(
+    api: Api, namespace: str, reconciler: Reconciler
+) -> None:
+    api.apply(stack(namespace, PHI, MISTRAL))
+    result = reconcile(api, reconciler, namespace)
+    made = set(deployments(api, namespace))
+    assert {"s-vllm-phi", "s-vllm-mistral", "s-mlflow", "s-gateway"} <= made
+    # What was applied is exactly what now carries the stack's label, each owned by it.
+    labelled = {
+        (o["kind"], namespace, o["metadata"]["name"]): o for o in api.view(namespace, "s").children
+    }
+    assert set(result.applied) == set(labelled)
+    for key, obj in labelled.items():
+        if (obj["metadata"].get("annotations") or {}).get(RETAIN_ANNOTATION) == "true":
+            assert "ownerReferences" not in obj["metadata"], key  # MLflow's data is kept
+        else:
+            assert obj["metadata"]["ownerReferences"][0]["name"] == "s", key
+    status = (api.get("aistack", "s", namespace) or {})["status"]
+    assert status["observedGeneration"] == 1
+    assert conditions(api, namespace)["LicenseCompliant"]["status"] == "True"
+    assert "Applied" in events(api, namespace)
+
+
+def test_a_second_reconcile_of_an_unchanged_stack_writes_nothing(
+    api: Api, namespace: str, reconciler: Reconciler
+) -> None:
+    api.apply(stack(namespace, PHI))
+    reconcile(api, reconciler, namespace)
+    generations = {n: d["metadata"]["generation"] for n, d in deployments(api, namespace).items()}
+    again = reconcile(api, reconciler, namespace)
+    # Nothing is applied or deleted again: no child's spec moves (its generation), whatever
+    # the simulated nodes do to the Deployments' status meanwhile.
+    assert again.applied == [] and again.deleted == []
+    after = {n: d["metadata"]["generation"] for n, d in deployments(api, namespace).items()}
+    assert after == generations
+
+
+def test_drift_is_repaired_and_a_removed_model_is_pruned(
+    api: Api, namespace: str, reconciler: Reconciler
+) -> None:
+    api.apply(stack(namespace, PHI, MISTRAL))
+    reconcile(api, reconciler, namespace)
+    # Someone edits a child by hand: the next reconcile puts it back.
+    api.run("set", "image", "deployment/s-vllm-phi", "vllm=example.com/other:1", "-n", namespace)
+    reconcile(api, reconciler, namespace)
+    phi = deployments(api, namespace)["s-vllm-phi"]
+    image = phi["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == DEFAULT_IMAGES["vllm"]
+    # A model leaves the spec: its Deployment and Service go.
+    api.apply(stack(namespace, PHI))
+    result = reconcile(api, reconciler, namespace)
+    assert "s-vllm-mistral" not in deployments(api, namespace)
+    assert api.get("service", "s-vllm-mistral", namespace) is None
+    assert {k[2] for k in result.deleted} >= {"s-vllm-mistral"}
+
+
+def test_a_tightened_policy_stops_a_model_and_says_why(
+    api: Api, namespace: str, reconciler: Reconciler
+) -> None:
+    api.apply(stack(namespace, PHI, MISTRAL))
+    reconcile(api, reconciler, namespace)
+    name = f"{namespace}-no-mit"
+    policy = {
+        "apiVersion": "aistack.dev/v1alpha1",
+        "kind": "LicensePolicy",
+        "metadata": {"name": name},
+        "spec": {"allow": ["Apache-2.0"], "deny": ["MIT"], "enforcement": "Deny"},
+    }
+    api.apply(policy)
+    try:
+        reconcile(api, reconciler, namespace)
+        phi = deployments(api, namespace)["s-vllm-phi"]
+        assert phi["spec"]["replicas"] == 0
+        assert LICENSE_BLOCKED_ANNOTATION in phi["metadata"]["annotations"]
+        assert deployments(api, namespace)["s-vllm-mistral"]["spec"]["replicas"] == 1
+        license = conditions(api, namespace)["LicenseCompliant"]
+        assert license["status"] == "False" and f"policy {name} denies" in license["message"]
+        assert "ModelBlocked" in events(api, namespace)
+        # The policy's own status: the reconcile of a LicensePolicy, without kopf.
+        write_policy_status(api.kube, name, api.get("licensepolicy", name) or {})
+        valid = (api.get("licensepolicy", name) or {})["status"]["conditions"][0]
+        assert (valid["type"], valid["status"]) == ("Valid", "True")
+    finally:
+        api.run("delete", "licensepolicy", name)
+    reconcile(api, reconciler, namespace)
+    phi = deployments(api, namespace)["s-vllm-phi"]
+    assert phi["spec"]["replicas"] == 1
+    assert LICENSE_BLOCKED_ANNOTATION not in (phi["metadata"].get("annotations") or {})
+
+
+def test_the_stack_becomes_ready_when_its_pods_do(
+    api: Api, namespace: str, reconciler: Reconciler
+) -> None:
+    """The simulated nodes run the pods (kwok): the status follows the real Deployments'."""
+    api.apply(stack(namespace, PHI))
+    reconcile(api, reconciler, namespace)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        reconcile(api, reconciler, namespace)
+        if conditions(api, namespace).get("Ready", {}).get("status") == "True":
+            break
+        time.sleep(1)
+    assert conditions(api, namespace)["Ready"]["status"] == "True"
+    assert (api.get("aistack", "s", namespace) or {})["status"]["phase"] == "Ready"
+    assert "StackReady" in events(api, namespace)
