@@ -94,10 +94,9 @@ def render_targets(cfg: dict[str, Any], helm: str, aistack: str, out: Path) -> d
         files[source] = out / f"example-{Path(example).stem}.yaml"
         files[source].write_text(proc.stdout)
     chart = cfg["chart"]
-    for variant, values in chart["variants"].items():
+    for variant in chart["variants"]:
         source = f"chart:{variant}"
-        values_file = out / f"values-{variant}.json"
-        values_file.write_text(json.dumps(values))
+        values_file = Path(chart["path"]) / "ci" / f"{variant}-values.yaml"
         cmd = [helm, "template", chart["release"], chart["path"], "--namespace", chart["namespace"]]
         proc = _run([*cmd, "-f", str(values_file)])
         if proc.returncode:

@@ -30,69 +30,11 @@ CHART = ROOT / "charts" / "aistack-operator"
 GOLDEN = ROOT / "tests" / "golden" / "chart"
 RELEASE, NAMESPACE = "aistack-operator", "aistack-system"
 
-#: name -> values (as --set-json / -f would give them)
+#: name -> values: the chart's ci/<name>-values.yaml (Helm's convention for the values
+#: a chart is tested with), which the manifest lint renders too.
 VARIANTS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "namespaced": {"watchNamespaces": ["team-a", "team-b"]},
-    "cert-manager": {"webhook": {"certManager": {"enabled": True}}},
-    "cert-manager-issuer": {
-        "webhook": {
-            "certManager": {"enabled": True, "issuerRef": {"kind": "ClusterIssuer", "name": "ca"}}
-        }
-    },
-    "webhook-off": {"webhook": {"enabled": False}},
-    "no-stack-monitoring": {"stackMonitoring": {"enabled": False}},
-    "two-replicas": {"replicaCount": 2},
-    "license-policy": {"licensePolicy": {"installDefault": True}},
-    "network-policy": {"networkPolicy": {"enabled": True}},
-    "everything": {
-        "replicaCount": 2,
-        "watchNamespaces": ["ml"],
-        "images": {"vllm": "example.com/vllm:1", "gateway": "example.com/litellm:1"},
-        "clusterDomain": "example.local",
-        "hub": {"enabled": True, "tokenSecretRef": {"name": "hf-token", "key": "token"}},
-        "resyncInterval": 60,
-        "extraArgs": ["--debug"],
-        "verbose": True,
-        "imagePullSecrets": [{"name": "regcred"}],
-        "nodeSelector": {"kubernetes.io/os": "linux"},
-        "tolerations": [{"key": "ops", "operator": "Exists", "effect": "NoSchedule"}],
-        "priorityClassName": "system-cluster-critical",
-        "podAnnotations": {"example.com/scrape": "false"},
-        "serviceAccount": {"annotations": {"example.com/role": "operator"}},
-        "networkPolicy": {
-            "enabled": True,
-            "webhookFrom": [{"ipBlock": {"cidr": "10.0.0.0/24", "except": ["10.0.0.9/32"]}}],
-            "monitoringFrom": [
-                {
-                    "namespaceSelector": {
-                        "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}
-                    },
-                    "podSelector": {
-                        "matchExpressions": [
-                            {"key": "app", "operator": "In", "values": ["prometheus"]}
-                        ]
-                    },
-                }
-            ],
-        },
-        "metrics": {"port": 9100},
-        "monitoring": {
-            "serviceMonitor": {
-                "enabled": True,
-                "labels": {"release": "prometheus"},
-                "interval": "15s",
-                "scrapeTimeout": "10s",
-            },
-            "prometheusRule": {
-                "enabled": True,
-                "labels": {"release": "prometheus"},
-                "alertLabels": {"team": "ml-platform"},
-                "webhookRefusalsPerSecond": 0.5,
-            },
-            "dashboard": {"enabled": True, "annotations": {"grafana_folder": "AI"}},
-        },
-    },
+    p.name.removesuffix("-values.yaml"): yaml.safe_load(p.read_text()) or {}
+    for p in sorted((ROOT / "charts" / "aistack-operator" / "ci").glob("*-values.yaml"))
 }
 
 #: Every (apiGroup, resource, verb) the operator may be granted, and nothing else. Adding
