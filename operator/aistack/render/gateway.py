@@ -158,6 +158,15 @@ def gateway_config(stack: AIStack, served: list[ModelSpec], config: RenderConfig
     return cfg
 
 
+#: The registry's part this module writes (``aistack.components``).
+PART = "gateway"
+
+
+def render_part(stack: AIStack, served: list[ModelSpec], config: RenderConfig) -> list[Manifest]:
+    """The part's objects (``render.stack`` finds this function by ``PART``)."""
+    return render_gateway(stack, served, config)
+
+
 def render_gateway(stack: AIStack, served: list[ModelSpec], config: RenderConfig) -> list[Manifest]:
     stack_name = stack.metadata.name
     gateway = stack.spec.gateway

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aistack import names
-from aistack.api.v1alpha1 import AIStack
+from aistack.api.v1alpha1 import AIStack, ModelSpec
 from aistack.components import MLFLOW_PORT, RenderConfig, namespace_of
 from aistack.render.common import (
     Manifest,
@@ -40,6 +40,15 @@ def mlflow_allowed_hosts(stack: AIStack, config: RenderConfig) -> list[str]:
     for host in ("localhost", "127.0.0.1"):
         allowed += [host, f"{host}:*"]
     return allowed + list(stack.spec.mlflow.allowed_hosts)
+
+
+#: The registry's part this module writes (``aistack.components``).
+PART = "tracking"
+
+
+def render_part(stack: AIStack, served: list[ModelSpec], config: RenderConfig) -> list[Manifest]:
+    """The part's objects (``render.stack`` finds this function by ``PART``)."""
+    return render_mlflow(stack, config)
 
 
 def render_mlflow(stack: AIStack, config: RenderConfig) -> list[Manifest]:

@@ -25,6 +25,7 @@ from aistack.components import (
 from aistack.render.common import (
     PULL_AND_SCHEDULE_SECONDS,
     Manifest,
+    annotate_licensed,
     container_resources,
     container_security,
     fill_template,
@@ -393,3 +394,22 @@ def model_record(stack: AIStack, model: ModelSpec) -> dict[str, Any]:
         "model": model.model_dump(by_alias=True, exclude_none=True, include=_LICENSED_FIELDS),
         "image": model.image or stack.spec.vllm.image,
     }
+
+
+#: The registry's part this module writes (``aistack.components``).
+PART = "model-server"
+
+
+def render_part(stack: AIStack, served: list[ModelSpec], config: RenderConfig) -> list[Manifest]:
+    """Every model's server (``render.stack`` finds this function by ``PART``)."""
+    by_name = {m.name: m for m in served}
+    out: list[Manifest] = []
+    for model in stack.spec.models:
+        # A served model with its permitted adapters; a blocked one with none (it runs
+        # no pod, and its adapters are blocked with it).
+        shown = by_name.get(model.name) or model.model_copy(
+            update={"adapters": [], "speculative": None}
+        )
+        rendered = render_model(stack, shown, config, permitted=model.name in by_name)
+        out += annotate_licensed(rendered, model_record(stack, shown))
+    return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aistack import names
-from aistack.api.v1alpha1 import AIStack, RayWorkerGroup
+from aistack.api.v1alpha1 import AIStack, ModelSpec, RayWorkerGroup
 from aistack.components import (
     RAY_AGENT_PORT,
     RAY_CLIENT_PORT,
@@ -25,6 +25,14 @@ from aistack.render.common import (
     pod_security,
     tolerations,
 )
+
+#: The registry's part this module writes (``aistack.components``).
+PART = "ray"
+
+
+def render_part(stack: AIStack, served: list[ModelSpec], config: RenderConfig) -> list[Manifest]:
+    """The part's objects (``render.stack`` finds this function by ``PART``)."""
+    return render_ray(stack, config)
 
 
 def render_ray(stack: AIStack, config: RenderConfig) -> list[Manifest]:

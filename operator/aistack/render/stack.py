@@ -1,12 +1,16 @@
 """A whole stack's manifests: each enabled part's objects, written by its renderer
-(``RENDERERS``, by the part's name in the registry ``aistack.components``), and what the
+(``RENDERERS``: the ``render_part`` of the module of this package whose ``PART`` is the
+part's name in the registry ``aistack.components``), and what the
 registry says of all of them together: the NetworkPolicies (who reaches whom), the
 PodMonitors and the PodDisruptionBudgets."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable, Mapping
 
+import aistack.render as render_package
 from aistack import names
 from aistack.api.v1alpha1 import AIStack, ModelSpec
 from aistack.components import (
@@ -21,41 +25,37 @@ from aistack.components import (
 )
 from aistack.render.common import Manifest, annotate_licensed, block, part_record
 from aistack.render.disruption import render_disruption_budgets
-from aistack.render.gateway import render_gateway, with_permitted_providers
-from aistack.render.mlflow import render_mlflow
-from aistack.render.models import model_record, render_model, served_models
+from aistack.render.gateway import with_permitted_providers
+from aistack.render.models import served_models
 from aistack.render.monitoring import render_monitors
 from aistack.render.network import Ingress, render_network
-from aistack.render.ray import render_ray
 
 #: How a part's objects are written: the stack, the models that are served (permitted),
 #: the settings.
 Renderer = Callable[[AIStack, list[ModelSpec], RenderConfig], list[Manifest]]
 
 
-def _models(stack: AIStack, served: list[ModelSpec], config: RenderConfig) -> list[Manifest]:
-    by_name = {m.name: m for m in served}
-    out: list[Manifest] = []
-    for model in stack.spec.models:
-        # A served model with its permitted adapters; a blocked one with none (it runs
-        # no pod, and its adapters are blocked with it).
-        shown = by_name.get(model.name) or model.model_copy(
-            update={"adapters": [], "speculative": None}
-        )
-        rendered = render_model(stack, shown, config, permitted=model.name in by_name)
-        out += annotate_licensed(rendered, model_record(stack, shown))
+#: Modules of this package that write no part: this one, and the script pods run.
+_NOT_PARTS = {"stack", "fetch_s3"}
+
+
+def _renderers() -> dict[str, Renderer]:
+    """Each part's renderer, by its name in the registry: the ``render_part`` of every
+    module of this package that names a ``PART``. A new part's module is found without
+    an edit here."""
+    out: dict[str, Renderer] = {}
+    for info in pkgutil.iter_modules(render_package.__path__):
+        if info.name in _NOT_PARTS:
+            continue
+        module = importlib.import_module(f"{render_package.__name__}.{info.name}")
+        part = getattr(module, "PART", None)
+        if isinstance(part, str):
+            out[part] = module.render_part
     return out
 
 
-#: Each part's renderer, by its name in the registry (a test holds the two to the same
-#: parts).
-RENDERERS: dict[str, Renderer] = {
-    "model-server": _models,
-    "ray": lambda stack, served, config: render_ray(stack, config),
-    "tracking": lambda stack, served, config: render_mlflow(stack, config),
-    "gateway": render_gateway,
-}
-assert set(RENDERERS) == {c.name for c in COMPONENTS}, "a part without a renderer"
+RENDERERS: dict[str, Renderer] = _renderers()
+assert set(RENDERERS) == {c.name for c in COMPONENTS}, "a part without a renderer, or one too many"
 
 
 def render(
