@@ -111,6 +111,19 @@ class Scenario:
             tail = self.argo.log("application-controller")[-3000:]
             raise AssertionError(f"{err}\napps: {apps}\noperations: {ops}\n{tail}") from None
 
+    def refusals(self, app: str, revision: str) -> list[str]:
+        """The messages of the AIStacks whose apply failed in the Application's operation
+        at ``revision`` (none while the operation is of another revision)."""
+        op = (self.app(app).get("status") or {}).get("operationState") or {}
+        result = op.get("syncResult") or {}
+        if result.get("revision") != revision:
+            return []
+        return [
+            one_line(r.get("message", ""))
+            for r in result.get("resources") or []
+            if r["kind"] == "AIStack" and r.get("status") == "SyncFailed"
+        ]
+
     def synced_healthy(self, name: str, revision: str) -> bool:
         sync, rev, health, phase = self.summary(name)
         return (sync, rev, health, phase) == ("Synced", revision, "Healthy", "Succeeded")
@@ -256,17 +269,9 @@ def test_a_denied_model_fails_the_sync_with_the_webhooks_message_and_a_revert_re
     bad = gitops.repo.commit("add a non-commercial model")
     gitops.argo.refresh(STACKS_APP)
 
-    def refused() -> dict[str, Any] | None:
-        op = (gitops.app(STACKS_APP).get("status") or {}).get("operationState") or {}
-        if (op.get("syncResult") or {}).get("revision") != bad:
-            return None
-        for r in (op.get("syncResult") or {}).get("resources") or []:
-            if r["kind"] == "AIStack" and r.get("status") == "SyncFailed":
-                return dict(r)
-        return None
-
-    result = gitops.wait("Argo CD to show the webhook's refusal", refused)
-    message = one_line(result["message"])
+    (message,) = gitops.wait(
+        "Argo CD to show the webhook's refusal", lambda: gitops.refusals(STACKS_APP, bad)
+    )
     # What docs/argocd.md shows.
     assert re.fullmatch(
         r'error when patching "[^"]+": admission webhook "license\.[^"]+" denied the request: '
@@ -329,17 +334,9 @@ def test_a_policy_tightened_under_a_running_stack_never_fails_a_later_sync(
     bad = gitops.repo.commit("add a non-commercial model under the tight policy")
     gitops.argo.refresh(STACKS_APP)
 
-    def refused() -> str:
-        op = (gitops.app(STACKS_APP).get("status") or {}).get("operationState") or {}
-        if (op.get("syncResult") or {}).get("revision") != bad:
-            return ""
-        return " ".join(
-            one_line(r.get("message", ""))
-            for r in op["syncResult"].get("resources") or []
-            if r["kind"] == "AIStack" and r.get("status") == "SyncFailed"
-        )
-
-    message = gitops.wait("the new denied model refused", refused)
+    message = " ".join(
+        gitops.wait("the new denied model refused", lambda: gitops.refusals(STACKS_APP, bad))
+    )
     assert "CohereForAI/c4ai-command-r-plus is under CC-BY-NC-4.0" in message
     assert "phi" not in message.lower()  # the unchanged model is not refused again
     gitops.repo.git("revert", "--no-edit", bad)
