@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import copy
+import functools
+import gzip
 import re
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+import kubernetes_validate
 import yaml
 
 from aistack.api import AIStack
@@ -77,3 +81,62 @@ def trusting_policy(**spec: Any) -> dict[str, Any]:
     doc["spec"]["unverified"] = {"huggingFace": "Trust", "storage": "Trust"}
     doc["spec"].update(spec)
     return doc
+
+
+def lws_pod(manifests: list[dict[str, Any]], lws: str, role: str) -> dict[str, Any]:
+    """The pod spec of a LeaderWorkerSet's leaders or workers (``role``)."""
+    (found,) = [
+        m for m in manifests if m["kind"] == "LeaderWorkerSet" and m["metadata"]["name"] == lws
+    ]
+    spec: dict[str, Any] = found["spec"]["leaderWorkerTemplate"][f"{role}Template"]["spec"]
+    return spec
+
+
+#: LeaderWorkerSet's CRD, as the sigs.k8s.io/lws module of the version the e2e suite runs
+#: ships it (hack/versions.env LWS_VERSION; tests/e2e/test_lws.py holds the copy equal to
+#: what the local cluster installs from the module).
+LWS_CRD = ROOT / "tests" / "schemas" / "leaderworkerset.x-k8s.io_leaderworkersets.yaml.gz"
+
+
+@functools.cache
+def _lws_schema() -> dict[str, Any]:
+    crd = yaml.load(gzip.decompress(LWS_CRD.read_bytes()), Loader=yaml.CSafeLoader)
+    (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    schema: dict[str, Any] = v1["schema"]["openAPIV3Schema"]
+    return schema
+
+
+def _unknown_fields(value: Any, schema: dict[str, Any], path: str) -> list[str]:
+    """Fields the API server would prune (a structural schema: ``properties`` lists every
+    field an object may have, unless it preserves unknown fields)."""
+    out: list[str] = []
+    if isinstance(value, dict) and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        for k, v in value.items():
+            if props is not None and k in props:
+                out += _unknown_fields(v, props[k], f"{path}.{k}")
+            elif isinstance(extra, dict):
+                out += _unknown_fields(v, extra, f"{path}.{k}")
+            elif props is not None:
+                out.append(f"{path}.{k}")
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, v in enumerate(value):
+            out += _unknown_fields(v, schema["items"], f"{path}[{i}]")
+    return out
+
+
+def validate_manifest(manifest: dict[str, Any]) -> None:
+    """A rendered object as the API server would check it: built-in kinds against
+    Kubernetes' schemas (strict), a LeaderWorkerSet against LWS's own CRD (types, and no
+    field the API server would drop). PodMonitors are not checked here: the e2e suite has
+    the API server validate them against the Prometheus Operator's CRD."""
+    if manifest["apiVersion"] == "monitoring.coreos.com/v1":
+        return
+    if manifest["kind"] == "LeaderWorkerSet":
+        schema = _lws_schema()
+        jsonschema.validate(manifest, schema)
+        unknown = _unknown_fields(manifest, schema, manifest["metadata"]["name"])
+        assert unknown == [], f"fields LeaderWorkerSet's CRD does not have: {unknown}"
+        return
+    kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)

@@ -32,7 +32,7 @@ from aistack.render.fetch_s3 import targets
 from aistack.render.gateway import gateway_config
 from aistack.render.models import ADAPTER_DIR, CLAIM_MOUNT, MODEL_MOUNT
 from aistack.status import Observed, compute_status, status_dict, transitions
-from helpers import ROOT, policy, stack, stack_doc, trusting_policy
+from helpers import ROOT, lws_pod, policy, stack, stack_doc, trusting_policy
 from test_status import T0, T1, deployments_for
 
 HUB = {"name": "hub", "source": "org/hub-lora", "revision": "abc123", "license": "Apache-2.0"}
@@ -224,15 +224,17 @@ def test_pvc_adapters_mount_their_claim_once_read_only() -> None:
     assert "initContainers" not in server["pod"]
 
 
-def test_every_pod_of_a_multi_node_model_downloads_its_adapters() -> None:
-    s = lora_stack(HUB, nodes=2, image="registry.example/vllm-ray:1")
+@pytest.mark.parametrize("backend", ["vllm", "ray"])
+def test_every_pod_of_a_multi_node_model_downloads_its_adapters(backend: str) -> None:
+    image = {"image": "registry.example/vllm-ray:1"} if backend == "ray" else {}
+    s = lora_stack(HUB, nodes=2, multiNode={"backend": backend}, **image)
     manifests = render(s, {"base": True, "hub": True})
-    leader = vllm(manifests, "demo-vllm-base-g0-leader")
-    workers = vllm(manifests, "demo-vllm-base-g0-worker")
-    for pod in (leader["pod"], workers["pod"]):
+    pods = [lws_pod(manifests, "demo-vllm-base-lws", role) for role in ("leader", "worker")]
+    for pod in pods:
         assert [c["name"] for c in pod["initContainers"]] == ["fetch-adapter-0"]
-    script = leader["container"]["args"][0]
-    assert f"--lora-modules hub={ADAPTER_DIR}/hub" in script
+    (leader,) = pods[0]["containers"]
+    argv = " ".join(leader["args"])
+    assert f"--lora-modules hub={ADAPTER_DIR}/hub" in argv
 
 
 def test_adding_an_adapter_rolls_the_model_one_replica_at_a_time() -> None:

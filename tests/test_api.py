@@ -49,7 +49,7 @@ def test_parallelism_follows_gpus_nodes_and_tp(
     m = stack(models=[model]).spec.models[0]
     assert m.effective_tp == (tp or gpus)
     assert m.pipeline_parallel_size == pp
-    assert m.multi_node == (nodes > 1)
+    assert m.spans_nodes == (nodes > 1)
 
 
 def test_tensor_parallel_size_must_divide_gpus() -> None:
@@ -162,20 +162,57 @@ def test_spec_is_required() -> None:
     assert "spec" in errors_of(doc)
 
 
-def test_a_multi_node_model_needs_an_image_with_ray() -> None:
-    # vllm/vllm-openai has no Ray, and a multi-node group runs on Ray: without an image of
-    # its own (or a stack-wide one) the group would crash-loop, so the API refuses it.
-    without = stack_doc(models=[{"name": "big", "source": "o/m", "gpus": 8, "nodes": 2}])
+def test_a_multi_node_model_on_ray_needs_an_image_with_ray() -> None:
+    # vllm/vllm-openai has no Ray: a group on the Ray backend without an image of its own
+    # (or a stack-wide one) would crash-loop, so the API refuses it.
+    ray = {"backend": "ray"}
+    without = stack_doc(
+        models=[{"name": "big", "source": "o/m", "gpus": 8, "nodes": 2, "multiNode": ray}]
+    )
     msg = errors_of(without)
     assert rules.MULTINODE_IMAGE in msg and "big" in msg
     per_model = stack_doc(
-        models=[{"name": "big", "source": "o/m", "gpus": 8, "nodes": 2, "image": "r/v:1"}]
-    )
+        models=[
+            {"name": "big", "source": "o/m", "gpus": 8, "nodes": 2, "multiNode": ray,
+             "image": "r/v:1"}
+        ]
+    )  # fmt: skip
     assert AIStack.model_validate(per_model).spec.models[0].image == "r/v:1"
     stack_wide = stack_doc(
-        models=[{"name": "big", "source": "o/m", "gpus": 8, "nodes": 2}],
+        models=[{"name": "big", "source": "o/m", "gpus": 8, "nodes": 2, "multiNode": ray}],
         vllm={"image": "r/v:1"},
     )
     assert AIStack.model_validate(stack_wide).spec.vllm.image == "r/v:1"
-    # One node needs nothing: the default image serves it.
-    assert AIStack.model_validate(stack_doc(models=[{"name": "one", "source": "o/m"}]))
+
+
+def test_a_multi_node_model_on_vllms_own_backend_needs_no_image() -> None:
+    # The default backend is vLLM's own multi-node mode, which the stock image has.
+    for multi_node in ({}, {"multiNode": {}}, {"multiNode": {"backend": "vllm"}}):
+        doc = stack_doc(
+            models=[{"name": "big", "source": "o/m", "gpus": 8, "nodes": 2, **multi_node}]
+        )
+        model = AIStack.model_validate(doc).spec.models[0]
+        assert model.spans_nodes and model.multinode_backend == "vllm" and model.image is None
+
+
+def test_multi_node_settings_need_a_model_that_spans_nodes() -> None:
+    doc = stack_doc(models=[{"name": "one", "source": "o/m", "multiNode": {"backend": "vllm"}}])
+    assert rules.MULTINODE_ONLY in errors_of(doc)
+
+
+def test_a_multi_node_models_leaderworkerset_name_fits_what_is_named_after_it() -> None:
+    # LWS names a group's worker StatefulSet <lws>-<group>, whose pods carry the label
+    # controller-revision-hash: <StatefulSet>-<hash of up to 10>: 63 characters at most.
+    # The longest stack and model names still fit: the name is then cut, and a hash of
+    # the whole keeps it unique.
+    stack_name = "s" * names.STACK_NAME_MAX
+    short = names.model_lws("demo", "chat")
+    assert short == "demo-vllm-chat-lws"
+    longest = "m" * (names.MODEL_NAME_BUDGET - names.STACK_NAME_MAX)
+    cut = names.model_lws(stack_name, longest)
+    assert len(cut) == names.LWS_NAME_MAX
+    assert len(f"{cut}-{names.MAX_REPLICAS - 1}-0123456789") == names.DNS_LABEL_MAX
+    other = names.model_lws(stack_name, longest[:-1] + "n")
+    assert other != cut and other[:-9] == cut[:-9], "same start, another hash"
+    doc = stack_doc(name=stack_name, models=[{"name": longest, "source": "o/m", "nodes": 2}])
+    assert AIStack.model_validate(doc).spec.models[0].spans_nodes

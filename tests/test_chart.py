@@ -55,6 +55,7 @@ ALLOWED: set[tuple[str, str, str]] = {
             ("networking.k8s.io", "networkpolicies"),
             ("policy", "poddisruptionbudgets"),
             ("monitoring.coreos.com", "podmonitors"),  # the stacks' monitors, when on
+            ("leaderworkerset.x-k8s.io", "leaderworkersets"),  # multi-node models, when on
         )
         for v in ("list", "watch", "create", "patch", "delete")
     },
@@ -572,6 +573,19 @@ def test_stack_monitoring_off_drops_its_rbac_and_tells_the_operator(
     assert "--no-stack-monitoring" not in container(rendered["default"])["args"]
     assert podmonitor_rules("no-stack-monitoring") == []
     assert "--no-stack-monitoring" in container(rendered["no-stack-monitoring"])["args"]
+
+
+def test_leaderworkersets_off_drops_their_rbac_and_tells_the_operator(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    def lws_rules(variant: str) -> list[Any]:
+        return [r for _, r in rules(rendered[variant]) if "leaderworkersets" in r["resources"]]
+
+    assert lws_rules("default") and lws_rules("everything")
+    assert lws_rules("default")[0]["apiGroups"] == ["leaderworkerset.x-k8s.io"]
+    assert "--no-leaderworkersets" not in container(rendered["default"])["args"]
+    assert lws_rules("no-leaderworkersets") == []
+    assert "--no-leaderworkersets" in container(rendered["no-leaderworkersets"])["args"]
 
 
 def test_the_chart_ships_the_operators_default_license_policy(

@@ -78,7 +78,8 @@ for name in ("resume", "create", "update", "delete", "field", "index", "event", 
 for name in ("index", "daemon", "timer"):
     setattr(kopf, name, watched(name, getattr(kopf, name)))
 import aistack.handlers
-aistack.handlers.watch_stack_monitors()  # as `aistack run` does, unless told not to
+aistack.handlers.watch_optional("PodMonitor")  # as `aistack run` does, unless told not to
+aistack.handlers.watch_optional("LeaderWorkerSet")  # likewise
 print(json.dumps(seen))
 """
 
@@ -96,9 +97,9 @@ def test_the_operator_has_no_change_or_daemon_handlers() -> None:
     indexed = {handler for kind, handler in registered if kind == "index"}
     assert set(handlers.INDEX_NAMES) <= indexed
     events = [handler for kind, handler in registered if kind == "event"]
-    # Stacks, policies, each child kind, pods, and the PodMonitor CRD (monitoring).
-    assert len(events) == 2 + len(handlers.CHILD_RESOURCES) + 1 + 1
-    assert "monitoring_crd" in events
+    # Stacks, policies, each child kind, pods, and the CRDs of the optional kinds.
+    assert len(events) == 2 + len(handlers.CHILD_RESOURCES) + 1 + len(handlers.CRD_SETTINGS)
+    assert {"crd-podmonitors", "crd-leaderworkersets"} <= set(events)
 
 
 @pytest.fixture
@@ -225,11 +226,21 @@ def test_the_hub_of_the_settings_judges_for_the_reconciler_and_the_webhook(
 def test_without_stack_monitoring_nothing_watches_podmonitors() -> None:
     # `aistack run --no-stack-monitoring` (the chart's stackMonitoring.enabled false) has no
     # RBAC on PodMonitors: a watch on them would retry its list forever and block kopf.
-    script = _REGISTERED.replace("aistack.handlers.watch_stack_monitors()", "")
+    script = _REGISTERED.replace('aistack.handlers.watch_optional("PodMonitor")', "")
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     ids = [handler for _, handler in json.loads(run.stdout)]
-    assert ids and not [i for i in ids if "podmonitors" in i or i == "monitoring_crd"]
+    assert ids and not [i for i in ids if "podmonitors" in i]
     assert "child-deployments" in ids and "deployments_index" in ids
+    assert "child-leaderworkersets" in ids
+
+
+def test_without_leaderworkersets_nothing_watches_them() -> None:
+    # `aistack run --no-leaderworkersets` (the chart's leaderWorkerSet.enabled false).
+    script = _REGISTERED.replace('aistack.handlers.watch_optional("LeaderWorkerSet")', "")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    ids = [handler for _, handler in json.loads(run.stdout)]
+    assert ids and not [i for i in ids if "leaderworkersets" in i]
+    assert "child-podmonitors" in ids
 
 
 def test_the_webhook_judges_an_update_by_what_it_changes(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,17 +13,24 @@ import pytest
 from aistack.render import render
 from helpers import EXAMPLES, K8S_VERSION, all_permitted, by_name, example, stack
 
-RAY_IMAGE_MODEL = {"name": "big", "source": "org/big", "nodes": 3, "image": "vllm-ray:1"}
+RAY_IMAGE_MODEL = {
+    "name": "big", "source": "org/big", "nodes": 3, "image": "vllm-ray:1",
+    "multiNode": {"backend": "ray"},
+}  # fmt: skip
+#: A multi-node model on vLLM's own backend (the stock image).
+WIDE_MODEL = {"name": "wide", "source": "org/wide", "nodes": 2, "gpus": 8}
 
 
 def everything() -> list[dict[str, Any]]:
     """A stack with every replicated part: a model of 2 replicas, a multi-node model of 2
-    groups of 3 nodes, a Ray worker group of 3, 2 gateways, MLflow with external stores."""
+    groups of 3 nodes on Ray and one of 2 groups of 2 nodes on vLLM's own backend, a Ray
+    worker group of 3, 2 gateways, MLflow with external stores."""
     s = stack(
         models=[
             {"name": "chat", "source": "org/chat", "replicas": 2},
             {"name": "solo", "source": "org/solo"},
             {**RAY_IMAGE_MODEL, "replicas": 2},
+            {**WIDE_MODEL, "replicas": 2},
         ],
         ray={"workerGroups": [{"name": "cpu", "replicas": 3}, {"name": "one", "replicas": 1}]},
         gateway={"replicas": 2},
@@ -37,7 +44,13 @@ def everything() -> list[dict[str, Any]]:
 
 
 def pod_specs(objs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {n: d["spec"]["template"]["spec"] for n, d in by_name(objs, "Deployment").items()}
+    """Every pod template: a Deployment's by its name, a LeaderWorkerSet's leaders' and
+    workers' as ``<name>/leader`` and ``<name>/worker``."""
+    out = {n: d["spec"]["template"]["spec"] for n, d in by_name(objs, "Deployment").items()}
+    for n, lws in by_name(objs, "LeaderWorkerSet").items():
+        for role in ("leader", "worker"):
+            out[f"{n}/{role}"] = lws["spec"]["leaderWorkerTemplate"][f"{role}Template"]["spec"]
+    return out
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: Path(p).stem)
@@ -50,12 +63,13 @@ def test_no_pod_mounts_a_service_account_token(path: Path) -> None:
 def test_every_replicated_deployment_and_only_those_get_a_disruption_budget() -> None:
     objs = everything()
     deployments = by_name(objs, "Deployment")
+    groups = by_name(objs, "LeaderWorkerSet")
     budgets = by_name(objs, "PodDisruptionBudget")
-    replicated = {n for n, d in deployments.items() if d["spec"]["replicas"] > 1}
+    replicated = {n for n, d in {**deployments, **groups}.items() if d["spec"]["replicas"] > 1}
     assert replicated == {
         "demo-vllm-chat",
-        "demo-vllm-big-g0-worker",
-        "demo-vllm-big-g1-worker",
+        "demo-vllm-big-lws",
+        "demo-vllm-wide-lws",
         "demo-ray-worker-cpu",
         "demo-gateway",
         "demo-mlflow",
@@ -65,7 +79,13 @@ def test_every_replicated_deployment_and_only_those_get_a_disruption_budget() ->
         kubernetes_validate.validate(pdb, K8S_VERSION, strict=True)
         assert pdb["spec"]["maxUnavailable"] == 1
         assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
-        assert pdb["spec"]["selector"] == deployments[name]["spec"]["selector"]
+        if name in groups:
+            # Every pod of the groups, by the label LeaderWorkerSet puts on them: one
+            # eviction restarts a whole group, and no other pod goes until it is back.
+            selector = {"matchLabels": {"leaderworkerset.sigs.k8s.io/name": name}}
+        else:
+            selector = deployments[name]["spec"]["selector"]
+        assert pdb["spec"]["selector"] == selector
 
 
 def test_a_blocked_model_has_no_budget_to_block_a_drain() -> None:
@@ -80,10 +100,10 @@ def test_replicated_parts_spread_over_nodes_single_ones_do_not() -> None:
     spread = {n for n, spec in specs.items() if "topologySpreadConstraints" in spec}
     assert spread == {
         "demo-vllm-chat",
-        "demo-vllm-big-g0-leader",
-        "demo-vllm-big-g0-worker",
-        "demo-vllm-big-g1-leader",
-        "demo-vllm-big-g1-worker",
+        "demo-vllm-big-lws/leader",
+        "demo-vllm-big-lws/worker",
+        "demo-vllm-wide-lws/leader",
+        "demo-vllm-wide-lws/worker",
         "demo-ray-worker-cpu",
         "demo-gateway",
         "demo-mlflow",
@@ -95,7 +115,7 @@ def test_replicated_parts_spread_over_nodes_single_ones_do_not() -> None:
     chat = specs["demo-vllm-chat"]["topologySpreadConstraints"][0]
     assert chat["matchLabelKeys"] == ["pod-template-hash"]
     # The groups of a multi-node model spread as a whole: every pod of the model counts.
-    big = specs["demo-vllm-big-g1-leader"]["topologySpreadConstraints"][0]
+    big = specs["demo-vllm-big-lws/worker"]["topologySpreadConstraints"][0]
     assert "matchLabelKeys" not in big
     assert big["labelSelector"]["matchLabels"] == {
         "aistack.dev/stack": "demo",
@@ -140,10 +160,16 @@ def test_the_default_node_disk_is_requested_without_any_setting() -> None:
 
 
 def test_every_long_running_container_has_a_liveness_probe() -> None:
-    for name, spec in pod_specs(everything()).items():
+    specs = pod_specs(everything())
+    # But a headless vLLM worker (vLLM's own multi-node backend): it serves no HTTP, and
+    # it exits when its engine fails, which restarts its whole group.
+    headless = {"demo-vllm-wide-lws/worker"}
+    for name, spec in specs.items():
         for c in spec["containers"]:
-            assert "livenessProbe" in c, (name, c["name"])
-    worker = pod_specs(everything())["demo-vllm-big-g0-worker"]["containers"][0]
+            assert ("livenessProbe" in c) != (name in headless), (name, c["name"])
+    (wide,) = specs["demo-vllm-wide-lws/worker"]["containers"]
+    assert "--headless" in wide["args"]
+    worker = specs["demo-vllm-big-lws/worker"]["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in worker["ports"]}
     assert worker["livenessProbe"]["httpGet"] == {
         "path": "/api/local_raylet_healthz",

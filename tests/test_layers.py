@@ -50,6 +50,7 @@ LAYERS: dict[str, set[str]] = {
     # The pure core: manifests, licenses, status, the plan, the chart's generated values.
     "core": {
         *RENDER, *LICENSES, "aistack.status", "aistack.plan", "aistack.chartgen",
+        "aistack.migration",
     },
     # Reconcile and the API client: the only I/O below the wiring.
     "reconcile": {"aistack.kube", "aistack.settings", "aistack.controller", "aistack.queue"},

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import yaml
 
 from helpers import ROOT, trusting_policy
 
@@ -58,21 +59,31 @@ def test_declared_licenses_and_json_output() -> None:
 
 
 def test_every_model_of_a_stack_file(tmp_path: Path) -> None:
-    example = str(ROOT / "examples" / "multi-model.yaml")
-    result = check("-f", example, "-o", "json")
+    example = ROOT / "examples" / "multi-model.yaml"
+    result = check("-f", str(example), "-o", "json")
     rows = json.loads(result.stdout)
     assert [(r["stack"], r["model"], r["permitted"], r["reason"]) for r in rows] == [
         ("multi", "chat", True, "LicenseAllowed"),
         ("multi", "mixtral", True, "LicenseAllowed"),
-        # Its license is fine, but the image it names is no default one.
-        ("multi", "gpt-oss", False, "ImageNotAllowed"),
+        ("multi", "gpt-oss", True, "LicenseAllowed"),
     ]
-    assert result.returncode == 1
+    assert result.returncode == 0
     assert all(r["verified"] == "verified" for r in rows)
-    # A policy that allows the image, as the example says.
+    # The multi-node model in an image of its own (e.g. with Ray): its license is fine,
+    # but the image is no default one.
+    doc = yaml.safe_load(example.read_text())
+    big = next(m for m in doc["spec"]["models"] if m["name"] == "gpt-oss")
+    big |= {"image": "registry.example.com/vllm-openai-ray:1", "multiNode": {"backend": "ray"}}
+    custom = tmp_path / "stack.yaml"
+    custom.write_text(yaml.safe_dump(doc))
+    rows = json.loads(check("-f", str(custom), "-o", "json").stdout)
+    assert [(r["model"], r["permitted"], r["reason"]) for r in rows][2] == (
+        "gpt-oss", False, "ImageNotAllowed",
+    )  # fmt: skip
+    # A policy that allows the image.
     policy = trusting_policy(images={"allow": ["registry.example.com/vllm-openai-ray"]})
     (tmp_path / "policy.yaml").write_text(json.dumps(policy))
-    allowed = check("-f", example, "--policy", str(tmp_path / "policy.yaml"))
+    allowed = check("-f", str(custom), "--policy", str(tmp_path / "policy.yaml"))
     assert allowed.returncode == 0, allowed.stdout
 
 

@@ -263,7 +263,7 @@ def test_the_crd_watch_turns_monitors_on_and_off_and_requeues_every_stack(
     monkeypatch.setattr(handlers, "RUNTIME", runtime)
 
     def event(type_: str | None, body: dict[str, Any]) -> None:
-        asyncio.run(handlers.monitoring_crd(type=type_, body=body))  # type: ignore[arg-type]
+        asyncio.run(handlers._crd_handler("PodMonitor")(type=type_, body=body))  # type: ignore[arg-type]
 
     event(None, crd(established=False))  # created, not yet served
     assert runtime.reconciler.config.monitoring_crds is False and runtime.requested == []

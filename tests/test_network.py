@@ -35,12 +35,28 @@ def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
 
 
 def pods(manifests: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
-    """Pod labels of every Deployment, by Deployment name."""
-    return {
+    """Pod labels of every Deployment, by Deployment name; and of every pod of every
+    LeaderWorkerSet, by the name LeaderWorkerSet gives it (``<lws>-<group>`` for a
+    leader, ``<lws>-<group>-<index>`` for a worker), with the labels it adds."""
+    out = {
         m["metadata"]["name"]: m["spec"]["template"]["metadata"]["labels"]
         for m in manifests
         if m["kind"] == "Deployment"
     }
+    for m in manifests:
+        if m["kind"] != "LeaderWorkerSet":
+            continue
+        name, template = m["metadata"]["name"], m["spec"]["leaderWorkerTemplate"]
+        for group in range(m["spec"]["replicas"]):
+            for index in range(template["size"]):
+                role = "leaderTemplate" if index == 0 else "workerTemplate"
+                pod = f"{name}-{group}" + (f"-{index}" if index else "")
+                out[pod] = template[role]["metadata"]["labels"] | {
+                    "leaderworkerset.sigs.k8s.io/name": name,
+                    "leaderworkerset.sigs.k8s.io/group-index": str(group),
+                    "leaderworkerset.sigs.k8s.io/worker-index": str(index),
+                }
+    return out
 
 
 def policies(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -81,7 +97,7 @@ def test_every_pod_is_covered_by_its_parts_policy(path: Any) -> None:
             for p in policies(out)
             if selects(p["spec"]["podSelector"], labels)
         ]
-        in_group = "aistack.dev/group" in labels
+        in_group = "leaderworkerset.sigs.k8s.io/group-index" in labels
         # Its part's policy, and its replica group's for a pod of a multi-node model.
         assert len(chosen) == (2 if in_group else 1), (name, chosen)
     for p in policies(out):
@@ -109,7 +125,7 @@ def test_only_the_gateway_is_reachable_from_outside_the_stack() -> None:
 TABLE_STACK = {
     "models": [
         {"name": "chat", "source": "org/chat", "replicas": 2},
-        {"name": "big", "source": "org/big", "nodes": 2, "replicas": 2, "image": "vllm-ray:1"},
+        {"name": "big", "source": "org/big", "nodes": 2, "replicas": 2},
     ],
     "ray": {"workerGroups": [{"name": "cpu", "replicas": 1}]},
     "network": {"allowFrom": [{"podSelector": {"matchLabels": {"app": "notebook"}}}]},
@@ -118,9 +134,10 @@ TABLE_STACK = {
 ROLES = {
     "gateway": "demo-gateway",
     "model server": "demo-vllm-chat",
-    "multi-node leader (group 0)": "demo-vllm-big-g0-leader",
-    "multi-node worker (group 0)": "demo-vllm-big-g0-worker",
-    "multi-node worker (group 1)": "demo-vllm-big-g1-worker",
+    "multi-node leader (group 0)": "demo-vllm-big-lws-0",
+    "multi-node worker (group 0)": "demo-vllm-big-lws-0-1",
+    "multi-node leader (group 1)": "demo-vllm-big-lws-1",
+    "multi-node worker (group 1)": "demo-vllm-big-lws-1-1",
     "Ray head": "demo-ray-head",
     "Ray worker": "demo-ray-worker-cpu",
     "MLflow": "demo-mlflow",
@@ -162,7 +179,8 @@ def test_the_documented_reachability_table_is_what_the_policies_do() -> None:
     # The rows that matter most, whatever else the table says.
     assert ("gateway", "Ray head", 8265, False) in rows
     assert ("gateway", "multi-node leader (group 0)", 8265, False) in rows
-    assert ("multi-node worker (group 1)", "multi-node leader (group 0)", 6379, False) in rows
+    assert ("multi-node worker (group 1)", "multi-node leader (group 0)", 29501, False) in rows
+    assert ("multi-node worker (group 0)", "multi-node leader (group 0)", 29501, True) in rows
 
 
 def test_a_part_reached_by_nobody_admits_nothing() -> None:

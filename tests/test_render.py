@@ -6,16 +6,23 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate
 import pytest
 import yaml
 
 from aistack import names
-from aistack.components import RenderConfig, endpoints
+from aistack.components import DEFAULT_IMAGES, RenderConfig, endpoints
 from aistack.render import render, render_yaml
 from aistack.render.common import GPU_RESOURCE
 from aistack.render.gateway import gateway_config
-from helpers import EXAMPLES, K8S_VERSION, ROOT, all_permitted, by_name, example, stack
+from helpers import (
+    EXAMPLES,
+    ROOT,
+    all_permitted,
+    by_name,
+    example,
+    stack,
+    validate_manifest,
+)
 
 GOLDEN = ROOT / "tests" / "golden"
 
@@ -41,11 +48,9 @@ def test_examples_match_their_golden_files(path: Path, update_goldens: bool) -> 
 def test_every_rendered_object_is_valid_kubernetes(path: Path) -> None:
     s = example(path)
     for manifest in render(s, all_permitted(s)):
-        if manifest["apiVersion"] == "monitoring.coreos.com/v1":
-            # Not a built-in kind: the e2e suite has the API server validate PodMonitors
-            # against the Prometheus Operator's own CRD (tests/e2e/test_monitoring.py).
-            continue
-        kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+        # PodMonitors: the e2e suite has the API server validate them against the
+        # Prometheus Operator's own CRD (tests/e2e/test_monitoring.py).
+        validate_manifest(manifest)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
@@ -108,18 +113,20 @@ def test_a_model_that_is_not_permitted_runs_nothing_and_gets_no_route() -> None:
         models=[
             {"name": "ok", "source": "o/ok"},
             {"name": "blocked", "source": "o/nc", "cache": {"size": "100Gi"}},
-            {"name": "big", "source": "o/big", "nodes": 2, "gpus": 8, "image": "r/vllm-ray:1"},
+            {"name": "big", "source": "o/big", "nodes": 2, "gpus": 8},
         ]
     )
     out = render(s, {"ok": True, "blocked": False, "big": False})
     deployments = by_name(out, "Deployment")
     assert deployments["demo-vllm-ok"]["spec"]["replicas"] == 1
     # Scaled to zero, not deleted: its weight cache survives a policy that flips back.
-    for name in ("demo-vllm-blocked", "demo-vllm-big-g0-leader", "demo-vllm-big-g0-worker"):
-        assert deployments[name]["spec"]["replicas"] == 0
+    workloads = {**deployments, **by_name(out, "LeaderWorkerSet")}
+    for name in ("demo-vllm-blocked", "demo-vllm-big-lws"):
+        assert workloads[name]["spec"]["replicas"] == 0
         assert (
-            deployments[name]["metadata"]["annotations"][names.LICENSE_BLOCKED_ANNOTATION] == "true"
+            workloads[name]["metadata"]["annotations"][names.LICENSE_BLOCKED_ANNOTATION] == "true"
         )
+    assert "demo-vllm-big-lws" not in by_name(out, "PodDisruptionBudget")
     assert "demo-vllm-blocked-cache" in by_name(out, "PersistentVolumeClaim")
     assert names.LICENSE_BLOCKED_ANNOTATION not in deployments["demo-vllm-ok"]["metadata"].get(
         "annotations", {}
@@ -216,48 +223,138 @@ def test_tensor_parallel_on_one_node() -> None:
     assert c["resources"]["limits"][GPU_RESOURCE] == 4
 
 
-def test_multi_node_model_is_a_leader_and_workers_per_group() -> None:
-    s = stack(
-        models=[{"name": "huge", "source": "o/huge", "gpus": 8, "nodes": 3, "replicas": 2}],
-        vllm={"image": "r/vllm-ray:1"},
-    )
+def _lws(
+    out: list[dict[str, Any]], name: str
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A LeaderWorkerSet and the only container of its leaders and of its workers."""
+    lws = by_name(out, "LeaderWorkerSet")[name]
+    template = lws["spec"]["leaderWorkerTemplate"]
+    (leader,) = template["leaderTemplate"]["spec"]["containers"]
+    (worker,) = template["workerTemplate"]["spec"]["containers"]
+    return lws, leader, worker
+
+
+def _flag(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+def test_multi_node_model_is_one_leaderworkerset_of_groups() -> None:
+    s = stack(models=[{"name": "huge", "source": "o/huge", "gpus": 8, "nodes": 3, "replicas": 2}])
     out = render(s, all_permitted(s))
-    deployments = by_name(out, "Deployment")
-    services = by_name(out, "Service")
-    for g in range(2):
-        leader = deployments[f"demo-vllm-huge-g{g}-leader"]
-        workers = deployments[f"demo-vllm-huge-g{g}-worker"]
-        assert leader["spec"]["replicas"] == 1
-        assert workers["spec"]["replicas"] == 2
-        for d in (leader, workers):
-            c = container(d)
-            assert c["image"] == container(leader)["image"], "every node needs the same image"
-            assert c["resources"]["limits"][GPU_RESOURCE] == 8
-            anti = d["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
-            term = anti["requiredDuringSchedulingIgnoredDuringExecution"][0]
-            assert term["topologyKey"] == "kubernetes.io/hostname"
-            assert term["labelSelector"]["matchLabels"][names.GROUP_LABEL] == str(g)
-        script = container(leader)["args"][0]
-        assert "ray start --head" in script
-        assert "--distributed-executor-backend ray" in script
-        assert "--tensor-parallel-size 8" in script
-        assert "--pipeline-parallel-size 3" in script
-        assert "-ge 3 ]" in script, "the leader waits for all nodes before serving"
-        head = services[f"demo-vllm-huge-g{g}"]
-        assert head["spec"]["clusterIP"] == "None"
-        assert head["spec"]["publishNotReadyAddresses"] is True
-        assert (
-            f"--address=demo-vllm-huge-g{g}.ml.svc.cluster.local:6379"
-            in container(workers)["args"][0]
-        )
-        # Workers serve no API: ready (and alive) while their raylet is healthy.
-        for probe in ("readinessProbe", "livenessProbe"):
-            assert container(workers)[probe]["httpGet"]["path"] == "/api/local_raylet_healthz"
-        assert container(leader)["readinessProbe"]["httpGet"]["path"] == "/health"
-    # Only leaders are behind the model's Service.
-    selector = services["demo-vllm-huge"]["spec"]["selector"]
+    assert not [d for d in by_name(out, "Deployment") if "huge" in d], "no Deployments"
+    lws, leader, worker = _lws(out, "demo-vllm-huge-lws")
+    assert lws["spec"]["replicas"] == 2, "a group per replica"
+    template = lws["spec"]["leaderWorkerTemplate"]
+    assert template["size"] == 3, "a group is the model's nodes"
+    assert template["restartPolicy"] == "RecreateGroupOnPodRestart"
+    assert lws["spec"]["rolloutStrategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdateConfiguration": {"maxUnavailable": 1, "maxSurge": 0},
+    }
+    # The stock image, and vLLM's own multi-node mode: the group's size, this pod's rank
+    # and the leader's address from the environment LeaderWorkerSet gives each pod.
+    assert leader["image"] == worker["image"] == DEFAULT_IMAGES["vllm"]
+    for c in (leader, worker):
+        assert c["command"] == ["vllm", "serve"]
+        args = c["args"]
+        assert _flag(args, "--tensor-parallel-size") == "8"
+        assert _flag(args, "--pipeline-parallel-size") == "3"
+        assert _flag(args, "--distributed-executor-backend") == "mp"
+        assert _flag(args, "--nnodes") == "3"
+        assert _flag(args, "--node-rank") == "$(LWS_WORKER_INDEX)"
+        assert _flag(args, "--master-addr") == "$(LWS_LEADER_ADDRESS)"
+        assert c["resources"]["limits"][GPU_RESOURCE] == 8
+    assert "--headless" in worker["args"] and "--headless" not in leader["args"]
+    assert worker["args"][: len(leader["args"])] == leader["args"], "the same engine"
+    assert leader["readinessProbe"]["httpGet"]["path"] == "/health"
+    for role in ("leaderTemplate", "workerTemplate"):
+        pod = template[role]["spec"]
+        assert pod["automountServiceAccountToken"] is False
+        (term,) = pod["affinity"]["podAntiAffinity"][
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        ]
+        # One pod of a group per node, whichever group: LeaderWorkerSet's group key.
+        assert term["topologyKey"] == "kubernetes.io/hostname"
+        assert term["labelSelector"]["matchLabels"] == {names.LWS_NAME_LABEL: "demo-vllm-huge-lws"}
+        assert term["matchLabelKeys"] == [names.LWS_GROUP_KEY_LABEL]
+    roles = {
+        r: template[f"{r}Template"]["metadata"]["labels"][names.ROLE_LABEL]
+        for r in ("leader", "worker")
+    }
+    assert roles == {"leader": "leader", "worker": "worker"}
+    # Only leaders are behind the model's Service; the gateway routes there.
+    selector = by_name(out, "Service")["demo-vllm-huge"]["spec"]["selector"]
     assert selector[names.ROLE_LABEL] == "leader"
-    assert names.GROUP_LABEL not in selector
+    # Each group's pods reach each other, by the labels LeaderWorkerSet puts on them.
+    policies = by_name(out, "NetworkPolicy")
+    for g in range(2):
+        group = policies[f"demo-vllm-huge-lws-{g}"]["spec"]
+        expected = {names.LWS_NAME_LABEL: "demo-vllm-huge-lws", names.LWS_GROUP_INDEX_LABEL: str(g)}
+        assert group["podSelector"]["matchLabels"] == expected
+        assert group["ingress"] == [{"from": [{"podSelector": {"matchLabels": expected}}]}]
+
+
+def test_a_multi_node_model_on_ray_runs_the_ray_scripts_in_its_groups() -> None:
+    s = stack(
+        models=[{"name": "huge", "source": "o/huge", "gpus": 8, "nodes": 3,
+                 "multiNode": {"backend": "ray"}}],
+        vllm={"image": "r/vllm-ray:1"},
+    )  # fmt: skip
+    _, leader, worker = _lws(render(s, all_permitted(s)), "demo-vllm-huge-lws")
+    assert leader["image"] == worker["image"] == "r/vllm-ray:1"
+    script = leader["args"][0]
+    assert "ray start --head" in script
+    assert "--distributed-executor-backend ray" in script
+    assert "--nnodes" not in script
+    assert "-ge 3 ]" in script, "the leader waits for all nodes before serving"
+    assert '--address="$LWS_LEADER_ADDRESS:6379"' in worker["args"][0]
+    # Ray workers serve no API: ready (and alive) while their raylet is healthy.
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert worker[probe]["httpGet"]["path"] == "/api/local_raylet_healthz"
+
+
+def test_exclusive_topology_places_each_group_in_a_domain_of_its_own() -> None:
+    rack = "example.com/rack"
+    s = stack(models=[{"name": "huge", "source": "o/huge", "nodes": 2,
+                       "multiNode": {"exclusiveTopology": rack}}])  # fmt: skip
+    lws, _, _ = _lws(render(s, all_permitted(s)), "demo-vllm-huge-lws")
+    assert lws["metadata"]["annotations"][names.LWS_EXCLUSIVE_TOPOLOGY_ANNOTATION] == rack
+    plain = stack(models=[{"name": "huge", "source": "o/huge", "nodes": 2}])
+    lws, _, _ = _lws(render(plain, all_permitted(plain)), "demo-vllm-huge-lws")
+    assert names.LWS_EXCLUSIVE_TOPOLOGY_ANNOTATION not in lws["metadata"].get("annotations", {})
+
+
+def test_without_leaderworkersets_a_multi_node_model_is_not_rendered() -> None:
+    s = stack(models=[{"name": "one", "source": "o/one"},
+                      {"name": "huge", "source": "o/huge", "nodes": 2}])  # fmt: skip
+    for config in (RenderConfig(leaderworkersets=False),
+                   RenderConfig(manage_leaderworkersets=False)):  # fmt: skip
+        out = render(s, all_permitted(s), config)
+        assert not [
+            m for m in out if "huge" in m["metadata"]["name"] and m["kind"] != "NetworkPolicy"
+        ]
+        assert "demo-vllm-one" in by_name(out, "Deployment"), "single-node models are unaffected"
+    assert by_name(
+        render(s, all_permitted(s), RenderConfig(leaderworkersets=True)), "LeaderWorkerSet"
+    )
+
+
+def test_a_single_node_model_renders_as_before_leaderworkerset() -> None:
+    # nodes = 1 is untouched by everything multi-node: no LeaderWorkerSet, no distributed
+    # flags, the same objects whether or not the cluster has LeaderWorkerSet.
+    s = stack(models=[{"name": "one", "source": "o/one", "gpus": 4}])
+    with_lws = render(s, all_permitted(s), RenderConfig(leaderworkersets=True))
+    assert with_lws == render(s, all_permitted(s), RenderConfig(leaderworkersets=False))
+    assert not by_name(with_lws, "LeaderWorkerSet")
+    args = container(by_name(with_lws, "Deployment")["demo-vllm-one"])["args"]
+    for flag in (
+        "--nnodes",
+        "--node-rank",
+        "--master-addr",
+        "--headless",
+        "--distributed-executor-backend",
+    ):
+        assert flag not in args
 
 
 def test_sources_map_to_vllm_arguments_and_volumes() -> None:
@@ -412,18 +509,25 @@ def test_images_come_from_spec_then_operator_config() -> None:
 def test_longest_allowed_names_stay_dns_labels() -> None:
     stack_name = "s" * names.STACK_NAME_MAX
     model = "m" * (names.MODEL_NAME_BUDGET - names.STACK_NAME_MAX)
+    wide = "w" * (names.MODEL_NAME_BUDGET - names.STACK_NAME_MAX)
     group = "g" * (names.RAY_GROUP_BUDGET - names.STACK_NAME_MAX)
     s = stack(
         name=stack_name,
-        models=[{"name": model, "source": "o/m", "nodes": 2, "replicas": names.MAX_REPLICAS,
-                 "cache": {"size": "1Gi"}, "image": "r/vllm-ray:1"}],
+        models=[{"name": model, "source": "o/m", "cache": {"size": "1Gi"}},
+                {"name": wide, "source": "o/w", "nodes": 2, "replicas": names.MAX_REPLICAS,
+                 "cache": {"size": "1Gi"}}],
         ray={"workerGroups": [{"name": group}]},
     )  # fmt: skip
     out = render(s, all_permitted(s))
     longest = max(len(m["metadata"]["name"]) for m in out)
-    assert longest == names.DNS_LABEL_MAX
+    assert longest <= names.DNS_LABEL_MAX
     for m in out:
-        kubernetes_validate.validate(m, K8S_VERSION, strict=True)
+        validate_manifest(m)
+    # What LeaderWorkerSet and the StatefulSet controller name after it: the last group's
+    # worker StatefulSet, and the controller-revision-hash label of its pods.
+    (lws,) = by_name(out, "LeaderWorkerSet")
+    worker_set = f"{lws}-{names.MAX_REPLICAS - 1}"
+    assert len(f"{worker_set}-0123456789") == names.DNS_LABEL_MAX
 
 
 def test_render_is_pure_and_deterministic() -> None:

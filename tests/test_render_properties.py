@@ -47,8 +47,10 @@ def model(draw: st.DrawFn, name: str) -> dict[str, Any]:
     doc: dict[str, Any] = {"name": name, "source": draw(sources), "gpus": gpus}
     if draw(st.booleans()):
         doc["nodes"] = draw(st.integers(1, 4))
-        # Across nodes a model needs an image with Ray (the default vLLM image has none).
-        doc["image"] = "r/vllm-ray:1"
+        if doc["nodes"] > 1 and draw(st.booleans()):
+            # On Ray a group needs an image with Ray (the default vLLM image has none).
+            doc["multiNode"] = {"backend": "ray"}
+            doc["image"] = "r/vllm-ray:1"
     if draw(st.booleans()):
         doc["replicas"] = draw(st.integers(0, names.MAX_REPLICAS))
     if draw(st.booleans()):
@@ -135,13 +137,12 @@ def test_render_never_raises_and_names_are_valid_and_unique(
     # Every model has its server; one whose license is not permitted runs no pod.
     for m in stack.spec.models:
         prefix = f"{stack.metadata.name}-vllm-{m.name}"
-        servers = [o for o in out if o["kind"] == "Deployment" and o["metadata"]["labels"].get(
-            names.MODEL_LABEL) == m.name and o["metadata"]["name"].startswith(prefix)]  # fmt: skip
-        if m.nodes > 1 and m.replicas == 0:
-            # A multi-node model runs one group of Deployments per replica: none at zero.
-            assert not servers, m.name
-            continue
-        assert servers, m.name
+        servers = [o for o in out if o["kind"] in ("Deployment", "LeaderWorkerSet")
+                   and o["metadata"]["labels"].get(names.MODEL_LABEL) == m.name
+                   and o["metadata"]["name"].startswith(prefix)]  # fmt: skip
+        # One Deployment, or (nodes > 1) one LeaderWorkerSet of a group per replica.
+        kind = "LeaderWorkerSet" if m.nodes > 1 else "Deployment"
+        assert [o["kind"] for o in servers] == [kind], m.name
         if not permitted:
             assert {d["spec"]["replicas"] for d in servers} == {0}, m.name
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from aistack.api import AIStack
+from aistack.components import RenderConfig
 from aistack.render import render
 from aistack.status import (
     Observed,
@@ -38,6 +39,23 @@ def deployments_for(s: AIStack, ready: bool = True, **overrides: int) -> dict[st
     permitted = all_permitted(s)
     for m in render(s, permitted):
         if m["kind"] != "Deployment":
+            continue
+        name = m["metadata"]["name"]
+        want = m["spec"]["replicas"]
+        have = overrides.get(name, want if ready else 0)
+        m = dict(m, metadata=dict(m["metadata"], generation=1))
+        m["status"] = {"observedGeneration": 1, "replicas": want, "readyReplicas": have,
+                       "updatedReplicas": want}  # fmt: skip
+        out[name] = m
+    return out
+
+
+def lws_for(s: AIStack, ready: bool = True, **overrides: int) -> dict[str, Any]:
+    """Every LeaderWorkerSet render makes for the stack, as the API server reports them:
+    ``overrides`` by name, the groups that are ready."""
+    out = {}
+    for m in render(s, all_permitted(s)):
+        if m["kind"] != "LeaderWorkerSet":
             continue
         name = m["metadata"]["name"]
         want = m["spec"]["replicas"]
@@ -224,16 +242,69 @@ def test_a_rollout_not_yet_observed_is_not_ready() -> None:
 
 
 def test_multi_node_model_serves_only_when_whole_groups_are_ready() -> None:
-    s = make(
-        models=[{"name": "huge", "source": "o/h", "gpus": 8, "nodes": 2, "replicas": 2}],
-        vllm={"image": "r/vllm-ray:1"},
-    )
-    observed = Observed(deployments_for(s, **{"demo-vllm-huge-g1-worker": 0}))
+    s = make(models=[{"name": "huge", "source": "o/h", "gpus": 8, "nodes": 2, "replicas": 2}])
+    lws = "demo-vllm-huge-lws"
+    observed = Observed(deployments_for(s), leaderworkersets=lws_for(s, **{lws: 1}))
     st = compute_status(s, {"huge": OK}, observed, now=T0)
     assert st.models[0].ready_replicas == 1
     assert st.models[0].reason == "Starting"
-    st = compute_status(s, {"huge": OK}, Observed(deployments_for(s)), now=T0)
+    assert st.models[0].message == f"1/2 groups ready ({lws})"
+    observed = Observed(deployments_for(s), leaderworkersets=lws_for(s))
+    st = compute_status(s, {"huge": OK}, observed, now=T0)
     assert st.models[0].ready_replicas == 2 and st.models[0].reason == "Ready"
+    assert st.models[0].message == "2/2 groups ready"
+    # Not made yet.
+    st = compute_status(s, {"huge": OK}, Observed(deployments_for(s)), now=T0)
+    assert (st.models[0].ready_replicas, st.models[0].reason) == (0, "Creating")
+
+
+def test_a_rolling_leaderworkerset_says_so() -> None:
+    s = make(models=[{"name": "huge", "source": "o/h", "nodes": 2, "replicas": 2}])
+    lws = lws_for(s)
+    obj = lws["demo-vllm-huge-lws"]
+    obj["status"] |= {"updatedReplicas": 1, "readyReplicas": 1,
+                      "conditions": [{"type": "UpdateInProgress", "status": "True"}]}  # fmt: skip
+    st = compute_status(s, {"huge": OK}, Observed(deployments_for(s), leaderworkersets=lws), now=T0)
+    assert (st.models[0].reason, st.models[0].ready_replicas) == ("Updating", 1)
+    assert conditions(st)["ModelsReady"] == ("False", "Updating")
+
+
+def test_without_leaderworkersets_a_multi_node_model_says_what_to_install() -> None:
+    s = make(models=[{"name": "one", "source": "o/one"},
+                     {"name": "huge", "source": "o/h", "nodes": 2}])  # fmt: skip
+    verdicts = {"one": OK, "huge": OK}
+    config = RenderConfig(leaderworkersets=False)
+    st = compute_status(s, verdicts, Observed(deployments_for(s)), now=T0, config=config)
+    one, huge = st.models
+    assert (one.reason, one.ready_replicas) == ("Ready", 1), "single-node models are unaffected"
+    assert (huge.reason, huge.ready_replicas) == ("LeaderWorkerSetMissing", 0)
+    assert "leaderworkersets.leaderworkerset.x-k8s.io" in (huge.message or "")
+    install = "kubectl apply --server-side -f https://github.com/kubernetes-sigs/lws"
+    assert install in (huge.message or "")
+    assert conditions(st)["ModelsReady"] == ("False", "LeaderWorkerSetMissing")
+    assert st.phase == "Degraded"
+    config = RenderConfig(manage_leaderworkersets=False)
+    st = compute_status(s, verdicts, Observed(deployments_for(s)), now=T0, config=config)
+    assert "--no-leaderworkersets" in (st.models[1].message or "")
+
+
+def test_during_the_move_to_leaderworkerset_the_old_groups_still_count() -> None:
+    # A stack made before LeaderWorkerSet: its groups' Deployments serve until the
+    # LeaderWorkerSet's groups are all ready (aistack.migration keeps them until then).
+    s = make(models=[{"name": "huge", "source": "o/h", "nodes": 2, "replicas": 2}])
+    old = {}
+    for g in range(2):
+        for role in ("leader", "worker"):
+            name = f"demo-vllm-huge-g{g}-{role}"
+            old[name] = {"metadata": {"name": name, "generation": 1}, "spec": {"replicas": 1},
+                         "status": {"observedGeneration": 1, "readyReplicas": 1,
+                                    "updatedReplicas": 1}}  # fmt: skip
+    lws = lws_for(s, ready=False)
+    st = compute_status(s, {"huge": OK}, Observed(old, leaderworkersets=lws), now=T0)
+    (huge,) = st.models
+    assert huge.ready_replicas == 2
+    assert huge.reason == "Starting"
+    assert "2 group(s) of the Deployments from before LeaderWorkerSet serve" in (huge.message or "")
 
 
 def test_disabled_parts_are_ready_by_definition() -> None:
@@ -279,12 +350,14 @@ def test_status_golden(scenario: str, update_goldens: bool) -> None:
     s = example(ROOT / "examples" / "multi-model.yaml")
     verdicts = {m.name: OK for m in s.spec.models}
     if scenario == "ready":
-        observed = Observed(deployments_for(s))
+        observed = Observed(deployments_for(s), leaderworkersets=lws_for(s))
     else:
         msg = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
         pod = unschedulable_pod("chat", msg)
         pod["metadata"]["labels"]["aistack.dev/stack"] = "multi"
-        observed = Observed(deployments_for(s, **{"multi-vllm-chat": 1}), [pod])
+        observed = Observed(
+            deployments_for(s, **{"multi-vllm-chat": 1}), [pod], leaderworkersets=lws_for(s)
+        )
     text = json.dumps(status_dict(compute_status(s, verdicts, observed, now=T0)), indent=2) + "\n"
     golden = GOLDEN / f"{scenario}.json"
     if update_goldens:

@@ -260,9 +260,11 @@ def _run_settings(args: argparse.Namespace) -> OperatorSettings:
         images={c.image: getattr(args, f"{c.image}_image") for c in COMPONENTS},
         cluster_domain=args.cluster_domain or defaults.cluster_domain,
         stack_monitoring=args.stack_monitoring,
-        # Until API discovery at start, then the watch on the PodMonitor CRD, say
-        # otherwise (handlers.Runtime.start, handlers.monitoring_crd).
+        manage_leaderworkersets=args.leaderworkersets,
+        # Until API discovery at start, then the watches on the PodMonitor and
+        # LeaderWorkerSet CRDs, say otherwise (handlers.Runtime.start, handlers.watch_optional).
         monitoring_crds=False,
+        leaderworkersets=False,
     )
     return OperatorSettings(
         config=config,
@@ -286,7 +288,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         os.environ["KUBECONFIG"] = args.kubeconfig
     handlers.use_settings(_run_settings(args))
     if args.stack_monitoring:
-        handlers.watch_stack_monitors()
+        handlers.watch_optional("PodMonitor")
+    if args.leaderworkersets:
+        handlers.watch_optional("LeaderWorkerSet")
     if args.metrics_port:
         from aistack import metrics
 
@@ -571,6 +575,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--stack-monitoring", action=argparse.BooleanOptionalAction, default=True,
         help="render stacks' PodMonitors when the cluster has the Prometheus Operator's CRDs "
         "(default); --no-stack-monitoring where the operator may not write PodMonitors",
+    )  # fmt: skip
+    p_run.add_argument(
+        "--leaderworkersets", action=argparse.BooleanOptionalAction, default=True,
+        help="serve models with nodes > 1 as LeaderWorkerSets when the cluster has the "
+        "LeaderWorkerSet API (default); --no-leaderworkersets where the operator may not "
+        "write them (such models then report what is missing)",
     )  # fmt: skip
     p_run.add_argument(
         "--hub", action="store_true",

@@ -9,7 +9,7 @@ operator setting of its default image (``aistack run --<image>-image``, the char
 images, the cluster domain), lives beside it.
 
 Render, status, the license decision, the CLI flags and the chart all read ``COMPONENTS``;
-this module reads only the API and the names (docs/architecture.md has the layers, and
+this module reads only the API, the names and the kinds (docs/architecture.md has the layers, and
 tests/test_layers.py holds them). docs/adding-a-component.md lists the files a new part
 touches.
 """
@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from aistack import names
 from aistack.api.v1alpha1 import AIStack, AIStackSpec, ModelSpec, ProviderSpec
+from aistack.kinds import BY_KIND
 
 # ---------------------------------------------------------------- ports
 
@@ -35,6 +36,9 @@ RAY_DASHBOARD_PORT = 8265
 RAY_CLIENT_PORT = 10001
 RAY_METRICS_PORT = 8080
 RAY_AGENT_PORT = 52365
+#: Where the leader of a multi-node model's group (vLLM's own backend) listens for the
+#: workers' distributed setup (``--master-port``; vLLM's default).
+VLLM_MASTER_PORT = 29501
 
 
 # ---------------------------------------------------------------- the installation
@@ -61,6 +65,13 @@ class RenderConfig(BaseModel):
     #: Whether this installation renders stacks' monitors at all (``aistack run
     #: --no-stack-monitoring``: its RBAC does not cover PodMonitors).
     stack_monitoring: bool = True
+    #: Whether the cluster serves the LeaderWorkerSet API (``LWS_CRD``), which multi-node
+    #: models are made of: the operator watches for it (True/False); None where nobody
+    #: looked (``aistack render``): LeaderWorkerSets are rendered.
+    leaderworkersets: bool | None = None
+    #: Whether this installation makes LeaderWorkerSets at all (``aistack run
+    #: --no-leaderworkersets``: its RBAC does not cover them).
+    manage_leaderworkersets: bool = True
 
     @model_validator(mode="before")
     @classmethod
@@ -116,36 +127,59 @@ def ray_endpoints(stack: AIStack, config: RenderConfig) -> dict[str, str]:
 # ---------------------------------------------------------------- workloads and groups
 
 
-def model_group_workloads(stack_name: str, model: ModelSpec, group: int) -> list[str]:
-    """The Deployments of one replica group of a multi-node model: leader and workers."""
-    return [
-        names.model_group_leader(stack_name, model.name, group),
-        names.model_group_workers(stack_name, model.name, group),
-    ]
-
-
 def model_workloads(stack_name: str, model: ModelSpec) -> list[str]:
-    """A model's Deployments: its server, or a leader and workers per replica group."""
-    if not model.multi_node:
-        return [names.model_base(stack_name, model.name)]
-    return [d for g in range(model.replicas) for d in model_group_workloads(stack_name, model, g)]
+    """A model's Deployments: its server; none for a multi-node model, whose groups are a
+    LeaderWorkerSet (``names.model_lws``)."""
+    return [] if model.spans_nodes else [names.model_base(stack_name, model.name)]
 
 
-def group_selector(stack_name: str, model: ModelSpec, group: int) -> dict[str, str]:
-    """The labels of one replica group's pods (leader and workers) of a multi-node model."""
-    return names.selector_labels(stack_name, "model-server", model=model.name, group=str(group))
+def lws_group_selector(stack_name: str, model: ModelSpec, group: int) -> dict[str, str]:
+    """The labels LeaderWorkerSet puts on the pods (leader and workers) of one group of a
+    multi-node model."""
+    return {
+        names.LWS_NAME_LABEL: names.model_lws(stack_name, model.name),
+        names.LWS_GROUP_INDEX_LABEL: str(group),
+    }
 
 
 def model_groups(stack: AIStack) -> list[tuple[str, dict[str, str]]]:
-    """The replica groups of the stack's multi-node models: a name and the labels of the
-    group's pods (its leader and workers form one Ray cluster and reach each other)."""
+    """The groups of the stack's multi-node models: a name and the labels of the group's
+    pods (its leader and workers join one engine, or one Ray cluster, and reach each
+    other on every port)."""
     stack_name = stack.metadata.name
     return [
-        (names.model_group(stack_name, model.name, i), group_selector(stack_name, model, i))
+        (names.lws_group(stack_name, model.name, i), lws_group_selector(stack_name, model, i))
         for model in stack.spec.models
-        if model.multi_node
+        if model.spans_nodes
         for i in range(model.replicas)
     ]
+
+
+#: The CRD of the LeaderWorkerSet API (``sigs.k8s.io/lws``).
+LWS_CRD = BY_KIND["LeaderWorkerSet"].crd
+#: What to install where it is missing (the release the e2e suite runs).
+LWS_INSTALL = (
+    "kubectl apply --server-side -f "
+    "https://github.com/kubernetes-sigs/lws/releases/download/v0.8.0/manifests.yaml"
+)
+
+
+def lws_missing(config: RenderConfig) -> str | None:
+    """Why the multi-node models cannot be made (None: they can): the cluster has no
+    LeaderWorkerSet API, or this installation does not make LeaderWorkerSets."""
+    if not config.manage_leaderworkersets:
+        return (
+            "the operator's installation makes no LeaderWorkerSets (aistack run "
+            "--no-leaderworkersets; the chart's leaderWorkerSet.enabled: false), which a "
+            "model with nodes > 1 is made of"
+        )
+    if config.leaderworkersets is False:
+        return (
+            f"a model with nodes > 1 is served by a LeaderWorkerSet, and the cluster has no "
+            f"LeaderWorkerSet API ({LWS_CRD}): install LeaderWorkerSet v0.8.0 or later "
+            f"({LWS_INSTALL}); the model is made once it is there"
+        )
+    return None
 
 
 # ---------------------------------------------------------------- metrics
@@ -270,7 +304,8 @@ COMPONENTS: tuple[Component, ...] = (
         workloads=_model_workloads,
         pod_selector=lambda stack: names.selector_labels(stack, "model-server"),
         endpoints=lambda stack, config: {},
-        # Only the API port: the leader of a multi-node group also runs a Ray head.
+        # Only the API port: the leader of a multi-node group also listens for its
+        # workers (vLLM's distributed setup, or a Ray head).
         reached_by=("gateway",),
         port=VLLM_PORT,
         groups=model_groups,
@@ -375,7 +410,7 @@ class Monitoring:
 
 
 #: The CRD whose presence turns monitoring on (``spec.monitoring.enabled`` unset).
-MONITORING_CRD = "podmonitors.monitoring.coreos.com"
+MONITORING_CRD = BY_KIND["PodMonitor"].crd
 
 
 def monitoring(stack: AIStack, config: RenderConfig | None = None) -> Monitoring:

@@ -31,6 +31,7 @@ from aistack.components import RenderConfig
 from aistack.conditions import as_dict, condition, previous_of
 from aistack.errors import format_validation_error
 from aistack.hub import HubClient
+from aistack.kinds import WORKLOAD_KINDS
 from aistack.kube import Kube, KubeError
 from aistack.licenses import (
     SecretLabels,
@@ -39,6 +40,7 @@ from aistack.licenses import (
     decide_stack,
     policy_status,
 )
+from aistack.migration import keep_until_migrated
 from aistack.plan import Key, Manifest, Plan, key_of, make_plan, with_owner
 from aistack.render import render
 from aistack.status import (
@@ -240,17 +242,21 @@ class Reconciler:
         permitted = {name: v.permitted for name, v in verdicts.items()}
         desired = [with_owner(m, body) for m in self._desired(key, stack, permitted)]
         observed = self._observed_children(key, view)
-        plan = make_plan(desired, observed, str(body["metadata"]["uid"]))
+        keep = keep_until_migrated(stack, observed)
+        plan = make_plan(desired, observed, str(body["metadata"]["uid"]), keep)
 
         self._execute(key, plan, result)
 
         now = self.clock()
         children = self._observed_children(key, view)
-        deployments = {o["metadata"]["name"]: o for o in children if o.get("kind") == "Deployment"}
         status = compute_status(
             stack,
             verdicts,
-            Observed(deployments=deployments, pods=view.pods),
+            Observed(
+                deployments=_by_name(children, "Deployment"),
+                pods=view.pods,
+                leaderworkersets=_by_name(children, "LeaderWorkerSet"),
+            ),
             now=now,
             config=self.config,
             apply_error=result.error,
@@ -340,12 +346,13 @@ class Reconciler:
         found: list[LicenseVerdict] = []
         written = self._written.setdefault(key, {})
         for obj in self._observed_children(key, view):
-            if obj.get("kind") != "Deployment":
+            kind = obj.get("kind")
+            if kind not in WORKLOAD_KINDS:
                 continue
             meta = obj["metadata"]
             record = (meta.get("annotations") or {}).get(names.LICENSED_ANNOTATION)
             verdicts = self.judge_record(key[0], record, view.policies)
-            what = f"Deployment {meta['name']}"
+            what = f"{kind} {meta['name']}"
             found += [replace(v, message=f"{what}: {v.message}") for v in verdicts if v.violation]
             if any(v.stale for v in verdicts):
                 result.requeue_after = LOOKUP_RETRY
@@ -355,7 +362,7 @@ class Reconciler:
             ):
                 blocked = names.LICENSE_BLOCKED_ANNOTATION
                 written[key_of(obj)] = pack(
-                    self.kube.scale_to_zero("Deployment", key[0], meta["name"], blocked)
+                    self.kube.scale_to_zero(str(kind), key[0], meta["name"], blocked)
                 )
                 result.applied.append(key_of(obj))
                 log.info("scaled %s/%s to zero: the policies do not permit what it runs",
@@ -406,6 +413,10 @@ class Reconciler:
                 body, type_="Warning", reason="InvalidSpec", message=message, now=now
             )
         result.error = message
+
+
+def _by_name(children: Sequence[Obj], kind: str) -> dict[str, Obj]:
+    return {o["metadata"]["name"]: o for o in children if o.get("kind") == kind}
 
 
 class ReconcileError(Exception):

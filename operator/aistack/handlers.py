@@ -27,7 +27,6 @@ from aistack import metrics, names
 from aistack.api.v1alpha1 import AIStack
 from aistack.certs import self_signed
 from aistack.codec import pack, unpack
-from aistack.components import MONITORING_CRD
 from aistack.controller import (
     Reconciler,
     StackKey,
@@ -48,8 +47,10 @@ STACKS = BY_KIND["AIStack"].resource
 POLICIES = BY_KIND["LicensePolicy"].resource
 #: plural -> kopf resource, for every kind a stack's children have (``aistack.kinds``).
 CHILD_RESOURCES = {k.plural: k.resource for k in CHILD_KINDS}
-#: Those watched only when the installation renders them (``watch_stack_monitors``).
+#: Those watched only when the installation renders them (``watch_optional``).
 OPTIONAL_RESOURCES = {k.plural: k.resource for k in CHILD_KINDS if k.optional}
+#: An optional kind -> the ``RenderConfig`` setting that says whether its CRD is served.
+CRD_SETTINGS = {"PodMonitor": "monitoring_crds", "LeaderWorkerSet": "leaderworkersets"}
 OWNED = {names.STACK_LABEL: kopf.PRESENT}
 
 
@@ -73,8 +74,13 @@ class Runtime:
             kube=kube, licensing=licensing, config=s.config, judge_record=judge
         )
         # Before any stack is reconciled, so that a restart does not drop (and then make
-        # again) the monitors of every stack; the CRD watch keeps it true from then on.
-        self.set_monitoring_crds(s.config.stack_monitoring and _podmonitors_served(kube))
+        # again) the monitors or the LeaderWorkerSets of every stack; the CRD watches keep
+        # it true from then on.
+        self.set_crd_served("PodMonitor", s.config.stack_monitoring and _served(kube, "PodMonitor"))
+        self.set_crd_served(
+            "LeaderWorkerSet",
+            s.config.manage_leaderworkersets and _served(kube, "LeaderWorkerSet"),
+        )
         self.queue = StackQueue(
             self.reconciler.reconcile_once,
             self.snapshot,
@@ -133,13 +139,15 @@ class Runtime:
         for key in list(stacks.keys()):
             self.request(key)
 
-    def set_monitoring_crds(self, present: bool) -> bool:
-        """Record whether the cluster has the PodMonitor CRD (established); whether that
-        changed. Every stack renders with it from its next reconcile on."""
+    def set_crd_served(self, kind: str, present: bool) -> bool:
+        """Record whether the cluster serves an optional kind (its CRD established:
+        ``CRD_SETTINGS``); whether that changed. Every stack renders with it from its next
+        reconcile on."""
         reconciler = self.reconciler
-        if reconciler is None or reconciler.config.monitoring_crds == present:
+        setting = CRD_SETTINGS[kind]
+        if reconciler is None or getattr(reconciler.config, setting) == present:
             return False
-        reconciler.config = reconciler.config.model_copy(update={"monitoring_crds": present})
+        reconciler.config = reconciler.config.model_copy(update={setting: present})
         return True
 
 
@@ -360,12 +368,12 @@ for _kind, _resource in CHILD_RESOURCES.items():
 kopf.on.event("", "v1", "pods", labels=OWNED, id="child-pods")(_child_event)
 
 
-def _podmonitors_served(kube: Kube) -> bool:
+def _served(kube: Kube, kind: str) -> bool:
     try:
-        return kube.serves("PodMonitor")
+        return kube.serves(kind)
     except Exception as exc:  # a probe: the CRD watch corrects it, whatever went wrong
-        log.warning("cannot tell whether the cluster serves PodMonitors (%s): assuming "
-                    "not until the CRD watch says so", exc)  # fmt: skip
+        log.warning("cannot tell whether the cluster serves %ss (%s): assuming not until "
+                    "the CRD watch says so", kind, exc)  # fmt: skip
         return False
 
 
@@ -374,28 +382,34 @@ def _established(body: Mapping[str, Any]) -> bool:
     return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
 
 
-async def monitoring_crd(type: str | None, body: kopf.Body, **kwargs: Any) -> None:
-    """The Prometheus Operator's PodMonitor CRD appearing (established) or going: every
-    stack renders its monitors, or drops them (``components.monitoring``). kopf starts and
-    stops its watch on PodMonitors by itself."""
-    RUNTIME.bind(kwargs)
-    present = type != "DELETED" and _established(body)
-    if RUNTIME.set_monitoring_crds(present):
-        log.info("%s %s: stacks' monitors follow", MONITORING_CRD, "found" if present else "gone")
-        RUNTIME.request_all()
+def _crd_handler(kind: str) -> Any:
+    async def crd_event(type: str | None, body: kopf.Body, **kwargs: Any) -> None:
+        """An optional kind's CRD appearing (established) or going: every stack renders
+        its objects of that kind, or drops them (PodMonitors: ``components.monitoring``;
+        LeaderWorkerSets: ``components.lws_missing``). kopf starts and stops its watch on
+        the kind by itself."""
+        RUNTIME.bind(kwargs)
+        present = type != "DELETED" and _established(body)
+        if RUNTIME.set_crd_served(kind, present):
+            crd = BY_KIND[kind].crd
+            log.info("%s %s: stacks follow", crd, "found" if present else "gone")
+            RUNTIME.request_all()
+
+    return crd_event
 
 
-def watch_stack_monitors() -> None:
-    """Watch the stacks' PodMonitors and the CRD that serves them (``aistack run`` unless
-    ``--no-stack-monitoring``). Not otherwise: kopf retries a list it may not make
-    forever, and serves nothing meanwhile. Without the CRD, kopf waits for it."""
-    for kind, resource in OPTIONAL_RESOURCES.items():
-        kopf.index(*resource, labels=OWNED, id=f"{kind}_index")(_child_index)
-        kopf.on.event(*resource, labels=OWNED, id=f"child-{kind}")(_child_event)
+def watch_optional(kind: str) -> None:
+    """Watch the stacks' objects of an optional kind (PodMonitor: ``aistack run`` unless
+    ``--no-stack-monitoring``; LeaderWorkerSet: unless ``--no-leaderworkersets``) and the
+    CRD that serves them. Not otherwise: kopf retries a list it may not make forever, and
+    serves nothing meanwhile. Without the CRD, kopf waits for it."""
+    k = BY_KIND[kind]
+    kopf.index(*k.resource, labels=OWNED, id=f"{k.plural}_index")(_child_index)
+    kopf.on.event(*k.resource, labels=OWNED, id=f"child-{k.plural}")(_child_event)
     kopf.on.event(
         "apiextensions.k8s.io", "v1", "customresourcedefinitions",
-        when=lambda name, **_: name == MONITORING_CRD,
-    )(monitoring_crd)  # fmt: skip
+        when=lambda name, **_: name == k.crd, id=f"crd-{k.plural}",
+    )(_crd_handler(kind))  # fmt: skip
 
 
 # ---------------------------------------------------------------- admission

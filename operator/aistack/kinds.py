@@ -23,10 +23,18 @@ class Kind:
     #: Watched only where the installation renders it (``aistack run
     #: --no-stack-monitoring`` grants no RBAC on it, and a watch kopf may not list blocks).
     optional: bool = False
+    #: Runs a stack's pods with ``spec.replicas``: scaled to zero when what it runs is not
+    #: permitted, and carries the record of what it runs (``names.LICENSED_ANNOTATION``).
+    workload: bool = False
 
     @property
     def api_prefix(self) -> str:
         return f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+
+    @property
+    def crd(self) -> str:
+        """The name of the CustomResourceDefinition that would serve it."""
+        return f"{self.plural}.{self.group}"
 
     @property
     def resource(self) -> tuple[str, str, str]:
@@ -42,10 +50,28 @@ KINDS: tuple[Kind, ...] = (
     Kind("ConfigMap", "", "v1", "configmaps", child=True),
     Kind("Service", "", "v1", "services", child=True),
     Kind("PodDisruptionBudget", "policy", "v1", "poddisruptionbudgets", child=True),
-    Kind("Deployment", "apps", "v1", "deployments", child=True),
+    Kind("Deployment", "apps", "v1", "deployments", child=True, workload=True),
+    # LeaderWorkerSet's (sigs.k8s.io/lws), the groups of multi-node models: its CRD may be
+    # absent (the render leaves those models out and their status says what to install).
+    Kind(
+        "LeaderWorkerSet",
+        "leaderworkerset.x-k8s.io",
+        "v1",
+        "leaderworkersets",
+        child=True,
+        optional=True,
+        workload=True,
+    ),
     # The Prometheus Operator's: its CRD may be absent (kopf watches it once it appears;
     # the render leaves monitors out while it is missing).
-    Kind("PodMonitor", "monitoring.coreos.com", "v1", "podmonitors", child=True, optional=True),
+    Kind(
+        "PodMonitor",
+        "monitoring.coreos.com",
+        "v1",
+        "podmonitors",
+        child=True,
+        optional=True,
+    ),
     Kind("Event", "", "v1", "events"),
     # Read for its labels only (a provider key's opt-in), never its data.
     Kind("Secret", "", "v1", "secrets"),
@@ -55,3 +81,5 @@ KINDS: tuple[Kind, ...] = (
 BY_KIND: dict[str, Kind] = {k.kind: k for k in KINDS}
 #: The kinds a stack's children have, in apply order.
 CHILD_KINDS: tuple[Kind, ...] = tuple(k for k in KINDS if k.child)
+#: The kinds that run a stack's pods.
+WORKLOAD_KINDS: frozenset[str] = frozenset(k.kind for k in KINDS if k.workload)

@@ -8,6 +8,8 @@ allowed names to prove they hold.
 
 from __future__ import annotations
 
+import hashlib
+
 DNS_LABEL_MAX = 63
 DNS_1035_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 #: A namespace name.
@@ -20,9 +22,15 @@ MANAGED_BY = "aistack-operator"
 STACK_LABEL = f"{GROUP}/stack"
 MODEL_LABEL = f"{GROUP}/model"
 ROLE_LABEL = f"{GROUP}/role"
-GROUP_LABEL = f"{GROUP}/group"
 RAY_GROUP_LABEL = f"{GROUP}/ray-group"
 COMPONENT_LABEL = "app.kubernetes.io/component"
+#: The labels LeaderWorkerSet puts on the pods of its groups.
+LWS_NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
+LWS_GROUP_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/group-index"
+LWS_WORKER_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/worker-index"
+LWS_GROUP_KEY_LABEL = "leaderworkerset.sigs.k8s.io/group-key"
+#: On a LeaderWorkerSet: each group in a topology domain of its own (a node label key).
+LWS_EXCLUSIVE_TOPOLOGY_ANNOTATION = "leaderworkerset.sigs.k8s.io/exclusive-topology"
 RETAIN_ANNOTATION = f"{GROUP}/retain-on-delete"
 CONFIG_CHECKSUM_ANNOTATION = f"{GROUP}/config-checksum"
 LICENSE_BLOCKED_ANNOTATION = f"{GROUP}/license-blocked"
@@ -54,6 +62,11 @@ _MODEL_PREFIX = "-vllm-"
 _LONGEST_MODEL_SUFFIX = f"-g{MAX_REPLICAS - 1}-leader"
 #: len(stack name) + len(model name) may not exceed this.
 MODEL_NAME_BUDGET = DNS_LABEL_MAX - len(_MODEL_PREFIX) - len(_LONGEST_MODEL_SUFFIX)
+#: A multi-node model's LeaderWorkerSet is ``<stack>-vllm-<model>-lws``, at most this long:
+#: LWS names a group's worker StatefulSet ``<lws>-<group>``, and the StatefulSet controller
+#: labels its pods ``controller-revision-hash: <StatefulSet>-<hash of up to 10
+#: characters>``, a label value of at most 63 characters.
+LWS_NAME_MAX = DNS_LABEL_MAX - len(f"-{MAX_REPLICAS - 1}") - len("-0123456789")
 _RAY_WORKER_PREFIX = "-ray-worker-"
 #: len(stack name) + len(Ray worker group name) may not exceed this.
 RAY_GROUP_BUDGET = DNS_LABEL_MAX - len(_RAY_WORKER_PREFIX)
@@ -81,8 +94,26 @@ def model_cache(stack: str, model: str) -> str:
     return f"{model_base(stack, model)}-cache"
 
 
+def model_lws(stack: str, model: str) -> str:
+    """The LeaderWorkerSet of a multi-node model (and the headless Service LWS makes):
+    ``<stack>-vllm-<model>-lws``; where that is longer than ``LWS_NAME_MAX``, its start
+    and a hash of the whole."""
+    full = f"{model_base(stack, model)}-lws"
+    if len(full) <= LWS_NAME_MAX:
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:8]
+    return f"{full[: LWS_NAME_MAX - len(digest) - 1].rstrip('-')}-{digest}"
+
+
+def lws_group(stack: str, model: str, group: int) -> str:
+    """One group of a multi-node model's LeaderWorkerSet: the name LWS gives its leader pod
+    and its workers' StatefulSet; also the group's NetworkPolicy."""
+    return f"{model_lws(stack, model)}-{group}"
+
+
 def model_group(stack: str, model: str, group: int) -> str:
-    """Headless Service in front of the Ray head of one multi-node replica group."""
+    """Before LeaderWorkerSet: the headless Service in front of the Ray head of one
+    multi-node replica group (and its NetworkPolicy). Kept to find what to migrate."""
     return f"{model_base(stack, model)}-g{group}"
 
 

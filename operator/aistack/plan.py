@@ -9,7 +9,7 @@ Quantities compare by value, because the API server rewrites them (``1`` -> ``"1
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -163,11 +163,13 @@ def make_plan(
     desired: Sequence[Manifest],
     observed: Iterable[Mapping[str, Any]],
     owner_uid: str,
+    keep: Set[Key] = frozenset(),
 ) -> Plan:
     """Compare desired manifests (already carrying ownerReferences) with observed children.
 
     Deletes only what this stack owns and no longer wants: objects someone else created,
-    and retained objects (which carry no ownerReference), are never deleted.
+    and retained objects (which carry no ownerReference), are never deleted; nor those in
+    ``keep``, which still serve until what replaces them is ready (``aistack.migration``).
     """
     seen = {key_of(o): o for o in observed}
     apply: list[Manifest] = []
@@ -194,8 +196,14 @@ def make_plan(
             apply.append(manifest)
             reasons[key] = diff[:5]
     apply.sort(key=lambda m: KINDS.index(m["kind"]) if m["kind"] in KINDS else len(KINDS))
+    delete = _deletions(seen, wanted | set(keep), owner_uid)
+    return Plan(apply=apply, delete=delete, reasons=reasons, unmark=unmark)
+
+
+def _deletions(seen: Mapping[Key, Mapping[str, Any]], kept: Set[Key], owner_uid: str) -> list[Key]:
+    """What this stack owns and keeps no more, in the reverse of the apply order."""
     delete = sorted(
-        key for key, obj in seen.items() if key not in wanted and is_owned_by(obj, owner_uid)
+        key for key, obj in seen.items() if key not in kept and is_owned_by(obj, owner_uid)
     )
     delete.sort(key=lambda k: -KINDS.index(k[0]) if k[0] in KINDS else 0)
-    return Plan(apply=apply, delete=delete, reasons=reasons, unmark=unmark)
+    return delete

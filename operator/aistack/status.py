@@ -30,7 +30,7 @@ from aistack.components import (
     MODELS,
     RenderConfig,
     endpoints,
-    model_group_workloads,
+    lws_missing,
     model_url,
     model_workloads,
     monitoring,
@@ -62,6 +62,7 @@ PROBLEMS = _STUCK_CONTAINER_REASONS | {
     "ReplicaFailure",
     "ApplyFailed",
     "NotReady",
+    "LeaderWorkerSetMissing",
 }
 
 
@@ -71,6 +72,8 @@ class Observed:
 
     deployments: Mapping[str, Obj]
     pods: Sequence[Obj] = ()
+    #: The stack's LeaderWorkerSets (its multi-node models' groups), by name.
+    leaderworkersets: Mapping[str, Obj] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -152,16 +155,26 @@ def _deployment_failure(status: Obj) -> tuple[str, str] | None:
     return None
 
 
+def _replica_counts(workload: Obj) -> tuple[int, int, int, bool]:
+    """A workload's desired, ready and updated replicas (groups, for a LeaderWorkerSet),
+    and whether its status is older than its spec."""
+    spec = workload.get("spec") or {}
+    status = workload.get("status") or {}
+    generation = workload.get("metadata", {}).get("generation")
+    stale = generation is not None and int(status.get("observedGeneration") or 0) < int(generation)
+    return (
+        int(spec.get("replicas", 1)),
+        int(status.get("readyReplicas") or 0),
+        int(status.get("updatedReplicas") or 0),
+        stale,
+    )
+
+
 def deployment_state(deploy: Obj | None, name: str) -> PartState:
     if deploy is None:
         return PartState(0, 0, "Creating", f"Deployment {name} does not exist yet", exists=False)
-    spec = deploy.get("spec") or {}
+    desired, ready, updated, stale = _replica_counts(deploy)
     status = deploy.get("status") or {}
-    desired = int(spec.get("replicas", 1))
-    ready = int(status.get("readyReplicas") or 0)
-    updated = int(status.get("updatedReplicas") or 0)
-    generation = deploy.get("metadata", {}).get("generation")
-    stale = generation is not None and int(status.get("observedGeneration") or 0) < int(generation)
     if failure := _deployment_failure(status):
         return PartState(desired, ready, *failure)
     if desired == 0:
@@ -196,22 +209,66 @@ def part_state(
 # ---------------------------------------------------------------- models
 
 
-def _model_state(stack: AIStack, model: ModelSpec, observed: Observed) -> tuple[PartState, int]:
+def lws_state(lws: Obj | None, name: str) -> PartState:
+    """A LeaderWorkerSet's groups: ``desired`` and ``ready`` count groups (a group is ready
+    when all its pods are)."""
+    if lws is None:
+        return PartState(0, 0, "Creating", f"LeaderWorkerSet {name} does not exist yet", False)
+    desired, ready, updated, stale = _replica_counts(lws)
+    status = lws.get("status") or {}
+    if desired == 0:
+        return PartState(0, 0, "ScaledToZero", f"{name} is scaled to zero")
+    counts = f"{min(ready, desired)}/{desired} groups ready"
+    if not stale and ready >= desired and updated >= desired:
+        return PartState(desired, ready, "Ready", counts)
+    rolling = any(
+        c.get("type") == "UpdateInProgress" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+    reason = "Updating" if rolling else "Starting"
+    return PartState(desired, min(ready, desired), reason, f"{counts} ({name})")
+
+
+def _model_state(
+    stack: AIStack, model: ModelSpec, observed: Observed, config: RenderConfig
+) -> tuple[PartState, int]:
     """State of a model's servers and the number of replicas (groups) that serve."""
     stack_name = stack.metadata.name
     selector = names.selector_labels(stack_name, "model-server", model=model.name)
-    state = part_state(model_workloads(stack_name, model), selector, observed)
-    if not model.multi_node:
+    if not model.spans_nodes:
+        state = part_state(model_workloads(stack_name, model), selector, observed)
         return state, state.ready
-    serving = sum(
-        part_state(
-            model_group_workloads(stack_name, model, g),
-            dict(selector, **{names.GROUP_LABEL: str(g)}),
-            observed,
-        ).is_ready
-        for g in range(model.replicas)
-    )
-    return state, serving
+    if (missing := lws_missing(config)) is not None:
+        return PartState(model.replicas, 0, "LeaderWorkerSetMissing", missing, False), 0
+    name = names.model_lws(stack_name, model.name)
+    state = lws_state(observed.leaderworkersets.get(name), name)
+    if state.is_ready:
+        return state, state.ready
+    problem = _pod_problem(observed.pods, {names.LWS_NAME_LABEL: name})
+    if problem is not None:
+        state = PartState(state.desired, state.ready, *problem)
+    old = _legacy_serving(stack_name, model, observed)
+    if old:
+        note = (
+            f"; meanwhile {old} group(s) of the Deployments from before LeaderWorkerSet "
+            "serve, until its groups are all ready (then they are removed)"
+        )
+        state = PartState(state.desired, state.ready, state.reason, state.message + note)
+    return state, max(state.ready, old)
+
+
+def _legacy_serving(stack_name: str, model: ModelSpec, observed: Observed) -> int:
+    """The groups of a multi-node model that still serve from the Deployments it was made
+    of before LeaderWorkerSet (``aistack.migration``): leader and workers ready."""
+    serving = 0
+    for g in range(names.MAX_REPLICAS):
+        leader = names.model_group_leader(stack_name, model.name, g)
+        workers = names.model_group_workers(stack_name, model.name, g)
+        if leader not in observed.deployments:
+            continue
+        states = [deployment_state(observed.deployments.get(d), d) for d in (leader, workers)]
+        serving += all(s.reason == "Ready" for s in states)
+    return serving
 
 
 # ---------------------------------------------------------------- conditions
@@ -370,7 +427,7 @@ def _models(
             out.blocked.append((model, verdict))
             entry.update(reason=verdict.reason, message=verdict.message, ready_replicas=0)
         else:
-            state, serving = _model_state(stack, model, observed)
+            state, serving = _model_state(stack, model, observed, config)
             entry.update(
                 ready_replicas=serving,
                 reason=state.reason,

@@ -96,6 +96,13 @@ refused request.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [list, watch, create, patch, delete]
+{{- if .Values.leaderWorkerSet.enabled }}
+# The groups of multi-node models (LeaderWorkerSet, sigs.k8s.io/lws), made while its
+# CRD exists.
+- apiGroups: [leaderworkerset.x-k8s.io]
+  resources: [leaderworkersets]
+  verbs: [list, watch, create, patch, delete]
+{{- end }}
 {{- if .Values.stackMonitoring.enabled }}
 # The stacks' PodMonitors (Prometheus Operator), rendered while its CRDs exist.
 - apiGroups: [monitoring.coreos.com]

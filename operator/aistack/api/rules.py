@@ -81,9 +81,13 @@ MULTINODE_REPLICAS = (
     f"a multi-node model (nodes > 1) may have at most {names.MAX_REPLICAS} replicas"
 )
 MULTINODE_IMAGE = (
-    "a multi-node model (nodes > 1) needs an image with Ray: set models[].image or "
-    "spec.vllm.image. The vllm/vllm-openai image has no Ray (an optional dependency of "
-    "vLLM); images/vllm-ray/Dockerfile in the operator's repository builds one"
+    "a multi-node model on the Ray backend (nodes > 1, multiNode.backend: ray) needs an "
+    "image with Ray: set models[].image or spec.vllm.image. The vllm/vllm-openai image has "
+    "no Ray (an optional dependency of vLLM); images/vllm-ray/Dockerfile in the operator's "
+    "repository builds one. The default backend (multiNode.backend: vllm) needs no Ray"
+)
+MULTINODE_ONLY = (
+    "multiNode applies only to a model served across nodes: set nodes above 1, or remove multiNode"
 )
 NETWORK_PEER = (
     "a network peer needs either ipBlock or podSelector/namespaceSelector (not both): "
@@ -154,12 +158,12 @@ def stack_name_errors(
     errors: list[str] = []
     if len(stack) > names.STACK_NAME_MAX or not re.match(names.DNS_1035_PATTERN, stack):
         errors.append(f"{STACK_NAME} (got {stack!r})")
-    too_long = [m for m in model_names if len(stack) + len(m) > names.MODEL_NAME_BUDGET]
-    if too_long:
-        errors.append(f"{MODEL_NAME_LENGTH} (too long: {', '.join(too_long)})")
-    too_long = [g for g in worker_groups if len(stack) + len(g) > names.RAY_GROUP_BUDGET]
-    if too_long:
-        errors.append(f"{WORKER_GROUP_NAME_LENGTH} (too long: {', '.join(too_long)})")
+    for parts, budget, rule in (
+        (model_names, names.MODEL_NAME_BUDGET, MODEL_NAME_LENGTH),
+        (worker_groups, names.RAY_GROUP_BUDGET, WORKER_GROUP_NAME_LENGTH),
+    ):
+        if too_long := [p for p in parts if len(stack) + len(p) > budget]:
+            errors.append(f"{rule} (too long: {', '.join(too_long)})")
     clashes = sorted(
         b
         for a in model_names

@@ -353,6 +353,34 @@ class SpeculativeSpec(APIModel):
         return self
 
 
+#: A label key (``[prefix/]name``), e.g. a node label that names a topology domain.
+LabelKey = Annotated[
+    str,
+    StringConstraints(
+        min_length=1,
+        max_length=317,
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+        r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$",
+    ),
+]
+
+
+class MultiNodeSpec(APIModel):
+    """How a model with ``nodes > 1`` is served across its nodes: each replica is one
+    LeaderWorkerSet group of ``nodes`` pods, created, placed, restarted and rolled as one."""
+
+    backend: Literal["vllm", "ray"] = "vllm"
+    """``vllm``: vLLM's own multi-node mode (its multiprocessing executor: ``--nnodes``,
+    ``--node-rank``, ``--master-addr``; workers run ``--headless``), with the stock vLLM
+    image. ``ray``: the group's pods form a Ray cluster and vLLM runs on it
+    (``--distributed-executor-backend ray``); it needs an image with Ray
+    (``models[].image`` or ``spec.vllm.image``)."""
+    exclusive_topology: LabelKey | None = None
+    """A node label whose value names a topology domain (a rack, an NVLink domain, e.g.
+    ``topology.kubernetes.io/zone``): each group is placed in one domain of its own, and
+    no other group shares it (LeaderWorkerSet's exclusive-topology placement)."""
+
+
 class ModelSpec(APIModel):
     """One model served by vLLM behind the stack's gateway."""
 
@@ -367,6 +395,7 @@ class ModelSpec(APIModel):
                 "!has(self.nodes) || self.nodes == 1 || !has(self.replicas) || self.replicas <= 64",
                 rules.MULTINODE_REPLICAS,
             ),
+            ("!has(self.multiNode) || (has(self.nodes) && self.nodes > 1)", rules.MULTINODE_ONLY),
             _REVISION_RULE,
             (
                 "!has(self.speculative) || !has(self.adapters) || size(self.adapters) == 0 || "
@@ -395,9 +424,12 @@ class ModelSpec(APIModel):
     gpus: Annotated[int, Field(ge=1, le=64)] = 1
     """GPUs per replica on each node (``nvidia.com/gpu``)."""
     nodes: Annotated[int, Field(ge=1, le=64)] = 1
-    """Nodes per replica. Above 1 the model is served across nodes: a leader and
-    ``nodes - 1`` workers form a Ray cluster; tensor parallel within a node, pipeline
-    parallel across nodes."""
+    """Nodes per replica. Above 1 the model is served across nodes: each replica is a
+    LeaderWorkerSet group of a leader and ``nodes - 1`` workers (``multiNode``); tensor
+    parallel within a node, pipeline parallel across nodes. Needs LeaderWorkerSet
+    (``sigs.k8s.io/lws``) in the cluster."""
+    multi_node: MultiNodeSpec | None = None
+    """For ``nodes > 1``: the backend that joins the nodes and the groups' placement."""
     tensor_parallel_size: Annotated[int, Field(ge=1, le=64)] | None = None
     """``--tensor-parallel-size``; defaults to ``gpus``. Must divide ``gpus``; the rest of the
     GPUs of a node become pipeline stages."""
@@ -456,8 +488,13 @@ class ModelSpec(APIModel):
         return (self.gpus // self.effective_tp) * self.nodes
 
     @property
-    def multi_node(self) -> bool:
+    def spans_nodes(self) -> bool:
         return self.nodes > 1
+
+    @property
+    def multinode_backend(self) -> str:
+        """How the nodes of a group are joined (``MultiNodeSpec.backend``)."""
+        return self.multi_node.backend if self.multi_node is not None else "vllm"
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
@@ -465,6 +502,8 @@ class ModelSpec(APIModel):
             raise ValueError(rules.TP_DIVIDES_GPUS)
         if self.nodes > 1 and self.replicas > names.MAX_REPLICAS:
             raise ValueError(rules.MULTINODE_REPLICAS)
+        if self.multi_node is not None and self.nodes == 1:
+            raise ValueError(rules.MULTINODE_ONLY)
         _check_revision(self.source, self.revision)
         speculative = self.speculative
         tokens = speculative.num_speculative_tokens if speculative is not None else 0
@@ -971,6 +1010,8 @@ class AIStackSpec(APIModel):
         json_schema_extra=_crd_rules(
             (
                 "!has(self.models) || self.models.all(m, !has(m.nodes) || m.nodes == 1 "
+                "|| !has(m.multiNode) || !has(m.multiNode.backend) "
+                "|| m.multiNode.backend != 'ray' "
                 "|| has(m.image) || (has(self.vllm) && has(self.vllm.image)))",
                 rules.MULTINODE_IMAGE,
             ),
@@ -1073,7 +1114,11 @@ class AIStackSpec(APIModel):
 
     @model_validator(mode="after")
     def _multinode_image(self) -> AIStackSpec:
-        without = [m.name for m in self.models if m.multi_node and not m.image]
+        without = [
+            m.name
+            for m in self.models
+            if m.spans_nodes and m.multinode_backend == "ray" and not m.image
+        ]
         if without and not self.vllm.image:
             raise ValueError(f"{rules.MULTINODE_IMAGE} (models: {', '.join(without)})")
         return self

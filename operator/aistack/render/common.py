@@ -14,6 +14,7 @@ import yaml
 
 from aistack import names
 from aistack.api.v1alpha1 import ProviderSpec, ResourceRequirements, SecretKeyRef, Toleration
+from aistack.kinds import WORKLOAD_KINDS
 from aistack.yamlio import dump_all
 
 Manifest = dict[str, Any]
@@ -117,20 +118,20 @@ def part_record(image: str | None, providers: Sequence[ProviderSpec] = ()) -> di
 
 
 def annotate_licensed(manifests: list[Manifest], record: Mapping[str, Any]) -> list[Manifest]:
-    """Put ``record`` on every Deployment of ``manifests`` (on the Deployment, not its pods:
-    a change of it rolls nothing)."""
+    """Put ``record`` on every workload (Deployment, LeaderWorkerSet) of ``manifests`` (on
+    the workload, not its pods: a change of it rolls nothing)."""
     text = json.dumps(record, sort_keys=True, separators=(",", ":"))
     for manifest in manifests:
-        if manifest["kind"] == "Deployment":
+        if manifest["kind"] in WORKLOAD_KINDS:
             manifest["metadata"].setdefault("annotations", {})[names.LICENSED_ANNOTATION] = text
     return manifests
 
 
 def block(manifests: list[Manifest]) -> list[Manifest]:
-    """A part that may not run: every Deployment of it at zero replicas, marked (its other
+    """A part that may not run: every workload of it at zero replicas, marked (its other
     objects stay, so that a policy change back is cheap)."""
     for manifest in manifests:
-        if manifest["kind"] == "Deployment":
+        if manifest["kind"] in WORKLOAD_KINDS:
             manifest["spec"]["replicas"] = 0
             annotations = manifest["metadata"].setdefault("annotations", {})
             annotations[names.LICENSE_BLOCKED_ANNOTATION] = "true"

@@ -1,7 +1,10 @@
-"""PodDisruptionBudgets for Deployments that run more than one replica."""
+"""PodDisruptionBudgets for workloads that run more than one replica (or group)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from aistack import names
 from aistack.api.v1alpha1 import AIStack
 from aistack.components import namespace_of
 from aistack.render.common import Manifest, fill_template
@@ -9,18 +12,23 @@ from aistack.render.common import Manifest, fill_template
 
 def render_disruption_budgets(stack: AIStack, manifests: list[Manifest]) -> list[Manifest]:
     """A PodDisruptionBudget (``maxUnavailable: 1``) for every Deployment of ``manifests``
-    with more than one replica, named after it."""
+    with more than one replica, and every LeaderWorkerSet with more than one group, named
+    after it. A LeaderWorkerSet's budget selects its pods by the label LeaderWorkerSet
+    puts on them: evicting one pod restarts its whole group, and the budget then lets no
+    other pod go until that group is back."""
     deployments = [
-        {
-            "name": d["metadata"]["name"],
-            "labels": d["metadata"]["labels"],
-            "selector": d["spec"]["selector"]["matchLabels"],
-        }
+        {"name": d["metadata"]["name"], "labels": d["metadata"]["labels"], "selector": _pods(d)}
         for d in manifests
-        if d["kind"] == "Deployment" and d["spec"]["replicas"] > 1
+        if d["kind"] in ("Deployment", "LeaderWorkerSet") and d["spec"]["replicas"] > 1
     ]
     if not deployments:
         return []
     return fill_template(
         "disruption.yaml.j2", namespace=namespace_of(stack), deployments=deployments
     )
+
+
+def _pods(workload: Manifest) -> dict[str, Any]:
+    if workload["kind"] == "LeaderWorkerSet":
+        return {names.LWS_NAME_LABEL: workload["metadata"]["name"]}
+    return dict(workload["spec"]["selector"]["matchLabels"])

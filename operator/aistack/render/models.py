@@ -15,12 +15,12 @@ from aistack.api.v1alpha1 import AdapterSpec, AIStack, ModelSpec, is_storage
 from aistack.components import (
     RAY_AGENT_PORT,
     RAY_GCS_PORT,
+    VLLM_MASTER_PORT,
     VLLM_PORT,
     RenderConfig,
-    group_selector,
+    lws_missing,
     mlflow_uri,
     namespace_of,
-    svc_host,
 )
 from aistack.render.common import (
     PULL_AND_SCHEDULE_SECONDS,
@@ -35,6 +35,12 @@ from aistack.render.common import (
 )
 
 MODEL_MOUNT = "/mnt/models"
+
+#: The environment LeaderWorkerSet gives each pod of a group: the leader's address (its
+#: pod's name in the LeaderWorkerSet's headless Service) and the pod's index in the group
+#: (0: the leader).
+LWS_LEADER_ADDRESS_ENV = "LWS_LEADER_ADDRESS"
+LWS_WORKER_INDEX_ENV = "LWS_WORKER_INDEX"
 
 
 #: Where the init containers put the LoRA adapters they download (on the cache volume).
@@ -157,9 +163,24 @@ def _lora_args(model: ModelSpec) -> list[str]:
     ]  # fmt: skip
 
 
-def _vllm_args(
-    stack: AIStack, model: ModelSpec, config: RenderConfig, *, multi_node: bool
-) -> list[str]:
+def _multinode_args(model: ModelSpec) -> list[str]:
+    """How vLLM joins a multi-node model's group: on its Ray cluster, or by its own
+    multiprocessing executor, each pod told the group's size, its rank and the leader's
+    address by the environment LeaderWorkerSet gives it (the kubelet expands ``$(VAR)``)."""
+    if not model.spans_nodes:
+        return []
+    if model.multinode_backend == "ray":
+        return ["--distributed-executor-backend", "ray"]
+    return [
+        "--distributed-executor-backend", "mp",
+        "--nnodes", str(model.nodes),
+        "--node-rank", f"$({LWS_WORKER_INDEX_ENV})",
+        "--master-addr", f"$({LWS_LEADER_ADDRESS_ENV})",
+        "--master-port", str(VLLM_MASTER_PORT),
+    ]  # fmt: skip
+
+
+def _vllm_args(stack: AIStack, model: ModelSpec, config: RenderConfig) -> list[str]:
     vllm = stack.spec.vllm
     args = [
         _model_path(model),
@@ -170,8 +191,7 @@ def _vllm_args(
     ]  # fmt: skip
     if model.pipeline_parallel_size > 1:
         args += ["--pipeline-parallel-size", str(model.pipeline_parallel_size)]
-    if multi_node:
-        args += ["--distributed-executor-backend", "ray"]
+    args += _multinode_args(model)
     if model.max_model_len is not None:
         args += ["--max-model-len", str(model.max_model_len)]
     util = model.gpu_memory_utilization or vllm.gpu_memory_utilization
@@ -189,9 +209,7 @@ def _vllm_args(
     return args + list(vllm.extra_args) + list(model.extra_args)
 
 
-def _model_env(
-    stack: AIStack, model: ModelSpec, config: RenderConfig, *, multi_node: bool
-) -> list[dict[str, Any]]:
+def _model_env(stack: AIStack, model: ModelSpec, config: RenderConfig) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "HOME", "value": "/tmp"},
         {"name": "HF_HOME", "value": "/cache/huggingface"},
@@ -199,7 +217,7 @@ def _model_env(
         {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
         {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
     ]
-    if multi_node:
+    if model.spans_nodes:
         env.append(
             {"name": "VLLM_HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
         )
@@ -312,47 +330,66 @@ def render_model(
     # scaled to zero, so that a policy change in either direction is cheap.
     ctx["permitted"] = permitted
     ctx["blocked_annotation"] = names.LICENSE_BLOCKED_ANNOTATION
-    if not model.multi_node:
-        ctx["args"] = _vllm_args(stack, model, config, multi_node=False)
-        ctx["env"] = _model_env(stack, model, config, multi_node=False)
+    ctx["env"] = _model_env(stack, model, config)
+    if not model.spans_nodes:
+        ctx["args"] = _vllm_args(stack, model, config)
         return fill_template("model.yaml.j2", **ctx)
+    if lws_missing(config) is not None:
+        # Without the LeaderWorkerSet API nothing of it can be made: the model's status
+        # says what to install (``components.lws_missing``).
+        return []
+    return fill_template("model-lws.yaml.j2", **ctx, **_lws_context(stack, model, config))
 
+
+def _lws_context(stack: AIStack, model: ModelSpec, config: RenderConfig) -> dict[str, Any]:
+    """What the LeaderWorkerSet template needs beside a model's own context: the leader's
+    and the workers' commands and ports for the group's backend."""
     stack_name = stack.metadata.name
-    serve = shlex.join(["vllm", "serve", *_vllm_args(stack, model, config, multi_node=True)])
-    groups = []
-    for i in range(model.replicas):
-        head = svc_host(names.model_group(stack_name, model.name, i), ctx["namespace"], config)
-        leader_script = (
-            f"ray start --head --port={RAY_GCS_PORT} --dashboard-host=0.0.0.0 "
-            f"--num-gpus={model.gpus} --disable-usage-stats\n"
-            # vLLM places its pipeline stages only once every node has joined.
-            f'until [ "$(python3 -c \'import ray; ray.init(address="auto", '
-            f'logging_level="ERROR"); print(sum(1 for n in ray.nodes() if n["Alive"]))\')" '
-            f"-ge {model.nodes} ]; do echo waiting for {model.nodes} Ray nodes; sleep 5; done\n"
-            f"exec {serve}\n"
-        )
-        worker_script = (
-            f"exec ray start --address={head}:{RAY_GCS_PORT} --num-gpus={model.gpus} "
-            f"--dashboard-agent-listen-port={RAY_AGENT_PORT} --block --disable-usage-stats"
-        )
-        groups.append(
-            {
-                "index": i,
-                "service": names.model_group(stack_name, model.name, i),
-                "leader": names.model_group_leader(stack_name, model.name, i),
-                "workers": names.model_group_workers(stack_name, model.name, i),
-                "group_selector": group_selector(stack_name, model, i),
-                "leader_script": leader_script,
-                "worker_script": worker_script,
-            }
-        )
-    ctx["groups"] = groups
-    ctx["env"] = _model_env(stack, model, config, multi_node=True)
-    ctx["role_label"] = names.ROLE_LABEL
-    ctx["group_label"] = names.GROUP_LABEL
-    ctx["ray_port"] = RAY_GCS_PORT
-    ctx["agent_port"] = RAY_AGENT_PORT
-    return fill_template("model-multinode.yaml.j2", **ctx)
+    lws = names.model_lws(stack_name, model.name)
+    serve = _vllm_args(stack, model, config)
+    annotations: dict[str, str] = {}
+    if model.multi_node is not None and model.multi_node.exclusive_topology:
+        annotations[names.LWS_EXCLUSIVE_TOPOLOGY_ANNOTATION] = model.multi_node.exclusive_topology
+    common = {
+        "lws": lws,
+        "backend": model.multinode_backend,
+        "lws_name_label": names.LWS_NAME_LABEL,
+        "group_key_label": names.LWS_GROUP_KEY_LABEL,
+        "role_label": names.ROLE_LABEL,
+        "lws_annotations": annotations,
+    }
+    if model.multinode_backend == "vllm":
+        return common | {
+            "commands": {"leader": ["vllm", "serve"], "worker": ["vllm", "serve"]},
+            "args": {"leader": serve, "worker": [*serve, "--headless"]},
+            "ports": {
+                "leader": [("http", VLLM_PORT), ("dist", VLLM_MASTER_PORT)],
+                "worker": [],
+            },
+        }
+    shell = ["/bin/bash", "-c"]
+    leader_script = (
+        f"ray start --head --port={RAY_GCS_PORT} --dashboard-host=0.0.0.0 "
+        f"--num-gpus={model.gpus} --disable-usage-stats\n"
+        # vLLM places its pipeline stages only once every node has joined.
+        f'until [ "$(python3 -c \'import ray; ray.init(address="auto", '
+        f'logging_level="ERROR"); print(sum(1 for n in ray.nodes() if n["Alive"]))\')" '
+        f"-ge {model.nodes} ]; do echo waiting for {model.nodes} Ray nodes; sleep 5; done\n"
+        f"exec {shlex.join(['vllm', 'serve', *serve])}\n"
+    )
+    worker_script = (
+        f'exec ray start --address="${LWS_LEADER_ADDRESS_ENV}:{RAY_GCS_PORT}" '
+        f"--num-gpus={model.gpus} --dashboard-agent-listen-port={RAY_AGENT_PORT} "
+        "--block --disable-usage-stats"
+    )
+    return common | {
+        "commands": {"leader": shell, "worker": shell},
+        "args": {"leader": [leader_script], "worker": [worker_script]},
+        "ports": {
+            "leader": [("http", VLLM_PORT), ("gcs", RAY_GCS_PORT)],
+            "worker": [("ray", RAY_GCS_PORT), ("agent", RAY_AGENT_PORT)],
+        },
+    }
 
 
 def with_permitted_adapters(model: ModelSpec, permitted: Mapping[str, bool]) -> ModelSpec:
