@@ -92,7 +92,8 @@ def render_targets(cfg: dict[str, Any], helm: str, aistack: str, out: Path) -> d
         if proc.returncode:
             _fail(f"aistack render -f {example}", proc)
         files[source] = out / f"example-{Path(example).stem}.yaml"
-        files[source].write_text(proc.stdout)
+        docs = [d for d in yaml.safe_load_all(proc.stdout) if isinstance(d, dict)]
+        files[source].write_text(yaml.safe_dump_all(as_linted(docs), sort_keys=False))
     chart = cfg["chart"]
     for variant in chart["variants"]:
         source = f"chart:{variant}"
@@ -104,6 +105,61 @@ def render_targets(cfg: dict[str, Any], helm: str, aistack: str, out: Path) -> d
         files[source] = out / f"chart-{variant}.yaml"
         files[source].write_text(proc.stdout)
     return files
+
+
+LWS_NAME = "leaderworkerset.sigs.k8s.io/name"
+LWS_GROUP_INDEX = "leaderworkerset.sigs.k8s.io/group-index"
+LWS_WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
+
+
+def as_linted(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The render with each LeaderWorkerSet as what LWS makes of it (the linters know no
+    LeaderWorkerSet, and would not look at its pods): the StatefulSet ``<lws>``, the
+    leaders of every group (``worker-index: 0``), ``<lws>-<group>``, one group's workers
+    (its ``group-index``), each with the labels LWS gives their pod templates, and the
+    headless Service ``<lws>`` that names the pods."""
+    out: list[dict[str, Any]] = []
+    for doc in docs:
+        if doc.get("kind") != "LeaderWorkerSet":
+            out.append(doc)
+            continue
+        spec, template = doc["spec"], doc["spec"]["leaderWorkerTemplate"]
+        out.append(_lws_statefulset(doc, doc["metadata"]["name"], spec["replicas"],
+                                    template["leaderTemplate"], LWS_WORKER_INDEX, "0"))  # fmt: skip
+        for group in range(spec["replicas"]):
+            out.append(_lws_statefulset(doc, f"{doc['metadata']['name']}-{group}",
+                                        template["size"] - 1, template["workerTemplate"],
+                                        LWS_GROUP_INDEX, str(group)))  # fmt: skip
+        out.append(_lws_service(doc))
+    return out
+
+
+def _lws_statefulset(
+    lws: dict[str, Any], name: str, replicas: int, pod: dict[str, Any], key: str, value: str
+) -> dict[str, Any]:
+    meta = lws["metadata"]
+    selector = {LWS_NAME: meta["name"], key: value}
+    return {
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": name, "namespace": meta["namespace"], "labels": meta["labels"]},
+        "spec": {
+            "replicas": replicas, "serviceName": meta["name"],
+            "selector": {"matchLabels": selector},
+            "template": {"metadata": {"labels": {**pod["metadata"]["labels"], **selector}},
+                         "spec": pod["spec"]},
+        },
+    }  # fmt: skip
+
+
+def _lws_service(lws: dict[str, Any]) -> dict[str, Any]:
+    meta = lws["metadata"]
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"],
+                     "labels": meta["labels"]},
+        "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                 "selector": {LWS_NAME: meta["name"]}},
+    }  # fmt: skip
 
 
 def _documents(path: Path) -> list[dict[str, Any]]:

@@ -131,3 +131,29 @@ def test_an_entry_accepts_only_what_every_field_matches() -> None:
     assert not lint.matches(entry, dataclasses.replace(f, message="Memory limit is not set"))
     bare = {"id": "y", "checks": ["kube-score:container-resources"], "reason": "r"}
     assert lint.matches(bare, dataclasses.replace(f, container="", source="chart:default"))
+
+
+def test_a_leaderworkerset_is_linted_as_the_statefulsets_lws_makes_of_it() -> None:
+    from aistack.render import render
+    from helpers import all_permitted, stack
+
+    lint = _lint_module()
+    s = stack(models=[{"name": "big", "source": "o/big", "nodes": 3, "replicas": 2}])
+    docs = render(s, all_permitted(s))
+    (lws,) = [d for d in docs if d["kind"] == "LeaderWorkerSet"]
+    linted = lint.as_linted(docs)
+    assert not [d for d in linted if d["kind"] == "LeaderWorkerSet"]
+    sets = {d["metadata"]["name"]: d for d in linted if d["kind"] == "StatefulSet"}
+    assert set(sets) == {"demo-vllm-big-lws", "demo-vllm-big-lws-0", "demo-vllm-big-lws-1"}
+    template = lws["spec"]["leaderWorkerTemplate"]
+    leaders, workers = sets["demo-vllm-big-lws"], sets["demo-vllm-big-lws-1"]
+    assert leaders["spec"]["replicas"] == 2 and workers["spec"]["replicas"] == 2
+    assert leaders["spec"]["template"]["spec"] == template["leaderTemplate"]["spec"]
+    assert workers["spec"]["template"]["spec"] == template["workerTemplate"]["spec"]
+    labels = workers["spec"]["template"]["metadata"]["labels"]
+    assert labels["leaderworkerset.sigs.k8s.io/group-index"] == "1"
+    assert labels["aistack.dev/role"] == "worker"
+    (service,) = [
+        d for d in linted if d["kind"] == "Service" and d["metadata"]["name"] == "demo-vllm-big-lws"
+    ]
+    assert service["spec"]["clusterIP"] == "None"
