@@ -38,7 +38,8 @@ def lws(ready: int, desired: int = 2) -> dict[str, Any]:
     obj = owned("LeaderWorkerSet", "demo-vllm-huge-lws")
     obj["metadata"]["generation"] = 1
     obj["spec"] = {"replicas": desired}
-    obj["status"] = {"observedGeneration": 1, "readyReplicas": ready, "updatedReplicas": desired}
+    condition = {"type": "Available" if ready >= desired else "Progressing", "status": "True"}
+    obj["status"] = {"readyReplicas": ready, "updatedReplicas": desired, "conditions": [condition]}
     return obj
 
 

@@ -61,8 +61,11 @@ def lws_for(s: AIStack, ready: bool = True, **overrides: int) -> dict[str, Any]:
         want = m["spec"]["replicas"]
         have = overrides.get(name, want if ready else 0)
         m = dict(m, metadata=dict(m["metadata"], generation=1))
-        m["status"] = {"observedGeneration": 1, "replicas": want, "readyReplicas": have,
-                       "updatedReplicas": want}  # fmt: skip
+        # As LeaderWorkerSet v0.8.0 reports it: no observedGeneration; Available when every
+        # group is ready on the current template, Progressing otherwise.
+        condition = {"type": "Available" if have >= want else "Progressing", "status": "True"}
+        m["status"] = {"replicas": want, "readyReplicas": have, "updatedReplicas": want,
+                       "conditions": [condition]}  # fmt: skip
         out[name] = m
     return out
 
@@ -262,8 +265,9 @@ def test_a_rolling_leaderworkerset_says_so() -> None:
     s = make(models=[{"name": "huge", "source": "o/h", "nodes": 2, "replicas": 2}])
     lws = lws_for(s)
     obj = lws["demo-vllm-huge-lws"]
-    obj["status"] |= {"updatedReplicas": 1, "readyReplicas": 1,
-                      "conditions": [{"type": "UpdateInProgress", "status": "True"}]}  # fmt: skip
+    obj["status"] |= {"updatedReplicas": 1, "readyReplicas": 1, "conditions": [
+        {"type": "UpdateInProgress", "status": "True"}, {"type": "Progressing", "status": "True"}
+    ]}  # fmt: skip
     st = compute_status(s, {"huge": OK}, Observed(deployments_for(s), leaderworkersets=lws), now=T0)
     assert (st.models[0].reason, st.models[0].ready_replicas) == ("Updating", 1)
     assert conditions(st)["ModelsReady"] == ("False", "Updating")
@@ -364,3 +368,13 @@ def test_status_golden(scenario: str, update_goldens: bool) -> None:
         golden.parent.mkdir(parents=True, exist_ok=True)
         golden.write_text(text)
     assert text == golden.read_text()
+
+
+def test_a_leaderworkerset_is_ready_only_when_it_says_available() -> None:
+    # Its status has no observedGeneration: counts that still describe the last template
+    # are not enough; LeaderWorkerSet's Available condition says all groups run this one.
+    s = make(models=[{"name": "huge", "source": "o/h", "nodes": 2, "replicas": 2}])
+    lws = lws_for(s)
+    lws["demo-vllm-huge-lws"]["status"]["conditions"] = [{"type": "Progressing", "status": "True"}]
+    st = compute_status(s, {"huge": OK}, Observed(deployments_for(s), leaderworkersets=lws), now=T0)
+    assert st.models[0].reason == "Starting"

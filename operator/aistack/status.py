@@ -214,17 +214,17 @@ def lws_state(lws: Obj | None, name: str) -> PartState:
     when all its pods are)."""
     if lws is None:
         return PartState(0, 0, "Creating", f"LeaderWorkerSet {name} does not exist yet", False)
-    desired, ready, updated, stale = _replica_counts(lws)
+    # LeaderWorkerSet's status has no observedGeneration: its Available condition is what
+    # says that every group is ready and runs the current template.
+    desired, ready, updated, _ = _replica_counts(lws)
     status = lws.get("status") or {}
     if desired == 0:
         return PartState(0, 0, "ScaledToZero", f"{name} is scaled to zero")
     counts = f"{min(ready, desired)}/{desired} groups ready"
-    if not stale and ready >= desired and updated >= desired:
+    true = {c.get("type") for c in status.get("conditions") or [] if c.get("status") == "True"}
+    if "Available" in true and ready >= desired and updated >= desired:
         return PartState(desired, ready, "Ready", counts)
-    rolling = any(
-        c.get("type") == "UpdateInProgress" and c.get("status") == "True"
-        for c in status.get("conditions") or []
-    )
+    rolling = "UpdateInProgress" in true
     reason = "Updating" if rolling else "Starting"
     return PartState(desired, min(ready, desired), reason, f"{counts} ({name})")
 

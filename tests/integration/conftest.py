@@ -59,7 +59,7 @@ class Api:
         children = [
             {"apiVersion": f"{k.group}/{k.version}".lstrip("/"), "kind": k.kind, **obj}
             for k in CHILD_KINDS
-            if not k.optional
+            if not k.optional or self.kube.serves(k.kind)
             for obj in self.kube.list(k.kind, namespace)
             if (obj["metadata"].get("labels") or {}).get(STACK_LABEL) == name
         ]
@@ -110,4 +110,9 @@ def namespace(api: Api) -> Iterator[str]:
 def reconciler(api: Api) -> Reconciler:
     """The operator's reconcile, as ``aistack run`` builds it, without kopf around it."""
     licensing, judge = licensing_for(api.kube, None, tuple(DEFAULT_IMAGES.values()))
-    return Reconciler(api.kube, licensing, config=RenderConfig(), judge_record=judge)
+    # As `aistack run` finds the cluster: the local control plane runs LeaderWorkerSet,
+    # and has no Prometheus Operator.
+    config = RenderConfig(
+        leaderworkersets=api.kube.serves("LeaderWorkerSet"), monitoring_crds=False
+    )
+    return Reconciler(api.kube, licensing, config=config, judge_record=judge)

@@ -149,3 +149,52 @@ def test_the_stack_becomes_ready_when_its_pods_do(
     assert conditions(api, namespace)["Ready"]["status"] == "True"
     assert (api.get("aistack", "s", namespace) or {})["status"]["phase"] == "Ready"
     assert "StackReady" in events(api, namespace)
+
+
+def test_a_multi_node_model_is_a_leaderworkerset_judged_like_a_deployment(
+    api: Api, namespace: str, reconciler: Reconciler
+) -> None:
+    """The real LeaderWorkerSet API takes what the render makes; the groups' pods run; and a
+    LeaderWorkerSet is stopped like a Deployment when the policies stop permitting what it
+    runs, even while its stack's spec cannot be read (judged from its record)."""
+    assert reconciler.config.leaderworkersets, "the local control plane runs LeaderWorkerSet"
+    big = {**MISTRAL, "name": "big", "nodes": 2, "replicas": 2}
+    api.apply(stack(namespace, big))
+    reconcile(api, reconciler, namespace)
+    lws = api.get("leaderworkerset", "s-vllm-big-lws", namespace)
+    assert lws is not None and lws["spec"]["replicas"] == 2
+    assert not [d for d in deployments(api, namespace) if "big" in d]
+
+    def groups_ready() -> bool:
+        got = api.get("leaderworkerset", "s-vllm-big-lws", namespace) or {}
+        return int((got.get("status") or {}).get("readyReplicas") or 0) == 2
+
+    deadline = time.monotonic() + 90
+    while not groups_ready():
+        assert time.monotonic() < deadline, "the LeaderWorkerSet's groups never became ready"
+        time.sleep(1)
+    reconcile(api, reconciler, namespace)
+    model = (api.get("aistack", "s", namespace) or {})["status"]["models"][0]
+    assert (model["readyReplicas"], model["message"]) == (2, "2/2 groups ready")
+
+    # A spec the operator cannot read (as from a newer CRD): nothing is rendered, and the
+    # LeaderWorkerSet is judged from its record against a policy that denies Apache-2.0.
+    name = f"{namespace}-no-apache"
+    spec = {"allow": ["MIT"], "deny": ["Apache-2.0"], "enforcement": "Deny"}
+    api.apply({"apiVersion": "aistack.dev/v1alpha1", "kind": "LicensePolicy",
+               "metadata": {"name": name}, "spec": spec})  # fmt: skip
+    try:
+        view = api.view(namespace, "s")
+        assert view.stack is not None
+        view.stack["spec"]["models"][0]["gpus"] = "many"
+        result = reconciler.reconcile_once((namespace, "s"), view)
+        assert result is not None and result.invalid
+        lws = api.get("leaderworkerset", "s-vllm-big-lws", namespace) or {}
+        assert lws["spec"]["replicas"] == 0
+        assert LICENSE_BLOCKED_ANNOTATION in lws["metadata"]["annotations"]
+    finally:
+        api.run("delete", "licensepolicy", name)
+    reconcile(api, reconciler, namespace)
+    lws = api.get("leaderworkerset", "s-vllm-big-lws", namespace) or {}
+    assert lws["spec"]["replicas"] == 2
+    assert LICENSE_BLOCKED_ANNOTATION not in (lws["metadata"].get("annotations") or {})
