@@ -14,7 +14,6 @@ import yaml
 from operator_process import REPO_ROOT, OperatorProcess
 from stacks import (
     conditions,
-    default_policy,
     deployments,
     events,
     load,
@@ -76,17 +75,19 @@ def test_quickstart_becomes_ready_on_a_gpu_node(
 def test_multi_model_stack_places_every_model_and_routes_them(
     cluster: Any, operator: OperatorProcess, namespace: str, gpu_nodes: list[str], policy: Any
 ) -> None:
-    # The multi-node model runs in an image of its own (vLLM with Ray), which a policy must
-    # allow, as the example says.
+    # The multi-node model is a LeaderWorkerSet on the stock vLLM image: no image of its
+    # own, no policy beyond the default.
     doc = load("multi-model.yaml")
-    (image,) = {m["image"] for m in doc["spec"]["models"] if "image" in m}
-    policy(**default_policy(images={"allow": [image.rsplit(":", 1)[0]]}))
+    assert not [m for m in doc["spec"]["models"] if "image" in m]
     cluster.apply(doc, namespace=namespace)
     stack = wait_phase(cluster, namespace, "multi", "Ready", timeout=120)
     assert stack["status"]["modelsReady"] == "3/3"
     assert routes(cluster, namespace, "multi") == ["chat", "mixtral", "gpt-oss"]
     group = pods(cluster, namespace, "aistack.dev/model=gpt-oss")
     assert len(group) == 2
+    assert {p["metadata"]["labels"]["leaderworkerset.sigs.k8s.io/name"] for p in group} == {
+        "multi-vllm-gpt-oss-lws"
+    }
     assert {p["metadata"]["labels"]["aistack.dev/role"] for p in group} == {"leader", "worker"}
     nodes = {p["spec"]["nodeName"] for p in group}
     assert len(nodes) == 2 and nodes <= set(gpu_nodes), (

@@ -1,0 +1,126 @@
+"""A stack the operator made before LeaderWorkerSet (a leader and a worker Deployment per
+group, tests/e2e/fixtures/pre-lws-stack.yaml) moves onto LeaderWorkerSet when the new
+operator starts, without a manual step: the old groups keep serving until the
+LeaderWorkerSet's groups are all ready, then they are pruned; the weight cache PVC stays."""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from operator_process import OperatorProcess
+from stacks import default_policy, deployments, wait_phase
+
+FIXTURE = Path(__file__).parent / "fixtures" / "pre-lws-stack.yaml"
+IMAGE = "registry.example.com/vllm-openai-ray"
+OLD = ("moved-vllm-big-g0-leader", "moved-vllm-big-g0-worker")
+LWS = "moved-vllm-big-lws"
+TIMEOUT = 120
+
+
+def the_stack() -> dict[str, Any]:
+    return {
+        "apiVersion": "aistack.dev/v1alpha1",
+        "kind": "AIStack",
+        "metadata": {"name": "moved"},
+        "spec": {
+            "models": [{
+                "name": "big", "source": "Qwen/Qwen2.5-7B-Instruct", "nodes": 2, "gpus": 2,
+                "image": f"{IMAGE}:v0.34.0-ray2.60.0", "cache": {"size": "1Gi"},
+            }],
+            "ray": {"enabled": False},
+            "mlflow": {"enabled": False},
+        },
+    }  # fmt: skip
+
+
+def old_objects(namespace: str, owner: dict[str, Any]) -> list[dict[str, Any]]:
+    text = FIXTURE.read_text().replace("NAMESPACE", namespace)
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    ref = {
+        "apiVersion": owner["apiVersion"], "kind": owner["kind"],
+        "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"],
+        "controller": True, "blockOwnerDeletion": True,
+    }  # fmt: skip
+    out = []
+    for doc in docs:
+        doc = copy.deepcopy(doc)
+        if doc["metadata"].get("annotations", {}).get("aistack.dev/retain") != "true":
+            doc["metadata"]["ownerReferences"] = [ref]
+        out.append(doc)
+    return out
+
+
+def serving_leaders(cluster: Any, namespace: str) -> int:
+    """Ready endpoints behind the model's Service (what the gateway routes to)."""
+    slices = cluster.get_json(
+        "endpointslices", "-n", namespace, "-l", "kubernetes.io/service-name=moved-vllm-big"
+    )["items"]
+    return sum(
+        1
+        for s in slices
+        for e in s.get("endpoints") or []
+        if (e.get("conditions") or {}).get("ready")
+    )
+
+
+def test_a_stack_of_per_group_deployments_moves_onto_leaderworkerset(
+    cluster: Any, crds: None, namespace: str, policy: Any, tmp_path: Path
+) -> None:
+    policy(**default_policy(images={"allow": [IMAGE]}))
+    cluster.apply(the_stack(), namespace=namespace)
+    owner = cluster.get_json("aistack", "moved", "-n", namespace)
+    # What the operator of before had made, by its field manager.
+    text = "\n---\n".join(yaml.safe_dump(d) for d in old_objects(namespace, owner))
+    cluster.kubectl("apply", "--server-side", "--field-manager=aistack-operator", "-f", "-",
+                    input=text)  # fmt: skip
+    cluster.wait_until(
+        lambda: serving_leaders(cluster, namespace) == 1,
+        timeout=TIMEOUT, message="the old group's leader behind the model's Service",
+    )  # fmt: skip
+    pvc = cluster.get_json("pvc", "moved-vllm-big-cache", "-n", namespace)["metadata"]["uid"]
+
+    op = OperatorProcess(cluster.env, tmp_path)
+    op.start()
+    try:
+        snapshots: list[tuple[int, bool, int]] = []
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            lws = cluster.kubectl("get", "leaderworkerset", LWS, "-n", namespace, "-o",
+                                  "jsonpath={.status.readyReplicas}", check=False)  # fmt: skip
+            ready_groups = int(lws.stdout or 0) if lws.returncode == 0 else 0
+            old = all(d in deployments(cluster, namespace) for d in OLD)
+            snapshots.append((ready_groups, old, serving_leaders(cluster, namespace)))
+            if not old and ready_groups == 1:
+                break
+            time.sleep(0.3)
+        else:
+            raise AssertionError(
+                f"no move within {TIMEOUT} s: {snapshots[-5:]}\n{op.log()[-3000:]}"
+            )
+        for ready_groups, old, serving in snapshots:
+            assert old or ready_groups == 1, "old groups pruned before the new ones were ready"
+            assert serving >= 1, f"the model stopped serving during the move: {snapshots}"
+        assert any(old and ready_groups == 0 for ready_groups, old, _ in snapshots), (
+            "never saw the old groups serving while the LeaderWorkerSet started"
+        )
+        stack = wait_phase(cluster, namespace, "moved", "Ready", timeout=TIMEOUT)
+        assert stack["status"]["models"][0]["message"] == "1/1 groups ready"
+        for gone in ("service/moved-vllm-big-g0", "networkpolicy/moved-vllm-big-g0"):
+            assert cluster.kubectl("get", gone, "-n", namespace, check=False).returncode != 0
+        # The weight cache is the same claim: nothing lost.
+        assert (
+            cluster.get_json("pvc", "moved-vllm-big-cache", "-n", namespace)["metadata"]["uid"]
+            == pvc
+        )
+        lws = cluster.get_json("leaderworkerset", LWS, "-n", namespace)
+        volumes = lws["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]["volumes"]
+        assert {
+            "name": "cache",
+            "persistentVolumeClaim": {"claimName": "moved-vllm-big-cache"},
+        } in volumes
+    finally:
+        op.stop()
