@@ -35,8 +35,9 @@ unit: $(STAMP) ## unit tests: API, CRDs, renderer, CLI (no cluster)
 integration: $(STAMP) cluster-tools ## the reconcile against a real API server and etcd, without kopf (minutes)
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
-cluster-tools: ## build the local control plane (kube-apiserver, etcd, kwok, helm) from Go modules
+cluster-tools: ## build the local control plane (kube-apiserver, etcd, kwok, helm) and LWS from Go modules
 	hack/build-tools.sh
+	hack/build-tools.sh --lws
 
 # The local control plane unless another is asked for; strict (a skip fails) when CI=true.
 AISTACK_E2E_CLUSTER ?= local

@@ -16,6 +16,11 @@
 #   argocd, and argocd-application-controller and argocd-repo-server  (github.com/argoproj/argo-cd/v3)
 #   linked to it (Argo CD's one binary acts by the name it is called by), and the module's
 #   git-verify-wrapper.sh, which the repo-server runs
+# and, with --lws, the LeaderWorkerSet controller that hack/local-cluster.sh runs beside
+# the control plane (through the wrapper module hack/lwsbuild):
+#   lws-controller-manager (the module's cmd/ package)                (sigs.k8s.io/lws)
+#   and, from the same module, its CRD (config/crd/bases) and its webhook configuration
+#   (config/webhook, a kustomization), copied beside bin/ into config/
 # Versions are pinned in hack/versions.env (the linters' below, unless versions.env
 # sets them). Nothing is downloaded at run time other than Go modules (and checkov's
 # PyPI packages).
@@ -29,10 +34,12 @@
 #   ${AISTACK_TOOLS_CACHE:-$HOME/.cache/aistack-operator/tools}/promtool-<v>/bin
 # and so has Argo CD:
 #   ${AISTACK_TOOLS_CACHE:-$HOME/.cache/aistack-operator/tools}/argocd-<v>/bin
+# and so has LWS (its manifests in .../lws-<v>/config):
+#   ${AISTACK_TOOLS_CACHE:-$HOME/.cache/aistack-operator/tools}/lws-<v>/bin
 # A tool is rebuilt only when its binary is missing or its --version output
 # does not match the pin, so a second run takes seconds.
 #
-# Usage: hack/build-tools.sh [--lint|--promtool|--argocd] [--print-bin-dir] [--check] [--force]
+# Usage: hack/build-tools.sh [--lint|--promtool|--argocd|--lws] [--print-bin-dir] [--check] [--force]
 #                            [--update-modules] [-h]
 #   (no option)        build what is missing; the last line of stdout is the bin dir
 #   --lint             act on the manifest linters (kube-score, checkov) instead of the
@@ -42,12 +49,16 @@
 #                      downloads), or with --print-bin-dir / --check
 #   --argocd           act on Argo CD instead of the control plane: build it (5-15 minutes
 #                      on 2 CPUs with cold Go caches), or with --print-bin-dir / --check
+#   --lws              act on LeaderWorkerSet instead of the control plane: build it (about
+#                      2 minutes on 2 CPUs with cold Go caches), or with --print-bin-dir /
+#                      --check; with --update-modules, regenerate hack/lwsbuild
 #   --print-bin-dir    print the bin dir and exit (builds nothing)
 #   --check            exit 0 if every tool is present at the pinned version, else 1
 #   --force            rebuild everything
 #   --update-modules   regenerate hack/k8sbuild and hack/etcdbuild go.mod/go.sum
-#                      from the pinned versions (needs the module proxy), then build
-#                      what is missing (binaries are keyed by version)
+#                      (with --lws: hack/lwsbuild) from the pinned versions (needs the
+#                      module proxy), then build what is missing (binaries are keyed by
+#                      version)
 #
 # Environment:
 #   AISTACK_TOOLS_CACHE   cache root (default $HOME/.cache/aistack-operator/tools)
@@ -83,12 +94,13 @@ die() { log "ERROR: $*"; exit 1; }
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
-FORCE=0 UPDATE=0 MODE=build LINT=0 PROMTOOL=0 ARGOCD=0
+FORCE=0 UPDATE=0 MODE=build LINT=0 PROMTOOL=0 ARGOCD=0 LWS=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --lint) LINT=1 ;;
     --promtool) PROMTOOL=1 ;;
     --argocd) ARGOCD=1 ;;
+    --lws) LWS=1 ;;
     --print-bin-dir) MODE=print ;;
     --check) MODE=check ;;
     --force) FORCE=1 ;;
@@ -99,8 +111,8 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 
-if (( LINT + PROMTOOL + ARGOCD > 1 )); then
-  die "--lint, --promtool and --argocd are separate tool sets: give one"
+if (( LINT + PROMTOOL + ARGOCD + LWS > 1 )); then
+  die "--lint, --promtool, --argocd and --lws are separate tool sets: give one"
 fi
 if [[ $LINT == 1 ]]; then
   [[ $UPDATE == 0 ]] || die "--update-modules is for the control plane; --lint has no wrapper modules"
@@ -114,7 +126,13 @@ elif [[ $ARGOCD == 1 ]]; then
   [[ $UPDATE == 0 ]] || die "--update-modules is for the control plane; hack/argocdbuild is kept by hand (see its go.mod)"
   KEY="argocd-${ARGOCD_VERSION}"
   BIN_DIR="$CACHE_ROOT/$KEY/bin"
+elif [[ $LWS == 1 ]]; then
+  KEY="lws-${LWS_VERSION}"
+  BIN_DIR="$CACHE_ROOT/$KEY/bin"
 fi
+# LWS's manifests from its module (config/crd/bases, config/webhook), beside bin/.
+LWS_CONFIG_DIR="$CACHE_ROOT/$KEY/config"
+LWS_CRD=leaderworkerset.x-k8s.io_leaderworkersets.yaml
 
 if [[ $MODE == print ]]; then
   echo "$BIN_DIR"
@@ -133,6 +151,12 @@ prometheus_release() {
 # Prints nothing; returns 0 when $BIN_DIR/$1 exists and reports the pinned version.
 tool_ok() {
   local name=$1 bin="$BIN_DIR/$1" out
+  if [[ $name == lws-manifests ]]; then
+    # Copied with the binary, from the same module version (see build_lws).
+    [[ -s $LWS_CONFIG_DIR/crd/bases/$LWS_CRD && -s $LWS_CONFIG_DIR/webhook/kustomization.yaml \
+      && $(cat "$LWS_CONFIG_DIR/.version" 2>/dev/null) == "$LWS_VERSION" ]]
+    return
+  fi
   [[ -x $bin ]] || return 1
   case $name in
     kube-apiserver|kube-controller-manager|kube-scheduler)
@@ -158,6 +182,9 @@ tool_ok() {
       [[ $out == "argocd: ${ARGOCD_VERSION}+"* ]] ;;
     argocd-application-controller|argocd-repo-server)
       [[ $(readlink "$bin") == argocd ]] ;;
+    lws-controller-manager)
+      out=$("$bin" --version 2>&1) || return 1
+      [[ $out == "Version: ${LWS_VERSION}"$'\n'* ]] ;;
     git-verify-wrapper.sh)
       [[ -x $bin ]] ;;
     promtool)
@@ -179,6 +206,8 @@ elif [[ $PROMTOOL == 1 ]]; then
   ALL_TOOLS=(promtool)
 elif [[ $ARGOCD == 1 ]]; then
   ALL_TOOLS=(argocd argocd-application-controller argocd-repo-server git-verify-wrapper.sh)
+elif [[ $LWS == 1 ]]; then
+  ALL_TOOLS=(lws-controller-manager lws-manifests)
 else
   ALL_TOOLS=("${KUBE_BINS[@]}" etcd kwok kwokctl helm)
 fi
@@ -225,10 +254,25 @@ update_etcd_module() {
   (cd "$dir" && GOFLAGS=-mod=mod "$GO" get -tool "go.etcd.io/etcd/server/v3@${ETCD_VERSION}")
 }
 
+update_lws_module() {
+  local dir="$HACK_DIR/lwsbuild"
+  log "regenerating $dir/go.mod for sigs.k8s.io/lws ${LWS_VERSION}"
+  mkdir -p "$dir"
+  printf 'module aistack.local/lwsbuild\n\ngo 1.26.0\n' > "$dir/go.mod"
+  : > "$dir/go.sum"
+  # LWS's go.mod has no replace lines, but `go install sigs.k8s.io/lws/cmd@version` would
+  # name the binary "cmd" and also reads the module's version list (for a deprecation
+  # notice); as a dependency of this module only the pinned version is fetched, and every
+  # dependency is the one LWS's own go.mod selects, checked against go.sum.
+  (cd "$dir" && GOFLAGS=-mod=mod "$GO" get -tool "sigs.k8s.io/lws/cmd@${LWS_VERSION}")
+}
+
 # module_version DIR MODULE -> version the wrapper module selects
 module_version() { (cd "$1" && "$GO" list -mod=readonly -m -f '{{.Version}}' "$2"); }
 
-if [[ $UPDATE == 1 ]]; then
+if [[ $UPDATE == 1 && $LWS == 1 ]]; then
+  update_lws_module
+elif [[ $UPDATE == 1 ]]; then
   update_k8s_module
   update_etcd_module
 fi
@@ -366,6 +410,47 @@ build_argocd() {
   install -m 0755 "$(cd "$dir" && "$GO" list -mod=readonly -m -f '{{.Dir}}' github.com/argoproj/argo-cd/v3)/hack/git-verify-wrapper.sh" "$BIN_DIR/"
 }
 
+# lws_module FIELD: a field ("Dir", "Info") of what `go mod download -json` says about the
+# sigs.k8s.io/lws that hack/lwsbuild selects (downloaded into Go's module cache first if
+# needed).
+lws_module() {
+  (cd "$HACK_DIR/lwsbuild" && "$GO" mod download -json sigs.k8s.io/lws) |
+    sed -n "s/^[[:space:]]*\"$1\": \"\(.*\)\",\{0,1\}\$/\1/p"
+}
+
+build_lws() {
+  local dir="$HACK_DIR/lwsbuild" got date commit p=sigs.k8s.io/lws/pkg/version
+  got=$(module_version "$dir" sigs.k8s.io/lws) || die "hack/lwsbuild is broken; try hack/build-tools.sh --lws --update-modules"
+  [[ $got == "$LWS_VERSION" ]] || die "hack/lwsbuild pins sigs.k8s.io/lws $got, versions.env says $LWS_VERSION; run hack/build-tools.sh --lws --update-modules"
+  # Reproducible build date and the release's commit, as the module proxy records them.
+  date=$(cd "$dir" && "$GO" list -mod=readonly -m -f '{{if .Time}}{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}{{end}}' sigs.k8s.io/lws)
+  commit=$(sed -n 's/.*"Hash":"\([0-9a-f]*\)".*/\1/p' "$(lws_module Info)" 2>/dev/null) || commit=""
+  log "building lws-controller-manager ${LWS_VERSION} (sigs.k8s.io/lws/cmd; about 2 minutes on 2 CPUs when Go's caches are cold)"
+  # ldflags as in LWS's Makefile, so --version reports the release.
+  (cd "$dir" && "$GO" build -mod=readonly -p "$JOBS" -trimpath \
+    -ldflags "-s -w -X $p.GitVersion=${LWS_VERSION} -X $p.GitCommit=${commit:-unknown} -X $p.BuildDate=${date:-1970-01-01T00:00:00Z}" \
+    -o "$STAGE/lws-controller-manager" sigs.k8s.io/lws/cmd)
+  install_staged lws-controller-manager
+}
+
+install_lws_manifests() {
+  # The CRD and the webhook configuration (a kustomization: the webhooks, the patches that
+  # limit the pod webhooks to LWS's pods, a Service) of the module the binary is built
+  # from; hack/local-cluster.sh derives the configuration it applies from them.
+  local src
+  src=$(lws_module Dir)
+  [[ -n $src && -f $src/config/crd/bases/$LWS_CRD && -f $src/config/webhook/kustomization.yaml ]] \
+    || die "no config/crd/bases/$LWS_CRD or config/webhook in sigs.k8s.io/lws ${LWS_VERSION} (${src:-go mod download failed})"
+  log "copying LWS's CRD and webhook configuration from $src"
+  mkdir -p "$STAGE/config/crd/bases"
+  cp "$src/config/crd/bases/$LWS_CRD" "$STAGE/config/crd/bases/"
+  cp -R "$src/config/webhook" "$STAGE/config/"
+  chmod -R u+w "$STAGE/config"  # the module cache is read-only
+  echo "$LWS_VERSION" >"$STAGE/config/.version"
+  rm -rf "$LWS_CONFIG_DIR"
+  mv "$STAGE/config" "$LWS_CONFIG_DIR"
+}
+
 build_checkov() {
   # A virtualenv records its own path, so it is made where it stays (beside bin/), anew;
   # bin/checkov links to its entry point. A half-made one fails tool_ok and is made again.
@@ -385,6 +470,9 @@ elif [[ $PROMTOOL == 1 ]]; then
   if need promtool; then timed "promtool" build_promtool; fi
 elif [[ $ARGOCD == 1 ]]; then
   if need "${ALL_TOOLS[@]}"; then timed "argocd" build_argocd; fi
+elif [[ $LWS == 1 ]]; then
+  if need lws-controller-manager; then timed "lws-controller-manager" build_lws; fi
+  if need lws-manifests; then install_lws_manifests; fi
 else
   if need "${KUBE_BINS[@]}"; then timed "kubernetes" build_kube; fi
   if need etcd; then timed "etcd" build_etcd; fi
