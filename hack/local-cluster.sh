@@ -4,7 +4,9 @@
 # kube-scheduler and kwok-controller as local processes (binaries built by
 # hack/build-tools.sh). Nodes and pods are simulated by kwok: the nodes in
 # hack/nodes.yaml become Ready, scheduled pods become Running/Ready, but no
-# container ever runs.
+# container ever runs. Beside the control plane runs the LeaderWorkerSet (LWS)
+# controller, lws-controller-manager (hack/build-tools.sh --lws), with its CRD and
+# its admission webhooks served on 127.0.0.1.
 #
 # Usage:
 #   hack/local-cluster.sh up     [--name NAME] [--kubeconfig PATH] [--workdir DIR] [--nodes FILE] [--timeout SECONDS]
@@ -18,9 +20,10 @@
 #           until the API server is ready and the default ServiceAccount exists,
 #           applies the default StorageClass (hack/storage.yaml: PVCs get bound
 #           by kube-controller-manager's hostPath provisioner) and the simulated
-#           nodes, and waits until the nodes are Ready. Writes a
-#           self-contained kubeconfig to --kubeconfig. Safe to run again on a
-#           running cluster (re-applies nodes, rewrites the kubeconfig).
+#           nodes, and waits until the nodes are Ready. Starts LWS (see below).
+#           Writes a self-contained kubeconfig to --kubeconfig. Safe to run again
+#           on a running cluster (re-applies nodes and LWS's CRD and webhook
+#           configuration, rewrites the kubeconfig; a running LWS is kept).
 #           While it waits it supervises the components: one that exits (e.g.
 #           kube-controller-manager giving up on a slow API server on a loaded
 #           machine) is started again, with the same command line, by
@@ -28,12 +31,24 @@
 #           names the component that is not working and shows its last log lines.
 #   down    deletes the cluster, makes sure none of its processes is left, and
 #           removes its work dir (and --kubeconfig if given).
-#   status  prints the cluster's state; exit 0 when its API server is ready.
-#   stop    stops every component (etcd, API server, controllers, kwok) and keeps
-#           their data: an outage of the whole control plane, for fault tests.
+#   status  prints the cluster's state (LWS's too); exit 0 when its API server is ready.
+#   stop    stops every component (etcd, API server, controllers, kwok, LWS) and
+#           keeps their data: an outage of the whole control plane, for fault tests.
 #   start   starts a stopped cluster again on the same ports (the kubeconfig stays
-#           valid) and waits until its API server is ready and every component
-#           runs, supervising them like up.
+#           valid) and waits until its API server is ready, every component runs
+#           and LWS's webhooks answer, supervising them like up.
+#
+# LWS: once the API server is ready, up (and start) apply LWS's CRD and its
+# Mutating/ValidatingWebhookConfigurations (derived from the module's config/webhook:
+# the same webhooks and objectSelectors, with clientConfig.url
+# https://127.0.0.1:PORT/... and a self-signed certificate as caBundle instead of a
+# Service), and run lws-controller-manager as a process of the cluster (its own cert
+# management and leader election off, webhook, metrics and health endpoints on free
+# 127.0.0.1 ports, the cluster's admin kubeconfig). Its files are in
+# <workdir>/clusters/NAME/lws/, its log in logs/lws-controller-manager.log and its pid
+# in pids/lws-controller-manager.pid, like the other components; it is supervised the
+# same way, and ready when the API server gets answers from its webhooks (server-side
+# dry runs of a LeaderWorkerSet and of one of its pods). Needs openssl and python3.
 #
 # Options / environment:
 #   --name NAME          AISTACK_CLUSTER_NAME       (default: aistack-local)
@@ -116,6 +131,11 @@ if [[ -n $AUDIT_POLICY ]]; then
 fi
 CLUSTER_DIR="$WORKDIR/clusters/$NAME"
 KWOK_KUBECONFIG="$CLUSTER_DIR/kubeconfig.yaml"
+# LeaderWorkerSet: the component's name (binary, pid file, log) and its files.
+LWS=lws-controller-manager
+LWS_DIR="$CLUSTER_DIR/lws"
+LWS_CRD=leaderworkersets.leaderworkerset.x-k8s.io
+LWS_BIN_DIR=""
 
 # kwokctl reads KWOK_WORKDIR; it must never touch ~/.kwok or ~/.kube/config.
 export KWOK_WORKDIR="$WORKDIR"
@@ -124,6 +144,8 @@ tools() {
   # Builds what is missing (seconds when everything is cached); last line = bin dir.
   BIN_DIR=$("$HACK_DIR/build-tools.sh" | tail -n 1)
   [[ -x $BIN_DIR/kwokctl ]] || die "build-tools.sh did not produce $BIN_DIR/kwokctl"
+  LWS_BIN_DIR=$("$HACK_DIR/build-tools.sh" --lws | tail -n 1)
+  [[ -x $LWS_BIN_DIR/$LWS ]] || die "build-tools.sh --lws did not produce $LWS_BIN_DIR/$LWS"
   # Built kubectl first on PATH: kwokctl looks kubectl up in PATH (and would
   # try to download one otherwise); the Debian/other kubectl may be too old.
   export PATH="$BIN_DIR:$PATH"
@@ -315,9 +337,10 @@ launch() {
 }
 
 # supervise: starts again every component whose process has gone, backing off
-# (2, 4, 8, 8, ... s) for one that keeps exiting.
+# (2, 4, 8, 8, ... s) for one that keeps exiting; LWS too, once lws_up started it.
 supervise() {
   reap_kwokctl
+  lws_supervise
   local c t dead=() out rc=0
   t=$(now)
   for c in "${COMPONENTS[@]}"; do
@@ -343,6 +366,228 @@ supervise() {
     printf '%s\n' "$out" >&2
     log "kwokctl start cluster failed (exit $rc); trying again"
   fi
+}
+
+# --------------------------------------------------------------------------- #
+# LeaderWorkerSet: its controller, a process of the cluster started by this script
+# (kwokctl knows nothing of it) once the API server is ready, with its pid file and
+# log beside the other components'. Its admission webhooks (LWS's own and the pod
+# webhook that labels LWS's pods and gives them LWS_LEADER_ADDRESS, LWS_GROUP_SIZE
+# and LWS_WORKER_INDEX) are called by the API server at https://127.0.0.1:PORT with
+# a self-signed certificate as their caBundle.
+# --------------------------------------------------------------------------- #
+LWS_SUPERVISED=0  # set by lws_up: from then on supervise starts LWS again when it exits
+
+# lws_config_dir: the module's manifests, copied beside LWS's bin dir by build-tools.sh.
+lws_config_dir() { echo "${LWS_BIN_DIR%/bin}/config"; }
+
+# lws_free_ports N: N distinct free TCP ports on 127.0.0.1 (held at once while chosen).
+lws_free_ports() {
+  python3 -c 'import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))' "$1"
+}
+
+# lws_ports_free PORT...: true when every PORT can be bound on 127.0.0.1.
+lws_ports_free() {
+  python3 -c 'import socket, sys
+for p in sys.argv[1:]:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", int(p)))' "$@" 2>/dev/null
+}
+
+# lws_certificate: a self-signed serving certificate for 127.0.0.1 (its own CA: the
+# webhook configurations' caBundle), made once per cluster; controller-runtime's
+# webhook server reads tls.crt and tls.key from its certDir.
+lws_certificate() {
+  [[ -s $LWS_DIR/tls.crt && -s $LWS_DIR/tls.key ]] && return 0
+  command -v openssl >/dev/null || die "openssl not found (needed for LWS's webhook certificate)"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+    -subj "/CN=127.0.0.1" -addext "subjectAltName=IP:127.0.0.1" \
+    -keyout "$LWS_DIR/tls.key.tmp" -out "$LWS_DIR/tls.crt.tmp" 2>/dev/null \
+    || die "openssl could not make LWS's webhook certificate"
+  mv -f "$LWS_DIR/tls.key.tmp" "$LWS_DIR/tls.key"
+  mv -f "$LWS_DIR/tls.crt.tmp" "$LWS_DIR/tls.crt"
+}
+
+# lws_choose_ports: the webhook, metrics and health ports (LWS_WEBHOOK_PORT, ...): those
+# of the cluster's last LWS when they are still free (or it still runs), else new ones;
+# writes LWS's configuration file for them.
+lws_choose_ports() {
+  LWS_WEBHOOK_PORT="" LWS_METRICS_PORT="" LWS_HEALTH_PORT=""
+  # shellcheck source=/dev/null
+  [[ -f $LWS_DIR/ports.env ]] && source "$LWS_DIR/ports.env"
+  if [[ -n $LWS_WEBHOOK_PORT && -f $LWS_DIR/config.yaml ]] && { component_pid "$LWS" >/dev/null \
+      || lws_ports_free "$LWS_WEBHOOK_PORT" "$LWS_METRICS_PORT" "$LWS_HEALTH_PORT"; }; then
+    return 0
+  fi
+  read -r LWS_WEBHOOK_PORT LWS_METRICS_PORT LWS_HEALTH_PORT < <(lws_free_ports 3)
+  [[ -n $LWS_HEALTH_PORT ]] || die "python3 found no free ports for LWS"
+  printf 'LWS_WEBHOOK_PORT=%s\nLWS_METRICS_PORT=%s\nLWS_HEALTH_PORT=%s\n' \
+    "$LWS_WEBHOOK_PORT" "$LWS_METRICS_PORT" "$LWS_HEALTH_PORT" >"$LWS_DIR/ports.env"
+  # LWS's Configuration (config.lws.x-k8s.io/v1alpha1, read by its --config): one
+  # instance, so no leader election; no internal cert management (it would write the
+  # certificate into a Secret and the caBundle into webhook configurations for its
+  # Service); everything on 127.0.0.1.
+  cat >"$LWS_DIR/config.yaml" <<EOF2
+apiVersion: config.lws.x-k8s.io/v1alpha1
+kind: Configuration
+leaderElection:
+  leaderElect: false
+internalCertManagement:
+  enable: false
+webhook:
+  host: 127.0.0.1
+  port: $LWS_WEBHOOK_PORT
+  certDir: $LWS_DIR
+metrics:
+  bindAddress: 127.0.0.1:$LWS_METRICS_PORT
+health:
+  healthProbeBindAddress: 127.0.0.1:$LWS_HEALTH_PORT
+EOF2
+}
+
+# lws_webhooks: writes $LWS_DIR/webhooks.json, the webhook configurations to apply:
+# the module's config/webhook as its kustomization builds it (the webhooks, with the
+# patches that limit the pod webhooks to pods labelled leaderworkerset.sigs.k8s.io/name),
+# named as LWS's release names them (lws-...), each clientConfig.service replaced by
+# url https://127.0.0.1:PORT<its path> and the caBundle; the Service is left out.
+lws_webhooks() {
+  local ca
+  ca=$(base64 -w0 <"$LWS_DIR/tls.crt")
+  "$BIN_DIR/kubectl" kustomize "$(lws_config_dir)/webhook" >"$LWS_DIR/webhook-kustomize.yaml"
+  # kubectl turns the YAML into JSON (one object after the other), python3 does the rest.
+  "$BIN_DIR/kubectl" patch --local -f "$LWS_DIR/webhook-kustomize.yaml" --type merge -p '{}' -o json \
+    | python3 -c '
+import json, sys
+base, ca = sys.argv[1:3]
+text, decoder, i, items = sys.stdin.read(), json.JSONDecoder(), 0, []
+while True:
+    while i < len(text) and text[i].isspace():
+        i += 1
+    if i == len(text):
+        break
+    obj, i = decoder.raw_decode(text, i)
+    if obj["kind"] not in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        continue
+    obj["metadata"]["name"] = "lws-" + obj["metadata"]["name"]
+    for hook in obj["webhooks"]:
+        service = hook["clientConfig"].pop("service")
+        hook["clientConfig"] = {"url": base + service.get("path", "/"), "caBundle": ca}
+    items.append(obj)
+if sorted(o["kind"] for o in items) != ["MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"]:
+    sys.exit("LWS config/webhook: expected one Mutating- and one ValidatingWebhookConfiguration")
+json.dump({"apiVersion": "v1", "kind": "List", "items": items}, sys.stdout, indent=2)
+' "https://127.0.0.1:$LWS_WEBHOOK_PORT" "$ca" >"$LWS_DIR/webhooks.json.tmp" \
+    || die "could not derive LWS's webhook configuration from $(lws_config_dir)/webhook"
+  mv -f "$LWS_DIR/webhooks.json.tmp" "$LWS_DIR/webhooks.json"
+}
+
+# lws_spawn: starts lws-controller-manager in a session of its own (like kwokctl's
+# components: signals to this script's process group do not reach it), its log
+# truncated (the last one kept as .previous.log), its pid in pids/.
+lws_spawn() {
+  local logf="$CLUSTER_DIR/logs/$LWS.log"
+  mkdir -p "$CLUSTER_DIR/logs" "$CLUSTER_DIR/pids"
+  if [[ -s $logf ]]; then cp -f "$logf" "$CLUSTER_DIR/logs/$LWS.previous.log" || true; fi
+  # 9>&-: it must not inherit the creation lock.
+  setsid "$LWS_BIN_DIR/$LWS" --config "$LWS_DIR/config.yaml" --kubeconfig "$KWOK_KUBECONFIG" \
+    --zap-log-level=info </dev/null >"$logf" 2>&1 9>&- &
+  echo $! >"$CLUSTER_DIR/pids/$LWS.pid"
+  disown $!  # no "Killed" notice from bash when it exits while this script runs
+}
+
+# lws_crd_established: LWS's CRD is served (about a second after it is created; polled
+# here more often than wait_until does; `kubectl wait` fails at once while the CRD has
+# no conditions yet).
+lws_crd_established() {
+  local i
+  for i in $(seq 1 25); do
+    [[ $(kc get crd "$LWS_CRD" --request-timeout=5s \
+      -o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>/dev/null) == True ]] && return 0
+    sleep 0.2
+  done
+  return 1
+}
+
+# lws_up: LWS's CRD (established), its certificate, ports and webhook configurations,
+# and its process unless it runs; lws_ready says when it serves.
+lws_up() {
+  mkdir -p "$LWS_DIR"
+  command -v python3 >/dev/null || die "python3 not found (needed to set up LWS)"
+  # Server-side: the CRD is too big for the last-applied annotation of a client-side apply.
+  kc apply --server-side --force-conflicts -f "$(lws_config_dir)/crd/bases" >&2
+  wait_until kube-apiserver "LWS's CRD to be established" lws_crd_established
+  lws_certificate
+  lws_choose_ports
+  lws_webhooks
+  kc apply --server-side --force-conflicts -f "$LWS_DIR/webhooks.json" >&2
+  if component_pid "$LWS" >/dev/null; then
+    log "$LWS runs (pid $(component_pid "$LWS")); webhooks on https://127.0.0.1:$LWS_WEBHOOK_PORT"
+  else
+    log "starting $LWS ${LWS_VERSION} (webhooks on https://127.0.0.1:$LWS_WEBHOOK_PORT, log $CLUSTER_DIR/logs/$LWS.log)"
+    lws_spawn
+  fi
+  LWS_SUPERVISED=1
+}
+
+# lws_ready: the API server gets answers from LWS's webhooks: a server-side dry run
+# (nothing is stored) of a LeaderWorkerSet, and of a pod of one, which the pod webhook
+# must give LWS_WORKER_INDEX.
+lws_ready() {
+  kc create --dry-run=server --request-timeout=10s -o name -f - <<'EOF2' || return 1
+apiVersion: leaderworkerset.x-k8s.io/v1
+kind: LeaderWorkerSet
+metadata: {name: lws-probe, namespace: default}
+spec:
+  leaderWorkerTemplate:
+    size: 1
+    workerTemplate:
+      spec:
+        containers: [{name: probe, image: probe}]
+EOF2
+  [[ $(kc create --dry-run=server --request-timeout=10s -f - \
+    -o jsonpath='{.spec.containers[0].env[?(@.name=="LWS_WORKER_INDEX")].value}' <<'EOF2'
+apiVersion: v1
+kind: Pod
+metadata:
+  name: lws-probe-0
+  namespace: default
+  labels: {leaderworkerset.sigs.k8s.io/name: lws-probe, leaderworkerset.sigs.k8s.io/worker-index: "0"}
+  annotations: {leaderworkerset.sigs.k8s.io/size: "1"}
+spec:
+  containers: [{name: probe, image: probe}]
+EOF2
+  ) == 0 ]]
+}
+
+# lws_supervise: starts LWS again when its process has gone (same backoff as supervise).
+lws_supervise() {
+  [[ $LWS_SUPERVISED == 1 ]] || return 0
+  component_pid "$LWS" >/dev/null && return 0
+  local t; t=$(now)
+  (( t >= ${NEXT_START[$LWS]:-0} )) || return 0
+  RESTARTS[$LWS]=$(( ${RESTARTS[$LWS]:-0} + 1 ))
+  NEXT_START[$LWS]=$(( t + (RESTARTS[$LWS] >= 3 ? 8 : 2 ** RESTARTS[$LWS]) ))
+  log "$LWS is not running (it exited; log: $CLUSTER_DIR/logs/$LWS.log); starting it again (restart ${RESTARTS[$LWS]})"
+  lws_spawn
+}
+
+# lws_stop: ends LWS (SIGTERM; SIGKILL after 10 s), if it runs.
+lws_stop() {
+  local pid i
+  pid=$(component_pid "$LWS") || return 0
+  log "stopping $LWS (pid $pid)"
+  kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 1 50); do
+    component_pid "$LWS" >/dev/null || return 0
+    sleep 0.2
+  done
+  log "$LWS still runs after 10 s; sending SIGKILL"
+  kill -KILL "$pid" 2>/dev/null || true
 }
 
 # fail COMPONENT WHAT: the one error on the deadline. COMPONENT is the one whose
@@ -425,6 +670,9 @@ cmd_up() {
   exec 9>&-
   finish_kwokctl
 
+  # LWS starts while the nodes are applied; it is waited for after them.
+  lws_up
+
   log "applying the default StorageClass from $HACK_DIR/storage.yaml"
   kc apply -f "$HACK_DIR/storage.yaml" >&2
 
@@ -435,6 +683,8 @@ cmd_up() {
       wait_until kwok-controller "$node to be Ready (kwok-controller makes it so)" node_ready "$node"
     done
   fi
+
+  wait_until "$LWS" "LWS's webhooks to answer the API server" lws_ready
 
   if [[ -n $KUBECONFIG_OUT ]]; then
     # Self-contained (certificates embedded), so it stays valid wherever it is copied.
@@ -484,6 +734,8 @@ cmd_down() {
       hostpaths=$(kc get pv --request-timeout=5s -o jsonpath='{range .items[*]}{.spec.hostPath.path}{"\n"}{end}' 2>/dev/null \
         | grep '^/tmp/hostpath_pv/' || true)
     fi
+    # LWS first, while the API server still answers it.
+    lws_stop
     if tools_if_built; then
       log "deleting cluster $NAME"
       # kwokctl removes a context from --kubeconfig (default ~/.kube/config; an
@@ -529,17 +781,33 @@ cmd_status() {
   echo "processes: ${pids:-none}"
   if kc get --raw /readyz >/dev/null 2>&1; then
     echo "api server: ready ($(kc config view --minify -o jsonpath='{.clusters[0].cluster.server}'))"
+    lws_status
     kc get nodes -o custom-columns='NAME:.metadata.name,STATUS:.status.conditions[?(@.type=="Ready")].status,GPU:.status.allocatable.nvidia\.com/gpu' || true
     return 0
   fi
   echo "api server: not ready"
+  lws_status
   return 1
+}
+
+lws_status() {
+  local pid state
+  LWS_WEBHOOK_PORT=""
+  # shellcheck source=/dev/null
+  [[ -f $LWS_DIR/ports.env ]] && source "$LWS_DIR/ports.env"
+  if pid=$(component_pid "$LWS"); then
+    if lws_ready >/dev/null 2>&1; then state="ready"; else state="running, its webhooks do not answer"; fi
+    echo "lws: $state (${LWS_VERSION}, pid $pid, webhooks https://127.0.0.1:$LWS_WEBHOOK_PORT, log $CLUSTER_DIR/logs/$LWS.log)"
+  else
+    echo "lws: not running (log $CLUSTER_DIR/logs/$LWS.log)"
+  fi
 }
 
 cmd_stop() {
   [[ -f $KWOK_KUBECONFIG ]] || die "cluster $NAME: not created (work dir $WORKDIR)"
   tools
   log "stopping cluster $NAME (data kept)"
+  lws_stop
   kwokctl stop cluster --name "$NAME" >&2
 }
 
@@ -553,6 +821,8 @@ cmd_start() {
     kc get --raw /readyz --request-timeout=10s
   wait_until "" "every component to run" all_running
   finish_kwokctl
+  lws_up
+  wait_until "$LWS" "LWS's webhooks to answer the API server" lws_ready
   log "cluster $NAME is running"
 }
 
