@@ -273,3 +273,26 @@ def test_the_crd_watch_turns_monitors_on_and_off_and_requeues_every_stack(
     assert runtime.requested == ["all"]
     event("DELETED", crd(established=True))
     assert runtime.reconciler.config.monitoring_crds is False and runtime.requested == ["all"] * 2
+
+
+def test_the_leaderworkerset_crd_watch_turns_multi_node_models_on_and_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from aistack.components import LWS_CRD
+    from aistack.controller import Reconciler
+
+    runtime = Recorder()
+    runtime.reconciler = Reconciler(kube=None, licensing=None, config=OFF)  # type: ignore[arg-type]
+    monkeypatch.setattr(handlers, "RUNTIME", runtime)
+    body = crd(established=True) | {"metadata": {"name": LWS_CRD}}
+
+    def event(type_: str | None) -> None:
+        handler = handlers._crd_handler("LeaderWorkerSet")
+        asyncio.run(handler(type=type_, body=body))  # type: ignore[arg-type]
+
+    event("MODIFIED")
+    assert runtime.reconciler.config.leaderworkersets is True and runtime.requested == ["all"]
+    assert runtime.reconciler.config.monitoring_crds is OFF.monitoring_crds, "only its own"
+    event("DELETED")
+    assert runtime.reconciler.config.leaderworkersets is False
+    assert runtime.requested == ["all", "all"]
