@@ -79,7 +79,8 @@ def routed_models(manifests: Sequence[Manifest]) -> list[str]:
 
 def model_servers(manifests: Sequence[Manifest]) -> list[tuple[Manifest, Manifest]]:
     """``(Service, Deployment)`` of every model server whose pod runs ``vllm serve`` directly
-    (single-node models; a multi-node model's leader runs a shell script)."""
+    (single-node models; a multi-node model's pods are a LeaderWorkerSet's, see
+    test_multinode.py and test_multinode_vllm.py)."""
     out = []
     for svc in harness.of_kind(manifests, "Service"):
         selector = svc["spec"].get("selector", {})

@@ -439,8 +439,8 @@ def check_deployment(
 
 
 def single_node_model_servers(manifests: Sequence[Manifest]) -> list[str]:
-    """Deployments whose container runs ``vllm serve`` directly (multi-node groups run a
-    shell script; test_multinode.py covers those)."""
+    """Deployments whose container runs ``vllm serve`` directly (a multi-node model is a
+    LeaderWorkerSet: test_multinode_vllm.py and test_multinode.py cover those)."""
     out = []
     for m in harness.of_kind(manifests, "Deployment"):
         c = m["spec"]["template"]["spec"]["containers"][0]

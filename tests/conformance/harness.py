@@ -13,6 +13,10 @@ is changed:
   ``.ns``, ``.ns.svc``, ``.ns.svc.<domain>``) to it, through a ``sitecustomize`` module on
   ``PYTHONPATH``. All four programs are Python, so this reaches every client they open.
 - **Users.** Processes run as this user unless a test asks for the pod's ``runAsUser``.
+
+A LeaderWorkerSet's pods are read from its templates (``<lws>/leader``, ``<lws>/worker``),
+with the env LeaderWorkerSet's pod webhook injects into every container (:func:`lws_env`)
+put first, as the webhook does, before ``$(VAR)`` expansion.
 """
 
 from __future__ import annotations
@@ -106,17 +110,135 @@ def of_kind(manifests: Iterable[Manifest], kind: str) -> list[Manifest]:
     return [m for m in manifests if m.get("kind") == kind]
 
 
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "LeaderWorkerSet")
+
+
 def workload(manifests: Iterable[Manifest], name: str) -> Manifest:
-    """The Deployment (or StatefulSet) called ``name``."""
+    """The Deployment, StatefulSet or LeaderWorkerSet called ``name`` (a LeaderWorkerSet
+    also as ``<lws>/leader`` or ``<lws>/worker``)."""
+    base = name.split("/", 1)[0]
     for m in manifests:
-        if m.get("kind") in ("Deployment", "StatefulSet") and m["metadata"]["name"] == name:
+        if m.get("kind") in WORKLOAD_KINDS and m["metadata"]["name"] == base:
+            if base != name and m["kind"] != "LeaderWorkerSet":
+                break
             return m
     raise LookupError(f"no workload {name} in the render")
 
 
+#: The roles of a LeaderWorkerSet's pods, as :func:`pod_template` names them.
+LWS_ROLES = ("leader", "worker")
+
+
+def pod_template(manifests: Iterable[Manifest], name: str) -> dict[str, Any]:
+    """The pod template of workload ``name``: a Deployment's or StatefulSet's, or for
+    ``<lws>/leader`` and ``<lws>/worker`` a LeaderWorkerSet's leader or worker template (the
+    leader's is the worker template when the LeaderWorkerSet has no leaderTemplate, as
+    LeaderWorkerSet itself falls back)."""
+    m = workload(manifests, name)
+    if m["kind"] != "LeaderWorkerSet":
+        template: dict[str, Any] = m["spec"]["template"]
+        return template
+    _, _, role = name.partition("/")
+    if role not in LWS_ROLES:
+        raise LookupError(f"name a LeaderWorkerSet's pod as {name}/leader or {name}/worker")
+    lwt = m["spec"]["leaderWorkerTemplate"]
+    if role == "leader" and lwt.get("leaderTemplate"):
+        leader: dict[str, Any] = lwt["leaderTemplate"]
+        return leader
+    worker: dict[str, Any] = lwt["workerTemplate"]
+    return worker
+
+
 def pod_spec(manifests: Iterable[Manifest], name: str) -> dict[str, Any]:
-    spec: dict[str, Any] = workload(manifests, name)["spec"]["template"]["spec"]
+    spec: dict[str, Any] = pod_template(manifests, name)["spec"]
     return spec
+
+
+# --------------------------------------------------------------------------- LeaderWorkerSet
+
+#: The env vars LeaderWorkerSet (v0.8.0) injects into every container of a group's pods, in
+#: its order (``pkg/utils/pod/pod_utils.go``, ``AddLWSVariables``).
+LWS_LEADER_ADDRESS = "LWS_LEADER_ADDRESS"
+LWS_GROUP_SIZE = "LWS_GROUP_SIZE"
+LWS_WORKER_INDEX = "LWS_WORKER_INDEX"
+
+
+def lws_leader_address(lws_name: str, namespace: str, group: int) -> str:
+    """The group's leader as LeaderWorkerSet names it to every pod of the group:
+    ``<lws>-<group>.<subdomain>.<namespace>``, the subdomain being the LeaderWorkerSet's
+    headless Service, named after it (the default ``subdomainPolicy: Shared``; the render
+    sets no other). Cluster DNS resolves it, through the pod's search path, to the leader
+    pod's IP (:func:`lws_leader_names`)."""
+    return f"{lws_name}-{group}.{lws_name}.{namespace}"
+
+
+def lws_leader_names(lws_name: str, namespace: str, group: int) -> list[str]:
+    """Every spelling of :func:`lws_leader_address` cluster DNS answers for a pod of the
+    namespace with the leader pod's IP (the search path adds ``.svc`` and
+    ``.svc.<domain>``): what a test's ``/etc/hosts`` maps to the leader pod."""
+    address = lws_leader_address(lws_name, namespace, group)
+    return [address, f"{address}.svc", f"{address}.svc.{CLUSTER_DOMAIN}"]
+
+
+def lws_env(
+    lws_name: str, namespace: str, group: int, index: int, size: int
+) -> list[dict[str, str]]:
+    """The env LeaderWorkerSet's pod webhook gives every container of pod ``index`` (0: the
+    leader, 1..size-1: the workers) of group ``group``: container env entries, in the order
+    the webhook puts them first in each container's env (:func:`with_injected_env`)."""
+    return [
+        {"name": LWS_LEADER_ADDRESS, "value": lws_leader_address(lws_name, namespace, group)},
+        {"name": LWS_GROUP_SIZE, "value": str(size)},
+        {"name": LWS_WORKER_INDEX, "value": str(index)},
+    ]
+
+
+def with_injected_env(
+    env: Sequence[Mapping[str, Any]], injected: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """A container's ``env`` after a webhook put ``injected`` first: the injected entries in
+    their order, then the container's own but those of an injected name (LeaderWorkerSet's
+    ``addEnvVarsIfNotExists``: its values win)."""
+    names = {e["name"] for e in injected}
+    return [dict(e) for e in injected] + [dict(e) for e in env if e["name"] not in names]
+
+
+def lws_size(manifests: Iterable[Manifest], lws_name: str) -> int:
+    """The pods in each group of LeaderWorkerSet ``lws_name`` (leader included)."""
+    lws = workload(manifests, lws_name)
+    return int(lws["spec"]["leaderWorkerTemplate"].get("size", 1))
+
+
+@dataclass(frozen=True)
+class LwsPod:
+    """One pod of a LeaderWorkerSet group, as LeaderWorkerSet creates it."""
+
+    #: ``<lws>/leader`` or ``<lws>/worker`` (its template, see :func:`pod_template`)
+    template: str
+    #: the pod's name: ``<lws>-<group>`` for the leader, ``<lws>-<group>-<index>`` else
+    name: str
+    index: int
+    #: the env LeaderWorkerSet injects (:func:`lws_env`)
+    env: tuple[dict[str, str], ...]
+
+    @property
+    def leader(self) -> bool:
+        return self.index == 0
+
+
+def lws_pods(manifests: Sequence[Manifest], lws_name: str, group: int = 0) -> list[LwsPod]:
+    """The pods of group ``group`` of LeaderWorkerSet ``lws_name``: the leader, then the
+    workers by index."""
+    lws = workload(manifests, lws_name)
+    namespace = lws["metadata"].get("namespace", "default")
+    size = lws_size(manifests, lws_name)
+    out = []
+    for index in range(size):
+        role = "leader" if index == 0 else "worker"
+        name = f"{lws_name}-{group}" + (f"-{index}" if index else "")
+        env = tuple(lws_env(lws_name, namespace, group, index, size))
+        out.append(LwsPod(template=f"{lws_name}/{role}", name=name, index=index, env=env))
+    return out
 
 
 def container(manifests: Iterable[Manifest], name: str, container_name: str | None = None) -> Any:
@@ -190,13 +312,18 @@ def container_process(
     secrets: Mapping[tuple[str, str], str] | None = None,
     secret_env_from: Mapping[str, Mapping[str, str]] | None = None,
     field_refs: Mapping[str, str] | None = None,
+    injected_env: Sequence[Mapping[str, Any]] = (),
 ) -> ProcessSpec:
-    """The rendered container ``deployment``/``container_name`` as a :class:`ProcessSpec`.
+    """The rendered container ``deployment``/``container_name`` as a :class:`ProcessSpec`
+    (``deployment``: any name :func:`pod_template` takes, e.g. ``<lws>/worker``).
 
     ``secrets`` gives test values to ``secretKeyRef`` (``(secret, key) -> value``),
     ``secret_env_from`` to ``envFrom.secretRef`` (``secret -> {key: value}``) and
     ``field_refs`` to ``fieldRef`` (``fieldPath -> value``, e.g. ``status.podIP``). A
     reference without a test value is an error: the rendered pod could not start either.
+    ``injected_env``: env entries an admission webhook puts first in the container's env
+    (:func:`lws_env` for a LeaderWorkerSet's pod; :func:`with_injected_env`), so they are
+    there for ``$(VAR)`` expansion as in the pod the kubelet starts.
     """
     secrets = secrets or {}
     secret_env_from = secret_env_from or {}
@@ -231,7 +358,7 @@ def container_process(
         if ref["name"] not in secret_env_from:
             raise KeyError(f"{deployment}: no test value for envFrom Secret {ref['name']}")
         env.update(secret_env_from[ref["name"]])
-    for var in c.get("env", []):
+    for var in with_injected_env(c.get("env", []), injected_env):
         if "value" in var:
             env[var["name"]] = expand(var["value"], env)
             continue

@@ -4,7 +4,8 @@ span from vLLM's tracer setup to the rendered MLflow.
 
 - every single-node model server of every example: vLLM's ``serve`` parser, serve-argument
   validation and engine config accept the rendered args and env, and settle on the values
-  the render meant (name, host, port, parallelism, context length, revision, endpoint);
+  the render meant (name, host, port, parallelism, context length, revision, endpoint), and
+  ``vllm serve`` would start one API server (multi-node models: test_multinode_vllm.py);
 - the check is live: an unknown flag fails in the parser, a tensor-parallel size the model's
   attention heads do not divide fails in the config; the image's OpenTelemetry imports, so
   the rendered ``--otlp-traces-endpoint`` gets a tracer;
@@ -183,6 +184,8 @@ def test_vllm_accepts_every_rendered_model_server(example: str, checked: Checked
         assert v["host"] == "0.0.0.0"  # the pod's address is not known in advance
         assert v["tensor_parallel_size"] == _gpus(manifests, deployment)
         assert v["pipeline_parallel_size"] == 1
+        # One node, one API server in the container's process (vllm_check.launch).
+        assert (v["nnodes"], v["launch"]["kind"]) == (1, "api_server")
         rendered_len = _flag(args, "--max-model-len")
         if rendered_len is not None:
             assert v["max_model_len"] == int(rendered_len)

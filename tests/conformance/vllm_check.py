@@ -26,7 +26,15 @@ vLLM's own code at the pinned version:
    model (the architecture implements LoRA); with ``--speculative-config``,
    ``SpeculativeConfig`` (method, tokens and, for a draft model, the draft's own
    ``ModelConfig`` read offline like the model's, whose vocabulary must be the model's).
-4. **Adapters** (when the caller asks): each ``--lora-modules`` directory as vLLM reads it
+4. **Launch.** What ``vllm serve`` would start, decided by vLLM's own code
+   (:func:`launch`): ``ServeSubcommand.cmd`` runs with its launchers replaced by recorders
+   (its ``--headless`` rules: no ``--api-server-count`` above 0, which launcher it picks);
+   when it picks ``run_headless`` (a ``--headless`` node of a multi-node group), that
+   function runs for real up to the point where it would start processes: its own checks
+   and its engine config, built with ``headless=True`` as only it builds it, and whether it
+   runs the headless multiprocessing executor (a node of rank > 0 within its group) or
+   data-parallel engines.
+5. **Adapters** (when the caller asks): each ``--lora-modules`` directory as vLLM reads it
    when it loads the adapter at startup, up to the weights (:func:`check_adapters`).
 
 What it cannot cover: everything after the config is built (device and memory probing,
@@ -40,7 +48,9 @@ model's config comes from the Hugging Face cache the caller prepared
 layer and position counts, not the model itself.
 
 It prints one JSON object: ``{"ok": true, "values": {...}}`` with the values vLLM settled
-on, or ``{"ok": false, "stage": ..., "error": ...}`` (exit status 1; 2 for a parser error).
+on (``values["launch"]``: what it would start, and the parallel layout of the config it
+would start it with), or ``{"ok": false, "stage": ..., "error": ...}`` (exit status 1; 2
+for a parser error).
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ import contextlib
 import io
 import json
 import os
+import signal
 import sys
 import traceback
 from typing import Any
@@ -84,7 +95,87 @@ def _values(args: argparse.Namespace, config: Any) -> dict[str, Any]:
         "max_num_batched_tokens": config.scheduler_config.max_num_batched_tokens,
         "max_num_seqs": config.scheduler_config.max_num_seqs,
         "speculative": _speculative_values(config.speculative_config),
+        **_parallel_values(parallel),
     }
+
+
+def _parallel_values(parallel: Any) -> dict[str, Any]:
+    """Where this node stands in its group, as vLLM's ``ParallelConfig`` settled it."""
+    return {
+        "nnodes": parallel.nnodes,
+        "node_rank": parallel.node_rank,
+        "master_addr": parallel.master_addr,
+        "master_port": parallel.master_port,
+        "world_size": parallel.world_size,
+        "local_world_size": parallel.local_world_size,
+        "nnodes_within_dp": parallel.nnodes_within_dp,
+        "node_rank_within_dp": parallel.node_rank_within_dp,
+        "data_parallel_size": parallel.data_parallel_size,
+        "data_parallel_size_local": parallel.data_parallel_size_local,
+    }
+
+
+class _Launched(Exception):
+    """Raised by a recorder in place of starting a server, an engine or an executor."""
+
+    def __init__(self, kind: str, config: Any = None) -> None:
+        super().__init__(kind)
+        self.kind = kind
+        self.config = config
+
+
+def launch(args: argparse.Namespace) -> dict[str, Any]:
+    """What ``vllm serve`` starts for the parsed (and validated) ``args``, decided by vLLM's
+    own ``ServeSubcommand.cmd``. Every launcher it may call is replaced by a recorder
+    (``uvloop.run`` of ``run_server``: one API server in this process; the multi-API-server
+    and data-parallel-supervisor launchers) but ``run_headless``, which runs for real: its
+    own checks and its engine config (``create_engine_config(..., headless=True)``), up to
+    the processes it would start, which are recorders too: the headless multiprocessing
+    executor (``MultiprocExecutor``, a node of rank > 0 within its data-parallel group) or
+    the data-parallel engines (``CoreEngineProcManager``). Returns ``{"kind": ...,
+    "api_server_count": ..., "parallel": {...}}`` (``parallel``: the layout of the config
+    ``run_headless`` built, for a headless launch; else ``None``)."""
+    from unittest import mock
+
+    import vllm.entrypoints.cli.serve as serve_module
+
+    def recorder(kind: str) -> Any:
+        def record(*_args: Any, **kwargs: Any) -> Any:
+            config = kwargs.get("vllm_config", _args[0] if _args else None)
+            raise _Launched(kind, config if hasattr(config, "parallel_config") else None)
+
+        return record
+
+    def run(coroutine: Any) -> Any:
+        name = getattr(coroutine, "__name__", str(coroutine))
+        coroutine.close()  # never started
+        raise _Launched("api_server" if name == "run_server" else name)
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with (
+            mock.patch.object(serve_module, "uvloop", mock.Mock(run=run)),
+            mock.patch.object(serve_module, "run_multi_api_server", recorder("multi_api_server")),
+            mock.patch.object(serve_module, "run_dp_supervisor", recorder("dp_supervisor")),
+            mock.patch.object(
+                serve_module, "MultiprocExecutor", recorder("headless_multiproc_executor")
+            ),
+            mock.patch.object(serve_module, "CoreEngineProcManager", recorder("headless_engines")),
+        ):
+            serve_module.ServeSubcommand.cmd(args)
+    except _Launched as launched:
+        out: dict[str, Any] = {
+            "kind": launched.kind,
+            "api_server_count": args.api_server_count,
+            "parallel": None,
+        }
+        if launched.config is not None:
+            out["parallel"] = _parallel_values(launched.config.parallel_config)
+        return out
+    finally:
+        for sig, handler in saved.items():  # run_headless installs its own
+            signal.signal(sig, handler)
+    raise RuntimeError("ServeSubcommand.cmd returned without launching anything")
 
 
 def _speculative_values(spec: Any) -> dict[str, Any] | None:
@@ -226,6 +317,16 @@ def check(argv: list[str], *, adapters: bool = False) -> dict[str, Any]:
             "traceback": traceback.format_exc(limit=6),
         }
     values = _values(args, config)
+    try:
+        values["launch"] = launch(args)
+    except Exception as exc:
+        return {
+            "ok": False,
+            "stage": "launch",
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(limit=6),
+            "values": values,
+        }
     if adapters and config.lora_config is not None:
         values["adapters"] = check_adapters(args, config)
         refused = [a for a in values["adapters"] if not a["ok"]]
