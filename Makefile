@@ -61,7 +61,7 @@ conformance: $(STAMP) conformance-envs ## the real vLLM, Ray, MLflow, LiteLLM st
 	$(BIN)/pytest tests/conformance $(PYTEST_ARGS)
 
 gpu-smoke: $(STAMP) ## on a GPU machine: real vLLM serves a tiny local model behind the real gateway
-	$(BIN)/python tests/conformance/gpu_smoke.py
+	$(BIN)/python tests/conformance/gpu_smoke.py $(GPU_SMOKE_ARGS)
 
 TEST_STAGES := lint lint-manifests promtool-rules unit chart integration e2e conformance gitops
 

@@ -14,6 +14,16 @@ For a machine with an NVIDIA GPU; the conformance suite never depends on it. It
 Exit status 0 when the completion came back; the logs of both servers are kept in the work
 directory it prints. Run it as ``make gpu-smoke`` (it builds the vLLM and LiteLLM
 environments of the suite first) or ``python tests/conformance/gpu_smoke.py``.
+
+``--multi-node`` (``make gpu-smoke GPU_SMOKE_ARGS=--multi-node``; a machine with 2 GPUs or
+more) renders the model with ``nodes: 2``, one GPU each (pipeline parallel 2): a
+LeaderWorkerSet group of a leader and a headless worker on vLLM's own multi-node backend.
+Both pods run here, each with its own GPU (``CUDA_VISIBLE_DEVICES``), started with the
+rendered argv and env plus the env LeaderWorkerSet gives each pod of the group
+(``harness.lws_env``), except that the leader's address is this machine's loopback, where
+the leader listens: in a cluster, DNS resolves the name LeaderWorkerSet gives to the leader
+pod. The chat then goes through the gateway to the leader, which runs the first pipeline
+stage and the worker the second.
 """
 
 from __future__ import annotations
@@ -79,6 +89,18 @@ BUILD_MODEL = textwrap.dedent(
 
 MODEL_DEPLOYMENT = "smoke-vllm-tiny"
 GATEWAY_DEPLOYMENT = "smoke-gateway"
+#: The multi-node variant's LeaderWorkerSet, and its Service (the model's).
+MODEL_LWS = "smoke-vllm-tiny-lws"
+
+
+def multi_node_stack() -> str:
+    """The smoke stack with its model across two nodes of one GPU each."""
+    return STACK.replace("      gpus: 1\n", "      gpus: 1\n      nodes: 2\n")
+
+
+def build_model(claim: Path) -> None:
+    claim.mkdir(parents=True, exist_ok=True)
+    subprocess.run([str(envs.python("vllm")), "-c", BUILD_MODEL, str(claim)], check=True)
 
 
 def prepare(work: Path) -> tuple[list[harness.Manifest], harness.ProcessSpec]:
@@ -89,18 +111,56 @@ def prepare(work: Path) -> tuple[list[harness.Manifest], harness.ProcessSpec]:
     stack_file.write_text(STACK)
     manifests = harness.render_example(stack_file)
     model = harness.container_process(manifests, MODEL_DEPLOYMENT, workdir=work / "vllm")
-    claim = model.host_path(harness.container(manifests, MODEL_DEPLOYMENT)["args"][0])
-    claim.mkdir(parents=True, exist_ok=True)
-    subprocess.run([str(envs.python("vllm")), "-c", BUILD_MODEL, str(claim)], check=True)
+    build_model(model.host_path(harness.container(manifests, MODEL_DEPLOYMENT)["args"][0]))
     return manifests, model
 
 
-def main() -> int:
+def prepare_multi_node(work: Path) -> tuple[list[harness.Manifest], list[harness.ProcessSpec]]:
+    """Render the multi-node smoke stack and build its model where both pods mount the
+    claim; returns the manifests and the group's pods (leader first) as process specs, each
+    on a GPU of its own."""
+    work.mkdir(parents=True, exist_ok=True)
+    stack_file = work / "stack.yaml"
+    stack_file.write_text(multi_node_stack())
+    manifests = harness.render_example(stack_file)
+    specs = []
+    claim: Path | None = None
+    for gpu, pod in enumerate(harness.lws_pods(manifests, MODEL_LWS)):
+        # The leader's address: where it listens here (see the module's docstring).
+        injected = [
+            {**e, "value": "127.0.0.1"} if e["name"] == harness.LWS_LEADER_ADDRESS else e
+            for e in pod.env
+        ]
+        spec = harness.container_process(
+            manifests, pod.template, workdir=work / pod.name, injected_env=injected,
+            field_refs={"status.podIP": "127.0.0.1"},
+        )  # fmt: skip
+        model_path = harness.container(manifests, pod.template)["args"][0]
+        if claim is None:
+            claim = spec.host_path(model_path)
+            build_model(claim)
+        else:  # the same claim, mounted in every pod of the group
+            mine = spec.host_path(model_path)
+            mine.parent.mkdir(parents=True, exist_ok=True)
+            if mine.is_dir():
+                mine.rmdir()
+            mine.symlink_to(claim, target_is_directory=True)
+        spec.env["CUDA_VISIBLE_DEVICES"] = str(gpu)  # a node's GPU
+        specs.append(spec)
+    return manifests, specs
+
+
+def main(argv: list[str] | None = None) -> int:
+    multi_node = "--multi-node" in (sys.argv[1:] if argv is None else argv)
     work = Path(tempfile.mkdtemp(prefix="aistack-gpu-smoke-"))
-    print(f"gpu-smoke: work directory {work}")
+    print(f"gpu-smoke: work directory {work}" + (" (multi-node)" if multi_node else ""))
     vllm_bin = envs.bin_dir("vllm")
     gateway_bin = envs.bin_dir("litellm")
-    manifests, model = prepare(work)
+    if multi_node:
+        manifests, models = prepare_multi_node(work)
+    else:
+        manifests, model = prepare(work)
+        models = [model]
     hosts = harness.HostMap(work / "hosts")
     hosts.add_services(manifests)
     logs = work / "logs"
@@ -108,9 +168,13 @@ def main() -> int:
 
     servers = []
     try:
-        vllm = harness.start(model, name="vllm", bin_dir=vllm_bin, log_dir=logs, hosts=hosts)
-        servers.append(vllm)
-        vllm.wait_http(f"http://{hosts.ip(MODEL_DEPLOYMENT)}:8000/health", timeout=900)
+        for i, spec in enumerate(models):
+            name = "vllm" if i == 0 else f"vllm-worker-{i}"
+            servers.append(harness.start(spec, name=name, bin_dir=vllm_bin, log_dir=logs,
+                                         hosts=hosts))  # fmt: skip
+        # The leader serves once its whole group's engine is up.
+        # (Behind the model's Service: the one server, or the group's leader.)
+        servers[0].wait_http(f"http://{hosts.ip(MODEL_DEPLOYMENT)}:8000/health", timeout=900)
         gw = harness.start(gateway, name="gateway", bin_dir=gateway_bin, log_dir=logs, hosts=hosts)
         servers.append(gw)
         base = f"http://{hosts.ip(GATEWAY_DEPLOYMENT)}:4000"

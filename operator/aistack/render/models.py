@@ -387,7 +387,8 @@ def _lws_context(stack: AIStack, model: ModelSpec, config: RenderConfig) -> dict
         "args": {"leader": [leader_script], "worker": [worker_script]},
         "ports": {
             "leader": [("http", VLLM_PORT), ("gcs", RAY_GCS_PORT)],
-            "worker": [("ray", RAY_GCS_PORT), ("agent", RAY_AGENT_PORT)],
+            # A Ray worker node listens on ports Ray picks, but for its dashboard agent's.
+            "worker": [("agent", RAY_AGENT_PORT)],
         },
     }
 
