@@ -1,7 +1,12 @@
 """A stack the operator made before LeaderWorkerSet (a leader and a worker Deployment per
 group, tests/e2e/fixtures/pre-lws-stack.yaml) moves onto LeaderWorkerSet when the new
 operator starts, without a manual step: the old groups keep serving until the
-LeaderWorkerSet's groups are all ready, then they are pruned; the weight cache PVC stays."""
+LeaderWorkerSet's groups are all ready, then they are pruned; the weight cache PVC stays.
+
+To see the old groups serve while the new ones cannot start (and not only for the moment
+the simulated nodes take to run a pod), the GPU nodes are first filled up to the old
+groups' GPUs by placeholder pods: the new group waits, Unschedulable, as it would on a busy
+cluster, until the placeholders go."""
 
 from __future__ import annotations
 
@@ -54,6 +59,36 @@ def old_objects(namespace: str, owner: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def fill_gpus(cluster: Any, namespace: str) -> list[str]:
+    """Placeholder pods that take every GPU of the GPU nodes not requested yet."""
+    made = []
+    for node in cluster.get_json("nodes", "-l", "nvidia.com/gpu.present=true")["items"]:
+        name = node["metadata"]["name"]
+        used = sum(
+            int(c.get("resources", {}).get("requests", {}).get("nvidia.com/gpu", 0))
+            for p in cluster.get_json("pods", "-A", "--field-selector",
+                                      f"spec.nodeName={name}")["items"]
+            if p["status"].get("phase") not in ("Succeeded", "Failed")
+            for c in p["spec"]["containers"]
+        )  # fmt: skip
+        free = int(node["status"]["allocatable"]["nvidia.com/gpu"]) - used
+        if free <= 0:
+            continue
+        pod = f"gpu-placeholder-{name}"
+        cluster.apply({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod, "labels": {"app": "gpu-placeholder"}},
+            "spec": {
+                "nodeName": name,
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+                "containers": [{"name": "hold", "image": "registry.k8s.io/pause:3.10",
+                                "resources": {"limits": {"nvidia.com/gpu": str(free)}}}],
+            },
+        }, namespace=namespace)  # fmt: skip
+        made.append(pod)
+    return made
+
+
 def serving_leaders(cluster: Any, namespace: str) -> int:
     """Ready endpoints behind the model's Service (what the gateway routes to)."""
     slices = cluster.get_json(
@@ -82,10 +117,27 @@ def test_a_stack_of_per_group_deployments_moves_onto_leaderworkerset(
         timeout=TIMEOUT, message="the old group's leader behind the model's Service",
     )  # fmt: skip
     pvc = cluster.get_json("pvc", "moved-vllm-big-cache", "-n", namespace)["metadata"]["uid"]
+    placeholders = fill_gpus(cluster, namespace)
 
     op = OperatorProcess(cluster.env, tmp_path)
     op.start()
     try:
+        # The new group cannot be placed: the old groups keep serving, and the status says
+        # both what holds the new one back and that the old ones serve meanwhile.
+        def waiting() -> dict[str, Any] | None:
+            s = cluster.get_json("aistack", "moved", "-n", namespace)
+            model = ((s.get("status") or {}).get("models") or [{}])[0]
+            return model if model.get("reason") == "Unschedulable" else None
+
+        model = cluster.wait_until(waiting, timeout=TIMEOUT, message="the new group waiting")
+        assert "Deployments from before LeaderWorkerSet serve" in model["message"]
+        assert model["readyReplicas"] == 1
+        time.sleep(3)  # a few reconciles later: nothing of the old groups has gone
+        assert all(d in deployments(cluster, namespace) for d in OLD)
+        assert serving_leaders(cluster, namespace) == 1
+
+        for pod in placeholders:
+            cluster.kubectl("delete", "pod", pod, "-n", namespace, "--wait=false")
         snapshots: list[tuple[int, bool, int]] = []
         deadline = time.monotonic() + TIMEOUT
         while time.monotonic() < deadline:
@@ -104,9 +156,6 @@ def test_a_stack_of_per_group_deployments_moves_onto_leaderworkerset(
         for ready_groups, old, serving in snapshots:
             assert old or ready_groups == 1, "old groups pruned before the new ones were ready"
             assert serving >= 1, f"the model stopped serving during the move: {snapshots}"
-        assert any(old and ready_groups == 0 for ready_groups, old, _ in snapshots), (
-            "never saw the old groups serving while the LeaderWorkerSet started"
-        )
         stack = wait_phase(cluster, namespace, "moved", "Ready", timeout=TIMEOUT)
         assert stack["status"]["models"][0]["message"] == "1/1 groups ready"
         for gone in ("service/moved-vllm-big-g0", "networkpolicy/moved-vllm-big-g0"):
