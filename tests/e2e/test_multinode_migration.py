@@ -60,21 +60,14 @@ def old_objects(namespace: str, owner: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def fill_gpus(cluster: Any, namespace: str) -> list[str]:
-    """Placeholder pods that take every GPU of the GPU nodes not requested yet."""
+    """A placeholder pod bound to each GPU node that requests all of its GPUs: the
+    scheduler then places nothing new there, whatever else runs or is still going away
+    (the simulated nodes run a pod bound by name without checking what it requests)."""
     made = []
     for node in cluster.get_json("nodes", "-l", "nvidia.com/gpu.present=true")["items"]:
         name = node["metadata"]["name"]
-        used = sum(
-            int(c.get("resources", {}).get("requests", {}).get("nvidia.com/gpu", 0))
-            for p in cluster.get_json("pods", "-A", "--field-selector",
-                                      f"spec.nodeName={name}")["items"]
-            if p["status"].get("phase") not in ("Succeeded", "Failed")
-            for c in p["spec"]["containers"]
-        )  # fmt: skip
-        free = int(node["status"]["allocatable"]["nvidia.com/gpu"]) - used
-        if free <= 0:
-            continue
         pod = f"gpu-placeholder-{name}"
+        gpus = node["status"]["allocatable"]["nvidia.com/gpu"]
         cluster.apply({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": pod, "labels": {"app": "gpu-placeholder"}},
@@ -82,7 +75,7 @@ def fill_gpus(cluster: Any, namespace: str) -> list[str]:
                 "nodeName": name,
                 "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
                 "containers": [{"name": "hold", "image": "registry.k8s.io/pause:3.10",
-                                "resources": {"limits": {"nvidia.com/gpu": str(free)}}}],
+                                "resources": {"limits": {"nvidia.com/gpu": gpus}}}],
             },
         }, namespace=namespace)  # fmt: skip
         made.append(pod)
