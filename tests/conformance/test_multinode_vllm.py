@@ -49,7 +49,10 @@ container's env, as its webhook does, and ``$(VAR)`` expanded from it as the kub
   threads to a NUMA node of its own by default and refuses four workers on this one-node
   machine before starting any); ``HF_HUB_OFFLINE=1`` with the model's config and a small
   tokenizer seeded in the rendered ``HF_HOME`` (the API server loads the tokenizer before
-  it starts the engine; no weights are read before the stop).
+  it starts the engine; no weights are read before the stop); ``VLLM_RPC_BASE_PATH``, a
+  short directory under ``/tmp`` per pod, where vLLM puts its ZeroMQ IPC sockets (by
+  default the temporary directory, which in a pod is the short ``/tmp``, but here the
+  pod's host directory, too long for a Unix socket's 107 characters).
 
 Needs root (``ip netns``, ``unshare``).
 """
@@ -57,7 +60,9 @@ Needs root (``ip netns``, ``unshare``).
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -305,6 +310,7 @@ def test_group_starts_its_distributed_executor(
     extra = {**CPU_TEST_ENV, "PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin"}
 
     started: list[Running] = []
+    rpc_dirs: list[Path] = []
     t0 = time.monotonic()
     try:
         for pod, ip, ns in (
@@ -319,6 +325,8 @@ def test_group_starts_its_distributed_executor(
             assert args[args.index("--master-addr") + 1] == leader_address
             _seed_tokenizer(Path(spec.env["HF_HOME"]), *model_and_revision(args))
             argv = [str(bin_dir / "vllm"), *spec.argv[1:]]
+            rpc = Path(tempfile.mkdtemp(prefix="vrpc", dir="/tmp"))
+            rpc_dirs.append(rpc)
             started.append(
                 start_in_pod(
                     spec,
@@ -327,7 +335,7 @@ def test_group_starts_its_distributed_executor(
                     netns=ns,
                     etc_hosts=etc_hosts,
                     log_dir=log_dir,
-                    extra_env=extra,
+                    extra_env={**extra, "VLLM_RPC_BASE_PATH": str(rpc)},
                     argv=argv,
                 )
             )
@@ -355,6 +363,8 @@ def test_group_starts_its_distributed_executor(
         for r in started:
             r.stop()
         pods.delete()
+        for rpc in rpc_dirs:
+            shutil.rmtree(rpc, ignore_errors=True)
 
     leader_log = leader.log.read_text(errors="replace")
     worker_log = worker.log.read_text(errors="replace")
