@@ -33,41 +33,48 @@ WARNED = LicenseVerdict(
 )  # fmt: skip
 
 
-def deployments_for(s: AIStack, ready: bool = True, **overrides: int) -> dict[str, Any]:
-    """Every Deployment render makes for the stack, as the API server would report them."""
+def _deployment_status(want: int, have: int) -> dict[str, Any]:
+    return {"observedGeneration": 1, "replicas": want, "readyReplicas": have,
+            "updatedReplicas": want}  # fmt: skip
+
+
+def _lws_status(want: int, have: int) -> dict[str, Any]:
+    # As LeaderWorkerSet v0.8.0 reports it: no observedGeneration; Available when every
+    # group is ready on the current template, Progressing otherwise.
+    condition = {"type": "Available" if have >= want else "Progressing", "status": "True"}
+    return {"replicas": want, "readyReplicas": have, "updatedReplicas": want,
+            "conditions": [condition]}  # fmt: skip
+
+
+_REPORTED = {"Deployment": _deployment_status, "LeaderWorkerSet": _lws_status}
+
+
+def _reported(s: AIStack, kind: str, ready: bool, overrides: dict[str, int]) -> dict[str, Any]:
+    """Every workload of ``kind`` render makes for the stack, by name, as the API server
+    would report it: ``overrides`` (name -> ready replicas, or groups), else all ready or
+    none."""
     out = {}
-    permitted = all_permitted(s)
-    for m in render(s, permitted):
-        if m["kind"] != "Deployment":
+    for m in render(s, all_permitted(s)):
+        if m["kind"] != kind:
             continue
         name = m["metadata"]["name"]
         want = m["spec"]["replicas"]
         have = overrides.get(name, want if ready else 0)
         m = dict(m, metadata=dict(m["metadata"], generation=1))
-        m["status"] = {"observedGeneration": 1, "replicas": want, "readyReplicas": have,
-                       "updatedReplicas": want}  # fmt: skip
+        m["status"] = _REPORTED[kind](want, have)
         out[name] = m
     return out
+
+
+def deployments_for(s: AIStack, ready: bool = True, **overrides: int) -> dict[str, Any]:
+    """Every Deployment render makes for the stack, as the API server would report them."""
+    return _reported(s, "Deployment", ready, overrides)
 
 
 def lws_for(s: AIStack, ready: bool = True, **overrides: int) -> dict[str, Any]:
     """Every LeaderWorkerSet render makes for the stack, as the API server reports them:
     ``overrides`` by name, the groups that are ready."""
-    out = {}
-    for m in render(s, all_permitted(s)):
-        if m["kind"] != "LeaderWorkerSet":
-            continue
-        name = m["metadata"]["name"]
-        want = m["spec"]["replicas"]
-        have = overrides.get(name, want if ready else 0)
-        m = dict(m, metadata=dict(m["metadata"], generation=1))
-        # As LeaderWorkerSet v0.8.0 reports it: no observedGeneration; Available when every
-        # group is ready on the current template, Progressing otherwise.
-        condition = {"type": "Available" if have >= want else "Progressing", "status": "True"}
-        m["status"] = {"replicas": want, "readyReplicas": have, "updatedReplicas": want,
-                       "conditions": [condition]}  # fmt: skip
-        out[name] = m
-    return out
+    return _reported(s, "LeaderWorkerSet", ready, overrides)
 
 
 def unschedulable_pod(model: str, message: str) -> dict[str, Any]:
