@@ -43,6 +43,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import analysis
+from aistack.kinds import crd_established
 from aistack.limits import DEFAULT_RESYNC
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -463,7 +464,13 @@ def one_run(
 def prepare(cluster: Cluster, namespaces: Sequence[str], with_crds: bool) -> None:
     if with_crds:
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-        cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        deadline = time.monotonic() + 60  # polled: `kubectl wait` fails on `conditions: null`
+        while not all(
+            map(crd_established, json.loads(cluster.kubectl("get", "crd", "-o", "json"))["items"])
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the CRDs are not established after 60 s")
+            time.sleep(0.2)
     for ns in namespaces:
         cluster.kubectl("create", "namespace", ns)
     for ns in namespaces:  # the namespace's ServiceAccount: admission of pods needs it

@@ -178,7 +178,16 @@ install_crds() {
   for f in "${files[@]}"; do
     kubectl apply --server-side --force-conflicts -f "$f"
   done
-  kubectl wait --for=condition=Established --timeout=60s $(for f in "${files[@]}"; do kubectl get -f "$f" -o name; done)
+  # Polled: `kubectl wait --for=condition` fails at once while a new CRD's status still
+  # has `conditions: null`.
+  local crd i
+  for crd in $(for f in "${files[@]}"; do kubectl get -f "$f" -o name; done); do
+    for i in $(seq 1 300); do
+      [[ $(kubectl get "$crd" -o jsonpath='{.status.conditions[?(@.type=="Established")].status}') == True ]] && break
+      [[ $i == 300 ]] && die "$crd is not established after 60 s"
+      sleep 0.2
+    done
+  done
 }
 
 apply_quickstart() {

@@ -253,6 +253,24 @@ def crd(established: bool) -> dict[str, Any]:
             "status": {"conditions": [{"type": "Established", "status": status}]}}  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("status", "served"),
+    [
+        (None, False),
+        ({}, False),
+        ({"conditions": None}, False),  # a CRD the API server has just created
+        ({"conditions": [{"type": "NamesAccepted", "status": "True"}]}, False),
+        ({"conditions": [{"type": "Established", "status": "False"}]}, False),
+        ({"conditions": [{"type": "NamesAccepted", "status": "True"},
+                         {"type": "Established", "status": "True"}]}, True),
+    ],
+)  # fmt: skip
+def test_a_crd_is_served_only_once_established(status: Any, served: bool) -> None:
+    from aistack.kinds import crd_established
+
+    assert crd_established({"metadata": {"name": MONITORING_CRD}, "status": status}) is served
+
+
 def test_the_crd_watch_turns_monitors_on_and_off_and_requeues_every_stack(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -35,7 +35,7 @@ from aistack.controller import (
     write_policy_status,
 )
 from aistack.errors import format_validation_error
-from aistack.kinds import BY_KIND, CHILD_KINDS
+from aistack.kinds import BY_KIND, CHILD_KINDS, crd_established
 from aistack.kube import Kube, KubeError, RateLimit, load_client
 from aistack.licenses import update_verdicts
 from aistack.queue import StackQueue
@@ -377,11 +377,6 @@ def _served(kube: Kube, kind: str) -> bool:
         return False
 
 
-def _established(body: Mapping[str, Any]) -> bool:
-    conditions = (body.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
-
-
 def _crd_handler(kind: str) -> Any:
     async def crd_event(type: str | None, body: kopf.Body, **kwargs: Any) -> None:
         """An optional kind's CRD appearing (established) or going: every stack renders
@@ -389,7 +384,7 @@ def _crd_handler(kind: str) -> Any:
         LeaderWorkerSets: ``components.lws_missing``). kopf starts and stops its watch on
         the kind by itself."""
         RUNTIME.bind(kwargs)
-        present = type != "DELETED" and _established(body)
+        present = type != "DELETED" and crd_established(body)
         if RUNTIME.set_crd_served(kind, present):
             crd = BY_KIND[kind].crd
             log.info("%s %s: stacks follow", crd, "found" if present else "gone")

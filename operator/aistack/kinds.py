@@ -6,7 +6,9 @@ kinds to watch and cache as children of a stack) all read this table.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aistack.api.v1alpha1 import GROUP, VERSION
 
@@ -83,3 +85,12 @@ BY_KIND: dict[str, Kind] = {k.kind: k for k in KINDS}
 CHILD_KINDS: tuple[Kind, ...] = tuple(k for k in KINDS if k.child)
 #: The kinds that run a stack's pods.
 WORKLOAD_KINDS: frozenset[str] = frozenset(k.kind for k in KINDS if k.workload)
+
+
+def crd_established(crd: Mapping[str, Any]) -> bool:
+    """A CustomResourceDefinition's body says Established=True (its kind is served).
+
+    A new CRD's status starts as `conditions: null`; that is "not yet", not an error.
+    """
+    conditions = (crd.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)

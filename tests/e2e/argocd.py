@@ -163,9 +163,7 @@ class ArgoCD:
         crds = module_dir() / "manifests" / "crds"
         for name in ("application-crd.yaml", "appproject-crd.yaml"):
             self.cluster.kubectl("apply", "--server-side", "-f", str(crds / name))
-        for crd in ("applications.argoproj.io", "appprojects.argoproj.io"):
-            self.cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}",
-                                 "--timeout=60s")  # fmt: skip
+        self.cluster.wait_established("applications.argoproj.io", "appprojects.argoproj.io")
         self.cluster.kubectl("create", "namespace", NAMESPACE, check=False)
         labels = {"app.kubernetes.io/part-of": "argocd"}
         self.cluster.apply({

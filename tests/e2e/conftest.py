@@ -223,6 +223,21 @@ class Cluster:
             args += ["-n", namespace]
         return self.kubectl(*args, input=text).stdout
 
+    def wait_established(self, *crds: str, timeout: float = 60) -> None:
+        """Each CRD (by name) has condition Established=True.
+
+        Polled, not `kubectl wait --for=condition`: that fails at once while a new CRD's
+        status still has `conditions: null`.
+        """
+        path = '{.status.conditions[?(@.type=="Established")].status}'
+        for crd in crds:
+            wait_until(
+                lambda crd=crd: self.kubectl(
+                    "get", "crd", crd, "-o", f"jsonpath={path}", check=False
+                ).stdout.strip() == "True",
+                timeout=timeout, interval=0.2, message=f"CRD {crd} established",
+            )  # fmt: skip
+
     @staticmethod
     def wait_until(
         predicate: Callable[[], Any],
@@ -498,7 +513,7 @@ def crds(cluster: Any) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
     for path in sorted((REPO_ROOT / "crds").glob("*.yaml")):
         name = yaml.safe_load(path.read_text())["metadata"]["name"]
-        cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+        cluster.wait_established(name)
 
 
 # --------------------------------------------------------------------------- #

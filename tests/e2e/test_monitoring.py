@@ -40,11 +40,7 @@ def install_crds(cluster: Any) -> None:
     """The Prometheus Operator's CRDs, installed and established."""
     for path in crd_files():
         cluster.kubectl("apply", "--server-side", "-f", str(path))
-    for plural in CRDS:
-        cluster.kubectl(
-            "wait", "--for=condition=Established",
-            f"crd/{plural}.monitoring.coreos.com", "--timeout=60s",
-        )  # fmt: skip
+    cluster.wait_established(*(f"{plural}.monitoring.coreos.com" for plural in CRDS))
 
 
 def remove_crds(cluster: Any, *, missing_ok: bool = True) -> None:

@@ -171,9 +171,7 @@ def widget_crd(cluster):
     }
     cluster.apply(crd)
     try:
-        cluster.kubectl(
-            "wait", "--for=condition=Established", f"crd/{name}", f"--timeout={DEADLINE}s"
-        )
+        cluster.wait_established(name, timeout=DEADLINE)
         yield group
     finally:
         cluster.kubectl("delete", "crd", name, "--wait=false", "--ignore-not-found", check=False)

@@ -10,6 +10,7 @@ so that Deployments become ready), the CRDs installed, a namespace per test.
 from __future__ import annotations
 
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import yaml
 
 from aistack.components import DEFAULT_IMAGES, RenderConfig
 from aistack.controller import Reconciler, StackView, licensing_for
-from aistack.kinds import CHILD_KINDS
+from aistack.kinds import CHILD_KINDS, crd_established
 from aistack.kube import Kube, load_client
 from aistack.names import STACK_LABEL
 
@@ -41,6 +42,15 @@ class Api:
             input=input, capture_output=True, text=True, check=True, timeout=120,
         )  # fmt: skip
         return out.stdout
+
+    def wait_established(self, crd: str, timeout: float = 60) -> None:
+        """The CRD has Established=True (polled: `kubectl wait --for=condition` fails at
+        once while a new CRD's status has `conditions: null`)."""
+        deadline = time.monotonic() + timeout
+        while not crd_established(self.get("crd", crd) or {}):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"CRD {crd} not established after {timeout}s")
+            time.sleep(0.2)
 
     def apply(self, doc: dict[str, Any]) -> None:
         self.run(
@@ -91,8 +101,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         api = Api(str(kubeconfig), kubectl, Kube(load_client(str(kubeconfig))))
         api.run("apply", "--server-side", "-f", str(ROOT / "crds"))
         for path in sorted((ROOT / "crds").glob("*.yaml")):
-            crd = yaml.safe_load(path.read_text())["metadata"]["name"]
-            api.run("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+            api.wait_established(yaml.safe_load(path.read_text())["metadata"]["name"])
         yield api
     finally:
         subprocess.run([str(CLUSTER), "down", *where], capture_output=True, timeout=180)
