@@ -21,6 +21,14 @@
 #   lws-controller-manager (the module's cmd/ package)                (sigs.k8s.io/lws)
 #   and, from the same module, its CRD (config/crd/bases) and its webhook configuration
 #   (config/webhook, a kustomization), copied beside bin/ into config/
+# and, with --keda, the KEDA that `hack/local-cluster.sh up --keda` runs beside the control
+# plane (through the wrapper module hack/kedabuild; KEDA's go.mod needs Go 1.27.4, which the
+# go command takes from the module proxy as toolchain ${KEDA_GOTOOLCHAIN}):
+#   keda-operator (cmd/operator) and keda-metrics-apiserver (cmd/adapter)
+#                                                                     (github.com/kedacore/keda/v2)
+#   and, from the same module, its CRDs (config/crd/bases), copied beside bin/ into config/
+# and, with --prometheus, the Prometheus server that tests/e2e/keda_infra.py runs:
+#   prometheus                                                        (github.com/prometheus/prometheus)
 # Versions are pinned in hack/versions.env (the linters' below, unless versions.env
 # sets them). Nothing is downloaded at run time other than Go modules (and checkov's
 # PyPI packages).
@@ -36,10 +44,15 @@
 #   ${AISTACK_TOOLS_CACHE:-$HOME/.cache/aistack-operator/tools}/argocd-<v>/bin
 # and so has LWS (its manifests in .../lws-<v>/config):
 #   ${AISTACK_TOOLS_CACHE:-$HOME/.cache/aistack-operator/tools}/lws-<v>/bin
+# and so has KEDA (its CRDs in .../keda-<v>/config):
+#   ${AISTACK_TOOLS_CACHE:-$HOME/.cache/aistack-operator/tools}/keda-<v>/bin
+# and so has the Prometheus server:
+#   ${AISTACK_TOOLS_CACHE:-$HOME/.cache/aistack-operator/tools}/prometheus-<v>/bin
 # A tool is rebuilt only when its binary is missing or its --version output
 # does not match the pin, so a second run takes seconds.
 #
-# Usage: hack/build-tools.sh [--lint|--promtool|--argocd|--lws] [--print-bin-dir] [--check] [--force]
+# Usage: hack/build-tools.sh [--lint|--promtool|--argocd|--lws|--keda|--prometheus]
+#                            [--print-bin-dir] [--check] [--force]
 #                            [--update-modules] [-h]
 #   (no option)        build what is missing; the last line of stdout is the bin dir
 #   --lint             act on the manifest linters (kube-score, checkov) instead of the
@@ -52,13 +65,20 @@
 #   --lws              act on LeaderWorkerSet instead of the control plane: build it (about
 #                      2 minutes on 2 CPUs with cold Go caches), or with --print-bin-dir /
 #                      --check; with --update-modules, regenerate hack/lwsbuild
+#   --keda             act on KEDA instead of the control plane: build it (about 8 minutes
+#                      on 2 CPUs with cold Go caches, including 2.1 GiB of module downloads
+#                      and the Go 1.27.4 toolchain), or with --print-bin-dir / --check; with
+#                      --update-modules, regenerate hack/kedabuild
+#   --prometheus       act on the Prometheus server instead of the control plane: build it
+#                      (about 3 minutes on 2 CPUs with cold Go caches, including the module
+#                      downloads), or with --print-bin-dir / --check
 #   --print-bin-dir    print the bin dir and exit (builds nothing)
 #   --check            exit 0 if every tool is present at the pinned version, else 1
 #   --force            rebuild everything
 #   --update-modules   regenerate hack/k8sbuild and hack/etcdbuild go.mod/go.sum
-#                      (with --lws: hack/lwsbuild) from the pinned versions (needs the
-#                      module proxy), then build what is missing (binaries are keyed by
-#                      version)
+#                      (with --lws: hack/lwsbuild; with --keda: hack/kedabuild) from the
+#                      pinned versions (needs the module proxy), then build what is missing
+#                      (binaries are keyed by version)
 #
 # Environment:
 #   AISTACK_TOOLS_CACHE   cache root (default $HOME/.cache/aistack-operator/tools)
@@ -94,13 +114,15 @@ die() { log "ERROR: $*"; exit 1; }
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
-FORCE=0 UPDATE=0 MODE=build LINT=0 PROMTOOL=0 ARGOCD=0 LWS=0
+FORCE=0 UPDATE=0 MODE=build LINT=0 PROMTOOL=0 ARGOCD=0 LWS=0 KEDA=0 PROMETHEUS=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --lint) LINT=1 ;;
     --promtool) PROMTOOL=1 ;;
     --argocd) ARGOCD=1 ;;
     --lws) LWS=1 ;;
+    --keda) KEDA=1 ;;
+    --prometheus) PROMETHEUS=1 ;;
     --print-bin-dir) MODE=print ;;
     --check) MODE=check ;;
     --force) FORCE=1 ;;
@@ -111,8 +133,8 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 
-if (( LINT + PROMTOOL + ARGOCD + LWS > 1 )); then
-  die "--lint, --promtool, --argocd and --lws are separate tool sets: give one"
+if (( LINT + PROMTOOL + ARGOCD + LWS + KEDA + PROMETHEUS > 1 )); then
+  die "--lint, --promtool, --argocd, --lws, --keda and --prometheus are separate tool sets: give one"
 fi
 if [[ $LINT == 1 ]]; then
   [[ $UPDATE == 0 ]] || die "--update-modules is for the control plane; --lint has no wrapper modules"
@@ -129,10 +151,20 @@ elif [[ $ARGOCD == 1 ]]; then
 elif [[ $LWS == 1 ]]; then
   KEY="lws-${LWS_VERSION}"
   BIN_DIR="$CACHE_ROOT/$KEY/bin"
+elif [[ $KEDA == 1 ]]; then
+  KEY="keda-${KEDA_VERSION}"
+  BIN_DIR="$CACHE_ROOT/$KEY/bin"
+elif [[ $PROMETHEUS == 1 ]]; then
+  [[ $UPDATE == 0 ]] || die "--update-modules is for the control plane; --prometheus has no wrapper module"
+  KEY="prometheus-${PROMETHEUS_VERSION}"
+  BIN_DIR="$CACHE_ROOT/$KEY/bin"
 fi
 # LWS's manifests from its module (config/crd/bases, config/webhook), beside bin/.
 LWS_CONFIG_DIR="$CACHE_ROOT/$KEY/config"
 LWS_CRD=leaderworkerset.x-k8s.io_leaderworkersets.yaml
+# KEDA's CRDs from its module (config/crd/bases), beside bin/; the ScaledObject's is one.
+KEDA_CONFIG_DIR="$CACHE_ROOT/$KEY/config"
+KEDA_CRD=keda.sh_scaledobjects.yaml
 
 if [[ $MODE == print ]]; then
   echo "$BIN_DIR"
@@ -155,6 +187,12 @@ tool_ok() {
     # Copied with the binary, from the same module version (see build_lws).
     [[ -s $LWS_CONFIG_DIR/crd/bases/$LWS_CRD && -s $LWS_CONFIG_DIR/webhook/kustomization.yaml \
       && $(cat "$LWS_CONFIG_DIR/.version" 2>/dev/null) == "$LWS_VERSION" ]]
+    return
+  fi
+  if [[ $name == keda-manifests ]]; then
+    # Copied with the binaries, from the same module version (see install_keda_manifests).
+    [[ -s $KEDA_CONFIG_DIR/crd/bases/$KEDA_CRD \
+      && $(cat "$KEDA_CONFIG_DIR/.version" 2>/dev/null) == "$KEDA_VERSION" ]]
     return
   fi
   [[ -x $bin ]] || return 1
@@ -187,6 +225,15 @@ tool_ok() {
       [[ $out == "Version: ${LWS_VERSION}"$'\n'* ]] ;;
     git-verify-wrapper.sh)
       [[ -x $bin ]] ;;
+    keda-operator|keda-metrics-apiserver)
+      # Neither has a --version flag (both log "KEDA Version: ${KEDA_VERSION#v}" once they
+      # reach a cluster); the build information Go writes into every binary names the
+      # module version its main package came from (-trimpath leaves the ldflags out of it).
+      out=$("$GO" version -m "$bin" 2>&1) || return 1
+      [[ $out == *$'\tmod\tgithub.com/kedacore/keda/v2\t'"${KEDA_VERSION}"$'\t'* ]] ;;
+    prometheus)
+      out=$("$bin" --version 2>&1) || return 1
+      [[ $out == "prometheus, version $(prometheus_release) "* ]] ;;
     promtool)
       out=$("$bin" --version 2>&1) || return 1
       [[ $out == "promtool, version $(prometheus_release) "* ]] ;;
@@ -208,6 +255,10 @@ elif [[ $ARGOCD == 1 ]]; then
   ALL_TOOLS=(argocd argocd-application-controller argocd-repo-server git-verify-wrapper.sh)
 elif [[ $LWS == 1 ]]; then
   ALL_TOOLS=(lws-controller-manager lws-manifests)
+elif [[ $KEDA == 1 ]]; then
+  ALL_TOOLS=(keda-operator keda-metrics-apiserver keda-manifests)
+elif [[ $PROMETHEUS == 1 ]]; then
+  ALL_TOOLS=(prometheus)
 else
   ALL_TOOLS=("${KUBE_BINS[@]}" etcd kwok kwokctl helm)
 fi
@@ -267,11 +318,41 @@ update_lws_module() {
   (cd "$dir" && GOFLAGS=-mod=mod "$GO" get -tool "sigs.k8s.io/lws/cmd@${LWS_VERSION}")
 }
 
+update_keda_module() {
+  local dir="$HACK_DIR/kedabuild" gomod edits
+  log "regenerating $dir/go.mod for github.com/kedacore/keda/v2 ${KEDA_VERSION}"
+  # KEDA's go.mod says go 1.27.4: the go command takes that toolchain from the module proxy.
+  export GOTOOLCHAIN=$KEDA_GOTOOLCHAIN
+  mkdir -p "$dir"
+  printf 'module aistack.local/kedabuild\n\ngo %s\n' "${KEDA_GOTOOLCHAIN#go}" > "$dir/go.mod"
+  : > "$dir/go.sum"
+  # KEDA's go.mod has replace (and exclude) lines, so `go install ...@version` is refused,
+  # and as a dependency of this module they would be ignored: copied here, they apply, and
+  # every other dependency is the one KEDA's go.mod selects, checked against go.sum. The
+  # lines come from the go.mod the proxy serves, read by `go mod edit -json`.
+  gomod=$(cd "$dir" && "$GO" mod download -json "github.com/kedacore/keda/v2@${KEDA_VERSION}" \
+    | python3 -c 'import sys,json; print(json.load(sys.stdin)["GoMod"])')
+  mapfile -t edits < <("$GO" mod edit -json "$gomod" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+at = lambda m: m["Path"] + ("@" + m["Version"] if m.get("Version") else "")
+for r in d.get("Replace") or []:
+    print("-replace=" + at(r["Old"]) + "=" + at(r["New"]))
+for e in d.get("Exclude") or []:
+    print("-exclude=" + at(e))')
+  if (( ${#edits[@]} )); then (cd "$dir" && "$GO" mod edit "${edits[@]}"); fi
+  (cd "$dir" && GOFLAGS=-mod=mod "$GO" get -tool \
+    "github.com/kedacore/keda/v2/cmd/operator@${KEDA_VERSION}" \
+    "github.com/kedacore/keda/v2/cmd/adapter@${KEDA_VERSION}")
+}
+
 # module_version DIR MODULE -> version the wrapper module selects
 module_version() { (cd "$1" && "$GO" list -mod=readonly -m -f '{{.Version}}' "$2"); }
 
 if [[ $UPDATE == 1 && $LWS == 1 ]]; then
   update_lws_module
+elif [[ $UPDATE == 1 && $KEDA == 1 ]]; then
+  update_keda_module
 elif [[ $UPDATE == 1 ]]; then
   update_k8s_module
   update_etcd_module
@@ -451,6 +532,70 @@ install_lws_manifests() {
   mv "$STAGE/config" "$LWS_CONFIG_DIR"
 }
 
+# keda_module FIELD: a field ("Dir", "Time") of what `go mod download -json` says about the
+# github.com/kedacore/keda/v2 that hack/kedabuild selects (downloaded into Go's module cache
+# first if needed).
+keda_module() {
+  (cd "$HACK_DIR/kedabuild" && GOTOOLCHAIN=$KEDA_GOTOOLCHAIN "$GO" mod download -json github.com/kedacore/keda/v2) |
+    sed -n "s/^[[:space:]]*\"$1\": \"\(.*\)\",\{0,1\}\$/\1/p"
+}
+
+build_keda() {
+  local dir="$HACK_DIR/kedabuild" got p=github.com/kedacore/keda/v2
+  # KEDA's go.mod says go 1.27.4: the go command fetches that toolchain from the module
+  # proxy (as a module; about 10 seconds on a new machine).
+  export GOTOOLCHAIN=$KEDA_GOTOOLCHAIN
+  got=$(module_version "$dir" "$p") || die "hack/kedabuild is broken; try hack/build-tools.sh --keda --update-modules"
+  [[ $got == "$KEDA_VERSION" ]] || die "hack/kedabuild pins $p $got, versions.env says $KEDA_VERSION; run hack/build-tools.sh --keda --update-modules"
+  log "building keda-operator, keda-metrics-apiserver ${KEDA_VERSION} (toolchain ${KEDA_GOTOOLCHAIN}; about 8 minutes on 2 CPUs when Go's caches are cold)"
+  # ldflags as in KEDA's Makefile (GO_LDFLAGS), with the release as its images have it
+  # (VERSION without the v), so both log "KEDA Version: ${KEDA_VERSION#v}" when they start;
+  # the module proxy records no commit for the release. KEDA has no build tags that leave
+  # scalers out: every scaler (the cloud SDKs, database drivers, ...) is compiled in.
+  # Both in one go build, so the packages they share compile once.
+  mkdir -p "$STAGE/keda"
+  (cd "$dir" && "$GO" build -mod=readonly -p "$JOBS" -trimpath \
+    -ldflags "-s -w -X $p/version.Version=${KEDA_VERSION#v} -X $p/version.GitCommit=unknown" \
+    -o "$STAGE/keda/" "$p/cmd/operator" "$p/cmd/adapter")
+  # The packages are cmd/operator and cmd/adapter; KEDA's images name them so.
+  mv "$STAGE/keda/operator" "$STAGE/keda-operator"
+  mv "$STAGE/keda/adapter" "$STAGE/keda-metrics-apiserver"
+  install_staged keda-operator keda-metrics-apiserver
+}
+
+install_keda_manifests() {
+  # KEDA's CRDs (ScaledObject, ScaledJob, TriggerAuthentication, ClusterTriggerAuthentication,
+  # CloudEventSource, ClusterCloudEventSource) of the module the binaries are built from.
+  local src
+  src=$(keda_module Dir)
+  [[ -n $src && -f $src/config/crd/bases/$KEDA_CRD ]] \
+    || die "no config/crd/bases/$KEDA_CRD in github.com/kedacore/keda/v2 ${KEDA_VERSION} (${src:-go mod download failed})"
+  log "copying KEDA's CRDs from $src"
+  mkdir -p "$STAGE/config/crd/bases"
+  cp "$src"/config/crd/bases/*.yaml "$STAGE/config/crd/bases/"
+  chmod -R u+w "$STAGE/config"  # the module cache is read-only
+  echo "$KEDA_VERSION" >"$STAGE/config/.version"
+  rm -rf "$KEDA_CONFIG_DIR"
+  mv "$STAGE/config" "$KEDA_CONFIG_DIR"
+}
+
+build_prometheus() {
+  local release date
+  release=$(prometheus_release)
+  date=$("$GO" list -m -f '{{if .Time}}{{.Time.UTC.Format "20060102-15:04:05"}}{{end}}' \
+    "github.com/prometheus/prometheus@${PROMETHEUS_VERSION}" 2>/dev/null) || date=""
+  log "building prometheus ${release} (github.com/prometheus/prometheus ${PROMETHEUS_VERSION}; about 3 minutes on 2 CPUs when Go's caches are cold)"
+  # Exactly as promtool (build_promtool): go install from the module (no replace lines),
+  # ldflags as in Prometheus' .promu.yml, and -tags remove_all_sd: no service-discovery
+  # plugins (the cloud SDKs), so only static_configs (and file_sd) are there, which is all
+  # tests/e2e/keda_infra.py uses. Without the builtinassets tag the web UI is not embedded
+  # (it would be read from web/ui/static); the HTTP API, which KEDA queries, is complete.
+  GOBIN="$STAGE" "$GO" install -p "$JOBS" -trimpath -tags remove_all_sd \
+    -ldflags "-s -w -X github.com/prometheus/common/version.Version=${release} -X github.com/prometheus/common/version.Revision=unknown -X github.com/prometheus/common/version.Branch=unknown -X github.com/prometheus/common/version.BuildDate=${date:-unknown}" \
+    "github.com/prometheus/prometheus/cmd/prometheus@${PROMETHEUS_VERSION}"
+  install_staged prometheus
+}
+
 build_checkov() {
   # A virtualenv records its own path, so it is made where it stays (beside bin/), anew;
   # bin/checkov links to its entry point. A half-made one fails tool_ok and is made again.
@@ -473,6 +618,11 @@ elif [[ $ARGOCD == 1 ]]; then
 elif [[ $LWS == 1 ]]; then
   if need lws-controller-manager; then timed "lws-controller-manager" build_lws; fi
   if need lws-manifests; then install_lws_manifests; fi
+elif [[ $KEDA == 1 ]]; then
+  if need keda-operator keda-metrics-apiserver; then timed "keda" build_keda; fi
+  if need keda-manifests; then install_keda_manifests; fi
+elif [[ $PROMETHEUS == 1 ]]; then
+  if need prometheus; then timed "prometheus" build_prometheus; fi
 else
   if need "${KUBE_BINS[@]}"; then timed "kubernetes" build_kube; fi
   if need etcd; then timed "etcd" build_etcd; fi
