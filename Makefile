@@ -11,7 +11,7 @@ BENCH_ARGS ?=
 
 .PHONY: help venv lint unit integration e2e test crds check-crds demo demo-down cluster-tools clean \
 	chart chart-crds chart-images docs bench conformance conformance-envs gpu-smoke \
-	lint-manifests promtool-rules argocd-tools gitops
+	lint-manifests promtool-rules argocd-tools gitops keda-tools
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -49,6 +49,10 @@ e2e: $(STAMP) cluster-tools ## end-to-end tests against a real local API server
 argocd-tools: ## build Argo CD (argocd, its controller and repo-server; Go 1.27 from the module proxy) and install Redis
 	hack/build-tools.sh --argocd
 	hack/gitops-deps.sh
+
+keda-tools: ## build KEDA (keda-operator, keda-metrics-apiserver; Go 1.27.4 from the module proxy) and the Prometheus server, for local-cluster.sh up --keda
+	hack/build-tools.sh --keda
+	hack/build-tools.sh --prometheus
 
 gitops: $(STAMP) cluster-tools argocd-tools ## GitOps with a real Argo CD: examples/argocd synced from a local git server
 	$(BIN)/pytest tests/e2e/test_argocd.py $(PYTEST_ARGS)
