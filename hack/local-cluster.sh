@@ -6,14 +6,16 @@
 # hack/nodes.yaml become Ready, scheduled pods become Running/Ready, but no
 # container ever runs. Beside the control plane runs the LeaderWorkerSet (LWS)
 # controller, lws-controller-manager (hack/build-tools.sh --lws), with its CRD and
-# its admission webhooks served on 127.0.0.1.
+# its admission webhooks served on 127.0.0.1; and, with --keda, KEDA (keda-operator and
+# keda-metrics-apiserver, hack/build-tools.sh --keda) with its CRDs, serving the external
+# metrics API through the API server.
 #
 # Usage:
-#   hack/local-cluster.sh up     [--name NAME] [--kubeconfig PATH] [--workdir DIR] [--nodes FILE] [--timeout SECONDS]
+#   hack/local-cluster.sh up     [--name NAME] [--kubeconfig PATH] [--workdir DIR] [--nodes FILE] [--timeout SECONDS] [--keda]
 #   hack/local-cluster.sh down   [--name NAME] [--kubeconfig PATH] [--workdir DIR]
 #   hack/local-cluster.sh status [--name NAME] [--workdir DIR]
 #   hack/local-cluster.sh stop   [--name NAME] [--workdir DIR]
-#   hack/local-cluster.sh start  [--name NAME] [--workdir DIR] [--timeout SECONDS]
+#   hack/local-cluster.sh start  [--name NAME] [--workdir DIR] [--timeout SECONDS] [--keda]
 #   hack/local-cluster.sh bin-dir          print the directory with kubectl, kwokctl, helm, ...
 #
 #   up      builds the tools if needed, creates (or resumes) the cluster, waits
@@ -36,7 +38,8 @@
 #           keeps their data: an outage of the whole control plane, for fault tests.
 #   start   starts a stopped cluster again on the same ports (the kubeconfig stays
 #           valid) and waits until its API server is ready, every component runs
-#           and LWS's webhooks answer, supervising them like up.
+#           and LWS's webhooks answer, supervising them like up (and KEDA, when
+#           --keda is given or up --keda set it up).
 #
 # LWS: once the API server is ready, up (and start) apply LWS's CRD and its
 # Mutating/ValidatingWebhookConfigurations (derived from the module's config/webhook:
@@ -49,6 +52,28 @@
 # in pids/lws-controller-manager.pid, like the other components; it is supervised the
 # same way, and ready when the API server gets answers from its webhooks (server-side
 # dry runs of a LeaderWorkerSet and of one of its pods). Needs openssl and python3.
+#
+# KEDA (only with --keda; without it nothing of the following happens): once the API
+# server is ready, up (and start) apply KEDA's CRDs and run keda-operator and
+# keda-metrics-apiserver as processes of the cluster, supervised like LWS, in
+# <workdir>/clusters/NAME/keda/ (logs/keda-*.log, pids/keda-*.pid):
+#   - namespace keda (KEDA's cluster object and "pod" namespace), leader election off;
+#   - one certificate (its own CA) in keda/certs/ for the operator's gRPC metrics service
+#     and the metrics API server, which talk mutual TLS (--cert-dir of both; KEDA's own
+#     certificate rotation off): SANs 127.0.0.1 and keda-metrics-apiserver.keda.svc;
+#   - the operator's gRPC metrics service, metrics and health on free 127.0.0.1 ports; the
+#     metrics API server's HTTPS port on 127.0.0.1 (its /metrics port is KEDA's ":PORT",
+#     every address);
+#   - the APIService v1beta1.external.metrics.k8s.io, its caBundle that CA, pointing at the
+#     Service keda/keda-metrics-apiserver of type ExternalName 127.0.0.1 with the metrics
+#     API server's port: the API server's aggregator sends to an ExternalName Service's
+#     name and the APIService's port (a ClusterIP would need routing, which this cluster
+#     has not; --enable-aggregator-routing would need Endpoints on a non-loopback address),
+#     and checks the certificate for keda-metrics-apiserver.keda.svc;
+#   - kube-controller-manager's --horizontal-pod-autoscaler-sync-period=2s (default 15s),
+#     only for a cluster created by up --keda, so the HPAs KEDA makes act within seconds.
+# KEDA is ready when the API server serves external.metrics.k8s.io/v1beta1 (through
+# the metrics API server) and the operator's /readyz answers.
 #
 # Options / environment:
 #   --name NAME          AISTACK_CLUSTER_NAME       (default: aistack-local)
@@ -63,6 +88,8 @@
 #   --no-qps-limits      AISTACK_NO_QPS_LIMITS=1    lift the client QPS limits of the controller
 #                        manager and scheduler and the API server's in-flight limits (for
 #                        benchmarks: the cluster's own controllers must not be the bottleneck)
+#   --keda               AISTACK_KEDA=1             up/start: run KEDA too (see above; builds it
+#                        with hack/build-tools.sh --keda if needed)
 #   AISTACK_TOOLS_CACHE  passed through to hack/build-tools.sh
 #
 # For tests only (tests/e2e/test_local_cluster.py; never set them otherwise):
@@ -99,6 +126,7 @@ NODES_FILE=${AISTACK_NODES_FILE:-$HACK_DIR/nodes.yaml}
 TIMEOUT=${AISTACK_CLUSTER_TIMEOUT:-180}
 AUDIT_POLICY=${AISTACK_AUDIT_POLICY:-}
 NO_QPS_LIMITS=${AISTACK_NO_QPS_LIMITS:-}
+KEDA=${AISTACK_KEDA:-}
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --name) NAME=$2; shift ;;
@@ -114,6 +142,7 @@ while [[ $# -gt 0 ]]; do
     --audit-policy) AUDIT_POLICY=$2; shift ;;
     --audit-policy=*) AUDIT_POLICY=${1#*=} ;;
     --no-qps-limits) NO_QPS_LIMITS=1 ;;
+    --keda) KEDA=1 ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
   esac
@@ -136,6 +165,11 @@ LWS=lws-controller-manager
 LWS_DIR="$CLUSTER_DIR/lws"
 LWS_CRD=leaderworkersets.leaderworkerset.x-k8s.io
 LWS_BIN_DIR=""
+# KEDA (--keda): its two components (binary, pid file, log) and its files.
+KEDA_OPERATOR=keda-operator
+KEDA_ADAPTER=keda-metrics-apiserver
+KEDA_DIR="$CLUSTER_DIR/keda"
+KEDA_BIN_DIR=""
 
 # kwokctl reads KWOK_WORKDIR; it must never touch ~/.kwok or ~/.kube/config.
 export KWOK_WORKDIR="$WORKDIR"
@@ -146,6 +180,11 @@ tools() {
   [[ -x $BIN_DIR/kwokctl ]] || die "build-tools.sh did not produce $BIN_DIR/kwokctl"
   LWS_BIN_DIR=$("$HACK_DIR/build-tools.sh" --lws | tail -n 1)
   [[ -x $LWS_BIN_DIR/$LWS ]] || die "build-tools.sh --lws did not produce $LWS_BIN_DIR/$LWS"
+  if [[ -n $KEDA ]]; then
+    KEDA_BIN_DIR=$("$HACK_DIR/build-tools.sh" --keda | tail -n 1)
+    [[ -x $KEDA_BIN_DIR/$KEDA_OPERATOR && -x $KEDA_BIN_DIR/$KEDA_ADAPTER ]] \
+      || die "build-tools.sh --keda did not produce $KEDA_BIN_DIR/$KEDA_OPERATOR and $KEDA_ADAPTER"
+  fi
   # Built kubectl first on PATH: kwokctl looks kubectl up in PATH (and would
   # try to download one otherwise); the Debian/other kubectl may be too old.
   export PATH="$BIN_DIR:$PATH"
@@ -173,12 +212,15 @@ component_binary() {
 }
 
 write_config() {
-  local cfg="$WORKDIR/kwokctl.yaml" etcd_bin apiserver_bin kcm_bin scheduler_bin kwok_bin
+  local cfg="$WORKDIR/kwokctl.yaml" etcd_bin apiserver_bin kcm_bin scheduler_bin kwok_bin kcm_keda=""
   etcd_bin=$(component_binary etcd "$BIN_DIR/etcd")
   apiserver_bin=$(component_binary kube-apiserver "$BIN_DIR/kube-apiserver")
   kcm_bin=$(component_binary kube-controller-manager "$BIN_DIR/kube-controller-manager")
   scheduler_bin=$(component_binary kube-scheduler "$BIN_DIR/kube-scheduler")
   kwok_bin=$(component_binary kwok-controller "$BIN_DIR/kwok")
+  # --keda: the HPA controller syncs every 2 s instead of every 15 s, so an HPA that KEDA
+  # makes follows its metric within seconds (tests wait less). Nothing changes without it.
+  [[ -z $KEDA ]] || kcm_keda=$'\n      - key: horizontal-pod-autoscaler-sync-period\n        value: 2s'
   cat >"$cfg" <<EOF
 kind: KwokctlConfiguration
 apiVersion: config.kwok.x-k8s.io/v1alpha1
@@ -214,7 +256,7 @@ componentsPatches:
       - key: enable-hostpath-provisioner
         value: "true"
       - key: leader-elect
-        value: "false"
+        value: "false"$kcm_keda
   - name: kube-scheduler
     extraArgs:
       - key: leader-elect
@@ -341,6 +383,7 @@ launch() {
 supervise() {
   reap_kwokctl
   lws_supervise
+  keda_supervise
   local c t dead=() out rc=0
   t=$(now)
   for c in "${COMPONENTS[@]}"; do
@@ -590,6 +633,260 @@ lws_stop() {
   kill -KILL "$pid" 2>/dev/null || true
 }
 
+# --------------------------------------------------------------------------- #
+# KEDA (--keda): keda-operator and keda-metrics-apiserver, processes of the cluster
+# started by this script once the API server is ready, with pid files and logs beside
+# the other components'. The operator serves the scalers' metrics over gRPC (mutual TLS)
+# to the metrics API server, which the API server's aggregator calls for
+# external.metrics.k8s.io (the HPAs that KEDA makes read their metrics from there).
+# --------------------------------------------------------------------------- #
+KEDA_SUPERVISED=0  # set by keda_up: from then on supervise starts KEDA again when it exits
+
+# keda_config_dir: the module's CRDs, copied beside KEDA's bin dir by build-tools.sh.
+keda_config_dir() { echo "${KEDA_BIN_DIR%/bin}/config"; }
+
+# keda_certificates: KEDA's certificates in $KEDA_DIR/certs, made once per cluster: a CA
+# (ca.crt; the APIService's caBundle) and one certificate signed by it (tls.crt, tls.key)
+# for 127.0.0.1 and keda-metrics-apiserver.keda.svc (the name the aggregator checks),
+# usable by server and client. The operator's gRPC server and the metrics API server's
+# gRPC client both read ca.crt, tls.crt and tls.key from their --cert-dir and each checks
+# the other's certificate against ca.crt (mutual TLS); the metrics API server serves HTTPS
+# with the same pair. KEDA's own certificate rotation (a Secret, patched webhooks and
+# APIService) stays off.
+keda_certificates() {
+  local d="$KEDA_DIR/certs"
+  [[ -s $d/ca.crt && -s $d/tls.crt && -s $d/tls.key ]] && return 0
+  command -v openssl >/dev/null || die "openssl not found (needed for KEDA's certificates)"
+  mkdir -p "$d"
+  {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+      -subj "/CN=keda-local-ca" -addext "basicConstraints=critical,CA:TRUE" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign" -keyout "$d/ca.key" -out "$d/ca.crt.tmp" &&
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=keda" \
+      -keyout "$d/tls.key.tmp" -out "$d/tls.csr" &&
+    openssl x509 -req -in "$d/tls.csr" -CA "$d/ca.crt.tmp" -CAkey "$d/ca.key" -days 3650 \
+      -set_serial "0x$(openssl rand -hex 8)" -out "$d/tls.crt.tmp" -extfile <(printf '%s\n' \
+        "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature" \
+        "extendedKeyUsage=serverAuth,clientAuth" \
+        "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:keda-metrics-apiserver.keda.svc,DNS:keda-operator.keda.svc")
+  } 2>/dev/null || die "openssl could not make KEDA's certificates"
+  rm -f "$d/tls.csr"
+  mv -f "$d/tls.key.tmp" "$d/tls.key"
+  mv -f "$d/tls.crt.tmp" "$d/tls.crt"
+  mv -f "$d/ca.crt.tmp" "$d/ca.crt"
+}
+
+# keda_choose_ports: the operator's gRPC, metrics and health ports and the metrics API
+# server's HTTPS and metrics ports (KEDA_GRPC_PORT, ...): those of the cluster's last KEDA
+# when they are still free (or it still runs), else new ones.
+keda_choose_ports() {
+  KEDA_GRPC_PORT="" KEDA_OPERATOR_METRICS_PORT="" KEDA_OPERATOR_HEALTH_PORT=""
+  KEDA_ADAPTER_PORT="" KEDA_ADAPTER_METRICS_PORT=""
+  # shellcheck source=/dev/null
+  [[ -f $KEDA_DIR/ports.env ]] && source "$KEDA_DIR/ports.env"
+  if [[ -n $KEDA_ADAPTER_METRICS_PORT ]] && { component_pid "$KEDA_OPERATOR" >/dev/null \
+      || component_pid "$KEDA_ADAPTER" >/dev/null || lws_ports_free "$KEDA_GRPC_PORT" \
+      "$KEDA_OPERATOR_METRICS_PORT" "$KEDA_OPERATOR_HEALTH_PORT" "$KEDA_ADAPTER_PORT" \
+      "$KEDA_ADAPTER_METRICS_PORT"; }; then
+    return 0
+  fi
+  read -r KEDA_GRPC_PORT KEDA_OPERATOR_METRICS_PORT KEDA_OPERATOR_HEALTH_PORT KEDA_ADAPTER_PORT \
+    KEDA_ADAPTER_METRICS_PORT < <(lws_free_ports 5)
+  [[ -n $KEDA_ADAPTER_METRICS_PORT ]] || die "python3 found no free ports for KEDA"
+  printf '%s\n' "KEDA_GRPC_PORT=$KEDA_GRPC_PORT" "KEDA_OPERATOR_METRICS_PORT=$KEDA_OPERATOR_METRICS_PORT" \
+    "KEDA_OPERATOR_HEALTH_PORT=$KEDA_OPERATOR_HEALTH_PORT" "KEDA_ADAPTER_PORT=$KEDA_ADAPTER_PORT" \
+    "KEDA_ADAPTER_METRICS_PORT=$KEDA_ADAPTER_METRICS_PORT" >"$KEDA_DIR/ports.env"
+}
+
+# keda_apiservice: writes $KEDA_DIR/apiservice.yaml: KEDA's namespace, the Service the
+# APIService names and the APIService v1beta1.external.metrics.k8s.io. Nothing routes a
+# ClusterIP here (no kube-proxy), but the aggregator sends a request for an ExternalName
+# Service to https://<externalName>:<the APIService's port> (k8s.io/apiserver's
+# ResolveCluster), checking the certificate for <service>.<namespace>.svc against the
+# caBundle, and its availability check asks a ClusterIP Service for endpoints, not an
+# ExternalName one. (With --enable-aggregator-routing it would take an endpoint of a
+# ClusterIP Service instead, but an endpoint address may not be a loopback address.)
+keda_apiservice() {
+  cat >"$KEDA_DIR/apiservice.yaml" <<EOF2
+apiVersion: v1
+kind: Namespace
+metadata: {name: keda}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: keda-metrics-apiserver, namespace: keda, labels: {app.kubernetes.io/part-of: keda-operator}}
+spec:
+  type: ExternalName
+  externalName: 127.0.0.1
+  ports: [{name: https, port: $KEDA_ADAPTER_PORT, protocol: TCP}]
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {name: v1beta1.external.metrics.k8s.io, labels: {app.kubernetes.io/part-of: keda-operator}}
+spec:
+  group: external.metrics.k8s.io
+  version: v1beta1
+  groupPriorityMinimum: 100
+  versionPriority: 100
+  service: {name: keda-metrics-apiserver, namespace: keda, port: $KEDA_ADAPTER_PORT}
+  caBundle: $(base64 -w0 <"$KEDA_DIR/certs/ca.crt")
+EOF2
+}
+
+# keda_spawn COMPONENT ARGS...: starts KEDA's COMPONENT in a session of its own (like
+# lws_spawn), with the environment KEDA's manifests give its pods: every namespace
+# watched, its own namespace keda (also where cluster-wide objects' secrets are read).
+keda_spawn() {
+  local c=$1 logf="$CLUSTER_DIR/logs/$1.log"; shift
+  mkdir -p "$CLUSTER_DIR/logs" "$CLUSTER_DIR/pids"
+  if [[ -s $logf ]]; then cp -f "$logf" "$CLUSTER_DIR/logs/$c.previous.log" || true; fi
+  # 9>&-: it must not inherit the creation lock.
+  WATCH_NAMESPACE="" POD_NAMESPACE=keda KEDA_CLUSTER_OBJECT_NAMESPACE=keda \
+    setsid "$KEDA_BIN_DIR/$c" "$@" </dev/null >"$logf" 2>&1 9>&- &
+  echo $! >"$CLUSTER_DIR/pids/$c.pid"
+  disown $!  # no "Killed" notice from bash when it exits while this script runs
+}
+
+# keda_start COMPONENT: keda_spawn with COMPONENT's command line: the cluster's admin
+# kubeconfig, everything on 127.0.0.1, the certificates of keda_certificates.
+keda_start() {
+  local certs="$KEDA_DIR/certs"
+  case $1 in
+    "$KEDA_OPERATOR")
+      keda_spawn "$1" --kubeconfig "$KWOK_KUBECONFIG" --leader-elect=false \
+        --enable-cert-rotation=false --cert-dir "$certs" \
+        --enable-webhook-patching=false --enable-apiservice-patching=false \
+        --metrics-service-bind-address "127.0.0.1:$KEDA_GRPC_PORT" \
+        --metrics-bind-address "127.0.0.1:$KEDA_OPERATOR_METRICS_PORT" \
+        --health-probe-bind-address "127.0.0.1:$KEDA_OPERATOR_HEALTH_PORT" \
+        --zap-log-level=info --zap-encoder=console ;;
+    "$KEDA_ADAPTER")
+      # Not in a pod: the kubeconfigs of its client, its lister and its delegated
+      # authentication and authorization are given (else it looks for in-cluster ones).
+      keda_spawn "$1" --kubeconfig "$KWOK_KUBECONFIG" --lister-kubeconfig "$KWOK_KUBECONFIG" \
+        --authentication-kubeconfig "$KWOK_KUBECONFIG" --authorization-kubeconfig "$KWOK_KUBECONFIG" \
+        --bind-address 127.0.0.1 --secure-port "$KEDA_ADAPTER_PORT" --cert-dir "$certs" \
+        --tls-cert-file "$certs/tls.crt" --tls-private-key-file "$certs/tls.key" \
+        --metrics-service-address "127.0.0.1:$KEDA_GRPC_PORT" --port "$KEDA_ADAPTER_METRICS_PORT" ;;
+  esac
+}
+
+# keda_crds_established: every CRD of KEDA is served.
+keda_crds_established() {
+  local i crd ok
+  for i in $(seq 1 25); do
+    ok=1
+    for crd in "${KEDA_CRDS[@]}"; do
+      [[ $(kc get crd "$crd" --request-timeout=5s \
+        -o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>/dev/null) == True ]] \
+        || { ok=0; break; }
+    done
+    (( ok )) && return 0
+    sleep 0.2
+  done
+  return 1
+}
+
+# keda_up: KEDA's CRDs (established), its namespace, certificates, ports, Service and
+# APIService, and its processes unless they run; keda_ready says when it serves.
+keda_up() {
+  mkdir -p "$KEDA_DIR"
+  command -v python3 >/dev/null || die "python3 not found (needed to set up KEDA)"
+  # Server-side, like LWS's: the ScaledObject and ScaledJob CRDs are big.
+  kc apply --server-side --force-conflicts -f "$(keda_config_dir)/crd/bases" >&2
+  mapfile -t KEDA_CRDS < <(kc get -f "$(keda_config_dir)/crd/bases" -o name | sed 's|^.*/||')
+  wait_until kube-apiserver "KEDA's CRDs to be established" keda_crds_established
+  keda_certificates
+  keda_choose_ports
+  keda_apiservice
+  kc apply --server-side --force-conflicts -f "$KEDA_DIR/apiservice.yaml" >&2
+  if ! grep -q horizontal-pod-autoscaler-sync-period "$CLUSTER_DIR/kwok.yaml" 2>/dev/null; then
+    log "note: cluster $NAME was created without --keda: its HPA controller syncs every 15 s, not 2 s"
+  fi
+  local c
+  for c in "$KEDA_OPERATOR" "$KEDA_ADAPTER"; do
+    if component_pid "$c" >/dev/null; then
+      log "$c runs (pid $(component_pid "$c"))"
+    else
+      log "starting $c ${KEDA_VERSION} (log $CLUSTER_DIR/logs/$c.log)"
+      keda_start "$c"
+    fi
+  done
+  KEDA_SUPERVISED=1
+}
+
+# keda_operator_ready: the operator's health endpoint says it is ready.
+keda_operator_ready() {
+  [[ $(curl -fsS --max-time 5 "http://127.0.0.1:$KEDA_OPERATOR_HEALTH_PORT/readyz" 2>/dev/null) == ok ]]
+}
+
+# keda_ready: the operator is ready and the API server serves external.metrics.k8s.io
+# through the metrics API server (the APIService is Available).
+keda_ready() {
+  keda_operator_ready || return 1
+  kc get --raw /apis/external.metrics.k8s.io/v1beta1 --request-timeout=10s >/dev/null
+}
+
+# keda_wait: waits (supervising) until keda_ready; on the deadline, fail names the
+# operator when it is not ready, else the metrics API server.
+keda_wait() {
+  until keda_ready >/dev/null 2>&1; do
+    supervise
+    if (( $(now) >= DEADLINE )); then
+      if keda_operator_ready; then
+        fail "$KEDA_ADAPTER" "the API server to serve external.metrics.k8s.io through KEDA's metrics API server"
+      fi
+      fail "$KEDA_OPERATOR" "KEDA's operator to be ready (http://127.0.0.1:$KEDA_OPERATOR_HEALTH_PORT/readyz)"
+    fi
+    sleep 1
+  done
+}
+
+# keda_supervise: starts a KEDA component again when its process has gone (same backoff
+# as supervise).
+keda_supervise() {
+  [[ $KEDA_SUPERVISED == 1 ]] || return 0
+  local c t
+  for c in "$KEDA_OPERATOR" "$KEDA_ADAPTER"; do
+    component_pid "$c" >/dev/null && continue
+    t=$(now)
+    (( t >= ${NEXT_START[$c]:-0} )) || continue
+    RESTARTS[$c]=$(( ${RESTARTS[$c]:-0} + 1 ))
+    NEXT_START[$c]=$(( t + (RESTARTS[$c] >= 3 ? 8 : 2 ** RESTARTS[$c]) ))
+    log "$c is not running (it exited; log: $CLUSTER_DIR/logs/$c.log); starting it again (restart ${RESTARTS[$c]})"
+    keda_start "$c"
+  done
+}
+
+# keda_stop: ends KEDA's components (SIGTERM; SIGKILL after 10 s), those that run.
+keda_stop() {
+  local c pid i
+  for c in "$KEDA_ADAPTER" "$KEDA_OPERATOR"; do
+    pid=$(component_pid "$c") || continue
+    log "stopping $c (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 50); do
+      component_pid "$c" >/dev/null || continue 2
+      sleep 0.2
+    done
+    log "$c still runs after 10 s; sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+}
+
+# keda_status: KEDA's line of status, for a cluster that up --keda set it up in.
+keda_status() {
+  [[ -f $KEDA_DIR/ports.env ]] || return 0
+  local c pid state pids=""
+  # shellcheck source=/dev/null
+  source "$KEDA_DIR/ports.env"
+  for c in "$KEDA_OPERATOR" "$KEDA_ADAPTER"; do
+    if pid=$(component_pid "$c"); then pids+=", $c pid $pid"; else pids+=", $c not running"; fi
+  done
+  if keda_ready >/dev/null 2>&1; then state="ready"; else state="not ready"; fi
+  echo "keda: $state (${KEDA_VERSION}$pids, external metrics https://127.0.0.1:$KEDA_ADAPTER_PORT, logs $CLUSTER_DIR/logs/keda-*.log)"
+}
+
 # fail COMPONENT WHAT: the one error on the deadline. COMPONENT is the one whose
 # work WHAT is; the first component (in dependency order) that is not running is
 # named instead, and etcd when the API server says that etcd fails.
@@ -685,6 +982,10 @@ cmd_up() {
   fi
 
   wait_until "$LWS" "LWS's webhooks to answer the API server" lws_ready
+  if [[ -n $KEDA ]]; then
+    keda_up
+    keda_wait
+  fi
 
   if [[ -n $KUBECONFIG_OUT ]]; then
     # Self-contained (certificates embedded), so it stays valid wherever it is copied.
@@ -734,7 +1035,8 @@ cmd_down() {
       hostpaths=$(kc get pv --request-timeout=5s -o jsonpath='{range .items[*]}{.spec.hostPath.path}{"\n"}{end}' 2>/dev/null \
         | grep '^/tmp/hostpath_pv/' || true)
     fi
-    # LWS first, while the API server still answers it.
+    # LWS (and KEDA) first, while the API server still answers them.
+    keda_stop
     lws_stop
     if tools_if_built; then
       log "deleting cluster $NAME"
@@ -782,11 +1084,13 @@ cmd_status() {
   if kc get --raw /readyz >/dev/null 2>&1; then
     echo "api server: ready ($(kc config view --minify -o jsonpath='{.clusters[0].cluster.server}'))"
     lws_status
+    keda_status
     kc get nodes -o custom-columns='NAME:.metadata.name,STATUS:.status.conditions[?(@.type=="Ready")].status,GPU:.status.allocatable.nvidia\.com/gpu' || true
     return 0
   fi
   echo "api server: not ready"
   lws_status
+  keda_status
   return 1
 }
 
@@ -807,12 +1111,15 @@ cmd_stop() {
   [[ -f $KWOK_KUBECONFIG ]] || die "cluster $NAME: not created (work dir $WORKDIR)"
   tools
   log "stopping cluster $NAME (data kept)"
+  keda_stop
   lws_stop
   kwokctl stop cluster --name "$NAME" >&2
 }
 
 cmd_start() {
   [[ -f $KWOK_KUBECONFIG ]] || die "cluster $NAME: not created (work dir $WORKDIR)"
+  # KEDA comes back with the cluster when up --keda set it up.
+  [[ -f $KEDA_DIR/ports.env ]] && KEDA=1
   tools
   DEADLINE=$(( $(now) + TIMEOUT ))
   log "starting cluster $NAME"
@@ -823,6 +1130,10 @@ cmd_start() {
   finish_kwokctl
   lws_up
   wait_until "$LWS" "LWS's webhooks to answer the API server" lws_ready
+  if [[ -n $KEDA ]]; then
+    keda_up
+    keda_wait
+  fi
   log "cluster $NAME is running"
 }
 
