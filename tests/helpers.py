@@ -96,13 +96,23 @@ def lws_pod(manifests: list[dict[str, Any]], lws: str, role: str) -> dict[str, A
 #: ships it (hack/versions.env LWS_VERSION; tests/e2e/test_lws.py holds the copy equal to
 #: what the local cluster installs from the module).
 LWS_CRD = ROOT / "tests" / "schemas" / "leaderworkerset.x-k8s.io_leaderworkersets.yaml.gz"
+#: KEDA's ScaledObject CRD, as github.com/kedacore/keda/v2 v2.21.1 ships it
+#: (config/crd/bases), the release the docs tell users to install.
+KEDA_CRD = ROOT / "tests" / "schemas" / "keda.sh_scaledobjects.yaml.gz"
+#: The CRDs rendered kinds are checked against: (kind, apiVersion) -> (file, version).
+CRD_SCHEMAS = {
+    ("LeaderWorkerSet", "leaderworkerset.x-k8s.io/v1"): (LWS_CRD, "v1"),
+    ("ScaledObject", "keda.sh/v1alpha1"): (KEDA_CRD, "v1alpha1"),
+}
 
 
 @functools.cache
-def _lws_schema() -> dict[str, Any]:
-    crd = yaml.load(gzip.decompress(LWS_CRD.read_bytes()), Loader=yaml.CSafeLoader)
-    (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
-    schema: dict[str, Any] = v1["schema"]["openAPIV3Schema"]
+def crd_schema(kind: str, api_version: str) -> dict[str, Any]:
+    """The openAPIV3Schema of a kind the render makes from another project's CRD."""
+    path, version = CRD_SCHEMAS[(kind, api_version)]
+    crd = yaml.load(gzip.decompress(path.read_bytes()), Loader=yaml.CSafeLoader)
+    (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
+    schema: dict[str, Any] = served["schema"]["openAPIV3Schema"]
     return schema
 
 
@@ -128,15 +138,17 @@ def _unknown_fields(value: Any, schema: dict[str, Any], path: str) -> list[str]:
 
 def validate_manifest(manifest: dict[str, Any]) -> None:
     """A rendered object as the API server would check it: built-in kinds against
-    Kubernetes' schemas (strict), a LeaderWorkerSet against LWS's own CRD (types, and no
-    field the API server would drop). PodMonitors are not checked here: the e2e suite has
-    the API server validate them against the Prometheus Operator's CRD."""
+    Kubernetes' schemas (strict), a LeaderWorkerSet or a ScaledObject against its project's
+    own CRD (types, and no field the API server would drop). PodMonitors are not checked
+    here: the e2e suite has the API server validate them against the Prometheus Operator's
+    CRD."""
     if manifest["apiVersion"] == "monitoring.coreos.com/v1":
         return
-    if manifest["kind"] == "LeaderWorkerSet":
-        schema = _lws_schema()
+    key = (manifest["kind"], manifest["apiVersion"])
+    if key in CRD_SCHEMAS:
+        schema = crd_schema(*key)
         jsonschema.validate(manifest, schema)
         unknown = _unknown_fields(manifest, schema, manifest["metadata"]["name"])
-        assert unknown == [], f"fields LeaderWorkerSet's CRD does not have: {unknown}"
+        assert unknown == [], f"fields {key[0]}'s CRD does not have: {unknown}"
         return
     kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)

@@ -41,6 +41,7 @@ OPERATOR_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "aistack_stacks": ("gauge", ("phase",)),
     "aistack_stack_ready": ("gauge", ("namespace", "stack")),
     "aistack_license_verdicts": ("gauge", ("namespace", "stack", "kind", "decision")),
+    "aistack_model_replicas": ("gauge", ("namespace", "stack", "model", "state")),
     "aistack_webhook_admissions_total": ("counter", ("result",)),
     "aistack_hub_lookups_total": ("counter", ("result",)),
 }
@@ -248,6 +249,7 @@ EXPECTED_ALERTS = {
     "AIStackOperatorDown",
     "AIStackNotReady",
     "AIStackLicenseBlocked",
+    "AIStackModelBelowDesiredReplicas",
     "AIStackReconcileErrors",
     "AIStackWebhookRefusalsSpiking",
 }
@@ -447,3 +449,49 @@ def test_the_rendered_prometheus_rule_passes_promtool(promtool: str, tmp_path: P
     run_promtool(promtool, "check", "rules", "--lint=all", "--lint-fatal", str(path))
     rules = {r["alert"]: r for g in spec["groups"] for r in g["rules"]}
     assert rules["AIStackWebhookRefusalsSpiking"]["expr"].endswith("> 2.5")
+
+
+def test_the_scaledobjects_queries_sum_the_models_servers_as_prometheus_scrapes_them(
+    promtool: str, tmp_path: Path
+) -> None:
+    """Each query the autoscaling example's ScaledObjects send to Prometheus, evaluated by
+    promtool over the series of the example's model servers as the stack's PodMonitor
+    labels them (namespace, pod, the stack's label; vLLM's model_name and engine), plus
+    another stack's and another model's: the sum of the model's own servers, nothing else."""
+    from aistack import names
+    from aistack.components import RenderConfig
+    from aistack.render import render
+    from aistack.render.autoscaling import prometheus_label
+    from helpers import all_permitted, example
+
+    s = example(ROOT / "examples" / "autoscaling.yaml")
+    config = RenderConfig(keda=True, monitoring_crds=True)
+    scaled = [m for m in render(s, all_permitted(s), config) if m["kind"] == "ScaledObject"]
+    assert len(scaled) == 2
+    stack_label = prometheus_label(names.STACK_LABEL)
+    series = []
+    for metric in ("vllm:num_requests_waiting", "vllm:num_requests_running"):
+        for stack, model, pod, value in (
+            (s.metadata.name, "chat", "a", 3), (s.metadata.name, "chat", "b", 4),
+            (s.metadata.name, "coder", "c", 5), ("other", "chat", "d", 100),
+        ):  # fmt: skip
+            labels = (f'namespace="default", pod="{pod}", {stack_label}="{stack}", '
+                      f'model_name="{model}", engine="0", job="default/podmonitor"')  # fmt: skip
+            series.append({"series": f"{metric}{{{labels}}}", "values": f"{value}x5"})
+    rules, expected = [], []
+    for so in scaled:
+        model = so["metadata"]["labels"][names.MODEL_LABEL]
+        record = f"keda:{model}"
+        rules.append({"record": record, "expr": so["spec"]["triggers"][0]["metadata"]["query"]})
+        value = 7 if model == "chat" else 5  # chat: 3 + 4 waiting; coder: 5 running
+        sample = {"labels": record, "value": value}
+        expected.append({"expr": record, "eval_time": "2m", "exp_samples": [sample]})
+    (tmp_path / "queries.yaml").write_text(
+        yaml.safe_dump({"groups": [{"name": "keda", "rules": rules}]})
+    )
+    (tmp_path / "queries.test.yaml").write_text(yaml.safe_dump({
+        "rule_files": ["queries.yaml"], "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": expected}],
+    }))  # fmt: skip
+    out = run_promtool(promtool, "test", "rules", "queries.test.yaml", cwd=tmp_path)
+    assert "SUCCESS" in out

@@ -56,6 +56,7 @@ ALLOWED: set[tuple[str, str, str]] = {
             ("policy", "poddisruptionbudgets"),
             ("monitoring.coreos.com", "podmonitors"),  # the stacks' monitors, when on
             ("leaderworkerset.x-k8s.io", "leaderworkersets"),  # multi-node models, when on
+            ("keda.sh", "scaledobjects"),  # autoscaled models, when on
         )
         for v in ("list", "watch", "create", "patch", "delete")
     },
@@ -586,6 +587,24 @@ def test_leaderworkersets_off_drops_their_rbac_and_tells_the_operator(
     assert "--no-leaderworkersets" not in container(rendered["default"])["args"]
     assert lws_rules("no-leaderworkersets") == []
     assert "--no-leaderworkersets" in container(rendered["no-leaderworkersets"])["args"]
+
+
+def test_autoscaling_off_drops_its_rbac_and_the_prometheus_address_reaches_the_operator(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    def keda_rules(variant: str) -> list[Any]:
+        return [r for _, r in rules(rendered[variant]) if "scaledobjects" in r["resources"]]
+
+    assert keda_rules("default") and keda_rules("everything")
+    assert keda_rules("default")[0]["apiGroups"] == ["keda.sh"]
+    assert "--no-keda" not in container(rendered["default"])["args"]
+    assert keda_rules("no-keda") == []
+    assert "--no-keda" in container(rendered["no-keda"])["args"]
+    address = "--prometheus-address=http://prometheus-operated.monitoring.svc:9090"
+    assert address in container(rendered["everything"])["args"]
+    assert not any(
+        a.startswith("--prometheus-address") for a in container(rendered["default"])["args"]
+    )
 
 
 def test_the_chart_ships_the_operators_default_license_policy(

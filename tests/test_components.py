@@ -21,8 +21,8 @@ def test_names_conditions_and_images_are_unique_and_real() -> None:
     assert len({c.image for c in COMPONENTS}) == len(COMPONENTS)
     assert len({c.program for c in COMPONENTS}) == len(COMPONENTS)
     assert RenderConfig().images == {c.image: c.default_image for c in COMPONENTS}
-    assert CONDITION_TYPES[2:-1] == tuple(c.condition for c in COMPONENTS)
-    assert CONDITION_TYPES[-1] == "Monitoring"
+    assert CONDITION_TYPES[2:-2] == tuple(c.condition for c in COMPONENTS)
+    assert CONDITION_TYPES[-2:] == ("Monitoring", "Autoscaling")
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: Path(p).stem)

@@ -76,6 +76,15 @@ class FakeKube:
         self.objects[key] = obj
         return obj
 
+    def start_replicas(self, key: Key, replicas: int) -> dict[str, Any]:
+        self.calls.append(("start", (key, replicas)))
+        self.rv += 1
+        obj = copy.deepcopy(self.objects[key])
+        obj["spec"]["replicas"] = replicas
+        obj["metadata"]["resourceVersion"] = str(self.rv)
+        self.objects[key] = obj
+        return obj
+
     def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         self.calls.append(("status", patch))
         self.status = merge_apply(self.status or {}, patch)
@@ -87,7 +96,8 @@ class FakeKube:
         self.calls.append(("event", (type_, reason)))
 
     def writes(self) -> list[tuple[str, Any]]:
-        return [c for c in self.calls if c[0] in ("apply", "delete", "status", "scale", "unmark")]
+        writes = ("apply", "delete", "status", "scale", "unmark", "start")
+        return [c for c in self.calls if c[0] in writes]
 
 
 def merge_apply(target: Any, patch: Any) -> Any:

@@ -80,6 +80,7 @@ for name in ("index", "daemon", "timer"):
 import aistack.handlers
 aistack.handlers.watch_optional("PodMonitor")  # as `aistack run` does, unless told not to
 aistack.handlers.watch_optional("LeaderWorkerSet")  # likewise
+aistack.handlers.watch_optional("ScaledObject")  # likewise
 print(json.dumps(seen))
 """
 
@@ -99,7 +100,7 @@ def test_the_operator_has_no_change_or_daemon_handlers() -> None:
     events = [handler for kind, handler in registered if kind == "event"]
     # Stacks, policies, each child kind, pods, and the CRDs of the optional kinds.
     assert len(events) == 2 + len(handlers.CHILD_RESOURCES) + 1 + len(handlers.CRD_SETTINGS)
-    assert {"crd-podmonitors", "crd-leaderworkersets"} <= set(events)
+    assert {"crd-podmonitors", "crd-leaderworkersets", "crd-scaledobjects"} <= set(events)
 
 
 @pytest.fixture

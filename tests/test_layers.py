@@ -17,6 +17,7 @@ RENDER = {
     "aistack.render", "aistack.render.stack", "aistack.render.common", "aistack.render.models",
     "aistack.render.ray", "aistack.render.mlflow", "aistack.render.gateway",
     "aistack.render.network", "aistack.render.disruption", "aistack.render.monitoring",
+    "aistack.render.autoscaling",
 }  # fmt: skip
 
 #: The license decision: the package and its modules.

@@ -223,6 +223,7 @@ def test_metrics_are_served_in_the_exposition_format() -> None:
         "aistack_reconcile_duration_seconds", "aistack_reconciles", "aistack_queue_depth",
         "aistack_api_requests", "aistack_stacks", "aistack_stack_ready",
         "aistack_license_verdicts", "aistack_webhook_admissions", "aistack_hub_lookups",
+        "aistack_model_replicas",
     }  # fmt: skip
     assert families["aistack_reconciles"].type == "counter"
     assert families["aistack_reconcile_duration_seconds"].type == "histogram"

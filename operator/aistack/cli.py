@@ -180,7 +180,9 @@ def _cmd_render(args: argparse.Namespace) -> int:
     stacks, notes = load_stacks(args.filename)
     for note in notes:
         print(note, file=sys.stderr)
-    config = RenderConfig(monitoring_crds=args.monitoring_crds)
+    config = RenderConfig(
+        monitoring_crds=args.monitoring_crds, prometheus_address=args.prometheus_address
+    )
     manifests: list[dict[str, Any]] = []
     for stack in stacks:
         if args.namespace and not stack.metadata.namespace:
@@ -247,6 +249,18 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _prometheus_address(text: str) -> str:
+    import re
+
+    from aistack.api.v1alpha1 import URL_PATTERN
+
+    if not re.match(URL_PATTERN, text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an http(s) URL of a Prometheus (e.g. http://prometheus:9090)"
+        )
+    return text
+
+
 def _hub() -> HfHub:
     """The Hugging Face Hub, with ``HF_TOKEN`` (for gated models) when it is set."""
     import os
@@ -261,10 +275,13 @@ def _run_settings(args: argparse.Namespace) -> OperatorSettings:
         cluster_domain=args.cluster_domain or defaults.cluster_domain,
         stack_monitoring=args.stack_monitoring,
         manage_leaderworkersets=args.leaderworkersets,
+        manage_keda=args.keda,
+        prometheus_address=args.prometheus_address,
         # Until API discovery at start, then the watches on the PodMonitor and
         # LeaderWorkerSet CRDs, say otherwise (handlers.Runtime.start, handlers.watch_optional).
         monitoring_crds=False,
         leaderworkersets=False,
+        keda=False,
     )
     return OperatorSettings(
         config=config,
@@ -291,6 +308,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         handlers.watch_optional("PodMonitor")
     if args.leaderworkersets:
         handlers.watch_optional("LeaderWorkerSet")
+    if args.keda:
+        handlers.watch_optional("ScaledObject")
     if args.metrics_port:
         from aistack import metrics
 
@@ -514,6 +533,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Prometheus Operator's CRDs: with them, stacks that leave spec.monitoring.enabled "
         "unset get PodMonitors (default: only stacks with enabled: true get them)",
     )  # fmt: skip
+    p_render.add_argument(
+        "--prometheus-address", metavar="URL", type=_prometheus_address,
+        help="the Prometheus autoscaled models' ScaledObjects query, for stacks that name "
+        "none (spec.monitoring.prometheusAddress), as the operator's --prometheus-address",
+    )  # fmt: skip
     p_render.set_defaults(func=_cmd_render)
 
     p_run = sub.add_parser(
@@ -581,6 +605,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve models with nodes > 1 as LeaderWorkerSets when the cluster has the "
         "LeaderWorkerSet API (default); --no-leaderworkersets where the operator may not "
         "write them (such models then report what is missing)",
+    )  # fmt: skip
+    p_run.add_argument(
+        "--keda", action=argparse.BooleanOptionalAction, default=True,
+        help="scale autoscaled models with KEDA ScaledObjects when the cluster has KEDA "
+        "(default); --no-keda where the operator may not write them (such models then run "
+        "at their replicas, and the Autoscaling condition says why)",
+    )  # fmt: skip
+    p_run.add_argument(
+        "--prometheus-address", metavar="URL", type=_prometheus_address,
+        help="the Prometheus that scrapes the stacks' PodMonitors, which autoscaled models' "
+        "ScaledObjects query, for stacks that name none (spec.monitoring.prometheusAddress)",
     )  # fmt: skip
     p_run.add_argument(
         "--hub", action="store_true",

@@ -72,6 +72,16 @@ class RenderConfig(BaseModel):
     #: Whether this installation makes LeaderWorkerSets at all (``aistack run
     #: --no-leaderworkersets``: its RBAC does not cover them).
     manage_leaderworkersets: bool = True
+    #: Whether the cluster serves KEDA's ScaledObject API (``KEDA_CRD``), which autoscaled
+    #: models are scaled by: the operator watches for it (True/False); None where nobody
+    #: looked (``aistack render``): ScaledObjects are rendered.
+    keda: bool | None = None
+    #: Whether this installation makes ScaledObjects at all (``aistack run --no-keda``: its
+    #: RBAC does not cover them).
+    manage_keda: bool = True
+    #: The Prometheus that autoscaling queries, for stacks that name none
+    #: (``spec.monitoring.prometheusAddress``; ``aistack run --prometheus-address``).
+    prometheus_address: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -453,6 +463,77 @@ def monitoring(stack: AIStack, config: RenderConfig | None = None) -> Monitoring
     if wanted is None:
         message += " (the Prometheus Operator CRDs are installed)"
     return Monitoring(True, "Rendered", "; ".join([message, *unscraped]))
+
+
+# ---------------------------------------------------------------- autoscaling
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    """Whether the stack's autoscaled models get their ScaledObjects, and why (the
+    ``Autoscaling`` condition, present when some model asks for autoscaling)."""
+
+    scaled: bool
+    reason: str
+    message: str
+    #: The models that ask for autoscaling (``AIStackSpec.autoscaling_of``).
+    models: tuple[str, ...]
+    #: The Prometheus the ScaledObjects query.
+    address: str | None = None
+
+
+#: The CRD whose presence lets autoscaled models scale.
+KEDA_CRD = BY_KIND["ScaledObject"].crd
+#: What to install where it is missing (the release the e2e suite runs).
+KEDA_INSTALL = (
+    "kubectl apply --server-side -f "
+    "https://github.com/kedacore/keda/releases/download/v2.21.1/keda-2.21.1.yaml"
+)
+
+
+def autoscaling(stack: AIStack, config: RenderConfig | None = None) -> Autoscaling:
+    """ScaledObjects are rendered for the autoscaled models when KEDA's API is there (or
+    nobody looked), this installation makes them, a Prometheus is known and the stack's
+    monitors, whose series they query, are rendered. Otherwise every model runs at its
+    ``replicas``, and the reason says what is missing; it never fails the stack."""
+    config = config or RenderConfig()
+    spec = stack.spec
+    models = tuple(m.name for m in spec.models if spec.autoscaling_of(m) is not None)
+    address = spec.monitoring.prometheus_address or config.prometheus_address
+    fixed = "the models run at their replicas"
+
+    def off(reason: str, why: str) -> Autoscaling:
+        return Autoscaling(False, reason, f"{why}: {fixed}", models, address)
+
+    if not models:
+        return Autoscaling(False, "NotRequested", "no model has autoscaling", models, address)
+    if not config.manage_keda:
+        return off(
+            "TurnedOff",
+            "the operator's installation makes no ScaledObjects (aistack run --no-keda; the "
+            "chart's autoscaling.enabled: false)",
+        )
+    if config.keda is False:
+        return off(
+            "KEDAMissing",
+            f"the cluster has no KEDA ({KEDA_CRD}; install it: {KEDA_INSTALL}) until it is "
+            "installed",
+        )
+    if address is None:
+        return off(
+            "NoPrometheus",
+            "no Prometheus to read the models' load from: set spec.monitoring."
+            "prometheusAddress, or the operator's (the chart's autoscaling.prometheusAddress)",
+        )
+    watched = monitoring(stack, config)
+    if not watched.monitors:
+        return off("NoMetrics", f"the models' metrics are not scraped ({watched.message})")
+    scaled = ", ".join(
+        f"{m.name} {a.min_replicas}..{a.max_replicas} on {a.metric} (target {a.per_replica})"
+        for m in spec.models
+        if (a := spec.autoscaling_of(m)) is not None
+    )
+    return Autoscaling(True, "Scaling", f"KEDA scales {scaled}, from {address}", models, address)
 
 
 def endpoints(stack: AIStack, config: RenderConfig | None = None) -> dict[str, str]:

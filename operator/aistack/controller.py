@@ -31,7 +31,7 @@ from aistack.components import RenderConfig
 from aistack.conditions import as_dict, condition, previous_of
 from aistack.errors import format_validation_error
 from aistack.hub import HubClient
-from aistack.kinds import WORKLOAD_KINDS
+from aistack.kinds import SCALER_KINDS, WORKLOAD_KINDS
 from aistack.kube import Kube, KubeError
 from aistack.licenses import (
     SecretLabels,
@@ -276,10 +276,17 @@ class Reconciler:
         no answer at all from the API server aborts (the whole reconcile is retried)."""
         errors: list[str] = []
         written = self._written.setdefault(key, {})
+        for k in plan.stop:
+            self._delete(k, written, result, errors)
         for manifest in plan.apply:
             k = key_of(manifest)
+            created = plan.reasons.get(k) == ["missing"]
             try:
+                if k in plan.start and not created:  # before the apply drops the field
+                    self.kube.start_replicas(k, plan.start[k])
                 written[k] = pack(self.kube.apply(manifest))
+                if k in plan.start and created:
+                    written[k] = pack(self.kube.start_replicas(k, plan.start[k]))
                 result.applied.append(k)
                 log.info("applied %s/%s (%s)", k[0], k[2], ", ".join(plan.reasons.get(k, [])))
             except KubeError as exc:
@@ -296,16 +303,19 @@ class Reconciler:
                 if exc.status == 0:
                     raise
         for k in plan.delete:
-            try:
-                self.kube.delete(k)
-                written[k] = _DELETED
-                result.deleted.append(k)
-                log.info("deleted %s/%s (no longer desired)", k[0], k[2])
-            except KubeError as exc:
-                errors.append(f"delete {k[0]} {k[2]}: {exc.message}")
-                if exc.status == 0:
-                    raise
+            self._delete(k, written, result, errors)
         result.error = "; ".join(errors) or None
+
+    def _delete(self, k: Key, written: dict[Key, bytes], result: Result, errors: list[str]) -> None:
+        try:
+            self.kube.delete(k)
+            written[k] = _DELETED
+            result.deleted.append(k)
+            log.info("deleted %s/%s (no longer desired)", k[0], k[2])
+        except KubeError as exc:
+            errors.append(f"delete {k[0]} {k[2]}: {exc.message}")
+            if exc.status == 0:
+                raise
 
     def _post_events(
         self, key: StackKey, body: Obj, old_status_raw: Obj, status: AIStackStatus,
@@ -361,6 +371,11 @@ class Reconciler:
                 and (obj.get("spec") or {}).get("replicas", 1) != 0
             ):
                 blocked = names.LICENSE_BLOCKED_ANNOTATION
+                for scaler in self._scalers_of(key, view, meta["name"]):
+                    # First: a scaler would start it again.
+                    self.kube.delete(scaler)
+                    written[scaler] = _DELETED
+                    result.deleted.append(scaler)
                 written[key_of(obj)] = pack(
                     self.kube.scale_to_zero(str(kind), key[0], meta["name"], blocked)
                 )
@@ -368,6 +383,15 @@ class Reconciler:
                 log.info("scaled %s/%s to zero: the policies do not permit what it runs",
                          key[0], meta["name"])  # fmt: skip
         return found
+
+    def _scalers_of(self, key: StackKey, view: StackView, workload: str) -> list[Key]:
+        """The stack's scalers (ScaledObjects) that drive the workload named ``workload``."""
+        return [
+            key_of(obj)
+            for obj in self._observed_children(key, view)
+            if obj.get("kind") in SCALER_KINDS
+            and ((obj.get("spec") or {}).get("scaleTargetRef") or {}).get("name") == workload
+        ]
 
     def _write_invalid(
         self,

@@ -50,7 +50,11 @@ CHILD_RESOURCES = {k.plural: k.resource for k in CHILD_KINDS}
 #: Those watched only when the installation renders them (``watch_optional``).
 OPTIONAL_RESOURCES = {k.plural: k.resource for k in CHILD_KINDS if k.optional}
 #: An optional kind -> the ``RenderConfig`` setting that says whether its CRD is served.
-CRD_SETTINGS = {"PodMonitor": "monitoring_crds", "LeaderWorkerSet": "leaderworkersets"}
+CRD_SETTINGS = {
+    "PodMonitor": "monitoring_crds",
+    "LeaderWorkerSet": "leaderworkersets",
+    "ScaledObject": "keda",
+}
 OWNED = {names.STACK_LABEL: kopf.PRESENT}
 
 
@@ -81,6 +85,7 @@ class Runtime:
             "LeaderWorkerSet",
             s.config.manage_leaderworkersets and _served(kube, "LeaderWorkerSet"),
         )
+        self.set_crd_served("ScaledObject", s.config.manage_keda and _served(kube, "ScaledObject"))
         self.queue = StackQueue(
             self.reconciler.reconcile_once,
             self.snapshot,
@@ -395,7 +400,8 @@ def _crd_handler(kind: str) -> Any:
 
 def watch_optional(kind: str) -> None:
     """Watch the stacks' objects of an optional kind (PodMonitor: ``aistack run`` unless
-    ``--no-stack-monitoring``; LeaderWorkerSet: unless ``--no-leaderworkersets``) and the
+    ``--no-stack-monitoring``; LeaderWorkerSet: unless ``--no-leaderworkersets``;
+    ScaledObject: unless ``--no-keda``) and the
     CRD that serves them. Not otherwise: kopf retries a list it may not make forever, and
     serves nothing meanwhile. Without the CRD, kopf waits for it."""
     k = BY_KIND[kind]

@@ -28,6 +28,9 @@ class Kind:
     #: Runs a stack's pods with ``spec.replicas``: scaled to zero when what it runs is not
     #: permitted, and carries the record of what it runs (``names.LICENSED_ANNOTATION``).
     workload: bool = False
+    #: Sets a workload's replicas (a KEDA ScaledObject): removed before the plan's writes,
+    #: so that a workload the plan stops never runs again in between.
+    scaler: bool = False
 
     @property
     def api_prefix(self) -> str:
@@ -64,6 +67,19 @@ KINDS: tuple[Kind, ...] = (
         optional=True,
         workload=True,
     ),
+    # KEDA's (keda.sh), which scale autoscaled models: its CRD may be absent (the models
+    # then run at their fixed replicas, and the Autoscaling condition says why). After the
+    # Deployments they scale; deleted before any is applied (``scaler``): a model that may
+    # no longer run is never woken again.
+    Kind(
+        "ScaledObject",
+        "keda.sh",
+        "v1alpha1",
+        "scaledobjects",
+        child=True,
+        optional=True,
+        scaler=True,
+    ),
     # The Prometheus Operator's: its CRD may be absent (kopf watches it once it appears;
     # the render leaves monitors out while it is missing).
     Kind(
@@ -85,6 +101,8 @@ BY_KIND: dict[str, Kind] = {k.kind: k for k in KINDS}
 CHILD_KINDS: tuple[Kind, ...] = tuple(k for k in KINDS if k.child)
 #: The kinds that run a stack's pods.
 WORKLOAD_KINDS: frozenset[str] = frozenset(k.kind for k in KINDS if k.workload)
+#: The kinds that set a workload's replicas.
+SCALER_KINDS: frozenset[str] = frozenset(k.kind for k in KINDS if k.scaler)
 
 
 def crd_established(crd: Mapping[str, Any]) -> bool:

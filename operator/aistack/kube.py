@@ -27,6 +27,10 @@ from aistack.plan import Key, Manifest
 log = logging.getLogger(__name__)
 
 FIELD_MANAGER = "aistack-operator"
+#: Sets an autoscaled workload's replicas once, when the scaler takes it over: a manager of
+#: its own, so that the operator's apply (``FIELD_MANAGER``) never owns the field, and no
+#: later apply of the operator resets what the scaler chose.
+STARTING_SIZE_FIELD_MANAGER = "aistack-operator-starting-size"
 TIMEOUT = (5.0, 30.0)
 
 #: kind -> (API prefix, plural, namespaced)
@@ -156,6 +160,24 @@ class Kube:
             _path(manifest["kind"], meta.get("namespace"), meta["name"]),
             query={"fieldManager": FIELD_MANAGER, "force": "true"},
             body=manifest,
+            content_type="application/apply-patch+yaml",
+        )
+
+    def start_replicas(self, key: Key, replicas: int) -> dict[str, Any]:
+        """Hand a workload's replicas to its scaler at ``replicas`` (server-side apply of
+        that field alone, by ``STARTING_SIZE_FIELD_MANAGER``, which applies nothing else)."""
+        kind, namespace, name = key
+        k = BY_KIND[kind]
+        return self.request(
+            "PATCH",
+            _path(kind, namespace, name),
+            query={"fieldManager": STARTING_SIZE_FIELD_MANAGER, "force": "true"},
+            body={
+                "apiVersion": f"{k.group}/{k.version}" if k.group else k.version,
+                "kind": kind,
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"replicas": replicas},
+            },
             content_type="application/apply-patch+yaml",
         )
 

@@ -59,6 +59,12 @@ LICENSE_VERDICTS = Gauge(
     "permitted, blocked, or violated (permitted though a Warn or DryRun policy is violated).",
     ["namespace", "stack", "kind", "decision"],
 )
+MODEL_REPLICAS = Gauge(
+    "aistack_model_replicas",
+    "Per model of a stack, its replicas (groups, for a multi-node model): desired (what the "
+    "spec, or the autoscaler, asks for now) and ready.",
+    ["namespace", "stack", "model", "state"],
+)
 ADMISSIONS = Counter(
     "aistack_webhook_admissions",
     "AIStack admission reviews by result: allowed, warned, denied, error.",
@@ -73,6 +79,8 @@ HUB_LOOKUPS = Counter(
 
 #: Per stack, its phase, as the gauges last counted it.
 _phases: dict[tuple[str, str], str] = {}
+#: The models each stack's replica series were last set for.
+_models: dict[tuple[str, str], set[str]] = {}
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> None:
@@ -125,6 +133,21 @@ def record_stack(
     for kind in KINDS:
         for d in DECISIONS:
             LICENSE_VERDICTS.labels(namespace, name, kind, d).set(counts[(kind, d)])
+    seen = set()
+    for model in status.models:
+        seen.add(model.name)
+        desired = (model.replicas or 0) if model.permitted else 0
+        MODEL_REPLICAS.labels(namespace, name, model.name, "desired").set(desired)
+        MODEL_REPLICAS.labels(namespace, name, model.name, "ready").set(model.ready_replicas or 0)
+    _forget_models(namespace, name, _models.get((namespace, name), set()) - seen)
+    _models[(namespace, name)] = seen
+
+
+def _forget_models(namespace: str, name: str, models: set[str]) -> None:
+    for model in models:
+        for state in ("desired", "ready"):
+            with contextlib.suppress(KeyError):
+                MODEL_REPLICAS.remove(namespace, name, model, state)
 
 
 def record_phase(namespace: str, name: str, phase: str) -> None:
@@ -146,6 +169,7 @@ def forget_stack(namespace: str, name: str) -> None:
         return
     STACKS.labels(phase).dec()
     STACK_READY.remove(namespace, name)
+    _forget_models(namespace, name, _models.pop((namespace, name), set()))
     for kind in KINDS:
         for d in DECISIONS:
             with contextlib.suppress(KeyError):  # an invalid stack had no verdicts

@@ -37,6 +37,10 @@ LICENSE_BLOCKED_ANNOTATION = f"{GROUP}/license-blocked"
 #: On a Deployment: what its pods run that the license decision judged (JSON), so that what
 #: runs can be judged again while the stack's spec cannot be read.
 LICENSED_ANNOTATION = f"{GROUP}/licensed"
+#: On a model's Deployment whose replicas KEDA drives (``autoscaling``): the starting size.
+#: The operator's server-side apply then leaves ``spec.replicas`` out (the scaler owns it),
+#: and a field manager of its own sets it once (``AUTOSCALED_FIELD_MANAGER``).
+STARTING_REPLICAS_ANNOTATION = f"{GROUP}/starting-replicas"
 #: The label with which a Secret opts in to being a hosted provider's credentials.
 PROVIDER_CREDENTIALS_LABEL = f"{GROUP}/provider-credentials"
 

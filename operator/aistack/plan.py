@@ -15,7 +15,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from aistack import names
-from aistack.kinds import CHILD_KINDS
+from aistack.kinds import CHILD_KINDS, SCALER_KINDS
 
 Manifest = dict[str, Any]
 Key = tuple[str, str, str]  # kind, namespace, name
@@ -126,10 +126,18 @@ class Plan:
     unmark: list[Key] = field(default_factory=list)
     #: Why each object is applied: key -> first differing paths (for logs and Events).
     reasons: dict[Key, list[str]] = field(default_factory=dict)
+    #: Scalers (ScaledObjects) no longer wanted: deleted before anything is applied, so
+    #: that none wakes a workload the plan stops.
+    stop: list[Key] = field(default_factory=list)
+    #: Workloads whose replicas a scaler takes over (``names.STARTING_REPLICAS_ANNOTATION``)
+    #: -> the replicas they start with: the current ones of a running workload (set before
+    #: its apply drops the field), the starting size of a new or a license-stopped one (set
+    #: after its apply creates it).
+    start: dict[Key, int] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
-        return not self.apply and not self.delete and not self.unmark
+        return not self.apply and not self.delete and not self.unmark and not self.stop
 
 
 def owner_reference(stack: Mapping[str, Any]) -> dict[str, Any]:
@@ -196,14 +204,56 @@ def make_plan(
             apply.append(manifest)
             reasons[key] = diff[:5]
     apply.sort(key=lambda m: KINDS.index(m["kind"]) if m["kind"] in KINDS else len(KINDS))
-    delete = _deletions(seen, wanted | set(keep), owner_uid)
-    return Plan(apply=apply, delete=delete, reasons=reasons, unmark=unmark)
+    stop, delete = _deletions(seen, wanted | set(keep), owner_uid)
+    return Plan(
+        apply=apply,
+        delete=delete,
+        reasons=reasons,
+        unmark=unmark,
+        stop=stop,
+        start=_handovers(desired, seen),
+    )
 
 
-def _deletions(seen: Mapping[Key, Mapping[str, Any]], kept: Set[Key], owner_uid: str) -> list[Key]:
-    """What this stack owns and keeps no more, in the reverse of the apply order."""
+def _handovers(
+    desired: Sequence[Manifest], seen: Mapping[Key, Mapping[str, Any]]
+) -> dict[Key, int]:
+    """``Plan.start``: each desired workload whose replicas its scaler takes over now."""
+    out = {}
+    for manifest in desired:
+        starting = _handover(manifest, seen.get(key_of(manifest)))
+        if starting is not None:
+            out[key_of(manifest)] = starting
+    return out
+
+
+def _handover(manifest: Manifest, have: Mapping[str, Any] | None) -> int | None:
+    """The replicas to hand a workload's scaler (``Plan.start``), or None: its replicas are
+    the scaler's now (``names.STARTING_REPLICAS_ANNOTATION``), and were not at the last
+    apply (it is new, or ran at a fixed size, or was stopped by the license gate)."""
+    mark = names.STARTING_REPLICAS_ANNOTATION
+    starting = (manifest["metadata"].get("annotations") or {}).get(mark)
+    if starting is None:
+        return None
+    if have is None:
+        return int(starting)
+    annotations = have.get("metadata", {}).get("annotations") or {}
+    if mark in annotations:
+        return None
+    if names.LICENSE_BLOCKED_ANNOTATION in annotations:
+        return int(starting)
+    return int((have.get("spec") or {}).get("replicas", 1))
+
+
+def _deletions(
+    seen: Mapping[Key, Mapping[str, Any]], kept: Set[Key], owner_uid: str
+) -> tuple[list[Key], list[Key]]:
+    """What this stack owns and keeps no more: its scalers (``Plan.stop``), and the rest in
+    the reverse of the apply order."""
     delete = sorted(
         key for key, obj in seen.items() if key not in kept and is_owned_by(obj, owner_uid)
     )
     delete.sort(key=lambda k: -KINDS.index(k[0]) if k[0] in KINDS else 0)
-    return delete
+    return [k for k in delete if k[0] in SCALER_KINDS], [
+        k for k in delete if k[0] not in SCALER_KINDS
+    ]

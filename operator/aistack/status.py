@@ -28,7 +28,9 @@ from aistack.api.v1alpha1 import (
 from aistack.components import (
     COMPONENTS,
     MODELS,
+    Autoscaling,
     RenderConfig,
+    autoscaling,
     endpoints,
     lws_missing,
     model_url,
@@ -47,8 +49,13 @@ MODELS_READY = MODELS.condition
 #: Whether the stack's PodMonitors are in place, and why not (never part of Ready: a
 #: stack serves without them).
 MONITORING = "Monitoring"
+#: Whether KEDA scales the models that ask for autoscaling, and why not (only on stacks
+#: with such models; never part of Ready: they serve at their replicas without it).
+AUTOSCALING = "Autoscaling"
 #: Every condition of a stack, in the order the status lists them: one per component.
-CONDITION_TYPES = (READY, LICENSE_COMPLIANT, *(c.condition for c in COMPONENTS), MONITORING)
+CONDITION_TYPES = (
+    READY, LICENSE_COMPLIANT, *(c.condition for c in COMPONENTS), MONITORING, AUTOSCALING
+)  # fmt: skip
 
 #: Pod and container states that will not fix themselves: the part is Degraded.
 _STUCK_CONTAINER_REASONS = frozenset(
@@ -406,6 +413,7 @@ def _models(
     verdicts: Mapping[str, LicenseVerdict],
     observed: Observed,
     config: RenderConfig,
+    scaling: Autoscaling,
 ) -> _Models:
     out = _Models([], [], [], [], 0)
     for model in stack.spec.models:
@@ -428,6 +436,9 @@ def _models(
             entry.update(reason=verdict.reason, message=verdict.message, ready_replicas=0)
         else:
             state, serving = _model_state(stack, model, observed, config)
+            if scaling.scaled and model.name in scaling.models:
+                # What the scaler wants now (the Deployment's), not the starting size.
+                entry["replicas"] = state.desired if state.exists else model.replicas
             entry.update(
                 ready_replicas=serving,
                 reason=state.reason,
@@ -562,7 +573,8 @@ def compute_status(
             ctype, ok, reason, message, generation=generation, previous=previous, now=now
         )
 
-    models = _models(stack, verdicts, observed, config)
+    scaling = autoscaling(stack, config)
+    models = _models(stack, verdicts, observed, config, scaling)
     gateway = _routes(stack, verdicts, models, config)
     parts, part_states = _part_conditions(
         stack, observed, generation, previous, now, verdicts, models
@@ -591,6 +603,8 @@ def compute_status(
     conditions.insert(0, ready)
     watched = monitoring(stack, config)
     conditions.append(cond(MONITORING, watched.monitors, watched.reason, watched.message))
+    if scaling.models:
+        conditions.append(cond(AUTOSCALING, scaling.scaled, scaling.reason, scaling.message))
     part_states += [s for _, s in models.not_ready]
     phase = _phase(spec, models, ready, part_states, observed, apply_error)
 

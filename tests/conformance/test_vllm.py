@@ -52,6 +52,8 @@ from fixtures_vllm import (
 from harness import HostMap, Manifest, ProcessSpec, Sample
 from vllm_metrics import RECORDED
 
+from aistack.api.v1alpha1 import AUTOSCALING_METRICS
+
 EXAMPLES = ["quickstart.yaml", "multi-model.yaml", "external-stores.yaml", "lora.yaml"]
 LORA_EXAMPLE = "lora.yaml"
 LORA_DEPLOYMENT = "lora-vllm-qwen-7b"
@@ -431,3 +433,28 @@ def test_dashboard_series_carry_what_vllm_records(
     assert value("vllm:time_to_first_token_seconds_bucket", le="+Inf") == 1
     assert value("vllm:time_to_first_token_seconds_bucket", le="0.01") == 0
     assert value("vllm:time_to_first_token_seconds_sum") == RECORDED["time_to_first_token"]
+
+
+def test_autoscaling_reads_gauges_vllm_exports_under_the_served_name(
+    vllm_exposition: tuple[str, list[Sample]],
+) -> None:
+    """Each autoscaling signal's series (``AUTOSCALING_METRICS``), as the autoscaling
+    example's ScaledObjects query them, is a gauge vLLM exports for the served model,
+    holding the requests vLLM recorded as waiting or running."""
+    served, samples = vllm_exposition
+    exposed = {s.name: (s.type, s.value) for s in samples if s.labels.get("model_name") == served}
+    recorded = {
+        "RequestsWaiting": RECORDED["num_waiting_reqs"],
+        "RequestsRunning": RECORDED["num_running_reqs"],
+    }
+    assert set(recorded) == set(AUTOSCALING_METRICS)
+    for signal, (series, _) in AUTOSCALING_METRICS.items():
+        assert exposed.get(series) == ("gauge", recorded[signal]), (signal, series)
+    queries = [
+        m["spec"]["triggers"][0]["metadata"]["query"]
+        for m in harness.render_example(harness.example("autoscaling.yaml"))
+        if m["kind"] == "ScaledObject"
+    ]
+    assert {q.split("{")[0] for q in queries} == {
+        f"sum({series}" for series, _ in AUTOSCALING_METRICS.values()
+    }

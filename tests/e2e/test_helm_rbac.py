@@ -570,3 +570,75 @@ def test_the_charts_rbac_covers_the_stacks_monitors_exactly_when_on(
         op.stop()
         remove_crds(cluster)
     assert_nothing_refused(op, before, after)
+
+
+@pytest.mark.parametrize("on", [True, False], ids=["autoscaling", "no-autoscaling"])
+def test_the_charts_rbac_covers_the_scaledobjects_exactly_when_on(
+    cluster: Any, crds: None, namespace: str, install: Any, tmp_path: Path, on: bool
+) -> None:
+    """With KEDA's and the Prometheus Operator's CRDs installed, the chart's service account
+    writes, watches and prunes the autoscaled models' ScaledObjects without a refusal, and
+    leaves the replicas KEDA would choose alone; with autoscaling.enabled false it has no
+    such rights, and the operator (run with the flag the chart then passes) writes none and
+    says so. The example stack is the one docs/autoscaling.md shows."""
+    import gzip
+
+    from test_monitoring import install_crds, remove_crds
+
+    cluster.wait_until(
+        lambda: not [n for n in cluster.get_json("namespaces")["items"]
+                     if n["status"].get("phase") == "Terminating"],
+        timeout=180, message="terminating namespaces to go",
+    )  # fmt: skip
+    release = install(autoscaling={"enabled": on})
+    keda = gzip.decompress((REPO_ROOT / "tests/schemas/keda.sh_scaledobjects.yaml.gz").read_bytes())
+    cluster.kubectl("apply", "--server-side", "-f", "-", input=keda.decode())
+    cluster.wait_established("scaledobjects.keda.sh")
+    install_crds(cluster)
+    can = cluster.kubectl(
+        "auth", "can-i", "create", "scaledobjects.keda.sh", "-n", namespace,
+        f"--as={release.user}", check=False,
+    )  # fmt: skip
+    assert can.stdout.strip() == ("yes" if on else "no")
+    op = operator_as(cluster, release, tmp_path, *([] if on else ["--no-keda"]))
+
+    def scaledobjects() -> set[str]:
+        items = cluster.get_json("scaledobjects", "-n", namespace)["items"]
+        return {s["metadata"]["name"] for s in items}
+
+    before = refusals(cluster)
+    op.start()
+    try:
+        cluster.apply(load("autoscaling.yaml"), namespace=namespace)
+        stack = wait_phase(cluster, namespace, "elastic", "Ready")
+        if on:
+            assert conditions(stack)["Autoscaling"]["reason"] == "Scaling"
+            assert scaledobjects() == {"elastic-vllm-chat", "elastic-vllm-coder"}
+            # What KEDA would do: the operator does not take it back.
+            cluster.kubectl("scale", "deployment/elastic-vllm-chat", "--replicas=3",
+                            "-n", namespace)  # fmt: skip
+            cluster.kubectl("delete", "scaledobject", "elastic-vllm-coder", "-n", namespace)
+            cluster.wait_until(
+                lambda: "elastic-vllm-coder" in scaledobjects(),
+                timeout=60, message="the deleted ScaledObject to come back",
+            )  # fmt: skip
+            chat = cluster.get_json("deployment", "elastic-vllm-chat", "-n", namespace)
+            assert chat["spec"]["replicas"] == 3
+        else:
+            autoscaling = conditions(stack)["Autoscaling"]
+            assert autoscaling["reason"] == "TurnedOff", autoscaling
+            assert scaledobjects() == set()
+            chat = cluster.get_json("deployment", "elastic-vllm-chat", "-n", namespace)
+            assert chat["spec"]["replicas"] == 2  # the spec's, fixed
+        cluster.kubectl("delete", "aistack", "elastic", "-n", namespace, "--wait=true",
+                        timeout=60)  # fmt: skip
+        cluster.wait_until(
+            lambda: not scaledobjects(), timeout=60, message="the ScaledObjects to go"
+        )
+        after = refusals(cluster)
+    finally:
+        op.stop()
+        remove_crds(cluster)
+        cluster.kubectl("delete", "crd", "scaledobjects.keda.sh", "--ignore-not-found",
+                        check=False)  # fmt: skip
+    assert_nothing_refused(op, before, after)

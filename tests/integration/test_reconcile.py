@@ -198,3 +198,95 @@ def test_a_multi_node_model_is_a_leaderworkerset_judged_like_a_deployment(
     lws = api.get("leaderworkerset", "s-vllm-big-lws", namespace) or {}
     assert lws["spec"]["replicas"] == 2
     assert LICENSE_BLOCKED_ANNOTATION not in (lws["metadata"].get("annotations") or {})
+
+
+def _install_crd(api: Api, text: str, name: str) -> None:
+    api.run("apply", "--server-side", "-f", "-", input=text)
+    api.wait_established(name)
+
+
+def _replica_managers(deployment: dict[str, Any]) -> set[tuple[str, str]]:
+    """The (manager, operation) entries of managedFields that own spec.replicas."""
+    return {
+        (m["manager"], m["operation"])
+        for m in deployment["metadata"].get("managedFields") or []
+        if "f:replicas" in ((m.get("fieldsV1") or {}).get("f:spec") or {})
+    }
+
+
+def test_an_autoscaled_models_replicas_are_the_scalers_and_no_apply_resets_them(
+    api: Api, namespace: str, reconciler: Reconciler
+) -> None:
+    """Server-side apply as the real API server does it: once autoscaling is on, the
+    operator's apply never owns spec.replicas, so neither a reconcile nor a change of the
+    model's pod template resets what the scaler (here `kubectl scale`, through the scale
+    subresource as the HPA does) chose; and the starting size is written once."""
+    import gzip
+    import subprocess
+    from pathlib import Path
+
+    from aistack.components import RenderConfig
+    from aistack.kube import FIELD_MANAGER, STARTING_SIZE_FIELD_MANAGER
+
+    root = Path(__file__).resolve().parents[2]
+    keda = gzip.decompress((root / "tests/schemas/keda.sh_scaledobjects.yaml.gz").read_bytes())
+    _install_crd(api, keda.decode(), "scaledobjects.keda.sh")
+    crds = subprocess.run(
+        [str(root / "hack/prometheus-crds.sh")], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    podmonitor = Path(crds) / "monitoring.coreos.com_podmonitors.yaml"
+    _install_crd(api, podmonitor.read_text(), "podmonitors.monitoring.coreos.com")
+    try:
+        config = reconciler.config.model_copy(
+            update={"keda": True, "monitoring_crds": True,
+                    "prometheus_address": "http://prometheus.monitoring.svc:9090"}
+        )  # fmt: skip
+        rec = Reconciler(api.kube, reconciler.licensing, config=config,
+                         judge_record=reconciler.judge_record)  # fmt: skip
+        assert isinstance(config, RenderConfig)
+        fixed = dict(PHI, replicas=3)
+        api.apply(stack(namespace, fixed))
+        reconcile(api, rec, namespace)
+        assert deployments(api, namespace)["s-vllm-phi"]["spec"]["replicas"] == 3
+
+        # Autoscaling on: the current size is kept, and the operator's apply lets go of it.
+        scaled = dict(fixed, autoscaling={"minReplicas": 1, "maxReplicas": 4})
+        api.apply(stack(namespace, scaled))
+        reconcile(api, rec, namespace)
+        phi = deployments(api, namespace)["s-vllm-phi"]
+        assert phi["spec"]["replicas"] == 3
+        assert (FIELD_MANAGER, "Apply") not in _replica_managers(phi)
+        assert (STARTING_SIZE_FIELD_MANAGER, "Apply") in _replica_managers(phi)
+        so = api.get("scaledobject", "s-vllm-phi", namespace)
+        assert so is not None and so["spec"]["scaleTargetRef"]["name"] == "s-vllm-phi"
+
+        # The scaler chooses 4: a reconcile writes nothing to it, and a new pod template
+        # (another maxModelLen) rolls the pods without touching the count.
+        api.run("scale", "deployment/s-vllm-phi", "--replicas=4", "-n", namespace)
+        again = reconcile(api, rec, namespace)
+        assert ("Deployment", namespace, "s-vllm-phi") not in again.applied
+        api.apply(stack(namespace, dict(scaled, maxModelLen=4096)))
+        changed = reconcile(api, rec, namespace)
+        assert ("Deployment", namespace, "s-vllm-phi") in changed.applied
+        phi = deployments(api, namespace)["s-vllm-phi"]
+        assert phi["spec"]["replicas"] == 4
+        assert "--max-model-len" in phi["spec"]["template"]["spec"]["containers"][0]["args"]
+        status = (api.get("aistack", "s", namespace) or {})["status"]
+        assert status["models"][0]["replicas"] == 4
+        assert conditions(api, namespace)["Autoscaling"]["reason"] == "Scaling"
+
+        # Autoscaling off: the spec's replicas again, and the scaler is gone.
+        api.apply(stack(namespace, fixed))
+        off = reconcile(api, rec, namespace)
+        assert deployments(api, namespace)["s-vllm-phi"]["spec"]["replicas"] == 3
+        assert api.get("scaledobject", "s-vllm-phi", namespace) is None
+        assert ("ScaledObject", namespace, "s-vllm-phi") in off.deleted
+
+        # A new autoscaled model starts at its replicas.
+        api.apply(
+            stack(namespace, fixed, dict(MISTRAL, replicas=2, autoscaling={"maxReplicas": 3}))
+        )
+        reconcile(api, rec, namespace)
+        assert deployments(api, namespace)["s-vllm-mistral"]["spec"]["replicas"] == 2
+    finally:
+        api.run("delete", "crd", "scaledobjects.keda.sh", "podmonitors.monitoring.coreos.com")

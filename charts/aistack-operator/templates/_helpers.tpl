@@ -103,6 +103,12 @@ refused request.
   resources: [leaderworkersets]
   verbs: [list, watch, create, patch, delete]
 {{- end }}
+{{- if .Values.autoscaling.enabled }}
+# The ScaledObjects of autoscaled models (KEDA), made while its CRDs exist.
+- apiGroups: [keda.sh]
+  resources: [scaledobjects]
+  verbs: [list, watch, create, patch, delete]
+{{- end }}
 {{- if .Values.stackMonitoring.enabled }}
 # The stacks' PodMonitors (Prometheus Operator), rendered while its CRDs exist.
 - apiGroups: [monitoring.coreos.com]

@@ -89,6 +89,16 @@ MULTINODE_IMAGE = (
 MULTINODE_ONLY = (
     "multiNode applies only to a model served across nodes: set nodes above 1, or remove multiNode"
 )
+AUTOSCALING_RANGE = "autoscaling.minReplicas may not exceed autoscaling.maxReplicas"
+AUTOSCALING_MULTINODE = (
+    "autoscaling applies to models on one node: a multi-node model (nodes > 1) scales by "
+    "whole LeaderWorkerSet groups, which KEDA cannot yet drive; set replicas (the number of "
+    "groups) instead, or remove autoscaling"
+)
+AUTOSCALING_METRICS = (
+    "autoscaling reads the models' metrics from Prometheus, which scrapes them through the "
+    "stack's PodMonitors: it needs monitoring.enabled true or unset (not false)"
+)
 NETWORK_PEER = (
     "a network peer needs either ipBlock or podSelector/namespaceSelector (not both): "
     "NetworkPolicy peers are one or the other"

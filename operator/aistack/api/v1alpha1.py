@@ -381,6 +381,59 @@ class MultiNodeSpec(APIModel):
     no other group shares it (LeaderWorkerSet's exclusive-topology placement)."""
 
 
+#: What each autoscaling signal reads: the vLLM gauge (as vLLM exports it, per server) and
+#: the default target per replica.
+AUTOSCALING_METRICS: dict[str, tuple[str, int]] = {
+    "RequestsWaiting": ("vllm:num_requests_waiting", 5),
+    "RequestsRunning": ("vllm:num_requests_running", 100),
+}
+
+
+class AutoscalingSpec(APIModel):
+    """Scale a model's replicas with its load, between ``minReplicas`` and ``maxReplicas``
+    (a KEDA ScaledObject reading the model servers' metrics from Prometheus). The model's
+    ``replicas`` is then its starting size only: the operator never sets the replica count
+    of a running model again."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_crd_rules(
+            (
+                "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",
+                rules.AUTOSCALING_RANGE,
+            ),
+        )
+    )
+
+    min_replicas: Annotated[int, Field(ge=1, le=1024)] = 1
+    """Fewest replicas, however idle the model."""
+    max_replicas: Annotated[int, Field(ge=1, le=1024)]
+    """Most replicas, however busy (each takes the model's GPUs)."""
+    metric: Literal[tuple(AUTOSCALING_METRICS)] = "RequestsWaiting"  # type: ignore[valid-type]
+    """The load signal, summed over the model's servers: ``RequestsWaiting`` (requests in
+    vLLM's queue, ``vllm:num_requests_waiting``: a full batch) or ``RequestsRunning``
+    (requests being served, ``vllm:num_requests_running``)."""
+    target: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    """The signal's value per replica to scale to (more replicas above it, fewer below).
+    Defaults: 5 waiting requests, or 100 running requests."""
+    scale_down_delay_seconds: Annotated[int, Field(ge=0, le=86400)] = 300
+    """How long the load must stay lower before replicas are removed (a stabilization
+    window: the highest recommendation over it wins)."""
+
+    @property
+    def series(self) -> str:
+        return AUTOSCALING_METRICS[self.metric][0]
+
+    @property
+    def per_replica(self) -> int:
+        return self.target if self.target is not None else AUTOSCALING_METRICS[self.metric][1]
+
+    @model_validator(mode="after")
+    def _check(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(rules.AUTOSCALING_RANGE)
+        return self
+
+
 class ModelSpec(APIModel):
     """One model served by vLLM behind the stack's gateway."""
 
@@ -396,6 +449,10 @@ class ModelSpec(APIModel):
                 rules.MULTINODE_REPLICAS,
             ),
             ("!has(self.multiNode) || (has(self.nodes) && self.nodes > 1)", rules.MULTINODE_ONLY),
+            (
+                "!has(self.autoscaling) || !has(self.nodes) || self.nodes == 1",
+                rules.AUTOSCALING_MULTINODE,
+            ),
             _REVISION_RULE,
             (
                 "!has(self.speculative) || !has(self.adapters) || size(self.adapters) == 0 || "
@@ -420,7 +477,11 @@ class ModelSpec(APIModel):
     """Declared license as an SPDX expression (``LicenseRef-*`` for custom model licenses).
     Needed for sources nothing else knows the license of (pvc://, s3://)."""
     replicas: Annotated[int, Field(ge=0, le=1024)] = 1
-    """Number of serving replicas (for nodes > 1: number of multi-node groups)."""
+    """Number of serving replicas (for nodes > 1: number of multi-node groups). With
+    ``autoscaling``, the starting size only."""
+    autoscaling: AutoscalingSpec | None = None
+    """Scale the replicas with the model's load; defaults to ``spec.vllm.autoscaling`` for a
+    model on one node."""
     gpus: Annotated[int, Field(ge=1, le=64)] = 1
     """GPUs per replica on each node (``nvidia.com/gpu``)."""
     nodes: Annotated[int, Field(ge=1, le=64)] = 1
@@ -515,6 +576,12 @@ class ModelSpec(APIModel):
             raise ValueError(f"{rules.UNIQUE_ADAPTER_NAMES} (duplicated: {', '.join(dupes)})")
         return self
 
+    @model_validator(mode="after")
+    def _autoscaling_on_one_node(self) -> ModelSpec:
+        if self.autoscaling is not None and self.nodes > 1:
+            raise ValueError(rules.AUTOSCALING_MULTINODE)
+        return self
+
 
 class VLLMDefaults(APIModel):
     """Defaults for every model of the stack."""
@@ -541,6 +608,9 @@ class VLLMDefaults(APIModel):
     """How long a model may take to download and load its weights before it is restarted."""
     extra_args: ExtraArgs = Field(default_factory=list)
     """Arguments added to every model's ``vllm serve`` (before the model's own)."""
+    autoscaling: AutoscalingSpec | None = None
+    """Autoscaling for every model on one node that has none of its own (multi-node models
+    keep their fixed ``replicas``)."""
 
 
 # ---------------------------------------------------------------- Ray
@@ -987,6 +1057,12 @@ class MonitoringSpec(APIModel):
     the gateway's port when it has no key). Without it, a Prometheus outside the stack is
     refused where the network plugin enforces NetworkPolicy (``network.allowFrom`` admits
     to every port)."""
+    prometheus_address: (
+        Annotated[str, StringConstraints(max_length=512, pattern=URL_PATTERN)] | None
+    ) = None
+    """The Prometheus that scrapes these monitors, which autoscaling queries (its HTTP API
+    base URL, e.g. ``http://prometheus-operated.monitoring.svc:9090``). Defaults to the
+    operator's setting (the chart's ``autoscaling.prometheusAddress``)."""
 
 
 # ---------------------------------------------------------------- AIStack
@@ -1014,6 +1090,14 @@ class AIStackSpec(APIModel):
                 "|| m.multiNode.backend != 'ray' "
                 "|| has(m.image) || (has(self.vllm) && has(self.vllm.image)))",
                 rules.MULTINODE_IMAGE,
+            ),
+            (
+                "!has(self.monitoring) || !has(self.monitoring.enabled) || "
+                "self.monitoring.enabled || ((!has(self.models) || "
+                "self.models.all(m, !has(m.autoscaling))) && "
+                "(!has(self.vllm) || !has(self.vllm.autoscaling) || !has(self.models) || "
+                "self.models.all(m, has(m.nodes) && m.nodes > 1)))",
+                rules.AUTOSCALING_METRICS,
             ),
             # Duplicates within a model are refused by the list's map key; an adapter named
             # like a model, or like an adapter of another model, here. Every rule the
@@ -1110,6 +1194,20 @@ class AIStackSpec(APIModel):
         named += [limit.route for limit in self.gateway.limits]
         if unknown := sorted(set(named) - set(self._routes())):
             raise ValueError(f"{rules.UNKNOWN_ROUTE} (unknown: {', '.join(unknown)})")
+        return self
+
+    def autoscaling_of(self, model: ModelSpec) -> AutoscalingSpec | None:
+        """The model's autoscaling: its own, else the stack's default (for a model on one
+        node)."""
+        if model.autoscaling is not None or model.spans_nodes:
+            return model.autoscaling
+        return self.vllm.autoscaling
+
+    @model_validator(mode="after")
+    def _autoscaling_metrics(self) -> AIStackSpec:
+        scaled = [m.name for m in self.models if self.autoscaling_of(m) is not None]
+        if scaled and self.monitoring.enabled is False:
+            raise ValueError(f"{rules.AUTOSCALING_METRICS} (models: {', '.join(scaled)})")
         return self
 
     @model_validator(mode="after")

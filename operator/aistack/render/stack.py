@@ -16,12 +16,19 @@ from aistack.api.v1alpha1 import AIStack, ModelSpec
 from aistack.components import (
     BY_NAME,
     COMPONENTS,
+    MODELS,
     Component,
     RenderConfig,
     Scrape,
+    autoscaling,
     enabled,
     monitoring,
     scrape_of,
+)
+from aistack.render.autoscaling import (
+    hand_replicas_to_the_scaler,
+    render_scaled_objects,
+    scaled_models,
 )
 from aistack.render.common import Manifest, annotate_licensed, block, part_record
 from aistack.render.disruption import render_disruption_budgets
@@ -96,7 +103,30 @@ def render(
         manifests += rendered
     if monitoring(stack, config).monitors:
         manifests += render_monitors(stack, monitors(stack, on))
-    return manifests + render_disruption_budgets(stack, manifests)
+    most: dict[str, int] = {}
+    scaling = autoscaling(stack, config)
+    if scaling.scaled and scaling.address and MODELS in on:
+        # Not a model whose image is blocked: it runs no pod, and nothing may wake it.
+        scaled = [m for m in scaled_models(stack, served) if not _blocked(manifests, stack, m)]
+        hand_replicas_to_the_scaler(manifests, stack, scaled)
+        manifests += render_scaled_objects(stack, scaled, scaling.address)
+        most = {
+            names.model_base(stack.metadata.name, m.name): a.max_replicas
+            for m in scaled
+            if (a := stack.spec.autoscaling_of(m)) is not None
+        }
+    return manifests + render_disruption_budgets(stack, manifests, most)
+
+
+def _blocked(manifests: list[Manifest], stack: AIStack, model: ModelSpec) -> bool:
+    """Whether the model's Deployment was stopped (``block``: its image is not permitted)."""
+    name = names.model_base(stack.metadata.name, model.name)
+    return any(
+        m["kind"] == "Deployment"
+        and m["metadata"]["name"] == name
+        and names.LICENSE_BLOCKED_ANNOTATION in m["metadata"].get("annotations", {})
+        for m in manifests
+    )
 
 
 def monitors(stack: AIStack, on: list[Component]) -> list[tuple[str, dict[str, str], Scrape]]:
