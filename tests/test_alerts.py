@@ -455,13 +455,15 @@ def test_the_scaledobjects_queries_sum_the_models_servers_as_prometheus_scrapes_
     promtool: str, tmp_path: Path
 ) -> None:
     """Each query the autoscaling example's ScaledObjects send to Prometheus, evaluated by
-    promtool over the series of the example's model servers as the stack's PodMonitor
-    labels them (namespace, pod, the stack's label; vLLM's model_name and engine), plus
-    another stack's and another model's: the sum of the model's own servers, nothing else."""
+    promtool over the series of the example's model servers and gateway as the stack's
+    PodMonitors label them (namespace, pod, the stack's label; vLLM's model_name, the
+    gateway hold's model), plus another stack's and another model's: the model's own, and
+    nothing else; a sleeping model's activity counts what the gateway holds for it even
+    when its servers are gone (no series at all)."""
     from aistack import names
     from aistack.components import RenderConfig
     from aistack.render import render
-    from aistack.render.autoscaling import prometheus_label
+    from aistack.render.autoscaling import HELD_SERIES, prometheus_label
     from helpers import all_permitted, example
 
     s = example(ROOT / "examples" / "autoscaling.yaml")
@@ -469,23 +471,43 @@ def test_the_scaledobjects_queries_sum_the_models_servers_as_prometheus_scrapes_
     scaled = [m for m in render(s, all_permitted(s), config) if m["kind"] == "ScaledObject"]
     assert len(scaled) == 2
     stack_label = prometheus_label(names.STACK_LABEL)
+
+    def labels(stack: str, pod: str, **extra: str) -> str:
+        more = "".join(f', {k}="{v}"' for k, v in extra.items())
+        return f'namespace="default", pod="{pod}", {stack_label}="{stack}"{more}'
+
+    me = s.metadata.name
     series = []
+    # Minutes 0-5: chat on two servers, coder on one; minutes 6-10: coder asleep.
     for metric in ("vllm:num_requests_waiting", "vllm:num_requests_running"):
-        for stack, model, pod, value in (
-            (s.metadata.name, "chat", "a", 3), (s.metadata.name, "chat", "b", 4),
-            (s.metadata.name, "coder", "c", 5), ("other", "chat", "d", 100),
+        for stack, model, pod, values in (
+            (me, "chat", "a", "3x10"), (me, "chat", "b", "4x10"),
+            (me, "coder", "c", "5x5 stale"), ("other", "coder", "d", "100x10"),
         ):  # fmt: skip
-            labels = (f'namespace="default", pod="{pod}", {stack_label}="{stack}", '
-                      f'model_name="{model}", engine="0", job="default/podmonitor"')  # fmt: skip
-            series.append({"series": f"{metric}{{{labels}}}", "values": f"{value}x5"})
+            series.append({"series": f"{metric}{{{labels(stack, pod, model_name=model)}}}",
+                           "values": values})  # fmt: skip
+    for stack, model, values in ((me, "coder", "0x5 2x5"), ("other", "coder", "50x10")):
+        series.append({"series": f"{HELD_SERIES}{{{labels(stack, 'gw', model=model)}}}",
+                       "values": values})  # fmt: skip
+    want = {
+        # chat: 3 + 4 waiting; coder: 5 running
+        ("chat", "requestswaiting", "2m"): 7,
+        ("coder", "requestsrunning", "2m"): 5,
+        # coder's activity: held 0 + running 5 + waiting 5; asleep: the 2 held alone
+        ("coder", "activity", "2m"): 10,
+        ("coder", "activity", "9m"): 2,
+    }
     rules, expected = [], []
     for so in scaled:
         model = so["metadata"]["labels"][names.MODEL_LABEL]
-        record = f"keda:{model}"
-        rules.append({"record": record, "expr": so["spec"]["triggers"][0]["metadata"]["query"]})
-        value = 7 if model == "chat" else 5  # chat: 3 + 4 waiting; coder: 5 running
+        for trigger in so["spec"]["triggers"]:
+            record = f"keda:{model}:{trigger['name']}"
+            rules.append({"record": record, "expr": trigger["metadata"]["query"]})
+    for (model, trigger, at), value in want.items():
+        record = f"keda:{model}:{trigger}"
         sample = {"labels": record, "value": value}
-        expected.append({"expr": record, "eval_time": "2m", "exp_samples": [sample]})
+        expected.append({"expr": record, "eval_time": at, "exp_samples": [sample]})
+    assert {r["record"] for r in rules} == {f"keda:{m}:{t}" for m, t, _ in want}
     (tmp_path / "queries.yaml").write_text(
         yaml.safe_dump({"groups": [{"name": "keda", "rules": rules}]})
     )

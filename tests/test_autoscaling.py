@@ -4,11 +4,13 @@ Deployments, the hand-over of the replica count to the scaler, and the status.""
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from aistack import names
@@ -369,3 +371,105 @@ def test_every_rendered_scaledobject_names_an_existing_deployment() -> None:
     deployments = by_name(objs, "Deployment")
     for so in by_name(objs, "ScaledObject").values():
         assert so["spec"]["scaleTargetRef"]["name"] in deployments
+
+
+# ---------------------------------------------------------------- scale to zero
+
+SLEEPS = {"minReplicas": 0, "maxReplicas": 4, "wakeTimeoutSeconds": 120}
+
+
+def sleepy_stack(**spec: Any) -> AIStack:
+    spec.setdefault(
+        "models",
+        [
+            {"name": "chat", "source": "org/chat", "autoscaling": SLEEPS,
+             "adapters": [{"name": "sql", "source": "org/sql-lora"}]},
+            {"name": "always", "source": "org/always", "autoscaling": SCALED},
+        ],
+    )  # fmt: skip
+    return stack(**spec)
+
+
+def test_a_model_that_may_sleep_is_woken_by_its_activity_and_kept_up_at_first() -> None:
+    s = sleepy_stack()
+    objs = objects(s)
+    so = objs["ScaledObject/demo-vllm-chat"]
+    validate_manifest(so)
+    assert so["spec"]["minReplicaCount"] == 0
+    assert so["spec"]["initialCooldownPeriod"] == so["spec"]["cooldownPeriod"] == 300
+    load, activity = so["spec"]["triggers"]
+    assert load["name"] == "requestswaiting" and "activationThreshold" not in load["metadata"]
+    assert activity["name"] == "activity"
+    assert activity["metadata"]["activationThreshold"] == "0"
+    # Only whether it is awake: its target is beyond any count.
+    assert float(activity["metadata"]["threshold"]) >= 1_000_000
+    query = activity["metadata"]["query"]
+    for series in ("aistack_gateway_held_requests{", "vllm:num_requests_running{",
+                   "vllm:num_requests_waiting{"):  # fmt: skip
+        assert series in query
+    assert query.count("or vector(0)") == 3
+    # A model that may not sleep has no activity trigger.
+    always = objs["ScaledObject/demo-vllm-always"]
+    assert [t["name"] for t in always["spec"]["triggers"]] == ["requestswaiting"]
+    assert "initialCooldownPeriod" not in always["spec"]
+
+
+def test_the_gateway_holds_the_sleeping_models_routes_and_rolls_when_they_change() -> None:
+    s = sleepy_stack()
+    objs = objects(s)
+    cm = objs["ConfigMap/demo-gateway-config"]
+    assert json.loads(cm["data"]["hold.json"]) == {
+        "chat": {"model": "chat", "wait": 120},
+        "sql": {"model": "chat", "wait": 120},  # an adapter wakes its model
+    }
+    assert "class HoldWhileAsleep" in cm["data"]["aistack_hold.py"]
+    config = yaml.safe_load(cm["data"]["config.yaml"])
+    assert config["litellm_settings"]["callbacks"][0] == "aistack_hold.proxy_handler_instance"
+    checksum = names.CONFIG_CHECKSUM_ANNOTATION
+
+    def rolled(st: AIStack) -> str:
+        d = objects(st)["Deployment/demo-gateway"]
+        return str(d["spec"]["template"]["metadata"]["annotations"][checksum])
+
+    longer = sleepy_stack(models=[
+        {"name": "chat", "source": "org/chat", "autoscaling": dict(SLEEPS, wakeTimeoutSeconds=300),
+         "adapters": [{"name": "sql", "source": "org/sql-lora"}]},
+        {"name": "always", "source": "org/always", "autoscaling": SCALED},
+    ])  # fmt: skip
+    assert rolled(longer) != rolled(s)
+
+
+def test_nothing_is_held_where_nothing_sleeps_or_nothing_scales() -> None:
+    for s, config in ((scaled_stack(), ON),
+                      (sleepy_stack(), RenderConfig(keda=False, monitoring_crds=True,
+                                                    prometheus_address=PROM))):  # fmt: skip
+        cm = objects(s, config)["ConfigMap/demo-gateway-config"]
+        assert set(cm["data"]) == {"config.yaml"}
+        config_yaml = yaml.safe_load(cm["data"]["config.yaml"])
+        assert not [c for c in config_yaml["litellm_settings"]["callbacks"] if "hold" in c]
+
+
+@pytest.mark.parametrize(
+    "gateway", [{"enabled": False}, {"authSecretRef": {"name": "gw", "key": "k"}}]
+)
+def test_sleeping_needs_a_gateway_that_prometheus_scrapes(gateway: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match="may sleep"):
+        sleepy_stack(gateway=gateway)
+    with pytest.raises(ValidationError, match="may sleep"):
+        stack(vllm={"autoscaling": SLEEPS}, gateway=gateway)
+    stack(vllm={"autoscaling": SCALED}, gateway=gateway)  # never asleep: fine
+
+
+def test_an_asleep_model_is_idle_and_the_stack_stays_ready() -> None:
+    s = sleepy_stack(models=[{"name": "chat", "source": "org/chat", "autoscaling": SLEEPS}])
+    asleep = {"metadata": {"generation": 2, "annotations": {STARTING: "1"}},
+              "spec": {"replicas": 0},
+              "status": {"observedGeneration": 2}}  # fmt: skip
+    st = status_of(s, {"demo-vllm-chat": asleep})
+    chat = st.models[0]
+    assert (chat.reason, chat.replicas, chat.ready_replicas) == ("Idle", 0, 0)
+    models_ready = {c.type: c for c in st.conditions}["ModelsReady"]
+    assert models_ready.status == "True"
+    # Without KEDA scaling it, the same Deployment at zero is just scaled to zero.
+    fixed = status_of(s, {"demo-vllm-chat": asleep}, RenderConfig(keda=False))
+    assert fixed.models[0].reason == "ScaledToZero"

@@ -85,7 +85,9 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+#: aistack/data holds files the operator ships to other programs (the gateway's hold runs
+#: inside LiteLLM): data of the operator, not modules of it.
+MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE / "data"}
 
 
 def imports(path: Path) -> Iterator[str]:

@@ -49,6 +49,8 @@ MODELS_READY = MODELS.condition
 #: Whether the stack's PodMonitors are in place, and why not (never part of Ready: a
 #: stack serves without them).
 MONITORING = "Monitoring"
+#: A model that sleeps (autoscaled to zero replicas): ready, since a request wakes it.
+IDLE = "Idle"
 #: Whether KEDA scales the models that ask for autoscaling, and why not (only on stacks
 #: with such models; never part of Ready: they serve at their replicas without it).
 AUTOSCALING = "Autoscaling"
@@ -93,7 +95,7 @@ class PartState:
 
     @property
     def is_ready(self) -> bool:
-        return self.reason in ("Ready", "ScaledToZero", "Disabled")
+        return self.reason in ("Ready", "ScaledToZero", "Disabled", IDLE)
 
 
 @dataclass(frozen=True)
@@ -439,6 +441,9 @@ def _models(
             if scaling.scaled and model.name in scaling.models:
                 # What the scaler wants now (the Deployment's), not the starting size.
                 entry["replicas"] = state.desired if state.exists else model.replicas
+                if state.reason == "ScaledToZero":
+                    state = PartState(0, 0, IDLE, "asleep: the gateway holds the next "
+                                      "request for it and KEDA wakes it")  # fmt: skip
             entry.update(
                 ready_replicas=serving,
                 reason=state.reason,

@@ -186,32 +186,54 @@ def start_standins(
     that server's rendered ``vllm serve`` args, on its Service's address. Keyed by the
     served model name."""
     out: dict[str, StandIn] = {}
-    python = str(envs.python(GATEWAY_ENV))
     try:
         for svc, dep in model_servers(manifests):
-            name = svc["metadata"]["name"]
-            address = hosts.add(name, svc["metadata"]["namespace"])
-            spec = harness.container_process(
-                manifests, dep["metadata"]["name"], workdir=workdir / name, field_refs={}
-            )
-            args = spec.argv[2:]  # after `vllm serve`
-            parsed = _standin_args(args)
-            running = harness.start(
-                spec,
-                name=f"standin-{name}",
-                bin_dir=None,
-                log_dir=log_dir,
-                argv=[python, str(STANDIN), "serve", *args],
-                extra_env={"STANDIN_BIND": address},
-            )
-            stand_in = StandIn(name, parsed["name"], address, parsed["port"], running)
+            stand_in = start_standin(manifests, svc, dep, hosts=hosts, workdir=workdir,
+                                     log_dir=log_dir)  # fmt: skip
             out[stand_in.served_name] = stand_in
-            running.wait_http(f"http://{address}:{stand_in.port}/health", timeout=30)
     except BaseException:
         for s in out.values():
             s.running.stop()
         raise
     return out
+
+
+def start_standin(
+    manifests: Sequence[Manifest],
+    svc: Manifest,
+    dep: Manifest,
+    *,
+    hosts: HostMap,
+    workdir: Path,
+    log_dir: Path,
+    wait: bool = True,
+) -> StandIn:
+    """The stand-in of one model server (its Service and Deployment), on the Service's
+    address; ``wait``: until it answers /health."""
+    python = str(envs.python(GATEWAY_ENV))
+    name = svc["metadata"]["name"]
+    address = hosts.add(name, svc["metadata"]["namespace"])
+    spec = harness.container_process(
+        manifests, dep["metadata"]["name"], workdir=workdir / name, field_refs={}
+    )
+    args = spec.argv[2:]  # after `vllm serve`
+    parsed = _standin_args(args)
+    running = harness.start(
+        spec,
+        name=f"standin-{name}",
+        bin_dir=None,
+        log_dir=log_dir,
+        argv=[python, str(STANDIN), "serve", *args],
+        extra_env={"STANDIN_BIND": address},
+    )
+    stand_in = StandIn(name, parsed["name"], address, parsed["port"], running)
+    if wait:
+        try:
+            running.wait_http(f"http://{address}:{stand_in.port}/health", timeout=30)
+        except BaseException:
+            running.stop()
+            raise
+    return stand_in
 
 
 def _standin_args(args: Sequence[str]) -> dict[str, Any]:

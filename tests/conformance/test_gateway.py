@@ -17,8 +17,10 @@ import pytest
 from fixtures_gateway import (
     Gateway,
     gateway_config,
+    model_servers,
     routed_models,
     start_gateway,
+    start_standin,
     stopping,
 )
 from fixtures_mlflow import MLflowServer
@@ -418,3 +420,99 @@ class TestLoraGateway:
         code, body = lora_gateway.post("/v1/chat/completions", chat("support-bot-v2"))
         assert 400 <= code < 500, (code, body)
         assert stand_in.requests()[before:] == []
+
+
+# --------------------------------------------------------------------------- sleeping models
+
+
+HELD_GAUGE = "aistack_gateway_held_requests"
+
+
+def held(gateway: Gateway, model: str) -> float | None:
+    """What the gateway's /metrics (where its PodMonitor scrapes) says it holds for ``model``."""
+    code, out = harness.http(gateway.url + "/metrics")
+    assert code == 200, out[:400]
+    found = [
+        s.value
+        for s in harness.prometheus_samples(out.decode())
+        if s.name == HELD_GAUGE and s.labels.get("model") == model
+    ]
+    return found[0] if len(found) == 1 else None
+
+
+@pytest.fixture(scope="class")
+def elastic_gateway(hosts: HostMap, suite_dir: Path, log_dir: Path) -> Iterator[Gateway]:
+    """examples/autoscaling.yaml's gateway: ``coder`` may sleep (minReplicas 0), ``chat``
+    may not. Its MLflow is not running: the traces' exporter fails off the request path."""
+    manifests = harness.render_example(harness.example("autoscaling.yaml"))
+    gateway = start_gateway(
+        manifests, hosts=hosts, workdir=suite_dir / "gateway-elastic", log_dir=log_dir
+    )
+    yield from stopping(gateway)
+
+
+class TestSleepingModel:
+    """A request to a model at zero replicas (its Service refuses connections, as Kubernetes
+    does without a ready endpoint) is held by the rendered gateway until a server is up,
+    then answered; meanwhile the gateway counts it where the model's ScaledObject reads."""
+
+    def test_only_the_model_that_may_sleep_is_held(self, elastic_gateway: Gateway) -> None:
+        config = gateway_config(elastic_gateway.manifests)
+        assert config["litellm_settings"]["callbacks"][0] == "aistack_hold.proxy_handler_instance"
+        # Both gauges exist from the start, at 0: the ScaledObject's query has a series.
+        assert held(elastic_gateway, "coder") == 0
+        assert held(elastic_gateway, "chat") is None
+
+    def test_a_request_waits_for_the_model_to_wake_and_is_answered(
+        self, elastic_gateway: Gateway, suite_dir: Path, log_dir: Path, hosts: HostMap
+    ) -> None:
+        import threading
+
+        gateway = elastic_gateway
+        asleep = gateway.stand_ins.pop("coder")
+        asleep.running.stop()
+        answer: dict[str, object] = {}
+
+        def ask() -> None:
+            answer["reply"] = gateway.post("/v1/chat/completions", chat("coder"))
+            answer["at"] = time.monotonic()
+
+        asker = threading.Thread(target=ask)
+        asker.start()
+        deadline = time.monotonic() + 30
+        while held(gateway, "coder") != 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert held(gateway, "coder") == 1, gateway.running.log_tail(80)
+        # Asleep, the model is still listed, and the other model still answers at once.
+        code, body = gateway.get("/v1/models")
+        assert code == 200 and "coder" in {m["id"] for m in body["data"]}, body
+        code, body = gateway.post("/v1/chat/completions", chat("chat"))
+        assert code == 200, body
+        time.sleep(3)  # held longer than LiteLLM's own retries would have waited
+        assert asker.is_alive() and held(gateway, "coder") == 1
+        (svc, dep) = next(
+            (s, d)
+            for s, d in model_servers(gateway.manifests)
+            if s["metadata"]["name"] == asleep.service
+        )
+        woken = start_standin(gateway.manifests, svc, dep, hosts=hosts,
+                              workdir=suite_dir / "gateway-elastic", log_dir=log_dir)  # fmt: skip
+        up = time.monotonic()
+        gateway.stand_ins["coder"] = woken
+        asker.join(60)
+        code, body = answer["reply"]  # type: ignore[misc]
+        assert code == 200, body
+        assert body["model"] == "coder"
+        # Answered soon after the server came up (the hold looks every 0.1 s).
+        assert float(answer["at"]) - up < 5  # type: ignore[arg-type]
+        assert [r["model"] for r in woken.requests()] == ["coder"]
+        assert held(gateway, "coder") == 0
+
+    def test_a_held_request_gives_up_after_the_wake_timeout(self, elastic_gateway: Gateway) -> None:
+        """As rendered, the wait is the model's wakeTimeoutSeconds (here 900 s): the hook's
+        own file says so, read from the ConfigMap the gateway mounts."""
+        cm = next(
+            m for m in elastic_gateway.manifests
+            if m["kind"] == "ConfigMap" and "aistack_hold.py" in m.get("data", {})
+        )  # fmt: skip
+        assert json.loads(cm["data"]["hold.json"]) == {"coder": {"model": "coder", "wait": 900}}

@@ -99,6 +99,12 @@ AUTOSCALING_METRICS = (
     "autoscaling reads the models' metrics from Prometheus, which scrapes them through the "
     "stack's PodMonitors: it needs monitoring.enabled true or unset (not false)"
 )
+AUTOSCALING_WAKE = (
+    "a model that may sleep (autoscaling.minReplicas: 0) is woken by the requests the "
+    "gateway holds for it, which Prometheus reads from the gateway's metrics: it needs "
+    "gateway.enabled, and a gateway without authSecretRef (a gateway with a key is not "
+    "scraped); keep minReplicas at 1 or more otherwise"
+)
 NETWORK_PEER = (
     "a network peer needs either ipBlock or podSelector/namespaceSelector (not both): "
     "NetworkPolicy peers are one or the other"

@@ -404,8 +404,9 @@ class AutoscalingSpec(APIModel):
         )
     )
 
-    min_replicas: Annotated[int, Field(ge=1, le=1024)] = 1
-    """Fewest replicas, however idle the model."""
+    min_replicas: Annotated[int, Field(ge=0, le=1024)] = 1
+    """Fewest replicas, however idle the model. 0: the model sleeps when idle (no pod, no
+    GPU) and wakes on the first request, which the gateway holds meanwhile."""
     max_replicas: Annotated[int, Field(ge=1, le=1024)]
     """Most replicas, however busy (each takes the model's GPUs)."""
     metric: Literal[tuple(AUTOSCALING_METRICS)] = "RequestsWaiting"  # type: ignore[valid-type]
@@ -418,6 +419,15 @@ class AutoscalingSpec(APIModel):
     scale_down_delay_seconds: Annotated[int, Field(ge=0, le=86400)] = 300
     """How long the load must stay lower before replicas are removed (a stabilization
     window: the highest recommendation over it wins)."""
+
+    wake_timeout_seconds: Annotated[int, Field(ge=10, le=3600)] = 600
+    """With ``minReplicas: 0``: how long the gateway holds a request for the sleeping model
+    until a replica is ready (it then fails as it would have). Cover a cold start: pulling
+    the image, downloading and loading the weights."""
+
+    @property
+    def sleeps(self) -> bool:
+        return self.min_replicas == 0
 
     @property
     def series(self) -> str:
@@ -1099,6 +1109,16 @@ class AIStackSpec(APIModel):
                 "self.models.all(m, has(m.nodes) && m.nodes > 1)))",
                 rules.AUTOSCALING_METRICS,
             ),
+            (
+                "!has(self.models) || !(self.models.exists(m, has(m.autoscaling) && "
+                "has(m.autoscaling.minReplicas) && m.autoscaling.minReplicas == 0) || "
+                "(has(self.vllm) && has(self.vllm.autoscaling) && "
+                "has(self.vllm.autoscaling.minReplicas) && self.vllm.autoscaling.minReplicas == 0 "
+                "&& self.models.exists(m, !has(m.autoscaling) && (!has(m.nodes) || m.nodes == 1))))"
+                " || !has(self.gateway) || ((!has(self.gateway.enabled) || self.gateway.enabled)"
+                " && !has(self.gateway.authSecretRef))",
+                rules.AUTOSCALING_WAKE,
+            ),
             # Duplicates within a model are refused by the list's map key; an adapter named
             # like a model, or like an adapter of another model, here. Every rule the
             # validators hold is a CEL rule too: a stack the API server stores is one the
@@ -1208,6 +1228,14 @@ class AIStackSpec(APIModel):
         scaled = [m.name for m in self.models if self.autoscaling_of(m) is not None]
         if scaled and self.monitoring.enabled is False:
             raise ValueError(f"{rules.AUTOSCALING_METRICS} (models: {', '.join(scaled)})")
+        return self
+
+    @model_validator(mode="after")
+    def _autoscaling_wake(self) -> AIStackSpec:
+        sleeping = [m.name for m in self.models if (a := self.autoscaling_of(m)) and a.sleeps]
+        gateway = self.gateway
+        if sleeping and (not gateway.enabled or gateway.auth_secret_ref is not None):
+            raise ValueError(f"{rules.AUTOSCALING_WAKE} (models: {', '.join(sleeping)})")
         return self
 
     @model_validator(mode="after")

@@ -13,6 +13,12 @@ from aistack.render.common import Manifest, fill_template
 
 #: Seconds between KEDA's reads of the query (KEDA's default is 30).
 POLLING_INTERVAL = 15
+#: What the gateway's hold exports per model (aistack/data/gateway_hold.py).
+HELD_SERIES = "aistack_gateway_held_requests"
+#: The per-replica target of a sleeping model's activity trigger: far above any count, so
+#: that it only decides whether the model is awake (above 0: one replica at least) and
+#: never how many replicas it gets (the load trigger does).
+ACTIVITY_TARGET = 1_000_000
 
 
 def prometheus_label(label: str) -> str:
@@ -21,18 +27,34 @@ def prometheus_label(label: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_]", "_", label)
 
 
-def load_query(stack: AIStack, model: ModelSpec, scaling: AutoscalingSpec) -> str:
-    """PromQL: the model's load, summed over its servers (vLLM labels its series with the
-    served model name; the PodMonitor adds the namespace and the stack's label)."""
-    selector = ",".join(
+def _selector(stack: AIStack, model_label: str, model: str) -> str:
+    return ",".join(
         f'{label}="{value}"'
         for label, value in (
             ("namespace", namespace_of(stack)),
             (prometheus_label(names.STACK_LABEL), stack.metadata.name),
-            ("model_name", model.name),
+            (model_label, model),
         )
     )
-    return f"sum({scaling.series}{{{selector}}})"
+
+
+def load_query(stack: AIStack, model: ModelSpec, scaling: AutoscalingSpec) -> str:
+    """PromQL: the model's load, summed over its servers (vLLM labels its series with the
+    served model name; the PodMonitor adds the namespace and the stack's label)."""
+    return f"sum({scaling.series}{{{_selector(stack, 'model_name', model.name)}}})"
+
+
+def activity_query(stack: AIStack, model: ModelSpec) -> str:
+    """PromQL: whether a sleeping model has anything to do: the requests the gateway holds
+    for it (its hold labels them with the model's name), and those its servers run or
+    queue (0 where a series is missing: a model at zero replicas exports none)."""
+    vllm = _selector(stack, "model_name", model.name)
+    parts = [
+        f"sum({HELD_SERIES}{{{_selector(stack, 'model', model.name)}}})",
+        f"sum(vllm:num_requests_running{{{vllm}}})",
+        f"sum(vllm:num_requests_waiting{{{vllm}}})",
+    ]
+    return " + ".join(f"({p} or vector(0))" for p in parts)
 
 
 def scaled_models(stack: AIStack, served: Sequence[ModelSpec]) -> list[ModelSpec]:
@@ -59,6 +81,7 @@ def render_scaled_objects(
                 "metric_name": scaling.metric.lower(),
                 "query": load_query(stack, model, scaling),
                 "threshold": str(scaling.per_replica),
+                "activity": activity_query(stack, model) if scaling.sleeps else None,
             }
         )
     return fill_template(
@@ -66,6 +89,7 @@ def render_scaled_objects(
         namespace=namespace_of(stack),
         address=address,
         polling_interval=POLLING_INTERVAL,
+        activity_target=str(ACTIVITY_TARGET),
         scaled=scaled,
     )
 

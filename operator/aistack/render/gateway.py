@@ -3,7 +3,9 @@ providers) and its Service."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from importlib import resources
 from typing import Any
 
 import yaml
@@ -13,6 +15,7 @@ from aistack.api.v1alpha1 import AIStack, ModelSpec, ProviderSpec
 from aistack.components import (
     GATEWAY_PORT,
     RenderConfig,
+    autoscaling,
     gateway_exports_metrics,
     mlflow_uri,
     model_url,
@@ -123,8 +126,45 @@ def _router(stack: AIStack, routed: set[str]) -> dict[str, Any]:
     return router
 
 
-def _callbacks(stack: AIStack) -> list[str]:
+#: The gateway's hold (aistack/data/gateway_hold.py), as its config directory holds it: a
+#: callback module beside config.yaml, and the routes it holds.
+HOLD_MODULE = "aistack_hold"
+HOLD_ROUTES = "hold.json"
+
+
+def hold_routes(
+    stack: AIStack, served: list[ModelSpec], config: RenderConfig
+) -> dict[str, dict[str, Any]]:
+    """The routes whose requests the gateway holds while their model sleeps (the served
+    models with ``autoscaling.minReplicas: 0``, while KEDA scales them, and their adapters):
+    route -> the model whose server answers it, and how long to wait for it."""
+    if not autoscaling(stack, config).scaled:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for m in served:
+        scaling = stack.spec.autoscaling_of(m)
+        if scaling is not None and scaling.sleeps:
+            for route in [m.name, *(a.name for a in m.adapters)]:
+                out[route] = {"model": m.name, "wait": scaling.wake_timeout_seconds}
+    return out
+
+
+def hold_files(holds: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """The gateway ConfigMap's keys beside config.yaml that make its hold (none without)."""
+    if not holds:
+        return {}
+    source = resources.files("aistack").joinpath("data/gateway_hold.py").read_text()
+    return {
+        f"{HOLD_MODULE}.py": source,
+        HOLD_ROUTES: json.dumps(holds, indent=2, sort_keys=True) + "\n",
+    }
+
+
+def _callbacks(stack: AIStack, holds: bool) -> list[str]:
     callbacks: list[str] = []
+    if holds:
+        # Before the others: a held request is not yet an attempt (no span, no failure).
+        callbacks.append(f"{HOLD_MODULE}.proxy_handler_instance")
     if stack.spec.mlflow.enabled:
         # Request traces go to MLflow's OTLP endpoint (env set in _render_gateway). The
         # image has no `mlflow` package: LiteLLM's own `mlflow` callback cannot load there,
@@ -147,7 +187,7 @@ def gateway_config(stack: AIStack, served: list[ModelSpec], config: RenderConfig
     cfg: dict[str, Any] = {"model_list": model_list}
     if router := _router(stack, {r["model_name"] for r in model_list}):
         cfg["router_settings"] = router
-    if callbacks := _callbacks(stack):
+    if callbacks := _callbacks(stack, bool(hold_routes(stack, served, config))):
         cfg["litellm_settings"] = {"callbacks": callbacks}
     if stack.spec.gateway.auth_secret_ref is not None:
         cfg["general_settings"] = {"master_key": "os.environ/LITELLM_MASTER_KEY"}
@@ -171,6 +211,7 @@ def render_gateway(stack: AIStack, served: list[ModelSpec], config: RenderConfig
     stack_name = stack.metadata.name
     gateway = stack.spec.gateway
     config_text = yaml.safe_dump(gateway_config(stack, served, config), sort_keys=False)
+    files = hold_files(hold_routes(stack, served, config))
     env: list[dict[str, Any]] = []
     if gateway.auth_secret_ref is not None:
         env.append(secret_env("LITELLM_MASTER_KEY", gateway.auth_secret_ref))
@@ -197,8 +238,9 @@ def render_gateway(stack: AIStack, served: list[ModelSpec], config: RenderConfig
         labels=names.common_labels(stack_name, "gateway", "litellm"),
         selector=names.selector_labels(stack_name, "gateway"),
         config_text=config_text,
+        files=files,
         checksum_annotation=names.CONFIG_CHECKSUM_ANNOTATION,
-        checksum=checksum(config_text),
+        checksum=checksum(config_text + "".join(files[k] for k in sorted(files))),
         env=env,
         resources=container_resources(gateway.resources),
         port=GATEWAY_PORT,

@@ -3,7 +3,8 @@
 --
 --   no status yet, or status of an older generation  -> Progressing
 --   phase Pending or Progressing                     -> Progressing
---   phase Ready, Ready=True                          -> Healthy (Suspended: every model scaled to zero)
+--   phase Ready, Ready=True                          -> Healthy (Suspended: every model scaled to
+--                                                      zero by its spec; asleep ones, Idle, serve)
 --   phase Degraded                                   -> Degraded
 --   phase Blocked (every model denied by license)    -> Degraded
 local hs = {}
@@ -58,7 +59,8 @@ if phase == "Ready" then
   local models = status.models or {}
   local serving = #models == 0
   for _, m in ipairs(models) do
-    if m.replicas == nil or m.replicas > 0 then
+    -- A model asleep (autoscaled to zero, reason Idle) still serves: a request wakes it.
+    if m.replicas == nil or m.replicas > 0 or m.reason == "Idle" then
       serving = true
     end
   end
