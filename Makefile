@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help venv lint unit integration e2e test crds check-crds demo demo-down cluster-tools clean \
+.PHONY: help venv lint unit integration e2e elastic test crds check-crds demo demo-down cluster-tools clean \
 	chart chart-crds chart-images docs bench conformance conformance-envs gpu-smoke \
 	lint-manifests promtool-rules argocd-tools gitops keda-tools
 
@@ -43,8 +43,14 @@ cluster-tools: ## build the local control plane (kube-apiserver, etcd, kwok, hel
 AISTACK_E2E_CLUSTER ?= local
 export AISTACK_E2E_CLUSTER
 
+#: The e2e tests that need a real KEDA and Prometheus beside the local cluster (`make elastic`).
+ELASTIC_TESTS := tests/e2e/test_keda_infra.py tests/e2e/test_elastic.py
+
 e2e: $(STAMP) cluster-tools ## end-to-end tests against a real local API server
-	$(BIN)/pytest tests/e2e --ignore=tests/e2e/test_argocd.py $(PYTEST_ARGS)
+	$(BIN)/pytest tests/e2e --ignore=tests/e2e/test_argocd.py $(addprefix --ignore=,$(ELASTIC_TESTS)) $(PYTEST_ARGS)
+
+elastic: $(STAMP) cluster-tools keda-tools ## elastic serving with a real KEDA and Prometheus: a local cluster of its own (up --keda)
+	$(BIN)/pytest $(ELASTIC_TESTS) $(PYTEST_ARGS)
 
 argocd-tools: ## build Argo CD (argocd, its controller and repo-server; Go 1.27 from the module proxy) and install Redis
 	hack/build-tools.sh --argocd
@@ -67,15 +73,17 @@ conformance: $(STAMP) conformance-envs ## the real vLLM, Ray, MLflow, LiteLLM st
 gpu-smoke: $(STAMP) ## on a GPU machine: real vLLM serves a tiny local model behind the real gateway
 	$(BIN)/python tests/conformance/gpu_smoke.py $(GPU_SMOKE_ARGS)
 
-TEST_STAGES := lint lint-manifests promtool-rules unit chart integration e2e conformance gitops
+TEST_STAGES := lint lint-manifests promtool-rules unit chart integration e2e conformance gitops elastic
 
 # The stages in order, stopping at the first that fails; each one's time is printed, and
-# all of them at the end, so a slow run shows where its time went. Argo CD, the biggest
-# build and needed only by the last stage, builds meanwhile at low priority (its log:
-# .cache/argocd-build.log); the gitops stage waits for it (the build holds a lock).
+# all of them at the end, so a slow run shows where its time went. Argo CD, KEDA and the
+# Prometheus server, the biggest builds and needed only by the last two stages, build
+# meanwhile at low priority, one after the other (their log: .cache/background-build.log);
+# the gitops and elastic stages wait for them (each build holds a lock).
 test: ## everything CI runs
 	@start=$$SECONDS; times=""; mkdir -p .cache; \
-	setsid nice -n 10 hack/build-tools.sh --argocd >.cache/argocd-build.log 2>&1 & bg=$$!; \
+	setsid nice -n 10 sh -c 'hack/build-tools.sh --argocd; hack/build-tools.sh --keda; \
+	  hack/build-tools.sh --prometheus' >.cache/background-build.log 2>&1 & bg=$$!; \
 	trap 'kill -- -$$bg 2>/dev/null || true' EXIT; \
 	for stage in $(TEST_STAGES); do \
 	  t0=$$SECONDS; \

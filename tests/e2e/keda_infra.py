@@ -78,8 +78,13 @@ class StandInExporter:
 
     namespace: str
     pod: str
+    #: More target labels, as a PodMonitor's ``podTargetLabels`` add them (e.g. the
+    #: stack's label, ``aistack_dev_stack``).
+    labels: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     _values: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: The gateway's hold: ``aistack_gateway_held_requests`` per model (a gateway's pod).
+    _held: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
 
@@ -95,11 +100,21 @@ class StandInExporter:
                 "vllm:num_requests_running": float(running),
             }
 
+    def hold(self, model: str, requests: float) -> None:
+        """Export, as the gateway's hold does, ``requests`` held for ``model``."""
+        with self._lock:
+            self._held[model] = float(requests)
+
     def render(self) -> str:
         """The Prometheus text exposition of the current values."""
         with self._lock:
             values = {model: dict(v) for model, v in self._values.items()}
+            held = dict(self._held)
         lines: list[str] = []
+        if held:
+            lines += ["# HELP aistack_gateway_held_requests Requests the gateway holds.",
+                      "# TYPE aistack_gateway_held_requests gauge"]  # fmt: skip
+            lines += [f'aistack_gateway_held_requests{{model="{m}"}} {v}' for m, v in held.items()]
         for name, help_text in VLLM_GAUGES.items():
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
             for model, v in sorted(values.items()):
@@ -150,7 +165,10 @@ def scrape_config(exporters: Sequence[StandInExporter], job: str = "vllm") -> di
                 "scrape_interval": interval,
                 "scrape_timeout": interval,
                 "static_configs": [
-                    {"targets": [e.address], "labels": {"namespace": e.namespace, "pod": e.pod}}
+                    {
+                        "targets": [e.address],
+                        "labels": {**e.labels, "namespace": e.namespace, "pod": e.pod},
+                    }
                     for e in exporters
                 ],
             }
