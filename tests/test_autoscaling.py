@@ -473,3 +473,21 @@ def test_an_asleep_model_is_idle_and_the_stack_stays_ready() -> None:
     # Without KEDA scaling it, the same Deployment at zero is just scaled to zero.
     fixed = status_of(s, {"demo-vllm-chat": asleep}, RenderConfig(keda=False))
     assert fixed.models[0].reason == "ScaledToZero"
+
+
+def test_falling_asleep_and_waking_are_events_once_each() -> None:
+    from aistack.status import transitions
+
+    s = sleepy_stack(models=[{"name": "chat", "source": "org/chat", "autoscaling": SLEEPS}])
+
+    def at(replicas: int) -> Any:
+        d = {"metadata": {"generation": 1}, "spec": {"replicas": replicas},
+             "status": {"observedGeneration": 1, "readyReplicas": replicas,
+                        "updatedReplicas": replicas}}  # fmt: skip
+        return status_of(s, {"demo-vllm-chat": d})
+
+    awake, asleep = at(1), at(0)
+    reasons = [e.reason for e in transitions(awake, asleep)]
+    assert reasons.count("ModelAsleep") == 1
+    assert "ModelAsleep" not in [e.reason for e in transitions(asleep, at(0))]
+    assert "ModelReady" in [e.reason for e in transitions(asleep, awake)]

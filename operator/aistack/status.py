@@ -659,6 +659,8 @@ def _model_events(m: ModelStatus, prev: ModelStatus | None) -> list[EventSpec]:
     was_ready = prev is not None and prev.reason == "Ready"
     if m.permitted and m.reason == "Ready" and not was_ready:
         events.append(EventSpec("Normal", "ModelReady", f"{m.name} serves at {m.endpoint}"))
+    if m.permitted and m.reason == IDLE and prev is not None and prev.reason != IDLE:
+        events.append(EventSpec("Normal", "ModelAsleep", f"{m.name}: {m.message}"))
     return events
 
 
