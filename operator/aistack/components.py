@@ -514,10 +514,13 @@ def autoscaling(stack: AIStack, config: RenderConfig | None = None) -> Autoscali
             "chart's autoscaling.enabled: false)",
         )
     if config.keda is False:
-        return off(
+        return Autoscaling(
+            False,
             "KEDAMissing",
-            f"the cluster has no KEDA ({KEDA_CRD}; install it: {KEDA_INSTALL}) until it is "
-            "installed",
+            f"the cluster has no KEDA ({KEDA_CRD}): the models run at their replicas until "
+            f"it is installed ({KEDA_INSTALL})",
+            models,
+            address,
         )
     if address is None:
         return off(
