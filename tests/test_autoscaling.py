@@ -7,6 +7,7 @@ import copy
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -104,7 +105,7 @@ def test_combinations_that_cannot_scale_are_refused(spec: dict[str, Any], rule: 
 def test_aistack_render_refuses_them_with_exit_2_naming_the_field(tmp_path: Any) -> None:
     doc = stack_doc(models=[{"name": "m", "source": "o/m", "autoscaling": {"maxReplicas": 0}}])
     path = tmp_path / "stack.yaml"
-    path.write_text(__import__("yaml").safe_dump(doc))
+    path.write_text(yaml.safe_dump(doc))
     run = subprocess.run(
         [sys.executable, "-m", "aistack.cli", "render", "-f", str(path)],
         capture_output=True, text=True,
@@ -200,22 +201,29 @@ def test_a_model_that_may_not_run_gets_no_scaler_and_stays_at_zero() -> None:
     assert objs["Deployment/demo-vllm-chat"]["spec"]["replicas"] == 0
 
 
-def test_aistack_render_shows_the_scalers_with_an_address() -> None:
-    def kinds(*flags: str) -> list[str]:
-        run = subprocess.run(
-            [sys.executable, "-m", "aistack.cli", "render",
-             "-f", str(ROOT / "examples/quickstart.yaml"), *flags],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        return [d["kind"] for d in __import__("yaml").safe_load_all(run.stdout) if d]
-
-    example = [str(ROOT / "examples/autoscaling.yaml")]
+def render_kinds(example: str, *flags: str) -> list[str]:
+    """The kinds ``aistack render -f examples/EXAMPLE FLAGS...`` prints."""
     run = subprocess.run(
-        [sys.executable, "-m", "aistack.cli", "render", "-f", *example],
+        [sys.executable, "-m", "aistack.cli", "render", "-f", str(ROOT / "examples" / example),
+         *flags],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    assert run.stdout.count("kind: ScaledObject") == 2
-    assert "ScaledObject" not in kinds()
+    return [d["kind"] for d in yaml.safe_load_all(run.stdout) if d]
+
+
+def test_aistack_render_shows_the_scalers_of_a_stack_that_names_its_prometheus(
+    tmp_path: Path,
+) -> None:
+    assert render_kinds("autoscaling.yaml").count("ScaledObject") == 2
+    assert "ScaledObject" not in render_kinds("quickstart.yaml")
+    # A stack that names none: only with the operator's address, as `aistack run` has it.
+    no_address = yaml.safe_load((ROOT / "examples/autoscaling.yaml").read_text())
+    del no_address["spec"]["monitoring"]["prometheusAddress"]
+    path = tmp_path / "autoscaling-no-address.yaml"
+    path.write_text(yaml.safe_dump(no_address))
+    assert "ScaledObject" not in render_kinds(str(path))
+    kinds = render_kinds(str(path), "--prometheus-address", "http://prom:9090")
+    assert kinds.count("ScaledObject") == 2
 
 
 # ---------------------------------------------------------------- plan

@@ -311,6 +311,22 @@ def keda_local_cluster(base: Path, name: str) -> Iterator[Cluster]:
             )
 
 
+def keda_cluster_fixture(request: Any, tmp_path_factory: Any, prefix: str) -> Iterator[Cluster]:
+    """A module's own local cluster with KEDA (for a ``scope="module"`` fixture), named
+    ``<prefix>-<random>``; skipped where the e2e cluster is not the local one."""
+    import uuid
+
+    import pytest
+
+    from conftest import _selected_cluster_kind
+
+    if _selected_cluster_kind(request.config) != "local":
+        pytest.skip("KEDA runs as host processes beside the local cluster only (--keda)")
+    yield from keda_local_cluster(
+        tmp_path_factory.mktemp(f"{prefix}-cluster"), f"{prefix}-{uuid.uuid4().hex[:8]}"
+    )
+
+
 def component_log(cluster: Cluster, component: str, lines: int = 40) -> str:
     """The last lines of a local cluster component's log (keda-operator, ...)."""
     path = Path(cluster.workdir) / "clusters" / cluster.name / "logs" / f"{component}.log"

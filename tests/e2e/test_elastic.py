@@ -25,12 +25,12 @@ from keda_infra import (
     Prometheus,
     StandInExporter,
     component_log,
-    keda_local_cluster,
+    keda_cluster_fixture,
     running_prometheus,
 )
 from operator_process import REPO_ROOT, OperatorProcess
 
-from conftest import HACK_DIR, Cluster, _selected_cluster_kind, wait_until
+from conftest import HACK_DIR, Cluster, wait_until
 
 STACK = "elastic"
 STACK_LABEL = "aistack_dev_stack"  # the stack's pod label as a PodMonitor target label
@@ -53,11 +53,7 @@ class Elastic:
 def keda_cluster(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
-    if _selected_cluster_kind(request.config) != "local":
-        pytest.skip("KEDA runs as host processes beside the local cluster only (--keda)")
-    yield from keda_local_cluster(
-        tmp_path_factory.mktemp("elastic-cluster"), f"aistack-elastic-{uuid.uuid4().hex[:8]}"
-    )
+    yield from keda_cluster_fixture(request, tmp_path_factory, "aistack-elastic")
 
 
 def install_crds(cluster: Cluster) -> None:

@@ -22,11 +22,11 @@ from keda_infra import (
     Prometheus,
     StandInExporter,
     component_log,
-    keda_local_cluster,
+    keda_cluster_fixture,
     running_prometheus,
 )
 
-from conftest import Cluster, _selected_cluster_kind, wait_until
+from conftest import Cluster, wait_until
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"  # vLLM's model_name: the served model's name
 THRESHOLD = 2  # waiting requests per replica
@@ -47,11 +47,7 @@ class Scenario:
 def keda_cluster(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
-    if _selected_cluster_kind(request.config) != "local":
-        pytest.skip("KEDA runs as host processes beside the local cluster only (--keda)")
-    yield from keda_local_cluster(
-        tmp_path_factory.mktemp("keda-cluster"), f"aistack-keda-{uuid.uuid4().hex[:8]}"
-    )
+    yield from keda_cluster_fixture(request, tmp_path_factory, "aistack-keda")
 
 
 @pytest.fixture(scope="module")
