@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .PHONY: help venv lint unit integration e2e elastic test crds check-crds demo demo-down cluster-tools clean \
-	chart chart-crds chart-images docs bench conformance conformance-envs gpu-smoke \
+	chart chart-crds chart-images docs bench bench-elastic conformance conformance-envs gpu-smoke \
 	lint-manifests promtool-rules argocd-tools gitops keda-tools
 
 help: ## list the targets
@@ -27,7 +27,7 @@ lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check operator tests bench
 	$(BIN)/ruff format --check operator tests bench
 	$(BIN)/mypy
-	$(BIN)/mypy bench/analysis.py bench/bench.py
+	$(BIN)/mypy bench/analysis.py bench/bench.py bench/elastic.py
 
 unit: $(STAMP) ## unit tests: API, CRDs, renderer, CLI (no cluster)
 	$(BIN)/pytest tests --ignore=tests/e2e --ignore=tests/conformance --ignore=tests/integration $(PYTEST_ARGS)
@@ -95,6 +95,9 @@ test: ## everything CI runs
 
 bench: $(STAMP) cluster-tools ## benchmark: operator vs raw `kubectl apply` (table, bench/results/*.json, *.png)
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
+
+bench-elastic: $(STAMP) cluster-tools keda-tools conformance-envs ## benchmark: the gateway's hold and KEDA's scaling, real programs (table, bench/results/elastic.json)
+	$(BIN)/python bench/elastic.py $(BENCH_ARGS)
 
 crds: $(STAMP) ## regenerate crds/ from the API models
 	$(BIN)/aistack crds --output-dir crds
