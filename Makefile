@@ -11,7 +11,7 @@ BENCH_ARGS ?=
 
 .PHONY: help venv lint unit integration e2e elastic test crds check-crds demo demo-down cluster-tools clean \
 	chart chart-crds chart-images docs bench bench-elastic conformance conformance-envs gpu-smoke \
-	lint-manifests promtool-rules argocd-tools gitops keda-tools
+	lint-manifests promtool-rules argocd-tools gitops keda-tools demo-elastic
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -24,10 +24,10 @@ $(STAMP): pyproject.toml
 venv: $(STAMP) ## create .venv with the operator and its dev tools
 
 lint: $(STAMP) ## ruff and mypy
-	$(BIN)/ruff check operator tests bench
-	$(BIN)/ruff format --check operator tests bench
+	$(BIN)/ruff check operator tests bench hack/demo_elastic.py
+	$(BIN)/ruff format --check operator tests bench hack/demo_elastic.py
 	$(BIN)/mypy
-	$(BIN)/mypy bench/analysis.py bench/bench.py bench/elastic.py
+	$(BIN)/mypy bench/analysis.py bench/bench.py bench/elastic.py hack/demo_elastic.py
 
 unit: $(STAMP) ## unit tests: API, CRDs, renderer, CLI (no cluster)
 	$(BIN)/pytest tests --ignore=tests/e2e --ignore=tests/conformance --ignore=tests/integration $(PYTEST_ARGS)
@@ -126,6 +126,10 @@ docs: $(STAMP) ## regenerate docs/api.md from the CRD schema
 
 demo: $(STAMP) cluster-tools ## local cluster + operator + the quickstart stack, then its status
 	hack/demo.sh up
+
+demo-elastic: $(STAMP) cluster-tools keda-tools ## the demo with KEDA: examples/autoscaling.yaml scaled by the real KEDA (simulated metrics), step by step
+	AISTACK_KEDA=1 hack/demo.sh up
+	$(BIN)/python hack/demo_elastic.py
 
 demo-down: ## stop the demo cluster and everything it started
 	hack/demo.sh down
