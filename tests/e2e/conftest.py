@@ -339,8 +339,12 @@ def _unique_name(prefix: str) -> str:
 
 
 def _local_cluster(tmp_path_factory: pytest.TempPathFactory):
-    name = _unique_name("aistack-e2e")
-    base = tmp_path_factory.mktemp("local-cluster")
+    yield from local_cluster(tmp_path_factory.mktemp("local-cluster"), _unique_name("aistack-e2e"))
+
+
+def local_cluster(base: Path, name: str, *up_args: str) -> Iterator[Cluster]:
+    """``hack/local-cluster.sh up UP_ARGS`` in ``base`` (a generator for a fixture: the
+    cluster, then ``down`` however the tests end)."""
     workdir = base / "kwok"
     kubeconfig = base / "kubeconfig"
     log_path = base / "up.log"
@@ -353,6 +357,7 @@ def _local_cluster(tmp_path_factory: pytest.TempPathFactory):
                     [
                         str(HACK_DIR / "local-cluster.sh"),
                         "up",
+                        *up_args,
                         "--name",
                         name,
                         "--workdir",
@@ -372,7 +377,8 @@ def _local_cluster(tmp_path_factory: pytest.TempPathFactory):
         if rc != 0 or not kubeconfig.exists():
             tail = "".join(log_path.read_text(errors="replace").splitlines(True)[-60:])
             pytest.fail(
-                f"local cluster {name} did not start ({rc}); log {log_path}:\n{tail}",
+                f"local cluster {name} ({' '.join(['up', *up_args])}) did not start ({rc}); "
+                f"log {log_path}:\n{tail}",
                 pytrace=False,
             )
         bin_dir = subprocess.run(

@@ -40,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from conftest import HACK_DIR, LOCAL_UP_TIMEOUT, Cluster, _LocalTeardown, free_port, wait_until
+from conftest import HACK_DIR, Cluster, free_port, local_cluster, wait_until
 
 #: The gauges vLLM exports (``vllm serve``'s /metrics) that elastic serving scales on.
 VLLM_GAUGES = {
@@ -275,40 +275,7 @@ def running_prometheus(
 def keda_local_cluster(base: Path, name: str) -> Iterator[Cluster]:
     """``hack/local-cluster.sh up --keda`` in ``base`` (a generator for a fixture: the
     cluster, then ``down`` however the tests end, as conftest's local cluster)."""
-    workdir, kubeconfig, log_path = base / "kwok", base / "kubeconfig", base / "up.log"
-    teardown = _LocalTeardown(name, workdir, kubeconfig)
-    teardown.install()
-    try:
-        with log_path.open("w") as log:
-            try:
-                rc: int | str = subprocess.run(
-                    [str(HACK_DIR / "local-cluster.sh"), "up", "--keda", "--name", name,
-                     "--workdir", str(workdir), "--kubeconfig", str(kubeconfig)],
-                    stdout=log, stderr=subprocess.STDOUT, timeout=LOCAL_UP_TIMEOUT, check=False,
-                ).returncode  # fmt: skip
-            except subprocess.TimeoutExpired:
-                rc = f"timeout after {LOCAL_UP_TIMEOUT:.0f}s"
-        if rc != 0 or not kubeconfig.exists():
-            tail = "".join(log_path.read_text(errors="replace").splitlines(True)[-60:])
-            raise AssertionError(f"local cluster {name} with KEDA did not start ({rc}):\n{tail}")
-        bin_dir = subprocess.run(
-            [str(HACK_DIR / "build-tools.sh"), "--print-bin-dir"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
-        yield Cluster(
-            kind="local",
-            kubeconfig=str(kubeconfig),
-            kubectl_path=str(Path(bin_dir) / "kubectl"),
-            name=name,
-            simulated_nodes=True,
-            workdir=str(workdir),
-        )
-    finally:
-        result = teardown()
-        if result is not None and result.returncode != 0:
-            raise RuntimeError(
-                f"tearing down local cluster {name} failed:\n{result.stdout}\n{result.stderr}"
-            )
+    yield from local_cluster(base, name, "--keda")
 
 
 def keda_cluster_fixture(request: Any, tmp_path_factory: Any, prefix: str) -> Iterator[Cluster]:
