@@ -179,15 +179,23 @@ def _callbacks(stack: AIStack, holds: bool) -> list[str]:
     return callbacks
 
 
-def gateway_config(stack: AIStack, served: list[ModelSpec], config: RenderConfig) -> dict[str, Any]:
+def gateway_config(
+    stack: AIStack,
+    served: list[ModelSpec],
+    config: RenderConfig,
+    holds: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """LiteLLM proxy configuration: one route per permitted, deployed model, and one per
     permitted adapter of it, to the same server (vLLM serves an adapter under its name),
-    and one per permitted hosted provider; then fallbacks and limits between them."""
+    and one per permitted hosted provider; then fallbacks and limits between them.
+    ``holds``: ``hold_routes`` when the caller has it already (computed here otherwise)."""
     model_list = _routes(stack, served, config)
     cfg: dict[str, Any] = {"model_list": model_list}
     if router := _router(stack, {r["model_name"] for r in model_list}):
         cfg["router_settings"] = router
-    if callbacks := _callbacks(stack, bool(hold_routes(stack, served, config))):
+    if holds is None:
+        holds = hold_routes(stack, served, config)
+    if callbacks := _callbacks(stack, bool(holds)):
         cfg["litellm_settings"] = {"callbacks": callbacks}
     if stack.spec.gateway.auth_secret_ref is not None:
         cfg["general_settings"] = {"master_key": "os.environ/LITELLM_MASTER_KEY"}
@@ -210,8 +218,9 @@ def render_part(stack: AIStack, served: list[ModelSpec], config: RenderConfig) -
 def render_gateway(stack: AIStack, served: list[ModelSpec], config: RenderConfig) -> list[Manifest]:
     stack_name = stack.metadata.name
     gateway = stack.spec.gateway
-    config_text = yaml.safe_dump(gateway_config(stack, served, config), sort_keys=False)
-    files = hold_files(hold_routes(stack, served, config))
+    holds = hold_routes(stack, served, config)
+    config_text = yaml.safe_dump(gateway_config(stack, served, config, holds), sort_keys=False)
+    files = hold_files(holds)
     env: list[dict[str, Any]] = []
     if gateway.auth_secret_ref is not None:
         env.append(secret_env("LITELLM_MASTER_KEY", gateway.auth_secret_ref))

@@ -105,9 +105,10 @@ def render(
         manifests += render_monitors(stack, monitors(stack, on))
     most: dict[str, int] = {}
     scaling = autoscaling(stack, config)
-    if scaling.scaled and scaling.address and MODELS in on:
-        # Not a model whose image is blocked: it runs no pod, and nothing may wake it.
-        scaled = [m for m in scaled_models(stack, served) if not _blocked(manifests, stack, m)]
+    # Not while the models' image is blocked: they run no pod, and nothing may wake them.
+    models_run = MODELS in on and permitted.get(names.image_key(MODELS.image)) is not False
+    if scaling.scaled and scaling.address and models_run:
+        scaled = scaled_models(stack, served)
         hand_replicas_to_the_scaler(manifests, stack, scaled)
         manifests += render_scaled_objects(stack, scaled, scaling.address)
         most = {
@@ -116,17 +117,6 @@ def render(
             if (a := stack.spec.autoscaling_of(m)) is not None
         }
     return manifests + render_disruption_budgets(stack, manifests, most)
-
-
-def _blocked(manifests: list[Manifest], stack: AIStack, model: ModelSpec) -> bool:
-    """Whether the model's Deployment was stopped (``block``: its image is not permitted)."""
-    name = names.model_base(stack.metadata.name, model.name)
-    return any(
-        m["kind"] == "Deployment"
-        and m["metadata"]["name"] == name
-        and names.LICENSE_BLOCKED_ANNOTATION in m["metadata"].get("annotations", {})
-        for m in manifests
-    )
 
 
 def monitors(stack: AIStack, on: list[Component]) -> list[tuple[str, dict[str, str], Scrape]]:
