@@ -890,10 +890,12 @@ def test_the_charts_image_settings_are_written_from_the_registry() -> None:
 
 def test_the_charts_images_are_the_components_images() -> None:
     # The chart's `images.<key>` values become `--<key>-image`: its keys, in values.yaml,
-    # values.schema.json and the arguments template, are the components' image keys.
-    from aistack.components import COMPONENTS
+    # values.schema.json and the arguments template, are the components' image keys, and
+    # the model engines'.
+    from aistack.components import ENGINES, IMAGED
 
-    keys = {c.image for c in COMPONENTS}
+    keys = {c.image for c in IMAGED}
+    assert {e.image for e in ENGINES} <= keys
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     schema = json.loads((CHART / "values.schema.json").read_text())
     assert set(values["images"]) == keys
@@ -904,12 +906,12 @@ def test_the_charts_images_are_the_components_images() -> None:
 
 
 def test_every_image_value_becomes_its_flag_in_registry_order(helm: str) -> None:
-    from aistack.components import COMPONENTS
+    from aistack.components import IMAGED
 
-    images = {c.image: f"registry.local/{c.image}:1" for c in COMPONENTS}
+    images = {c.image: f"registry.local/{c.image}:1" for c in IMAGED}
     args = container(template(helm, {"images": images}))["args"]
     flags = [a for a in args if "-image=" in a]
-    assert flags == [f"--{c.image}-image=registry.local/{c.image}:1" for c in COMPONENTS]
+    assert flags == [f"--{c.image}-image=registry.local/{c.image}:1" for c in IMAGED]
 
 
 # ---------------------------------------------------------------- the docs' RBAC table

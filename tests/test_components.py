@@ -9,7 +9,7 @@ import pytest
 
 from aistack import names
 from aistack.api.v1alpha1 import Endpoints
-from aistack.components import COMPONENTS, MODELS, RenderConfig, endpoints
+from aistack.components import COMPONENTS, IMAGED, MODELS, RenderConfig, endpoints
 from aistack.render import RENDERERS, render
 from aistack.status import CONDITION_TYPES
 from helpers import EXAMPLES, all_permitted, example, stack
@@ -20,7 +20,8 @@ def test_names_conditions_and_images_are_unique_and_real() -> None:
     assert len({c.condition for c in COMPONENTS}) == len(COMPONENTS)
     assert len({c.image for c in COMPONENTS}) == len(COMPONENTS)
     assert len({c.program for c in COMPONENTS}) == len(COMPONENTS)
-    assert RenderConfig().images == {c.image: c.default_image for c in COMPONENTS}
+    assert RenderConfig().images == {c.image: c.default_image for c in IMAGED}
+    assert len({c.image for c in IMAGED}) == len(IMAGED)
     assert CONDITION_TYPES[2:-2] == tuple(c.condition for c in COMPONENTS)
     assert CONDITION_TYPES[-2:] == ("Monitoring", "Autoscaling")
 

@@ -5,7 +5,7 @@
 
 Each component's default image is an operator setting (``aistack run --<image>-image``) and
 a chart value (``images.<image>``). Three places of the chart follow the registry
-(``aistack.components.COMPONENTS``), in its order:
+(``aistack.components.IMAGED``: the parts, then the other model engines), in its order:
 
 - ``values.yaml``: the ``images:`` block, one empty key per component, its comment naming
   the built-in default;
@@ -24,7 +24,9 @@ import re
 import sys
 from pathlib import Path
 
-from aistack.components import COMPONENTS, Component
+from aistack.components import IMAGED, Component, Engine
+
+Imaged = Component | Engine
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "aistack-operator"
 VALUES = "values.yaml"
@@ -37,7 +39,7 @@ _VALUES_BLOCK = re.compile(
 )
 
 
-def values_block(components: tuple[Component, ...] = COMPONENTS) -> str:
+def values_block(components: tuple[Imaged, ...] = IMAGED) -> str:
     lines = [
         "# -- Default images for stacks that name none (the operator's `--<key>-image`);",
         "# empty: the operator's built-in default. Written by `make chart-images` from the",
@@ -52,14 +54,14 @@ def values_block(components: tuple[Component, ...] = COMPONENTS) -> str:
     return "\n".join(lines) + "\n"
 
 
-def values_yaml(text: str, components: tuple[Component, ...] = COMPONENTS) -> str:
+def values_yaml(text: str, components: tuple[Imaged, ...] = IMAGED) -> str:
     out, found = _VALUES_BLOCK.subn(lambda _: values_block(components), text, count=1)
     if not found:
         raise ValueError(f"{VALUES}: no '# -- Default images' comment followed by 'images:'")
     return out
 
 
-def schema_json(text: str, components: tuple[Component, ...] = COMPONENTS) -> str:
+def schema_json(text: str, components: tuple[Imaged, ...] = IMAGED) -> str:
     schema = json.loads(text)
     schema["properties"]["images"] = {
         "type": "object",
@@ -69,7 +71,7 @@ def schema_json(text: str, components: tuple[Component, ...] = COMPONENTS) -> st
     return json.dumps(schema, indent=2) + "\n"
 
 
-def images_template(components: tuple[Component, ...] = COMPONENTS) -> str:
+def images_template(components: tuple[Imaged, ...] = IMAGED) -> str:
     lines = [
         "{{/* Written by `make chart-images` from the component registry"
         " (operator/aistack/components.py): do not edit. */}}",

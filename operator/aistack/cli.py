@@ -24,7 +24,7 @@ from aistack.api.v1alpha1 import (
     AIStack,
     ModelSpec,
 )
-from aistack.components import COMPONENTS, RenderConfig
+from aistack.components import COMPONENTS, IMAGED, RenderConfig
 from aistack.crd import all_crds, crd_files
 from aistack.errors import format_validation_error
 from aistack.hub import HfHub
@@ -271,7 +271,7 @@ def _hub() -> HfHub:
 def _run_settings(args: argparse.Namespace) -> OperatorSettings:
     defaults = RenderConfig()
     config = RenderConfig(
-        images={c.image: getattr(args, f"{c.image}_image") for c in COMPONENTS},
+        images={c.image: getattr(args, f"{c.image}_image") for c in IMAGED},
         cluster_domain=args.cluster_domain or defaults.cluster_domain,
         stack_monitoring=args.stack_monitoring,
         manage_leaderworkersets=args.leaderworkersets,
@@ -587,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("-v", "--verbose", action="store_true", help="more logs")
     p_run.add_argument("--debug", action="store_true", help="even more logs")
     p_run.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig to use")
-    for component in COMPONENTS:  # one default image per part of the stack
+    for component in IMAGED:  # one default image per part of the stack, and per engine
         p_run.add_argument(
             f"--{component.image}-image",
             metavar="IMAGE",

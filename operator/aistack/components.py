@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from aistack import names
-from aistack.api.v1alpha1 import AIStack, AIStackSpec, ModelSpec, ProviderSpec
+from aistack.api.v1alpha1 import ENGINE_NAMES, AIStack, AIStackSpec, ModelSpec, ProviderSpec
 from aistack.kinds import BY_KIND
 
 # ---------------------------------------------------------------- ports
@@ -197,11 +197,97 @@ def lws_missing(config: RenderConfig) -> str | None:
 
 @dataclass(frozen=True)
 class Scrape:
-    """Where Prometheus finds a part's metrics: a named container port and a path."""
+    """Where Prometheus finds a part's metrics: a named container port and a path, on the
+    part's pods that also carry ``only`` (labels; none: all of them)."""
 
     port_name: str
     port: int
     path: str = "/metrics"
+    only: Mapping[str, str] | None = None
+
+
+# ---------------------------------------------------------------- engines
+
+
+@dataclass(frozen=True)
+class Engine:
+    """A program that serves models (``models[].engine``). Each listens for the
+    OpenAI-compatible API on ``VLLM_PORT``, so that a model's Service, its route in the
+    gateway and its NetworkPolicy are the same whatever its engine; its pods are labelled
+    ``app.kubernetes.io/name: <name>``."""
+
+    #: ``models[].engine``, and its pods' ``app.kubernetes.io/name``.
+    name: str
+    #: What people call it.
+    title: str
+    #: Key of its default image (as ``Component.image``).
+    image: str
+    #: The real program, its pinned version and its default image (as a component's).
+    program: str
+    version: str
+    image_template: str
+    #: Where its servers serve Prometheus metrics (a path on the API port), or None and why.
+    metrics_path: str | None
+    unscraped: str | None = None
+    #: Whether its servers need GPUs (their toleration and ``nvidia.com/gpu``).
+    gpus: bool = True
+
+    @property
+    def default_image(self) -> str:
+        return self.image_template.format(version=self.version)
+
+
+ENGINES: tuple[Engine, ...] = (
+    Engine(
+        name="vllm",
+        title="vLLM",
+        image="vllm",
+        program="vllm",
+        version="0.34.0",
+        image_template="vllm/vllm-openai:v{version}",
+        # vLLM serves /metrics on its API port (its engine metrics unless
+        # --disable-log-stats, which we never set).
+        metrics_path="/metrics",
+    ),
+    Engine(
+        name="ollama",
+        title="Ollama",
+        image="ollama",
+        program="ollama",
+        version="0.17.4",
+        image_template="ollama/ollama:{version}",
+        metrics_path=None,
+        unscraped="Ollama serves no Prometheus metrics",
+        gpus=False,
+    ),
+)
+ENGINE: dict[str, Engine] = {e.name: e for e in ENGINES}
+assert tuple(ENGINE) == ENGINE_NAMES, "the API's engines and the registry's differ"
+
+
+def engine_of(stack: AIStack, model: ModelSpec) -> Engine:
+    return ENGINE[stack.spec.engine_of(model)]
+
+
+def _models_scrape(stack: AIStack) -> Scrape | None:
+    """The model servers whose engine serves metrics (vLLM's), on their API port; None when
+    no model of the stack runs on such an engine."""
+    engines = {engine_of(stack, m) for m in stack.spec.models}
+    scraped = [e for e in ENGINES if e in engines and e.metrics_path is not None]
+    if not scraped:
+        return None
+    assert len(scraped) == 1, "one PodMonitor per part: a second scraped engine needs its own"
+    (engine,) = scraped
+    assert engine.metrics_path is not None
+    only = {"app.kubernetes.io/name": engine.name} if len(engines) > 1 else None
+    return Scrape("http", VLLM_PORT, engine.metrics_path, only)
+
+
+def _models_unscraped(stack: AIStack) -> str | None:
+    engines = {engine_of(stack, m) for m in stack.spec.models}
+    why = [f"{e.title} models are not scraped: {e.unscraped}" for e in ENGINES
+           if e in engines and e.unscraped]  # fmt: skip
+    return "; ".join(why) or None
 
 
 def gateway_exports_metrics(stack: AIStack) -> bool:
@@ -262,9 +348,9 @@ class Component:
     #: MLflow's data when the stack is deleted).
     note: Callable[[AIStack], str | None] | None = None
     #: Where its pods serve Prometheus metrics (a PodMonitor when monitoring is on); None:
-    #: it is not scraped, and ``unscraped`` says why.
+    #: it is not scraped. ``unscraped`` says what of it is not, and why (None: nothing).
     scrape: Callable[[AIStack], Scrape | None] | None = None
-    unscraped: Callable[[AIStack], str] | None = None
+    unscraped: Callable[[AIStack], str | None] | None = None
     #: The image the stack names for it (None: the operator's default), which the
     #: policies judge (``names.image_key(image)``; ``licenses`` reads the same fields, and
     #: ``tests/test_components.py`` holds the two equal). None for the models, whose image
@@ -277,6 +363,9 @@ class Component:
     @property
     def default_image(self) -> str:
         return self.image_template.format(version=self.version)
+
+
+VLLM = ENGINE["vllm"]
 
 
 def _model_workloads(stack: AIStack) -> list[str]:
@@ -319,13 +408,14 @@ COMPONENTS: tuple[Component, ...] = (
         reached_by=("gateway",),
         port=VLLM_PORT,
         groups=model_groups,
-        # vLLM serves /metrics on its API port (its engine metrics unless
-        # --disable-log-stats, which we never set).
-        scrape=lambda stack: Scrape("http", VLLM_PORT),
-        image="vllm",
-        program="vllm",
-        version="0.34.0",
-        image_template="vllm/vllm-openai:v{version}",
+        # The servers of the engines that export metrics (``Engine.metrics_path``).
+        scrape=_models_scrape,
+        unscraped=_models_unscraped,
+        # The default engine's image; the other engines' images are ``ENGINES``'.
+        image=VLLM.image,
+        program=VLLM.program,
+        version=VLLM.version,
+        image_template=VLLM.image_template,
     ),
     Component(
         name="ray",
@@ -367,7 +457,8 @@ COMPONENTS: tuple[Component, ...] = (
         # default image does not have (it is in MLflow's `extras`): the server would not
         # start. Its request metrics are not worth a custom image.
         unscraped=lambda stack: (
-            "its default image lacks prometheus_flask_exporter, which --expose-prometheus needs"
+            "MLflow is not scraped: its default image lacks prometheus_flask_exporter, which "
+            "--expose-prometheus needs"
         ),
     ),
     Component(
@@ -388,7 +479,9 @@ COMPONENTS: tuple[Component, ...] = (
         public=True,
         scrape=lambda stack: Scrape("http", GATEWAY_PORT) if gateway_scrapable(stack) else None,
         unscraped=lambda stack: (
-            "its /metrics asks for the gateway's master key "
+            None
+            if gateway_scrapable(stack)
+            else "Gateway is not scraped: its /metrics asks for the gateway's master key "
             "(gateway.authSecretRef), which a scraper should not hold"
         ),
     ),
@@ -396,10 +489,16 @@ COMPONENTS: tuple[Component, ...] = (
 #: The component that serves the models (its readiness is per model; see status).
 MODELS = COMPONENTS[0]
 BY_NAME: dict[str, Component] = {c.name: c for c in COMPONENTS}
+#: Everything with a default image the installation can change: the parts, then the
+#: engines other than the models' default (whose image is the model servers' part's).
+IMAGED: tuple[Component | Engine, ...] = (
+    *COMPONENTS,
+    *(e for e in ENGINES if e.image not in {c.image for c in COMPONENTS}),
+)
 #: Image key -> the operator's built-in default image (RenderConfig fills ``images`` from it).
-DEFAULT_IMAGES: dict[str, str] = {c.image: c.default_image for c in COMPONENTS}
+DEFAULT_IMAGES: dict[str, str] = {c.image: c.default_image for c in IMAGED}
 #: Program -> the version pinned for it (the default images' and the conformance suite's).
-VERSIONS: dict[str, str] = {c.program: c.version for c in COMPONENTS}
+VERSIONS: dict[str, str] = {c.program: c.version for c in IMAGED}
 
 
 def enabled(stack: AIStack) -> list[Component]:
@@ -455,11 +554,7 @@ def monitoring(stack: AIStack, config: RenderConfig | None = None) -> Monitoring
     on = enabled(stack)
     scraped = [c.title for c in on if scrape_of(c, stack) is not None]
     message = f"PodMonitors for {', '.join(scraped)}" if scraped else "no part serves metrics"
-    unscraped = [
-        f"{c.title} is not scraped: {c.unscraped(stack)}"
-        for c in on
-        if c.unscraped and scrape_of(c, stack) is None
-    ]
+    unscraped = [why for c in on if c.unscraped and (why := c.unscraped(stack))]
     if wanted is None:
         message += " (the Prometheus Operator CRDs are installed)"
     return Monitoring(True, "Rendered", "; ".join([message, *unscraped]))

@@ -14,4 +14,7 @@
 {{- with .Values.images.gateway }}
 - --gateway-image={{ . }}
 {{- end }}
+{{- with .Values.images.ollama }}
+- --ollama-image={{ . }}
+{{- end }}
 {{- end }}

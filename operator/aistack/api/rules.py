@@ -89,6 +89,33 @@ MULTINODE_IMAGE = (
 MULTINODE_ONLY = (
     "multiNode applies only to a model served across nodes: set nodes above 1, or remove multiNode"
 )
+ENGINE_OLLAMA_GPUS = (
+    "a model on engine ollama runs on the CPUs of one pod: gpus (above 1), nodes (above 1), "
+    "multiNode, tensorParallelSize and gpuMemoryUtilization are vLLM's; remove them (size the "
+    "model with resources) or use engine vllm"
+)
+ENGINE_OLLAMA_LORA = (
+    "a model on engine ollama serves no LoRA adapters and no speculative decoding (vLLM's): "
+    "remove adapters and speculative, or use engine vllm"
+)
+ENGINE_OLLAMA_ARGS = (
+    "extraArgs are arguments of vllm serve: Ollama's server takes none (the operator "
+    "configures it); remove extraArgs from a model on engine ollama, or use engine vllm"
+)
+ENGINE_OLLAMA_AUTOSCALING = (
+    "autoscaling reads vLLM's queue metrics, which Ollama does not export: a model on engine "
+    "ollama runs at its replicas (remove autoscaling, or use engine vllm)"
+)
+ENGINE_OLLAMA_SOURCE = (
+    "engine ollama loads a GGUF file (or a directory Ollama can import) from a PVC "
+    "(pvc://<claim>/<path>), or pulls a public Hugging Face GGUF repo (org/name, with "
+    "quantization) at its default branch: s3:// sources, revision and hfTokenSecretRef are not "
+    "supported with it (put the file on a PVC instead)"
+)
+QUANTIZATION_FOR_OLLAMA_HUB = (
+    "quantization picks the GGUF file that engine ollama pulls from a Hugging Face repo: it "
+    "needs engine ollama and a Hugging Face source (a pvc:// source names its file)"
+)
 AUTOSCALING_RANGE = "autoscaling.minReplicas may not exceed autoscaling.maxReplicas"
 AUTOSCALING_MULTINODE = (
     "autoscaling applies to models on one node: a multi-node model (nodes > 1) scales by "

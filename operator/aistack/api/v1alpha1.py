@@ -269,6 +269,9 @@ LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 Revision = Annotated[
     str, StringConstraints(max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 ]
+#: The programs that serve models (``aistack.components.ENGINES`` describes each).
+ENGINE_NAMES: Final = ("vllm", "ollama")
+Engine = Literal["vllm", "ollama"]
 
 
 class AdapterSpec(APIModel):
@@ -445,7 +448,8 @@ class AutoscalingSpec(APIModel):
 
 
 class ModelSpec(APIModel):
-    """One model served by vLLM behind the stack's gateway."""
+    """One model served behind the stack's gateway: by vLLM on GPUs, or by Ollama on CPUs
+    (``engine``)."""
 
     model_config = ConfigDict(
         json_schema_extra=_crd_rules(
@@ -477,12 +481,23 @@ class ModelSpec(APIModel):
         str, StringConstraints(pattern=names.DNS_1035_PATTERN, max_length=names.MODEL_NAME_BUDGET)
     ]
     """Served model name (what clients send as ``model``); unique in the stack, a DNS label."""
+    engine: Engine | None = None
+    """The program that serves it: ``vllm`` (on GPUs) or ``ollama`` (on CPUs, a GGUF file:
+    for clusters, development and CI without GPUs). Defaults to ``spec.engine``."""
     source: Source
     """Where the weights come from: a Hugging Face repo id (``org/name``),
-    ``pvc://<claim>/<path>`` or ``s3://<bucket>/<prefix>``."""
+    ``pvc://<claim>/<path>`` or ``s3://<bucket>/<prefix>``. With engine ollama: a GGUF file
+    on a PVC (``pvc://<claim>/<file>.gguf``), or a Hugging Face GGUF repo."""
     revision: Revision | None = None
     """Pinned commit, branch or tag of a Hugging Face source (``--revision``). The license is
-    checked at this revision."""
+    checked at this revision. Not with engine ollama (it pulls the default branch)."""
+    quantization: (
+        Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_]+$")]
+        | None
+    ) = None
+    """With engine ollama and a Hugging Face GGUF repo: which of its files to pull, by the
+    quantization in its name (``Q4_K_M``, ``IQ3_M``; case-insensitive). When empty, Hugging
+    Face picks ``Q4_K_M`` if the repo has it, else another of its files."""
     license: LicenseText | None = None
     """Declared license as an SPDX expression (``LicenseRef-*`` for custom model licenses).
     Needed for sources nothing else knows the license of (pvc://, s3://)."""
@@ -619,8 +634,29 @@ class VLLMDefaults(APIModel):
     extra_args: ExtraArgs = Field(default_factory=list)
     """Arguments added to every model's ``vllm serve`` (before the model's own)."""
     autoscaling: AutoscalingSpec | None = None
-    """Autoscaling for every model on one node that has none of its own (multi-node models
-    keep their fixed ``replicas``)."""
+    """Autoscaling for every vLLM model on one node that has none of its own (multi-node and
+    Ollama models keep their fixed ``replicas``)."""
+
+
+class OllamaDefaults(APIModel):
+    """Defaults for every model on engine ollama (CPU)."""
+
+    image: Image | None = None
+    """Ollama image (``ollama/ollama``); the operator's default when empty."""
+    resources: ResourceRequirements = Field(
+        default_factory=lambda: ResourceRequirements(
+            requests={"cpu": "2", "memory": "4Gi"}, limits={"memory": "8Gi"}
+        ),
+    )
+    """CPU and memory per Ollama pod unless the model says otherwise: enough for a small
+    quantized model (about 1B parameters at 4 bits). Memory must hold the weights and the
+    context (``maxModelLen``)."""
+    scratch_size: Quantity = "20Gi"
+    """Node disk per Ollama pod: its model store (a copy of the GGUF file) when the model has
+    no ``cache`` PVC, and ``/tmp``. Requested as ``ephemeral-storage``."""
+    startup_timeout_seconds: Annotated[int, Field(ge=60, le=86400)] = 1800
+    """How long a model may take to be pulled or imported into Ollama's store before its
+    pod is restarted."""
 
 
 # ---------------------------------------------------------------- Ray
@@ -1089,6 +1125,41 @@ _ROUTES = (
 )
 
 
+#: CEL: model ``m`` of the stack runs on Ollama (its engine, else the stack's).
+_ON_OLLAMA = (
+    "(has(m.engine) ? m.engine == 'ollama' : (has(self.engine) && self.engine == 'ollama'))"
+)
+
+
+def _ollama_rule(allowed: str, message: str) -> tuple[str, str]:
+    """CEL: every model on engine ollama holds ``allowed`` (a condition on ``m``)."""
+    return (f"!has(self.models) || self.models.all(m, !{_ON_OLLAMA} || ({allowed}))", message)
+
+
+_ENGINE_RULES = (
+    _ollama_rule(
+        "(!has(m.gpus) || m.gpus == 1) && (!has(m.nodes) || m.nodes == 1) && !has(m.multiNode) "
+        "&& !has(m.tensorParallelSize) && !has(m.gpuMemoryUtilization)",
+        rules.ENGINE_OLLAMA_GPUS,
+    ),
+    _ollama_rule(
+        "(!has(m.adapters) || size(m.adapters) == 0) && !has(m.speculative)",
+        rules.ENGINE_OLLAMA_LORA,
+    ),
+    _ollama_rule("!has(m.extraArgs) || size(m.extraArgs) == 0", rules.ENGINE_OLLAMA_ARGS),
+    _ollama_rule("!has(m.autoscaling)", rules.ENGINE_OLLAMA_AUTOSCALING),
+    _ollama_rule(
+        "!m.source.startsWith('s3://') && !has(m.revision) && !has(m.hfTokenSecretRef)",
+        rules.ENGINE_OLLAMA_SOURCE,
+    ),
+    (
+        "!has(self.models) || self.models.all(m, !has(m.quantization) || "
+        f"({_ON_OLLAMA} && !m.source.startsWith('pvc://') && !m.source.startsWith('s3://')))",
+        rules.QUANTIZATION_FOR_OLLAMA_HUB,
+    ),
+)
+
+
 class AIStackSpec(APIModel):
     """Desired state of an AI stack."""
 
@@ -1119,6 +1190,7 @@ class AIStackSpec(APIModel):
                 " && !has(self.gateway.authSecretRef))",
                 rules.AUTOSCALING_WAKE,
             ),
+            *_ENGINE_RULES,
             # Duplicates within a model are refused by the list's map key; an adapter named
             # like a model, or like an adapter of another model, here. Every rule the
             # validators hold is a CEL rule too: a stack the API server stores is one the
@@ -1162,8 +1234,15 @@ class AIStackSpec(APIModel):
         ),
     ] = Field(default_factory=list)
     """Models to serve."""
+    engine: Engine = "vllm"
+    """The engine of every model that names none (``models[].engine``): ``vllm`` (GPUs) or
+    ``ollama`` (CPUs)."""
     vllm: VLLMDefaults = Field(default_factory=VLLMDefaults, json_schema_extra={"default": {}})
-    """Defaults for every model server."""
+    """Defaults for every vLLM model server."""
+    ollama: OllamaDefaults = Field(
+        default_factory=OllamaDefaults, json_schema_extra={"default": {}}
+    )
+    """Defaults for every Ollama model server."""
     ray: RaySpec = Field(default_factory=RaySpec, json_schema_extra={"default": {}})
     """The Ray cluster."""
     mlflow: MLflowSpec = Field(default_factory=MLflowSpec, json_schema_extra={"default": {}})
@@ -1216,12 +1295,56 @@ class AIStackSpec(APIModel):
             raise ValueError(f"{rules.UNKNOWN_ROUTE} (unknown: {', '.join(unknown)})")
         return self
 
+    def engine_of(self, model: ModelSpec) -> str:
+        """The program that serves the model: its own engine, else the stack's."""
+        return model.engine or self.engine
+
+    def image_of(self, model: ModelSpec) -> str | None:
+        """The image the stack names for the model's server (None: the operator's default
+        for its engine): the model's own, else its engine's section's."""
+        defaults = self.ollama if self.engine_of(model) == "ollama" else self.vllm
+        return model.image or defaults.image
+
     def autoscaling_of(self, model: ModelSpec) -> AutoscalingSpec | None:
-        """The model's autoscaling: its own, else the stack's default (for a model on one
-        node)."""
+        """The model's autoscaling: its own, else the stack's default (for a vLLM model on
+        one node; an Ollama model has none)."""
         if model.autoscaling is not None or model.spans_nodes:
             return model.autoscaling
-        return self.vllm.autoscaling
+        return self.vllm.autoscaling if self.engine_of(model) == "vllm" else None
+
+    @model_validator(mode="after")
+    def _engine_fields(self) -> AIStackSpec:
+        """What a model's engine cannot do, refused with the model and the fields named."""
+        for m in self.models:
+            on_ollama = self.engine_of(m) == "ollama"
+            if m.quantization is not None and (
+                not on_ollama or m.source.startswith(("pvc://", "s3://"))
+            ):
+                raise ValueError(
+                    f"models[{m.name}].quantization: {rules.QUANTIZATION_FOR_OLLAMA_HUB}"
+                )
+            if not on_ollama:
+                continue
+            checks = (
+                (rules.ENGINE_OLLAMA_GPUS, {
+                    "gpus": m.gpus != 1, "nodes": m.nodes != 1, "multiNode": m.multi_node,
+                    "tensorParallelSize": m.tensor_parallel_size,
+                    "gpuMemoryUtilization": m.gpu_memory_utilization,
+                }),
+                (rules.ENGINE_OLLAMA_LORA, {"adapters": m.adapters, "speculative": m.speculative}),
+                (rules.ENGINE_OLLAMA_ARGS, {"extraArgs": m.extra_args}),
+                (rules.ENGINE_OLLAMA_AUTOSCALING, {"autoscaling": m.autoscaling}),
+                (rules.ENGINE_OLLAMA_SOURCE, {
+                    "source": m.source.startswith("s3://"), "revision": m.revision,
+                    "hfTokenSecretRef": m.hf_token_secret_ref,
+                }),
+            )  # fmt: skip
+            for message, fields in checks:
+                named = [f for f, value in fields.items() if value not in (None, False, [])]
+                if named:
+                    paths = ", ".join(f"models[{m.name}].{f}" for f in named)
+                    raise ValueError(f"{paths}: {message}")
+        return self
 
     @model_validator(mode="after")
     def _autoscaling_metrics(self) -> AIStackSpec:

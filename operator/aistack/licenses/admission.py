@@ -48,9 +48,10 @@ def admission_verdicts(verdicts: Iterable[LicenseVerdict]) -> tuple[list[str], l
 
 def judged_subjects(stack: AIStack) -> dict[str, str]:
     """Per verdict key (``decide_routes``), the part of the spec its verdict is made from,
-    as canonical JSON: a model's entry without its adapters and draft, with the stack's
-    vLLM image; an adapter's entry; a draft; a provider's entry; a part's image. Two
-    objects that give a key the same subject are judged the same under one policy."""
+    as canonical JSON: a model's entry without its adapters and draft, with its engine and
+    the image the stack names for it; an adapter's entry; a draft; a provider's entry; a
+    part's image. Two objects that give a key the same subject are judged the same under
+    one policy."""
 
     def dump(value: Any) -> Any:
         return value.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -58,8 +59,9 @@ def judged_subjects(stack: AIStack) -> dict[str, str]:
     out: dict[str, str] = {}
     for m in stack.spec.models:
         model = {k: v for k, v in dump(m).items() if k not in ("adapters", "speculative")}
-        out[m.name] = json.dumps({"model": model, "vllmImage": stack.spec.vllm.image},
-                                 sort_keys=True)  # fmt: skip
+        subject = {"model": model, "engine": stack.spec.engine_of(m),
+                   "image": stack.spec.image_of(m)}  # fmt: skip
+        out[m.name] = json.dumps(subject, sort_keys=True)
         for a in m.adapters:
             out[a.name] = json.dumps({"model": m.name, "adapter": dump(a)}, sort_keys=True)
         if m.speculative is not None:

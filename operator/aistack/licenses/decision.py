@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -175,18 +175,20 @@ def decide_models(
     last: Mapping[str, str] | None = None,
     *,
     namespace: str | None = None,
-    vllm_image: str | None = None,
+    image_of: Callable[[ModelSpec], str | None] | None = None,
     default_images: Sequence[str] = (),
 ) -> dict[str, LicenseVerdict]:
-    """Every model of ``models`` (with the image it runs in: its own, else ``vllm_image``
-    when set), every adapter and every draft model, by name (adapter names are unique
-    across the stack's models and adapters; drafts under ``speculative_key``).
-    ``last``: by name, the license the hub gave before (see ``resolve``)."""
+    """Every model of ``models`` (with the image it runs in: ``image_of(model)``, the
+    stack's ``AIStackSpec.image_of``; else its own), every adapter and every draft model, by
+    name (adapter names are unique across the stack's models and adapters; drafts under
+    ``speculative_key``). ``last``: by name, the license the hub gave before (see
+    ``resolve``)."""
     last = last or {}
     out: dict[str, LicenseVerdict] = {}
     for m in models:
         base = decide(m, policies, hub=hub, last=last.get(m.name), namespace=namespace)
-        base = out[m.name] = _with_image(base, m, m.image or vllm_image, policies, default_images)
+        image = image_of(m) if image_of is not None else m.image
+        base = out[m.name] = _with_image(base, m, image, policies, default_images)
         for a in m.adapters:
             out[a.name] = decide_derivative(
                 f"adapter {a.name}", m, a, base, policies, hub=hub, last=last.get(a.name),
@@ -228,7 +230,7 @@ def decide_routes(
     out = decide_models(
         stack.spec.models, policies, hub=hub, last=last,
         namespace=stack.metadata.namespace or "default",
-        vllm_image=stack.spec.vllm.image, default_images=default_images,
+        image_of=stack.spec.image_of, default_images=default_images,
     )  # fmt: skip
     for p in stack.spec.gateway.providers if stack.spec.gateway.enabled else []:
         out[p.name] = decide_provider(p, policies, secrets)
@@ -360,7 +362,7 @@ class _Record:
         if self.model is not None:
             verdicts = decide_models(
                 [self.model], policies, hub=hub, namespace=namespace,
-                vllm_image=self.image, default_images=default_images,
+                image_of=lambda _: self.image, default_images=default_images,
             )  # fmt: skip
             return list(verdicts.values())
         out = [decide_provider(p, policies, secrets) for p in self.providers]

@@ -1,5 +1,5 @@
-"""The model servers: a vLLM Deployment (or a multi-node group's leader and workers) per
-model, its Service, its weights, adapters and draft model."""
+"""The model servers: a vLLM Deployment (or a multi-node group's leader and workers) or an
+Ollama Deployment per model, its Service, its weights, adapters and draft model."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from aistack.components import (
     VLLM_MASTER_PORT,
     VLLM_PORT,
     RenderConfig,
+    engine_of,
     lws_missing,
     mlflow_uri,
     namespace_of,
@@ -237,13 +238,24 @@ def _model_env(stack: AIStack, model: ModelSpec, config: RenderConfig) -> list[d
 
 
 def _scratch_size(stack: AIStack, model: ModelSpec) -> int | str:
-    return model.scratch_size if model.scratch_size is not None else stack.spec.vllm.scratch_size
+    if model.scratch_size is not None:
+        return model.scratch_size
+    if _on_ollama(stack, model):
+        return stack.spec.ollama.scratch_size
+    return stack.spec.vllm.scratch_size
+
+
+def _on_ollama(stack: AIStack, model: ModelSpec) -> bool:
+    return stack.spec.engine_of(model) == "ollama"
 
 
 def _model_resources(stack: AIStack, model: ModelSpec) -> dict[str, Any]:
     """CPU, memory and GPUs as the spec says, and the node disk of the pod's emptyDirs
     (``ephemeral-storage``), unless the spec requests a figure of its own."""
-    out = container_resources(model.resources or stack.spec.vllm.resources, gpus=model.gpus)
+    if _on_ollama(stack, model):
+        out = container_resources(model.resources or stack.spec.ollama.resources)
+    else:
+        out = container_resources(model.resources or stack.spec.vllm.resources, gpus=model.gpus)
     out.setdefault("requests", {}).setdefault("ephemeral-storage", _scratch_size(stack, model))
     return out
 
@@ -256,16 +268,15 @@ def _model_volumes(stack: AIStack, model: ModelSpec) -> tuple[list[Any], list[An
     else:
         claim = model.cache.existing_claim or names.model_cache(stack_name, model.name)
         cache_volume = {"name": "cache", "persistentVolumeClaim": {"claimName": claim}}
-    volumes = [
-        cache_volume,
-        {"name": "tmp", "emptyDir": {"sizeLimit": scratch}},
-        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": stack.spec.vllm.shm_size}},
-    ]
+    volumes = [cache_volume, {"name": "tmp", "emptyDir": {"sizeLimit": scratch}}]
     mounts: list[dict[str, Any]] = [
         {"name": "cache", "mountPath": "/cache"},
         {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "shm", "mountPath": "/dev/shm"},
     ]
+    if not _on_ollama(stack, model):  # NCCL and PyTorch's shared memory
+        shm = stack.spec.vllm.shm_size
+        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}})
+        mounts.append({"name": "shm", "mountPath": "/dev/shm"})
     if model.source.startswith("pvc://"):
         claim = _pvc(model.source)[0]
         volumes.append(
@@ -284,16 +295,20 @@ def _model_volumes(stack: AIStack, model: ModelSpec) -> tuple[list[Any], list[An
 def _model_context(stack: AIStack, model: ModelSpec, config: RenderConfig) -> dict[str, Any]:
     stack_name = stack.metadata.name
     volumes, mounts = _model_volumes(stack, model)
+    engine = engine_of(stack, model)
     period = 10
+    startup_timeout = (
+        stack.spec.ollama if engine.name == "ollama" else stack.spec.vllm
+    ).startup_timeout_seconds
     return {
         "namespace": namespace_of(stack),
         "model": model,
         "base": names.model_base(stack_name, model.name),
-        "labels": names.common_labels(stack_name, "model-server", "vllm", model=model.name),
+        "labels": names.common_labels(stack_name, "model-server", engine.name, model=model.name),
         "selector": names.selector_labels(stack_name, "model-server", model=model.name),
-        "image": model.image or stack.spec.vllm.image or config.images["vllm"],
+        "image": stack.spec.image_of(model) or config.images[engine.image],
         "resources": _model_resources(stack, model),
-        "tolerations": tolerations(model.tolerations, gpu=True),
+        "tolerations": tolerations(model.tolerations, gpu=engine.gpus),
         "node_selector": dict(model.node_selector),
         "volumes": volumes,
         "mounts": mounts,
@@ -307,8 +322,8 @@ def _model_context(stack: AIStack, model: ModelSpec, config: RenderConfig) -> di
         "container_security": container_security(),
         "port": VLLM_PORT,
         "startup_period": period,
-        "startup_failures": -(-stack.spec.vllm.startup_timeout_seconds // period),
-        "progress_deadline": stack.spec.vllm.startup_timeout_seconds + PULL_AND_SCHEDULE_SECONDS,
+        "startup_failures": -(-startup_timeout // period),
+        "progress_deadline": startup_timeout + PULL_AND_SCHEDULE_SECONDS,
         "cache_pvc": (
             {
                 "name": names.model_cache(stack_name, model.name),
@@ -330,6 +345,8 @@ def render_model(
     # scaled to zero, so that a policy change in either direction is cheap.
     ctx["permitted"] = permitted
     ctx["blocked_annotation"] = names.LICENSE_BLOCKED_ANNOTATION
+    if _on_ollama(stack, model):
+        return fill_template("model-ollama.yaml.j2", **(ctx | _ollama_context(model)))
     ctx["env"] = _model_env(stack, model, config)
     if not model.spans_nodes:
         ctx["args"] = _vllm_args(stack, model, config)
@@ -393,6 +410,78 @@ def _lws_context(stack: AIStack, model: ModelSpec, config: RenderConfig) -> dict
     }
 
 
+#: Where Ollama keeps its models (its store: manifests and blobs), on the cache volume.
+OLLAMA_STORE = "/cache/ollama"
+#: The import container's server listens here only (nobody else may reach it).
+OLLAMA_IMPORT_HOST = "127.0.0.1"
+#: The init container that imports a model into Ollama's store: it starts a server on
+#: loopback, waits for it, writes the Modelfile from the environment and creates the
+#: model under its served name (the Ollama CLI is the server's client). A Hugging Face
+#: source is pulled by the server (``FROM hf.co/...``) unless the store already has it.
+OLLAMA_IMPORT_SCRIPT = """\
+set -eu
+ollama serve &
+server=$!
+trap 'kill "$server" 2>/dev/null || true' EXIT
+until ollama list >/dev/null 2>&1; do
+  kill -0 "$server" 2>/dev/null || { echo "ollama serve exited" >&2; exit 1; }
+  sleep 1
+done
+printf '%s' "$AISTACK_MODELFILE" >/tmp/Modelfile
+ollama create "$AISTACK_MODEL" -f /tmp/Modelfile
+"""
+
+
+def ollama_from(model: ModelSpec) -> str:
+    """What Ollama imports the model from (the Modelfile's ``FROM``): the GGUF file (or the
+    directory) on its PVC, or the Hugging Face repo at ``hf.co``, by its quantization."""
+    if model.source.startswith("pvc://"):
+        return _model_path(model)
+    tag = f":{model.quantization}" if model.quantization else ""
+    return f"hf.co/{model.source}{tag}"
+
+
+def ollama_modelfile(model: ModelSpec) -> str:
+    """The Modelfile the model is created from: its weights and its context length."""
+    lines = [f"FROM {ollama_from(model)}"]
+    if model.max_model_len is not None:
+        lines.append(f"PARAMETER num_ctx {model.max_model_len}")
+    return "\n".join(lines) + "\n"
+
+
+def _ollama_env(host: str) -> list[dict[str, Any]]:
+    return [
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "OLLAMA_HOST", "value": f"{host}:{VLLM_PORT}"},
+        {"name": "OLLAMA_MODELS", "value": OLLAMA_STORE},
+        # A server per model: keep it loaded once the first request has loaded it.
+        {"name": "OLLAMA_KEEP_ALIVE", "value": "-1"},
+    ]
+
+
+def _ollama_context(model: ModelSpec) -> dict[str, Any]:
+    """What the Ollama template needs beside a model's own context."""
+    import_env = [
+        *_ollama_env(OLLAMA_IMPORT_HOST),
+        {"name": "AISTACK_MODEL", "value": model.name},
+        {"name": "AISTACK_MODELFILE", "value": ollama_modelfile(model)},
+    ]
+    # Without a cache PVC a new pod may start beside the old one; a claim (ReadWriteOnce)
+    # may not be mounted on two nodes, so then the old one goes first.
+    rollout = (
+        {"maxSurge": 0, "maxUnavailable": 1}
+        if model.cache
+        else {"maxSurge": 1, "maxUnavailable": 0}
+    )
+    return {
+        "env": _ollama_env("0.0.0.0"),
+        "import_env": import_env,
+        "import_command": ["/bin/sh", "-c", OLLAMA_IMPORT_SCRIPT],
+        "rollout": rollout,
+        "container_security": container_security(read_only_root=True),
+    }
+
+
 def with_permitted_adapters(model: ModelSpec, permitted: Mapping[str, bool]) -> ModelSpec:
     """The model with only its permitted adapters (the others are neither loaded nor
     routed), and its draft model only when that is permitted (else it serves without
@@ -421,7 +510,9 @@ def served_models(stack: AIStack, permitted: Mapping[str, bool]) -> list[ModelSp
 
 #: A model's fields that say what its pods load: judged again from the record while the
 #: stack's spec cannot be read.
-_LICENSED_FIELDS = {"name", "source", "revision", "license", "adapters", "speculative"}
+_LICENSED_FIELDS = {
+    "name", "source", "revision", "quantization", "license", "adapters", "speculative",
+}  # fmt: skip
 
 
 def model_record(stack: AIStack, model: ModelSpec) -> dict[str, Any]:
@@ -430,7 +521,7 @@ def model_record(stack: AIStack, model: ModelSpec) -> dict[str, Any]:
     names one (``names.LICENSED_ANNOTATION``)."""
     return {
         "model": model.model_dump(by_alias=True, exclude_none=True, include=_LICENSED_FIELDS),
-        "image": model.image or stack.spec.vllm.image,
+        "image": stack.spec.image_of(model),
     }
 
 

@@ -126,7 +126,7 @@ def monitors(stack: AIStack, on: list[Component]) -> list[tuple[str, dict[str, s
     for c in on:
         scrape = scrape_of(c, stack)
         if scrape is not None:
-            out.append((c.name, c.pod_selector(name), scrape))
+            out.append((c.name, {**c.pod_selector(name), **(scrape.only or {})}, scrape))
     return out
 
 
