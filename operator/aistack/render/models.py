@@ -427,8 +427,9 @@ until ollama list >/dev/null 2>&1; do
   kill -0 "$server" 2>/dev/null || { echo "ollama serve exited" >&2; exit 1; }
   sleep 1
 done
-printf '%s' "$AISTACK_MODELFILE" >/tmp/Modelfile
-ollama create "$AISTACK_MODEL" -f /tmp/Modelfile
+modelfile="${TMPDIR:-/tmp}/Modelfile"
+printf '%s' "$AISTACK_MODELFILE" >"$modelfile"
+ollama create "$AISTACK_MODEL" -f "$modelfile"
 """
 
 
