@@ -11,7 +11,7 @@ BENCH_ARGS ?=
 
 .PHONY: help venv lint unit integration e2e elastic test crds check-crds demo demo-down cluster-tools clean \
 	chart chart-crds chart-images docs bench bench-elastic conformance conformance-envs gpu-smoke \
-	lint-manifests promtool-rules argocd-tools gitops keda-tools demo-elastic
+	lint-manifests promtool-rules argocd-tools gitops keda-tools demo-elastic ollama-tools
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -67,7 +67,10 @@ conformance-envs: $(STAMP) ## build (or reuse) the conformance suite's cached en
 	$(BIN)/python tests/conformance/envs.py
 	hack/conformance-stores.sh >/dev/null
 
-conformance: $(STAMP) conformance-envs ## the real vLLM, Ray, MLflow, LiteLLM started from what we render
+ollama-tools: ## build Ollama (the CPU model engine, from its Go module with cgo) for the conformance suite
+	hack/build-tools.sh --ollama
+
+conformance: $(STAMP) conformance-envs ollama-tools ## the real vLLM, Ray, MLflow, LiteLLM and Ollama started from what we render
 	$(BIN)/pytest tests/conformance $(PYTEST_ARGS)
 
 gpu-smoke: $(STAMP) ## on a GPU machine: real vLLM serves a tiny local model behind the real gateway
@@ -76,13 +79,14 @@ gpu-smoke: $(STAMP) ## on a GPU machine: real vLLM serves a tiny local model beh
 TEST_STAGES := lint lint-manifests promtool-rules unit chart integration e2e conformance gitops elastic
 
 # The stages in order, stopping at the first that fails; each one's time is printed, and
-# all of them at the end, so a slow run shows where its time went. Argo CD, KEDA and the
-# Prometheus server, the biggest builds and needed only by the last two stages, build
+# all of them at the end, so a slow run shows where its time went. Ollama (for the
+# conformance stage), Argo CD, KEDA and the Prometheus server, the biggest builds, build
 # meanwhile at low priority, one after the other (their log: .cache/background-build.log);
-# the gitops and elastic stages wait for them (each build holds a lock).
+# the conformance, gitops and elastic stages wait for theirs (each build holds a lock).
 test: ## everything CI runs
 	@start=$$SECONDS; times=""; mkdir -p .cache; \
-	setsid nice -n 10 sh -c 'hack/build-tools.sh --argocd; hack/build-tools.sh --keda; \
+	setsid nice -n 10 sh -c 'hack/build-tools.sh --ollama; hack/build-tools.sh --argocd; \
+	  hack/build-tools.sh --keda; \
 	  hack/build-tools.sh --prometheus' >.cache/background-build.log 2>&1 & bg=$$!; \
 	trap 'kill -- -$$bg 2>/dev/null || true' EXIT; \
 	for stage in $(TEST_STAGES); do \

@@ -29,6 +29,12 @@
 #   and, from the same module, its CRDs (config/crd/bases), copied beside bin/ into config/
 # and, with --prometheus, the Prometheus server that tests/e2e/keda_infra.py runs:
 #   prometheus                                                        (github.com/prometheus/prometheus)
+# and, with --ollama, the Ollama (the CPU model engine) that the conformance suite runs:
+#   ollama, with its CPU backend (cgo: needs a C/C++ compiler)        (github.com/ollama/ollama)
+#   and the headers its module zip leaves out (Go module zips drop vendor/ directories):
+#   nlohmann/json and stb_image from Debian's nlohmann-json3-dev and libstb-dev (the .deb
+#   files unpacked into the cache, not installed), miniaudio.h from PyPI's miniaudio sdist
+#   (pinned, checksum checked); kept beside bin/ in include/
 # Versions are pinned in hack/versions.env (the linters' below, unless versions.env
 # sets them). Nothing is downloaded at run time other than Go modules (and checkov's
 # PyPI packages).
@@ -48,10 +54,12 @@
 #   ${AISTACK_TOOLS_CACHE:-$HOME/.cache/aistack-operator/tools}/keda-<v>/bin
 # and so has the Prometheus server:
 #   ${AISTACK_TOOLS_CACHE:-$HOME/.cache/aistack-operator/tools}/prometheus-<v>/bin
+# and so has Ollama (the headers it needs in .../ollama-<v>/include):
+#   ${AISTACK_TOOLS_CACHE:-$HOME/.cache/aistack-operator/tools}/ollama-<v>/bin
 # A tool is rebuilt only when its binary is missing or its --version output
 # does not match the pin, so a second run takes seconds.
 #
-# Usage: hack/build-tools.sh [--lint|--promtool|--argocd|--lws|--keda|--prometheus]
+# Usage: hack/build-tools.sh [--lint|--promtool|--argocd|--lws|--keda|--prometheus|--ollama]
 #                            [--print-bin-dir] [--check] [--force]
 #                            [--update-modules] [-h]
 #   (no option)        build what is missing; the last line of stdout is the bin dir
@@ -72,6 +80,9 @@
 #   --prometheus       act on the Prometheus server instead of the control plane: build it
 #                      (about 3 minutes on 2 CPUs with cold Go caches, including the module
 #                      downloads), or with --print-bin-dir / --check
+#   --ollama           act on Ollama instead of the control plane: build it (OLLAMA_BUILD_MINUTES
+#                      on 2 CPUs with cold Go caches, most of it compiling llama.cpp's C++),
+#                      or with --print-bin-dir / --check
 #   --print-bin-dir    print the bin dir and exit (builds nothing)
 #   --check            exit 0 if every tool is present at the pinned version, else 1
 #   --force            rebuild everything
@@ -114,7 +125,7 @@ die() { log "ERROR: $*"; exit 1; }
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
-FORCE=0 UPDATE=0 MODE=build LINT=0 PROMTOOL=0 ARGOCD=0 LWS=0 KEDA=0 PROMETHEUS=0
+FORCE=0 UPDATE=0 MODE=build LINT=0 PROMTOOL=0 ARGOCD=0 LWS=0 KEDA=0 PROMETHEUS=0 OLLAMA=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --lint) LINT=1 ;;
@@ -123,6 +134,7 @@ while [[ $# -gt 0 ]]; do
     --lws) LWS=1 ;;
     --keda) KEDA=1 ;;
     --prometheus) PROMETHEUS=1 ;;
+    --ollama) OLLAMA=1 ;;
     --print-bin-dir) MODE=print ;;
     --check) MODE=check ;;
     --force) FORCE=1 ;;
@@ -133,8 +145,8 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 
-if (( LINT + PROMTOOL + ARGOCD + LWS + KEDA + PROMETHEUS > 1 )); then
-  die "--lint, --promtool, --argocd, --lws, --keda and --prometheus are separate tool sets: give one"
+if (( LINT + PROMTOOL + ARGOCD + LWS + KEDA + PROMETHEUS + OLLAMA > 1 )); then
+  die "--lint, --promtool, --argocd, --lws, --keda, --prometheus and --ollama are separate tool sets: give one"
 fi
 if [[ $LINT == 1 ]]; then
   [[ $UPDATE == 0 ]] || die "--update-modules is for the control plane; --lint has no wrapper modules"
@@ -157,6 +169,10 @@ elif [[ $KEDA == 1 ]]; then
 elif [[ $PROMETHEUS == 1 ]]; then
   [[ $UPDATE == 0 ]] || die "--update-modules is for the control plane; --prometheus has no wrapper module"
   KEY="prometheus-${PROMETHEUS_VERSION}"
+  BIN_DIR="$CACHE_ROOT/$KEY/bin"
+elif [[ $OLLAMA == 1 ]]; then
+  [[ $UPDATE == 0 ]] || die "--update-modules is for the control plane; --ollama has no wrapper module"
+  KEY="ollama-${OLLAMA_VERSION}"
   BIN_DIR="$CACHE_ROOT/$KEY/bin"
 fi
 # LWS's manifests from its module (config/crd/bases, config/webhook), beside bin/.
@@ -231,6 +247,10 @@ tool_ok() {
       # module version its main package came from (-trimpath leaves the ldflags out of it).
       out=$("$GO" version -m "$bin" 2>&1) || return 1
       [[ $out == *$'\tmod\tgithub.com/kedacore/keda/v2\t'"${KEDA_VERSION}"$'\t'* ]] ;;
+    ollama)
+      # Without a server it says "client version is <v>" (asking a port nobody listens on).
+      out=$(OLLAMA_HOST=127.0.0.1:9 "$bin" --version 2>&1) || true
+      [[ $out == *"version is ${OLLAMA_VERSION#v}"* ]] ;;
     prometheus)
       out=$("$bin" --version 2>&1) || return 1
       [[ $out == "prometheus, version $(prometheus_release) "* ]] ;;
@@ -259,6 +279,8 @@ elif [[ $KEDA == 1 ]]; then
   ALL_TOOLS=(keda-operator keda-metrics-apiserver keda-manifests)
 elif [[ $PROMETHEUS == 1 ]]; then
   ALL_TOOLS=(prometheus)
+elif [[ $OLLAMA == 1 ]]; then
+  ALL_TOOLS=(ollama)
 else
   ALL_TOOLS=("${KUBE_BINS[@]}" etcd kwok kwokctl helm)
 fi
@@ -596,6 +618,54 @@ build_prometheus() {
   install_staged prometheus
 }
 
+# miniaudio.h as Ollama's copy of llama.cpp includes it ("miniaudio/miniaudio.h"): the PyPI
+# sdist of the miniaudio package carries that file (miniaudio 0.11.25).
+MINIAUDIO_VERSION=1.71
+MINIAUDIO_SHA256=ff51e2887bb673e2e757752b586b3dc924d59aa5fbcae9bbc45f4a111bd3262b
+
+ollama_headers() {  # -> the include dir with nlohmann/, stb/ and miniaudio/
+  local inc="$CACHE_ROOT/$KEY/include" work
+  if [[ -s $inc/nlohmann/json_fwd.hpp && -s $inc/stb/stb_image.h && -s $inc/miniaudio/miniaudio.h ]]; then
+    echo "$inc"; return
+  fi
+  work="$STAGE/headers"
+  mkdir -p "$work"
+  command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null \
+    || die "Ollama's build takes nlohmann/json and stb from Debian packages: needs apt-get and dpkg-deb"
+  if ! (cd "$work" && apt-get download nlohmann-json3-dev libstb-dev >&2 2>/dev/null); then
+    log "apt's package lists lack nlohmann-json3-dev or libstb-dev: apt-get update"
+    apt-get update >&2 || die "apt-get update failed (as root, with Debian's archive reachable)"
+    (cd "$work" && apt-get download nlohmann-json3-dev libstb-dev >&2) \
+      || die "apt-get download nlohmann-json3-dev libstb-dev failed"
+  fi
+  local deb
+  for deb in "$work"/*.deb; do dpkg-deb -x "$deb" "$work/root"; done
+  local name="miniaudio-${MINIAUDIO_VERSION}"
+  "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
+    -d "$work" "miniaudio==${MINIAUDIO_VERSION}" >&2 || die "pip could not download $name from PyPI"
+  echo "$MINIAUDIO_SHA256  $work/$name.tar.gz" | sha256sum -c --quiet - \
+    || die "$name.tar.gz: checksum mismatch"
+  tar -xzf "$work/$name.tar.gz" -C "$work" "$name/miniaudio/miniaudio.h"
+  rm -rf "$inc.new" && mkdir -p "$inc.new"
+  cp -r "$work/root/usr/include/nlohmann" "$work/root/usr/include/stb" "$inc.new/"
+  cp -r "$work/$name/miniaudio" "$inc.new/"
+  rm -rf "$inc" && mv "$inc.new" "$inc"
+  echo "$inc"
+}
+
+build_ollama() {
+  local inc
+  inc=$(ollama_headers)
+  log "building ollama ${OLLAMA_VERSION} (github.com/ollama/ollama, CPU backend; about 3 minutes on 2 CPUs when Go's caches are cold)"
+  # As its Dockerfile builds it (go build -trimpath, -ldflags -w -s; the version its release
+  # stamps), from the module: cgo compiles ggml's CPU backend and llama.cpp's C++ sources.
+  # No -tags mlx: that is the GPU (MLX CUDA) engine.
+  CGO_ENABLED=1 CGO_CPPFLAGS="-I$inc" GOBIN="$STAGE" "$GO" install -p "$JOBS" -trimpath \
+    -ldflags "-w -s -X github.com/ollama/ollama/version.Version=${OLLAMA_VERSION#v}" \
+    "github.com/ollama/ollama@${OLLAMA_VERSION}"
+  install_staged ollama
+}
+
 build_checkov() {
   # A virtualenv records its own path, so it is made where it stays (beside bin/), anew;
   # bin/checkov links to its entry point. A half-made one fails tool_ok and is made again.
@@ -623,6 +693,8 @@ elif [[ $KEDA == 1 ]]; then
   if need keda-manifests; then install_keda_manifests; fi
 elif [[ $PROMETHEUS == 1 ]]; then
   if need prometheus; then timed "prometheus" build_prometheus; fi
+elif [[ $OLLAMA == 1 ]]; then
+  if need ollama; then timed "ollama" build_ollama; fi
 else
   if need "${KUBE_BINS[@]}"; then timed "kubernetes" build_kube; fi
   if need etcd; then timed "etcd" build_etcd; fi

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aistack.components import COMPONENTS, VERSIONS
+from aistack.components import COMPONENTS, DEFAULT_IMAGES, ENGINES, VERSIONS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "conformance"))
 import envs
@@ -47,6 +47,29 @@ def test_default_image_tag_carries_the_pinned_version(component: str) -> None:
     _package, version, image = PINS[component]
     tag = image.rpartition(":")[2]
     assert re.fullmatch(rf"v?{re.escape(version)}(-[a-z0-9.]+)?", tag), (image, version)
+
+
+# Programs the conformance suite builds from their Go module (hack/build-tools.sh) rather
+# than installs from PyPI: pinned in hack/versions.env, at the default image's version.
+BUILT = {"ollama": "OLLAMA_VERSION"}
+VERSIONS_ENV = Path(__file__).resolve().parents[1] / "hack" / "versions.env"
+
+
+def _versions_env() -> dict[str, str]:
+    pairs = re.findall(r"^([A-Z0-9_]+)=(\S+)$", VERSIONS_ENV.read_text(), re.M)
+    return dict(pairs)
+
+
+@pytest.mark.parametrize("program", sorted(BUILT))
+def test_built_program_runs_the_default_image_version(program: str) -> None:
+    assert _versions_env()[BUILT[program]] == f"v{VERSIONS[program]}"
+    (engine,) = [e for e in ENGINES if e.program == program]
+    tag = DEFAULT_IMAGES[engine.image].rpartition(":")[2]
+    assert tag == VERSIONS[program]
+
+
+def test_every_program_has_a_pin() -> None:
+    assert set(VERSIONS) == set(PINS) | set(BUILT)
 
 
 def test_every_environment_is_pinned_exactly() -> None:
