@@ -138,6 +138,11 @@ def test_an_init_container_imports_the_model_under_its_served_name() -> None:
     assert env["OLLAMA_HOST"] == "127.0.0.1:8000"
     assert env["OLLAMA_MODELS"] == env_of(spec["containers"][0])["OLLAMA_MODELS"]
     assert importer["volumeMounts"] == spec["containers"][0]["volumeMounts"]
+    # Within the startup budget, else it fails and the kubelet starts it again.
+    assert 'timeout "$AISTACK_IMPORT_TIMEOUT" ollama create' in importer["command"][2]
+    assert env["AISTACK_IMPORT_TIMEOUT"] == "1800"
+    quick = cpu_stack(ollama={"startupTimeoutSeconds": 120})
+    assert env_of(pod(quick, "small")["initContainers"][0])["AISTACK_IMPORT_TIMEOUT"] == "120"
 
 
 def test_a_pvc_file_is_mounted_read_only_and_imported_from_its_path() -> None:

@@ -655,8 +655,8 @@ class OllamaDefaults(APIModel):
     """Node disk per Ollama pod: its model store (a copy of the GGUF file) when the model has
     no ``cache`` PVC, and ``/tmp``. Requested as ``ephemeral-storage``."""
     startup_timeout_seconds: Annotated[int, Field(ge=60, le=86400)] = 1800
-    """How long a model may take to be pulled or imported into Ollama's store before its
-    pod is restarted."""
+    """How long a model may take to be pulled or imported into Ollama's store (the pod's
+    init container) before the import is stopped and started again."""
 
 
 # ---------------------------------------------------------------- Ray

@@ -346,7 +346,7 @@ def render_model(
     ctx["permitted"] = permitted
     ctx["blocked_annotation"] = names.LICENSE_BLOCKED_ANNOTATION
     if _on_ollama(stack, model):
-        return fill_template("model-ollama.yaml.j2", **(ctx | _ollama_context(model)))
+        return fill_template("model-ollama.yaml.j2", **(ctx | _ollama_context(stack, model)))
     ctx["env"] = _model_env(stack, model, config)
     if not model.spans_nodes:
         ctx["args"] = _vllm_args(stack, model, config)
@@ -416,8 +416,10 @@ OLLAMA_STORE = "/cache/ollama"
 OLLAMA_IMPORT_HOST = "127.0.0.1"
 #: The init container that imports a model into Ollama's store: it starts a server on
 #: loopback, waits for it, writes the Modelfile from the environment and creates the
-#: model under its served name (the Ollama CLI is the server's client). A Hugging Face
-#: source is pulled by the server (``FROM hf.co/...``) unless the store already has it.
+#: model under its served name (the Ollama CLI is the server's client), within the startup
+#: budget (else it fails, and the kubelet starts it again: a pull resumes where it stopped).
+#: A Hugging Face source is pulled by the server (``FROM hf.co/...``) unless the store
+#: already has it.
 OLLAMA_IMPORT_SCRIPT = """\
 set -eu
 ollama serve &
@@ -429,7 +431,7 @@ until ollama list >/dev/null 2>&1; do
 done
 modelfile="${TMPDIR:-/tmp}/Modelfile"
 printf '%s' "$AISTACK_MODELFILE" >"$modelfile"
-ollama create "$AISTACK_MODEL" -f "$modelfile"
+timeout "$AISTACK_IMPORT_TIMEOUT" ollama create "$AISTACK_MODEL" -f "$modelfile"
 """
 
 
@@ -460,12 +462,13 @@ def _ollama_env(host: str) -> list[dict[str, Any]]:
     ]
 
 
-def _ollama_context(model: ModelSpec) -> dict[str, Any]:
+def _ollama_context(stack: AIStack, model: ModelSpec) -> dict[str, Any]:
     """What the Ollama template needs beside a model's own context."""
     import_env = [
         *_ollama_env(OLLAMA_IMPORT_HOST),
         {"name": "AISTACK_MODEL", "value": model.name},
         {"name": "AISTACK_MODELFILE", "value": ollama_modelfile(model)},
+        {"name": "AISTACK_IMPORT_TIMEOUT", "value": str(stack.spec.ollama.startup_timeout_seconds)},
     ]
     # Without a cache PVC a new pod may start beside the old one; a claim (ReadWriteOnce)
     # may not be mounted on two nodes, so then the old one goes first.
