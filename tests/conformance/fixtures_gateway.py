@@ -99,7 +99,7 @@ def model_servers(manifests: Sequence[Manifest]) -> list[tuple[Manifest, Manifes
 # --------------------------------------------------------------------------- sandbox
 
 
-def _closed_dirs(paths: Sequence[Path], uid: int) -> list[Path]:
+def closed_dirs(paths: Sequence[Path], uid: int) -> list[Path]:
     """Directories on the way to ``paths`` that ``uid`` (not their owner) cannot enter."""
     closed: set[Path] = set()
     for path in paths:
@@ -112,7 +112,7 @@ def _closed_dirs(paths: Sequence[Path], uid: int) -> list[Path]:
     return sorted(closed, key=lambda p: len(p.parts))
 
 
-def _view_commands(closed: Sequence[Path], views: Path) -> list[str]:
+def view_commands(closed: Sequence[Path], views: Path) -> list[str]:
     """Shell commands (for a private mount namespace) that put an 0711 view over each
     closed directory: the same entries, bind-mounted, so the pod user can pass through."""
     commands: list[str] = []
@@ -155,7 +155,7 @@ def pod_argv(
         steps += [f"mount --bind {p} {p}", f"mount -o remount,bind,ro {p}"]
     run = '"$@"'
     if uid is not None:
-        steps += _view_commands(_closed_dirs(reach, uid), views)
+        steps += view_commands(closed_dirs(reach, uid), views)
         run = f'setpriv --reuid={uid} --regid={uid} --clear-groups "$@"'
     script = "set -e\n" + "\n".join(steps) + f"\nexec {run}\n"
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *spec.argv]

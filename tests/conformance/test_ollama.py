@@ -6,7 +6,9 @@ The model is a tiny GGUF with random weights (tiny_gguf.py) on the host director
 stands for the model's PVC. The rendered init container's script imports it into the
 rendered store (``OLLAMA_MODELS`` on the cache volume) under the served name; the rendered
 server serves it, with a read-only root as rendered, and answers its probes; the real
-LiteLLM gateway, started from the rendered config, routes a chat completion to it.
+LiteLLM gateway, started from the rendered config, routes a chat completion to it. Both
+Ollama processes run as the pod's user (``runAsUser``), with a read-only root filesystem
+but for the pod's writable volumes.
 
 Test-side translations beyond the harness' (see harness.py):
 
@@ -25,7 +27,9 @@ the address the HostMap gives the model's Service.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -96,18 +100,37 @@ def _modelfile_on_host(spec: ProcessSpec) -> None:
     )
 
 
-def _read_only(manifests: list[Manifest], spec: ProcessSpec, container: str) -> list[str]:
+def _as_in_the_pod(manifests: list[Manifest], spec: ProcessSpec, container: str) -> list[str]:
+    """The container's argv as its pod runs it: a read-only root but for its writable
+    volumes, as the pod's user (``runAsUser``)."""
     rendered = harness.container(manifests, DEPLOYMENT, container)
     assert harness.read_only_root(rendered), f"{container} should have a read-only root"
+    uid = spec.run_as_user
+    assert uid is not None and uid != 0
+    as_user = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *spec.argv]
     return harness.read_only_root_argv(
-        spec.argv, harness.writable_mounts(manifests, DEPLOYMENT, spec, container)
+        as_user, harness.writable_mounts(manifests, DEPLOYMENT, spec, container)
     )
 
 
 @pytest.fixture(scope="module")
-def ollama(suite_dir: Path, log_dir: Path) -> Iterator[Ollama]:
-    bin_dir = ollama_bin_dir()
-    workdir = suite_dir / "ollama"
+def pod_dir() -> Iterator[Path]:
+    """Where the pod's volumes and the Ollama binary are, for a user that is not root: a
+    directory every user may enter (pytest's temporary root is its owner's only)."""
+    path = Path(tempfile.mkdtemp(prefix="aistack-ollama-"))
+    try:
+        path.chmod(0o755)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ollama(pod_dir: Path, log_dir: Path) -> Iterator[Ollama]:
+    bin_dir = pod_dir / "bin"
+    bin_dir.mkdir()
+    shutil.copy2(ollama_bin_dir() / "ollama", bin_dir / "ollama")  # the image's /usr/bin
+    workdir = pod_dir / "pod"
     path = harness.write_documents(workdir / "stack.yaml", [cpu_stack_document()])
     manifests = harness.render_example(path)
 
@@ -117,11 +140,14 @@ def ollama(suite_dir: Path, log_dir: Path) -> Iterator[Ollama]:
     write_tiny_gguf(importer.host_path(f"{PVC_MOUNT}/{MODEL_FILE}"))
     _modelfile_on_host(importer)
     tmp = {"TMPDIR": str(importer.mounts["/tmp"])}
+    # The pod's volumes are its user's (fsGroup).
+    uid = importer.run_as_user
+    subprocess.run(["chown", "-R", f"{uid}:{uid}", str(workdir)], check=True)
 
     started = time.monotonic()
     running = harness.start(
         importer, name="ollama-import", bin_dir=bin_dir, log_dir=log_dir, extra_env=tmp,
-        argv=_read_only(manifests, importer, "import-model"),
+        argv=_as_in_the_pod(manifests, importer, "import-model"),
     )  # fmt: skip
     try:
         code = running.process.wait(300)
@@ -134,7 +160,7 @@ def ollama(suite_dir: Path, log_dir: Path) -> Iterator[Ollama]:
 
     serving = harness.start(
         server, name="ollama", bin_dir=bin_dir, log_dir=log_dir, extra_env=tmp,
-        argv=_read_only(manifests, server, "ollama"),
+        argv=_as_in_the_pod(manifests, server, "ollama"),
     )  # fmt: skip
     try:
         for _kind, url in harness.probe_urls(manifests, DEPLOYMENT, "127.0.0.1", "ollama"):
@@ -189,10 +215,16 @@ def test_the_server_answers_its_probes_and_lists_the_model(ollama: Ollama) -> No
     assert [m["id"] for m in json.loads(body)["data"]] == ["tiny:latest"]
 
 
-def test_the_server_keeps_to_the_writable_volumes(ollama: Ollama) -> None:
-    writable = harness.writable_mount_points(ollama.running.process.pid)
+def test_the_server_runs_as_the_pods_user_and_keeps_to_its_volumes(ollama: Ollama) -> None:
+    pid = ollama.running.process.pid
+    status = Path(f"/proc/{pid}/status").read_text()
+    (uids,) = [line.split()[1:] for line in status.splitlines() if line.startswith("Uid:")]
+    assert set(uids) == {str(ollama.server.run_as_user)}, uids
+    writable = harness.writable_mount_points(pid)
     volumes = {str(p) for p in ollama.server.mounts.values()}
     assert writable and set(writable) <= volumes, writable
+    # What the import container wrote is the pod user's.
+    assert {p.stat().st_uid for p in ollama.store.rglob("*")} == {ollama.server.run_as_user}
 
 
 def test_ollama_serves_no_metrics_and_gets_no_monitor(ollama: Ollama) -> None:
