@@ -88,14 +88,16 @@ def test_a_podmonitor_per_part_that_serves_metrics_and_none_for_mlflow() -> None
     out = render(s, all_permitted(s), ON)
     pms = of_kind(out, "PodMonitor")
     assert sorted(pms) == ["demo-gateway", "demo-model-server", "demo-ray"]
-    expected = {"demo-model-server": ("http", VLLM_PORT), "demo-ray": ("metrics", RAY_METRICS_PORT),
-                "demo-gateway": ("http", GATEWAY_PORT)}  # fmt: skip
+    # LiteLLM answers /metrics with a redirect to /metrics/ (conformance-tested).
+    expected = {"demo-model-server": ("http", VLLM_PORT, "/metrics"),
+                "demo-ray": ("metrics", RAY_METRICS_PORT, "/metrics"),
+                "demo-gateway": ("http", GATEWAY_PORT, "/metrics/")}  # fmt: skip
     deployments = of_kind(out, "Deployment")
     for name, pm in pms.items():
         assert pm["metadata"]["labels"]["release"] == "prom"
         assert pm["metadata"]["labels"]["aistack.dev/stack"] == "demo"
         (endpoint,) = pm["spec"]["podMetricsEndpoints"]
-        assert endpoint == {"port": expected[name][0], "path": "/metrics", "interval": "15s"}
+        assert endpoint == {"port": expected[name][0], "path": expected[name][2], "interval": "15s"}
         selector = pm["spec"]["selector"]["matchLabels"]
         # The monitor selects pods that exist, and each such pod names the port.
         selected = [

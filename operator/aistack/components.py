@@ -30,6 +30,8 @@ from aistack.kinds import BY_KIND
 
 VLLM_PORT = 8000
 GATEWAY_PORT = 4000
+#: Where the gateway (LiteLLM) answers its metrics with 200 (``/metrics`` redirects here).
+GATEWAY_METRICS_PATH = "/metrics/"
 MLFLOW_PORT = 5000
 RAY_GCS_PORT = 6379
 RAY_DASHBOARD_PORT = 8265
@@ -477,7 +479,11 @@ COMPONENTS: tuple[Component, ...] = (
         image_template="ghcr.io/berriai/litellm:v{version}",
         port=GATEWAY_PORT,
         public=True,
-        scrape=lambda stack: Scrape("http", GATEWAY_PORT) if gateway_scrapable(stack) else None,
+        # LiteLLM mounts its metrics app at /metrics, and answers /metrics itself with a
+        # redirect (307) there: a scraper that does not follow redirects gets nothing.
+        scrape=lambda stack: (
+            Scrape("http", GATEWAY_PORT, GATEWAY_METRICS_PATH) if gateway_scrapable(stack) else None
+        ),
         unscraped=lambda stack: (
             None
             if gateway_scrapable(stack)

@@ -6,11 +6,13 @@ when its tests are done.
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import harness
 import pytest
@@ -26,6 +28,8 @@ from fixtures_gateway import (
 from fixtures_mlflow import MLflowServer
 from harness import HostMap, Sample
 
+from aistack.components import GATEWAY_METRICS_PATH
+
 KEY = "sk-conformance-gateway-key"
 #: LiteLLM's counter of requests through the proxy, as exposed (a counter: ``_total``)
 REQUESTS_COUNTER = "litellm_proxy_total_requests_metric_total"
@@ -39,11 +43,25 @@ def chat(model: str, **extra: object) -> dict[str, object]:
 
 
 def metrics_url(gateway: Gateway) -> str:
-    """``/metrics`` on the rendered container's port named ``http``: where the stack's
-    PodMonitor scrapes the gateway (LiteLLM serves it in the proxy's own process)."""
+    """The path the stack's PodMonitor scrapes (``components``' scrape of the gateway, as
+    ``render`` writes it into the PodMonitor), on the rendered container's port named
+    ``http`` (LiteLLM serves it in the proxy's own process)."""
     port = gateway.port("http")
     assert port is not None, "the rendered gateway container has no port named http"
-    return f"http://127.0.0.1:{port}/metrics"
+    return f"http://127.0.0.1:{port}{GATEWAY_METRICS_PATH}"
+
+
+def get_without_redirects(url: str) -> tuple[int, dict[str, str]]:
+    """``GET url`` as a scraper with ``followRedirects: false`` does: the first answer."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        conn.request("GET", parts.path)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}
+    finally:
+        conn.close()
 
 
 def series(samples: list[Sample], name: str, model: str, **labels: str) -> float:
@@ -189,6 +207,29 @@ print(json.dumps([t.info.trace_id for t in found]))
         callbacks = gateway_config(gateway.manifests)["litellm_settings"]["callbacks"]
         assert callbacks == ["otel", "prometheus"]
         count_a_request(gateway, "phi-3-5-mini", key=None)
+
+    def test_the_monitors_path_answers_without_a_redirect(
+        self, quickstart_gateway: Gateway
+    ) -> None:
+        # A scrape config with followRedirects: false gets the first answer only. LiteLLM
+        # answers /metrics with a redirect to /metrics/: the PodMonitor names the latter.
+        doc = harness.example_documents("quickstart.yaml")
+        stack = harness.example_stack(doc)
+        stack["spec"]["monitoring"] = {"enabled": True}
+        path = harness.write_documents(Path(quickstart_gateway.spec.workdir or ".") / "mon.yaml",
+                                       [stack])  # fmt: skip
+        (monitor,) = [
+            m for m in harness.of_kind(harness.render_example(path), "PodMonitor")
+            if m["metadata"]["name"].endswith("-gateway")
+        ]  # fmt: skip
+        (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+        assert endpoint["path"] == GATEWAY_METRICS_PATH
+        port = quickstart_gateway.port(endpoint["port"])
+        code, headers = get_without_redirects(f"http://127.0.0.1:{port}{endpoint['path']}")
+        assert code == 200, headers
+        assert headers["content-type"].startswith("text/plain"), headers
+        code, headers = get_without_redirects(f"http://127.0.0.1:{port}/metrics")
+        assert (code, headers.get("location", "").endswith("/metrics/")) == (307, True), headers
 
     def test_metrics_report_request_latency(self, quickstart_gateway: Gateway) -> None:
         # docs/observability.md: the gateway exports request latency, per public model name.

@@ -108,7 +108,8 @@ def test_monitors_follow_the_prometheus_operator_crds(
     )  # fmt: skip
     for pm in found.values():
         assert pm["metadata"]["ownerReferences"][0]["name"] == "quickstart"
-        assert pm["spec"]["podMetricsEndpoints"][0]["path"] == "/metrics"
+        path = "/metrics/" if pm["metadata"]["name"].endswith("-gateway") else "/metrics"
+        assert pm["spec"]["podMetricsEndpoints"][0]["path"] == path
     # The stack with monitoring off has none, and stays so.
     assert not [n for n in found if n.startswith("quiet-")]
     assert monitoring(cluster, namespace, "quiet")["reason"] == "Disabled"
