@@ -175,6 +175,18 @@ def test_fallbacks_and_limits_are_in_the_config() -> None:
     assert "router_settings" not in plain
 
 
+def test_the_gateways_retries_are_rendered_only_when_set() -> None:
+    s = hybrid(GPT, retries=0, retryAfterSeconds=5)
+    router = gateway(render(s, {"m": True, "gpt": True}))[0]["router_settings"]
+    assert (router["num_retries"], router["retry_after"]) == (0, 5)
+    # Unset: LiteLLM's own defaults, and a config that does not change (no rollout).
+    plain = gateway(render(hybrid(GPT), {"m": True, "gpt": True}))[0]
+    assert "router_settings" not in plain
+    for bad in ({"retries": -1}, {"retries": 11}, {"retryAfterSeconds": 301}):
+        with pytest.raises(ValidationError):
+            hybrid(GPT, **bad)
+
+
 def test_a_blocked_provider_has_no_route_no_key_and_no_fallback_to_it() -> None:
     s = hybrid(GPT, CLAUDE, fallbacks=[{"model": "m", "to": ["gpt", "claude"]},
                                         {"model": "gpt", "to": ["m"]}])  # fmt: skip

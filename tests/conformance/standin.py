@@ -11,7 +11,9 @@ served model (``root``: the model path) and then each adapter with ``root`` = it
 ``parent`` = the served model's name; a request whose ``model`` is the served name or an
 adapter's is answered, with a reply that names that model, so that a test can tell which
 server, and which adapter, a request reached; any other name gets vLLM's 404.
-``/standin/requests`` returns the requests it saw.
+``/standin/requests`` returns the requests it saw; ``POST /standin/fail {"status": N}``
+makes it answer every completion with status N (each still recorded), ``{"status": null}``
+serve again.
 
 ``STANDIN_BIND`` overrides the rendered ``--host`` (several stand-ins share port 8000 on
 loopback, each on its Service's own address). ``STANDIN_HOOK=module:function`` names a
@@ -99,6 +101,9 @@ def main(argv: list[str]) -> None:
     names: list[str] = [card["id"] for card in cards]
     seen: list[dict[str, Any]] = []
     lock = threading.Lock()
+    # POST /standin/fail {"status": N}: answer every completion request with status N (and
+    # still record it), as a failing server would; {"status": null}: serve again.
+    failing: dict[str, int | None] = {"status": None}
     callback: Callback | None = None
     hook = os.environ.get("STANDIN_HOOK")
     if hook:
@@ -139,6 +144,11 @@ def main(argv: list[str]) -> None:
             except json.JSONDecodeError:
                 self._send(400, {"error": {"message": "body is not JSON"}})
                 return
+            if self.path == "/standin/fail":
+                with lock:
+                    failing["status"] = request.get("status")
+                self._send(200, failing)
+                return
             model = request.get("model")
             if model not in names:
                 # vLLM answers an unknown model name with 404.
@@ -146,8 +156,13 @@ def main(argv: list[str]) -> None:
                 return
             with lock:
                 seen.append(
-                    {"path": self.path, "model": model, "headers": dict(self.headers.items())}
-                )
+                    {"path": self.path, "model": model, "headers": dict(self.headers.items()),
+                     "time": time.time()}
+                )  # fmt: skip
+                status = failing["status"]
+            if status is not None:
+                self._send(status, {"error": {"message": f"stand-in failing with {status}"}})
+                return
             if self.path == "/v1/chat/completions":
                 text = f"stand-in for {model}"
                 choice: dict[str, Any] = {

@@ -557,3 +557,63 @@ class TestSleepingModel:
             if m["kind"] == "ConfigMap" and "aistack_hold.py" in m.get("data", {})
         )  # fmt: skip
         assert json.loads(cm["data"]["hold.json"]) == {"coder": {"model": "coder", "wait": 900}}
+
+
+# --------------------------------------------------------------------------- retries
+
+
+def retrying_stack(retries: int, wait: int) -> list[harness.Manifest]:
+    """The quickstart with a second model that the first falls back to, and the gateway's
+    retries set (no MLflow: the tries are what is looked at)."""
+    documents = harness.example_documents("quickstart.yaml")
+    stack = harness.example_stack(documents)
+    first = stack["spec"]["models"][0]
+    stack["spec"]["models"] = [first, {**first, "name": "backup"}]
+    stack["spec"]["mlflow"] = {"enabled": False}
+    stack["spec"]["gateway"] = {
+        "fallbacks": [{"model": first["name"], "to": ["backup"]}],
+        "retries": retries,
+        "retryAfterSeconds": wait,
+    }
+    return documents
+
+
+@pytest.fixture(scope="class")
+def retrying_gateway(hosts: HostMap, suite_dir: Path, log_dir: Path) -> Iterator[Gateway]:
+    workdir = suite_dir / "gateway-retrying"
+    path = harness.write_documents(workdir / "stack.yaml", retrying_stack(retries=1, wait=2))
+    gateway = start_gateway(
+        harness.render_example(path), hosts=hosts, workdir=workdir, log_dir=log_dir
+    )
+    yield from stopping(gateway)
+
+
+class TestRetries:
+    def test_a_failing_route_is_tried_again_then_its_fallback(
+        self, retrying_gateway: Gateway
+    ) -> None:
+        gateway = retrying_gateway
+        router = gateway_config(gateway.manifests)["router_settings"]
+        assert (router["num_retries"], router["retry_after"]) == (1, 2)
+        first, backup = gateway.stand_ins["phi-3-5-mini"], gateway.stand_ins["backup"]
+        code, out = harness.http(
+            f"http://{first.address}:{first.port}/standin/fail", method="POST",
+            body={"status": 500},
+        )  # fmt: skip
+        assert code == 200, out
+        tried = len(first.requests())
+        served = len(backup.requests())
+        code, body = gateway.post(
+            "/v1/chat/completions",
+            {"model": "phi-3-5-mini", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert code == 200, body
+        assert body["choices"][0]["message"]["content"] == "stand-in for backup"
+        attempts = first.requests()[tried:]
+        answered = backup.requests()[served:]
+        # One try and one retry (retries: 1), then the fallback once.
+        assert [r["model"] for r in attempts] == ["phi-3-5-mini", "phi-3-5-mini"]
+        assert [r["model"] for r in answered] == ["backup"]
+        # In that order, the retry after the wait (retryAfterSeconds: 2).
+        assert attempts[1]["time"] - attempts[0]["time"] >= 2 - 0.1, attempts
+        assert answered[0]["time"] >= attempts[1]["time"]

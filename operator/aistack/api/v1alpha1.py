@@ -983,6 +983,13 @@ class GatewaySpec(APIModel):
     its limits."""
     limits: Annotated[list[RouteLimit], _map_list("route", 128)] = Field(default_factory=list)
     """Per route, requests and tokens per minute."""
+    retries: Annotated[int, Field(ge=0, le=10)] | None = None
+    """How many times a route is tried again after a failed request (a model server's
+    error or timeout, a provider's), before its fallbacks (LiteLLM's ``num_retries``). Unset:
+    LiteLLM's default, 2. A rate limit of ``limits`` is never retried."""
+    retry_after_seconds: Annotated[int, Field(ge=0, le=300)] | None = None
+    """The least time between two tries of a route (LiteLLM's ``retry_after``); longer when
+    the failed answer asks for more (``Retry-After``). Unset: LiteLLM's default, 0."""
 
     @model_validator(mode="after")
     def _check(self) -> GatewaySpec:

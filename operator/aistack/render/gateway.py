@@ -123,6 +123,12 @@ def _router(stack: AIStack, routed: set[str]) -> dict[str, Any]:
         # served): not retried, the request takes its fallback, or is answered 429.
         router["routing_strategy"] = "usage-based-routing-v2"
         router["retry_policy"] = {"RateLimitErrorRetries": 0}
+    # Tries of a failed route before its fallbacks, and the wait between them (unset:
+    # LiteLLM's defaults, 2 and 0; conformance-tested, with their order).
+    if gateway.retries is not None:
+        router["num_retries"] = gateway.retries
+    if gateway.retry_after_seconds is not None:
+        router["retry_after"] = gateway.retry_after_seconds
     return router
 
 
