@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,25 @@ def providers() -> list[dict[str, Any]]:
             (CLAUDE, "anthropic", CLAUDE_MODEL, ANTHROPIC),
         )
     ]
+
+
+def post_with_headers(
+    hybrid: HybridGateway, path: str, body: Any
+) -> tuple[int, dict[str, str], Any]:
+    """POST to the gateway: the status, the response headers (lower-case) and the JSON."""
+    request = urllib.request.Request(
+        hybrid.gateway.url + path, data=json.dumps(body).encode(), method="POST",
+        headers={"Content-Type": "application/json", **hybrid.gateway.headers()},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return (
+                resp.status,
+                {k.lower(): v for k, v in resp.headers.items()},
+                json.loads(resp.read()),
+            )
+    except urllib.error.HTTPError as err:
+        return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
 
 
 def chat(model: str, content: str = "hello") -> dict[str, Any]:
@@ -237,9 +258,12 @@ class TestHostedProviders:
     def test_the_model_of_our_own_is_served_by_its_server(self, hybrid: HybridGateway) -> None:
         model_server = hybrid.gateway.stand_ins[SELF_HOSTED]
         before = {route: len(s.posts()) for route, s in hybrid.providers.items()}
-        code, body = hybrid.gateway.post("/v1/chat/completions", chat(SELF_HOSTED))
+        code, headers, body = post_with_headers(hybrid, "/v1/chat/completions", chat(SELF_HOSTED))
         assert code == 200, body
         assert content(body) == SELF_HOSTED_REPLY
+        # A direct answer names the route the client asked for.
+        assert body["model"] == SELF_HOSTED
+        assert headers.get("x-litellm-attempted-fallbacks", "0") == "0", headers
         assert [r["model"] for r in model_server.requests()][-1:] == [SELF_HOSTED]
         # Healthy: no fallback was taken.
         assert {route: len(s.posts()) for route, s in hybrid.providers.items()} == before
@@ -252,11 +276,15 @@ class TestHostedProviders:
         assert fallbacks == [{SELF_HOSTED: [CLAUDE, COMPAT]}]
         hybrid.gateway.stand_ins[SELF_HOSTED].running.stop()
         before = {route: len(s.posts()) for route, s in hybrid.providers.items()}
-        code, body = hybrid.gateway.post("/v1/chat/completions", chat(SELF_HOSTED))
+        code, headers, body = post_with_headers(hybrid, "/v1/chat/completions", chat(SELF_HOSTED))
         assert code == 200, body
         assert content(body) == reply(ANTHROPIC, CLAUDE_MODEL)
-        # LiteLLM names the fallback's model as the provider knows it, not a route name.
+        # LiteLLM names the fallback's model as the provider knows it, not a route name, on
+        # purpose (its _override_openai_response_model: "we preserve the actual model that
+        # was used"), as OpenAI's API names the model that answered; a header says that a
+        # fallback answered (README, Hosted providers: "Which model answered").
         assert body["model"] == CLAUDE_MODEL
+        assert headers["x-litellm-attempted-fallbacks"] == "1", headers
         claude = hybrid.providers[CLAUDE].posts()[before[CLAUDE] :]
         assert [(r["path"], r["body"]["model"]) for r in claude] == [("/v1/messages", CLAUDE_MODEL)]
         assert claude[0]["headers"]["x-api-key"] == KEYS[CLAUDE]
