@@ -458,6 +458,7 @@ def test_mlflow_allows_exactly_its_service_names_and_loopback() -> None:
         "demo-mlflow.ml",
         "demo-mlflow.ml.svc",
         "demo-mlflow.ml.svc.cluster.local",
+        "demo-mlflow.ml.svc.cluster.local.",  # the same name, absolute
     ]
     for form in service_forms:
         assert form in hosts

@@ -71,6 +71,7 @@ def host_forms(service: str, namespace: str, port: int) -> list[str]:
         f"{service}.{namespace}",
         f"{service}.{namespace}.svc",
         f"{service}.{namespace}.svc.{harness.CLUSTER_DOMAIN}",
+        f"{service}.{namespace}.svc.{harness.CLUSTER_DOMAIN}.",
     ]
     return [h for f in forms for h in (f, f"{f}:{port}")]
 
@@ -150,6 +151,23 @@ def test_every_rendered_host_form_is_admitted(mlflow_server: MLflowServer) -> No
     hosts += ["127.0.0.1:5000", "localhost:5000"]  # kubectl port-forward 5000
     statuses = {h: raw_get(s.address, s.port, GUARDED_PATH, h) for h in hosts}
     assert statuses == dict.fromkeys(hosts, 200)
+
+
+def test_the_fully_qualified_name_with_its_root_dot_is_admitted_upper_case_is_not(
+    mlflow_server: MLflowServer,
+) -> None:
+    """``<svc>.<ns>.svc.<domain>.`` is the same name as without its dot (clients that
+    resolve absolute names send it so); an upper-case spelling is refused: MLflow compares
+    exactly, and a case-insensitive entry would need a pattern whose ``*`` admits names
+    below the Service's (render/mlflow.py, mlflow_allowed_hosts)."""
+    s = mlflow_server
+    fqdn = f"{s.deployment}.{s.namespace}.svc.{harness.CLUSTER_DOMAIN}"
+    admitted = [f"{fqdn}.", f"{fqdn}.:{s.port}"]
+    refused = [fqdn.upper(), f"{fqdn.upper()}:{s.port}", f"{s.deployment.upper()}:{s.port}",
+               f"{s.deployment}.", f"{s.deployment}.{s.namespace}."]  # fmt: skip
+    hosts = admitted + refused
+    statuses = {h: raw_get(s.address, s.port, GUARDED_PATH, h) for h in hosts}
+    assert statuses == {**dict.fromkeys(admitted, 200), **dict.fromkeys(refused, 403)}
 
 
 def test_names_below_the_service_are_refused(mlflow_server: MLflowServer) -> None:

@@ -23,18 +23,24 @@ def mlflow_allowed_hosts(stack: AIStack, config: RenderConfig) -> list[str]:
     MLFLOW_SERVER_ALLOWED_HOSTS replaces MLflow's defaults (loopback names on any port,
     private IP ranges), and an entry matches exactly unless it holds ``*`` (then it is an
     fnmatch pattern, where ``*`` also spans dots). So the list names every in-cluster
-    spelling of the Service, without a port and with the Service's port, and loopback on
-    any port (``kubectl port-forward``); no pattern covers names below the Service's, such
-    as ``<svc>.<ns>.attacker.example``. The user's ``allowedHosts`` come last.
+    spelling of the Service, without a port and with the Service's port (the fully qualified
+    name also with its root dot, ``<svc>.<ns>.svc.<domain>.``, the same name), and loopback
+    on any port (``kubectl port-forward``); no pattern covers names below the Service's,
+    such as ``<svc>.<ns>.attacker.example``. Upper-case spellings are refused: MLflow
+    compares exactly, and the only case-insensitive entries MLflow can match are patterns
+    whose ``*`` would admit those names too (clients send the lower-case host of their URL).
+    The user's ``allowedHosts`` come last.
     """
     service = names.mlflow(stack.metadata.name)
     namespace = namespace_of(stack)
     allowed: list[str] = []
+    fqdn = f"{service}.{namespace}.svc.{config.cluster_domain}"
     for host in (
         service,
         f"{service}.{namespace}",
         f"{service}.{namespace}.svc",
-        f"{service}.{namespace}.svc.{config.cluster_domain}",
+        fqdn,
+        f"{fqdn}.",
     ):
         allowed += [host, f"{host}:{MLFLOW_PORT}"]
     for host in ("localhost", "127.0.0.1"):
