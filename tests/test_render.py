@@ -155,7 +155,11 @@ def test_gateway_routes_every_served_model_and_rolls_when_they_change() -> None:
     # Traces go out through LiteLLM's OpenTelemetry callback: its `mlflow` callback needs a
     # package the gateway image lacks, and from 1.110 that stops the proxy at startup.
     # Its Prometheus logger exports metrics unless monitoring is off.
-    assert cfg["litellm_settings"] == {"callbacks": ["otel", "prometheus"]}
+    # Traces to MLflow, a client's trace context on to the model servers, and metrics.
+    assert cfg["litellm_settings"] == {
+        "callbacks": ["otel", "prometheus"],
+        "forward_traceparent_to_llm_provider": True,
+    }
 
     def checksum(out: list[dict[str, Any]]) -> str:
         annotations = by_name(out, "Deployment")["demo-gateway"]["spec"]["template"]["metadata"][

@@ -202,6 +202,60 @@ print(json.dumps([t.info.trace_id for t in found]))
             f"{quickstart_gateway.running.log_tail(40)}"
         )
 
+    def test_a_clients_trace_context_reaches_the_model_server_and_names_the_trace(
+        self, quickstart_gateway: Gateway, mlflow_server: MLflowServer
+    ) -> None:
+        """One trace per request when the client sends its W3C trace context: the gateway's
+        span is in the client's trace, and the model server gets the same context (vLLM's
+        tracer continues it). The gateway's own span cannot be the model server's parent:
+        LiteLLM writes it after the answer (README, Tracing)."""
+        gateway = quickstart_gateway
+        assert (
+            gateway_config(gateway.manifests)["litellm_settings"][
+                "forward_traceparent_to_llm_provider"
+            ]
+            is True
+        )
+        stand_in = gateway.stand_ins["phi-3-5-mini"]
+        trace_id, parent = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+        traceparent = f"00-{trace_id}-{parent}-01"
+        marker = f"traceparent-{time.time_ns()}"
+        before = len(stand_in.requests())
+        code, body = harness.http(
+            gateway.url + "/v1/chat/completions", method="POST",
+            body={"model": "phi-3-5-mini", "messages": [{"role": "user", "content": marker}]},
+            headers={"traceparent": traceparent},
+        )  # fmt: skip
+        assert code == 200, body
+        (seen,) = stand_in.requests()[before:]
+        headers = {k.lower(): v for k, v in seen["headers"].items()}
+        assert headers.get("traceparent") == traceparent, headers
+        # The gateway's span is in that trace (MLflow names OTLP traces tr-<trace id>).
+        experiment = rendered_trace_experiment(gateway)
+        code_text = f"""
+import json, time, mlflow
+deadline = time.time() + 60
+found = []
+while time.time() < deadline:
+    traces = mlflow.search_traces(locations=[{experiment!r}], return_type="list")
+    found = [t for t in traces if {marker!r} in json.dumps(t.to_dict(), default=str)]
+    if found:
+        break
+    time.sleep(2)
+print(json.dumps([t.info.trace_id for t in found]))
+"""
+        found = mlflow_server.run_client(code_text)
+        assert [t.removeprefix("tr-") for t in found] == [trace_id], found
+        # Without a client's context, the model server is sent none.
+        before = len(stand_in.requests())
+        code, body = gateway.post(
+            "/v1/chat/completions",
+            {"model": "phi-3-5-mini", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert code == 200, body
+        (seen,) = stand_in.requests()[before:]
+        assert "traceparent" not in {k.lower() for k in seen["headers"]}
+
     def test_metrics_count_a_chat_request_without_a_key(self, quickstart_gateway: Gateway) -> None:
         gateway = quickstart_gateway
         callbacks = gateway_config(gateway.manifests)["litellm_settings"]["callbacks"]

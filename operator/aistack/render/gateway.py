@@ -203,6 +203,13 @@ def gateway_config(
         holds = hold_routes(stack, served, config)
     if callbacks := _callbacks(stack, bool(holds)):
         cfg["litellm_settings"] = {"callbacks": callbacks}
+    if stack.spec.mlflow.enabled:
+        # A client's W3C trace context (its `traceparent`) goes on to the model servers, so
+        # that the gateway's span and vLLM's join the client's trace in MLflow. Only the
+        # client's: LiteLLM 1.110.2 writes its own span after the answer (in its logging
+        # callback), so no span of the gateway is there to be the parent while the model
+        # server is called (README, Tracing).
+        cfg["litellm_settings"]["forward_traceparent_to_llm_provider"] = True
     if stack.spec.gateway.auth_secret_ref is not None:
         cfg["general_settings"] = {"master_key": "os.environ/LITELLM_MASTER_KEY"}
     else:
