@@ -134,10 +134,16 @@ def test_a_stack_of_per_group_deployments_moves_onto_leaderworkerset(
         snapshots: list[tuple[int, bool, int]] = []
         deadline = time.monotonic() + TIMEOUT
         while time.monotonic() < deadline:
+            # The old groups first, then the new group's readiness: old groups seen gone
+            # were pruned before this read of readiness, so a group ready only after the
+            # prune shows as not ready here (read the other way round, a group that became
+            # ready, and then let the prune happen, between the two reads would look like
+            # a prune before readiness).
+            present = deployments(cluster, namespace)
+            old = all(d in present for d in OLD)
             lws = cluster.kubectl("get", "leaderworkerset", LWS, "-n", namespace, "-o",
                                   "jsonpath={.status.readyReplicas}", check=False)  # fmt: skip
             ready_groups = int(lws.stdout or 0) if lws.returncode == 0 else 0
-            old = all(d in deployments(cluster, namespace) for d in OLD)
             snapshots.append((ready_groups, old, serving_leaders(cluster, namespace)))
             if not old and ready_groups == 1:
                 break
