@@ -31,13 +31,13 @@
 #   prometheus                                                        (github.com/prometheus/prometheus)
 # and, with --ollama, the Ollama (the CPU model engine) that the conformance suite runs:
 #   ollama, with its CPU backend (cgo: needs a C/C++ compiler)        (github.com/ollama/ollama)
-#   and the headers its module zip leaves out (Go module zips drop vendor/ directories):
-#   nlohmann/json and stb_image from Debian's nlohmann-json3-dev and libstb-dev (the .deb
-#   files unpacked into the cache, not installed), miniaudio.h from PyPI's miniaudio sdist
-#   (pinned, checksum checked); kept beside bin/ in include/
+#   and the headers its module zip leaves out (Go module zips drop vendor/ directories, so
+#   llama/llama.cpp/vendor is missing): nlohmann/json, stb_image.h and miniaudio.h, each from
+#   a PyPI distribution pinned with its checksum (see OLLAMA_HEADERS); kept beside bin/ in
+#   include/
 # Versions are pinned in hack/versions.env (the linters' below, unless versions.env
 # sets them). Nothing is downloaded at run time other than Go modules (and checkov's
-# PyPI packages).
+# PyPI packages, and the PyPI files Ollama's headers come from).
 #
 # Binaries go to a per-version cache directory:
 #   ${AISTACK_TOOLS_CACHE:-$HOME/.cache/aistack-operator/tools}/k8s-<v>_etcd-<v>_kwok-<v>_helm-<v>/bin
@@ -80,9 +80,10 @@
 #   --prometheus       act on the Prometheus server instead of the control plane: build it
 #                      (about 3 minutes on 2 CPUs with cold Go caches, including the module
 #                      downloads), or with --print-bin-dir / --check
-#   --ollama           act on Ollama instead of the control plane: build it (OLLAMA_BUILD_MINUTES
-#                      on 2 CPUs with cold Go caches, most of it compiling llama.cpp's C++),
-#                      or with --print-bin-dir / --check
+#   --ollama           act on Ollama instead of the control plane: build it (about 6 minutes
+#                      on 2 CPUs with cold Go caches, most of it compiling ggml's and
+#                      llama.cpp's C/C++ through cgo; needs gcc/g++ and pip, see
+#                      OLLAMA_HEADERS), or with --print-bin-dir / --check
 #   --print-bin-dir    print the bin dir and exit (builds nothing)
 #   --check            exit 0 if every tool is present at the pinned version, else 1
 #   --force            rebuild everything
@@ -248,9 +249,13 @@ tool_ok() {
       out=$("$GO" version -m "$bin" 2>&1) || return 1
       [[ $out == *$'\tmod\tgithub.com/kedacore/keda/v2\t'"${KEDA_VERSION}"$'\t'* ]] ;;
     ollama)
-      # Without a server it says "client version is <v>" (asking a port nobody listens on).
-      out=$(OLLAMA_HOST=127.0.0.1:9 "$bin" --version 2>&1) || true
-      [[ $out == *"version is ${OLLAMA_VERSION#v}"* ]] ;;
+      # `ollama --version` asks the server at OLLAMA_HOST for its version first; with none
+      # there it prints "Warning: could not connect to a running Ollama instance" and
+      # "Warning: client version is <v>", exit 0. The discard port: nothing serves there, and
+      # a server that did would only add an "ollama version is <its v>" line.
+      out=$(OLLAMA_HOST=127.0.0.1:9 "$bin" --version 2>&1) || return 1
+      grep -qxF "Warning: client version is ${OLLAMA_VERSION#v}" <<<"$out" \
+        || grep -qxF "ollama version is ${OLLAMA_VERSION#v}" <<<"$out" ;;
     prometheus)
       out=$("$bin" --version 2>&1) || return 1
       [[ $out == "prometheus, version $(prometheus_release) "* ]] ;;
@@ -618,50 +623,85 @@ build_prometheus() {
   install_staged prometheus
 }
 
-# miniaudio.h as Ollama's copy of llama.cpp includes it ("miniaudio/miniaudio.h"): the PyPI
-# sdist of the miniaudio package carries that file (miniaudio 0.11.25).
-MINIAUDIO_VERSION=1.71
-MINIAUDIO_SHA256=ff51e2887bb673e2e757752b586b3dc924d59aa5fbcae9bbc45f4a111bd3262b
+# The files of llama/llama.cpp/vendor that the cgo build includes and Ollama's module zip
+# lacks (the go command leaves every vendor/ directory out of a module zip). Each comes from
+# a PyPI distribution, pinned to a version and the sha256 of the file pip downloads, so the
+# same bytes arrive on any machine that reaches PyPI, with no root, apt or system package:
+#   nlohmann/json.hpp, json_fwd.hpp  nlohmann-json 3.12.0 (the library's include/ tree, as
+#       repackaged on PyPI): JSON for Modern C++ 3.12.0, the release Ollama v0.17.4 vendors
+#       (as one amalgamated json.hpp; this is the same release in its per-file form).
+#   stb/stb_image.h  libstb 0.8.0's sdist (src/third_party/stb): stb_image v2.30,
+#       byte-for-byte the file Ollama v0.17.4 vendors.
+#   miniaudio/miniaudio.h  miniaudio 1.71's sdist (the Python binding's copy): miniaudio
+#       0.11.25; Ollama v0.17.4 vendors a 0.11.24 development snapshot, which no release
+#       carries. Only audio input of multimodal models (mtmd) uses it.
+# Debian's nlohmann-json3-dev and libstb-dev were the other candidates: they need apt (and
+# root for apt-get update), and their versions follow the Debian release (bookworm: json
+# 3.11.2, stb_image 2.27), so they pin nothing.
+# Fields: PyPI requirement | file pip downloads | its sha256 | path in it | path in include/
+OLLAMA_HEADERS=(
+  "nlohmann-json==3.12.0|nlohmann_json-3.12.0-py3-none-any.whl|5f6132720fb25d0d70bf0742f8397b49a540dcc193e7312a914f6aa49f054810|nlohmann_json/include/nlohmann|nlohmann"
+  "libstb==0.8.0|libstb-0.8.0.tar.gz|dc51a22f4eec2f06e09104bc15869e07373ecc83056a2355cacd177f30a657d8|libstb-0.8.0/src/third_party/stb/stb_image.h|stb/stb_image.h"
+  "miniaudio==1.71|miniaudio-1.71.tar.gz|ff51e2887bb673e2e757752b586b3dc924d59aa5fbcae9bbc45f4a111bd3262b|miniaudio-1.71/miniaudio/miniaudio.h|miniaudio/miniaudio.h"
+)
 
-ollama_headers() {  # -> the include dir with nlohmann/, stb/ and miniaudio/
-  local inc="$CACHE_ROOT/$KEY/include" work
-  if [[ -s $inc/nlohmann/json_fwd.hpp && -s $inc/stb/stb_image.h && -s $inc/miniaudio/miniaudio.h ]]; then
+# A python with pip for the downloads: $PYTHON, else the repo's .venv (make venv).
+pip_python() {
+  local py
+  for py in "$PYTHON" "$HACK_DIR/../.venv/bin/python"; do
+    if "$py" -m pip --version >/dev/null 2>&1; then echo "$py"; return; fi
+  done
+  die "Ollama's headers come from PyPI: need pip (PYTHON=<python with pip>, apt-get install python3-pip, or make venv)"
+}
+
+ollama_headers() {  # -> the include dir with nlohmann/, stb/ and miniaudio/, made if needed
+  local inc="$CACHE_ROOT/$KEY/include" work="$STAGE/headers" stamp py entry req file sum from to
+  local binary
+  stamp=$(printf '%s\n' "${OLLAMA_HEADERS[@]}")
+  if [[ $FORCE == 0 && -f $inc/.sources && $(cat "$inc/.sources") == "$stamp" ]]; then
     echo "$inc"; return
   fi
-  work="$STAGE/headers"
-  mkdir -p "$work"
-  command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null \
-    || die "Ollama's build takes nlohmann/json and stb from Debian packages: needs apt-get and dpkg-deb"
-  if ! (cd "$work" && apt-get download nlohmann-json3-dev libstb-dev >&2 2>/dev/null); then
-    log "apt's package lists lack nlohmann-json3-dev or libstb-dev: apt-get update"
-    apt-get update >&2 || die "apt-get update failed (as root, with Debian's archive reachable)"
-    (cd "$work" && apt-get download nlohmann-json3-dev libstb-dev >&2) \
-      || die "apt-get download nlohmann-json3-dev libstb-dev failed"
-  fi
-  local deb
-  for deb in "$work"/*.deb; do dpkg-deb -x "$deb" "$work/root"; done
-  local name="miniaudio-${MINIAUDIO_VERSION}"
-  "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
-    -d "$work" "miniaudio==${MINIAUDIO_VERSION}" >&2 || die "pip could not download $name from PyPI"
-  echo "$MINIAUDIO_SHA256  $work/$name.tar.gz" | sha256sum -c --quiet - \
-    || die "$name.tar.gz: checksum mismatch"
-  tar -xzf "$work/$name.tar.gz" -C "$work" "$name/miniaudio/miniaudio.h"
-  rm -rf "$inc.new" && mkdir -p "$inc.new"
-  cp -r "$work/root/usr/include/nlohmann" "$work/root/usr/include/stb" "$inc.new/"
-  cp -r "$work/$name/miniaudio" "$inc.new/"
-  rm -rf "$inc" && mv "$inc.new" "$inc"
+  py=$(pip_python)
+  rm -rf "$work" && mkdir -p "$work/include"
+  for entry in "${OLLAMA_HEADERS[@]}"; do
+    IFS='|' read -r req file sum from to <<<"$entry"
+    log "fetching $to from PyPI ($req)"
+    # The sdists by --no-binary of their own name (pip must not take a wheel instead; what it
+    # installs to read their metadata may come as wheels).
+    if [[ $file == *.whl ]]; then binary=(--only-binary :all:); else binary=(--no-binary "${req%%==*}"); fi
+    "$py" -m pip download --quiet --disable-pip-version-check --no-deps "${binary[@]}" \
+      -d "$work" "$req" >&2 || die "pip could not download $req"
+    echo "$sum  $work/$file" | sha256sum -c --quiet - >&2 || die "$file: checksum mismatch"
+    mkdir -p "$work/x" "$(dirname "$work/include/$to")"
+    if [[ $file == *.whl ]]; then
+      "$py" -m zipfile -e "$work/$file" "$work/x"
+    else
+      tar -xzf "$work/$file" -C "$work/x" "$from"
+    fi
+    [[ -e $work/x/$from ]] || die "$file has no $from"
+    cp -R "$work/x/$from" "$work/include/$to"
+  done
+  [[ -s $work/include/nlohmann/json_fwd.hpp ]] || die "no nlohmann/json_fwd.hpp in the headers"
+  printf '%s\n' "$stamp" >"$work/include/.sources"
+  rm -rf "$inc" && mv "$work/include" "$inc"
   echo "$inc"
 }
 
 build_ollama() {
   local inc
+  # cgo runs the C and C++ compilers the go command would (CC, CXX; else gcc, g++).
+  if ! command -v "${CC:-gcc}" >/dev/null || ! command -v "${CXX:-g++}" >/dev/null; then
+    die "Ollama's cgo build needs ${CC:-gcc} and ${CXX:-g++} (Debian: apt-get install g++)"
+  fi
   inc=$(ollama_headers)
-  log "building ollama ${OLLAMA_VERSION} (github.com/ollama/ollama, CPU backend; about 3 minutes on 2 CPUs when Go's caches are cold)"
-  # As its Dockerfile builds it (go build -trimpath, -ldflags -w -s; the version its release
-  # stamps), from the module: cgo compiles ggml's CPU backend and llama.cpp's C++ sources.
-  # No -tags mlx: that is the GPU (MLX CUDA) engine.
-  CGO_ENABLED=1 CGO_CPPFLAGS="-I$inc" GOBIN="$STAGE" "$GO" install -p "$JOBS" -trimpath \
-    -ldflags "-w -s -X github.com/ollama/ollama/version.Version=${OLLAMA_VERSION#v}" \
+  log "building ollama ${OLLAMA_VERSION} (github.com/ollama/ollama, CPU backend; about 6 minutes on 2 CPUs when Go's caches are cold)"
+  # As its Dockerfile and release scripts build it (scripts/env.sh's GOFLAGS: -ldflags -w -s,
+  # the version, server.mode=release; go build -trimpath -buildmode=pie), from the module:
+  # cgo compiles ggml's CPU backend (generic x86-64/arm64 code: the image also ships CPU
+  # libraries per instruction set, which only make it faster) and llama.cpp's C++ sources.
+  # No -tags mlx: that is the GPU (MLX CUDA) engine. CGO_ENABLED=1 for this build only.
+  CGO_ENABLED=1 CGO_CPPFLAGS="-I$inc" GOBIN="$STAGE" "$GO" install -p "$JOBS" -trimpath -buildmode=pie \
+    -ldflags "-w -s -X github.com/ollama/ollama/version.Version=${OLLAMA_VERSION#v} -X github.com/ollama/ollama/server.mode=release" \
     "github.com/ollama/ollama@${OLLAMA_VERSION}"
   install_staged ollama
 }

@@ -120,6 +120,8 @@ def test_the_server_listens_on_the_model_port_and_keeps_its_store_on_the_cache()
     assert env["OLLAMA_HOST"] == "0.0.0.0:8000"
     assert env["OLLAMA_MODELS"] == OLLAMA_STORE and OLLAMA_STORE.startswith("/cache/")
     assert env["HOME"] == "/tmp"
+    # Prompts never go to ollama.com's cloud models.
+    assert env["OLLAMA_NO_CLOUD"] == "1"
     assert server["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert server[probe]["httpGet"] == {"path": "/", "port": "http"}

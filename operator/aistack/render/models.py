@@ -459,6 +459,8 @@ def _ollama_env(host: str) -> list[dict[str, Any]]:
         {"name": "OLLAMA_MODELS", "value": OLLAMA_STORE},
         # A server per model: keep it loaded once the first request has loaded it.
         {"name": "OLLAMA_KEEP_ALIVE", "value": "-1"},
+        # No model of ollama.com's cloud (where prompts would go), whatever a request names.
+        {"name": "OLLAMA_NO_CLOUD", "value": "1"},
     ]
 
 
