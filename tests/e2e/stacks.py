@@ -27,6 +27,11 @@ def default_policy(**changes: Any) -> dict[str, Any]:
     return {**spec, **changes}
 
 
+def apply(cluster: Any, doc: dict[str, Any], ns: str) -> Any:
+    """``kubectl apply`` of ``doc`` in ``ns``, its result whatever it is (a refusal too)."""
+    return cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(doc), check=False)
+
+
 def get_stack(cluster: Any, ns: str, name: str) -> dict[str, Any]:
     return cluster.get_json("aistack", name, "-n", ns)  # type: ignore[no-any-return]
 

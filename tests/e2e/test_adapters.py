@@ -4,11 +4,11 @@ denies a running adapter later unloads and unroutes it while its model keeps ser
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from operator_process import OperatorProcess
 from stacks import (
+    apply,
     conditions,
     default_policy,
     deployments,
@@ -37,10 +37,6 @@ def lora_stack(*adapters: dict[str, Any], replicas: int = 1) -> dict[str, Any]:
     ]
     doc["spec"]["ray"] = {"enabled": False}
     return doc
-
-
-def apply(cluster: Any, doc: dict[str, Any], ns: str) -> Any:
-    return cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(doc), check=False)
 
 
 def vllm_args(cluster: Any, ns: str) -> list[str]:

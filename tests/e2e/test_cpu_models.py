@@ -6,35 +6,19 @@ is refused by the CRD's rules (tests/bad_inputs.py holds those cases)."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from operator_process import OperatorProcess
-from stacks import deployments, get_stack, load, pods, routes, wait_phase
-
-from conftest import governed_operator
+from stacks import apply, deployments, get_stack, load, pods, routes, wait_phase
 
 pytestmark = pytest.mark.e2e
 
 NC = "CohereForAI/c4ai-command-r-plus"  # CC-BY-NC-4.0 on its model card
 
 
-@pytest.fixture(scope="module")
-def gate(
-    cluster: Any, crds: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    with governed_operator(cluster, tmp_path_factory.mktemp("cpu")) as op:
-        yield op
-
-
-def apply(cluster: Any, doc: dict[str, Any], ns: str) -> Any:
-    return cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(doc), check=False)
-
-
 def test_a_cpu_model_runs_on_a_node_without_gpus_behind_the_gateway(
-    cluster: Any, gate: OperatorProcess, namespace: str
+    cluster: Any, governed: OperatorProcess, namespace: str
 ) -> None:
     doc = load("cpu.yaml")
     result = apply(cluster, doc, namespace)
@@ -61,7 +45,7 @@ def test_a_cpu_model_runs_on_a_node_without_gpus_behind_the_gateway(
 
 
 def test_a_cpu_model_whose_license_is_not_permitted_is_refused(
-    cluster: Any, gate: OperatorProcess, namespace: str
+    cluster: Any, governed: OperatorProcess, namespace: str
 ) -> None:
     doc = load("cpu.yaml")
     doc["spec"]["models"] = [{"name": "research", "source": NC}]
@@ -81,7 +65,7 @@ def test_a_cpu_model_whose_license_is_not_permitted_is_refused(
 
 
 def test_a_model_moved_to_the_cpu_engine_keeps_its_objects(
-    cluster: Any, gate: OperatorProcess, namespace: str
+    cluster: Any, governed: OperatorProcess, namespace: str
 ) -> None:
     """Switching a model's engine replaces its pods, not its Deployment or Service (their
     names are the model's): the gateway's route stays."""

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 from operator_process import OperatorProcess
-from stacks import conditions, deployments, get_stack, load, routes, wait_phase
+from stacks import apply, conditions, deployments, get_stack, load, routes, wait_phase
 
 from conftest import governed_operator
 
@@ -46,10 +46,6 @@ def stack(*models: dict[str, Any], **spec: Any) -> dict[str, Any]:
     doc["spec"] = {"models": [{"gpus": 1, **m} for m in models], "ray": {"enabled": False},
                    **spec}  # fmt: skip
     return doc
-
-
-def apply(cluster: Any, doc: dict[str, Any], ns: str) -> Any:
-    return cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(doc), check=False)
 
 
 def assert_refused(cluster: Any, doc: dict[str, Any], ns: str, *says: str) -> str:

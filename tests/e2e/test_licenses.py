@@ -10,7 +10,7 @@ import signal
 from typing import Any
 
 from operator_process import OperatorProcess
-from stacks import conditions, deployments, events, get_stack, load, routes, wait_phase
+from stacks import apply, conditions, deployments, events, get_stack, load, routes, wait_phase
 
 NC_MODEL = "CohereForAI/c4ai-command-r-plus"  # CC-BY-NC-4.0 on its model card
 LLAMA = "meta-llama/Llama-3.1-8B-Instruct"  # LicenseRef-llama3.1
@@ -23,10 +23,6 @@ def stack_with(*sources: str) -> dict[str, Any]:
     ]
     doc["spec"]["ray"] = {"enabled": False}
     return doc
-
-
-def apply(cluster: Any, doc: dict[str, Any], ns: str) -> Any:
-    return cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(doc), check=False)
 
 
 def test_a_non_commercial_model_is_refused_at_apply_time(

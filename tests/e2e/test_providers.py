@@ -5,12 +5,11 @@ withdraws a provider removes its route (and its key) at the next reconcile."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
 from operator_process import OperatorProcess
-from stacks import conditions, deployments, events, get_stack, load, routes, wait_phase
+from stacks import apply, conditions, deployments, events, get_stack, load, routes, wait_phase
 
 GPT = {"name": "gpt", "provider": "openai", "model": "gpt-4o-mini",
        "credentialsSecretRef": {"name": "llm-keys", "key": "openai"}}  # fmt: skip
@@ -27,10 +26,6 @@ def hybrid() -> dict[str, Any]:
         "limits": [{"route": "gpt", "rpm": 60}],
     }
     return doc
-
-
-def apply(cluster: Any, doc: dict[str, Any], ns: str) -> Any:
-    return cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(doc), check=False)
 
 
 def keys(cluster: Any, ns: str) -> None:
