@@ -184,19 +184,7 @@ class TestQuickstartGateway:
         )
         assert code == 200, body
         experiment = rendered_trace_experiment(quickstart_gateway)
-        code_text = f"""
-import json, time, mlflow
-deadline = time.time() + 60
-found = []
-while time.time() < deadline:
-    traces = mlflow.search_traces(locations=[{experiment!r}], return_type="list")
-    found = [t for t in traces if {marker!r} in json.dumps(t.to_dict(), default=str)]
-    if found:
-        break
-    time.sleep(2)
-print(json.dumps([t.info.trace_id for t in found]))
-"""
-        found = mlflow_server.run_client(code_text)
+        found = traces_with(mlflow_server, experiment, marker)
         assert found, (
             f"no trace with {marker} in experiment {experiment}:\n"
             f"{quickstart_gateway.running.log_tail(40)}"
@@ -232,19 +220,7 @@ print(json.dumps([t.info.trace_id for t in found]))
         assert headers.get("traceparent") == traceparent, headers
         # The gateway's span is in that trace (MLflow names OTLP traces tr-<trace id>).
         experiment = rendered_trace_experiment(gateway)
-        code_text = f"""
-import json, time, mlflow
-deadline = time.time() + 60
-found = []
-while time.time() < deadline:
-    traces = mlflow.search_traces(locations=[{experiment!r}], return_type="list")
-    found = [t for t in traces if {marker!r} in json.dumps(t.to_dict(), default=str)]
-    if found:
-        break
-    time.sleep(2)
-print(json.dumps([t.info.trace_id for t in found]))
-"""
-        found = mlflow_server.run_client(code_text)
+        found = traces_with(mlflow_server, experiment, marker)
         assert [t.removeprefix("tr-") for t in found] == [trace_id], found
         # Without a client's context, the model server is sent none.
         before = len(stand_in.requests())
@@ -292,6 +268,26 @@ print(json.dumps([t.info.trace_id for t in found]))
         assert series(samples, latency, "phi-3-5-mini") >= 1, (
             f"no {latency} for phi-3-5-mini\n{diagnosis(quickstart_gateway, samples)}"
         )
+
+
+def traces_with(mlflow_server: MLflowServer, experiment: str, marker: str) -> list[str]:
+    """The ids of the traces in ``experiment`` that hold ``marker``, as MLflow's own client
+    finds them (waiting up to a minute for the first: the gateway exports them after the
+    answer)."""
+    code_text = f"""
+import json, time, mlflow
+deadline = time.time() + 60
+found = []
+while time.time() < deadline:
+    traces = mlflow.search_traces(locations=[{experiment!r}], return_type="list")
+    found = [t for t in traces if {marker!r} in json.dumps(t.to_dict(), default=str)]
+    if found:
+        break
+    time.sleep(2)
+print(json.dumps([t.info.trace_id for t in found]))
+"""
+    found: list[str] = mlflow_server.run_client(code_text)
+    return found
 
 
 def rendered_trace_experiment(gateway: Gateway) -> str:

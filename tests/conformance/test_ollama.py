@@ -26,6 +26,7 @@ the address the HostMap gives the model's Service.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
@@ -51,11 +52,12 @@ MODEL_FILE = "tiny/model.gguf"
 PVC_MOUNT = "/mnt/models"
 
 
+@functools.cache
 def ollama_bin_dir() -> Path:
-    """The Ollama the suite runs (built once, cached by version)."""
+    """The Ollama the suite runs (built once, cached by version): the build's last line of
+    output is its bin dir."""
     build = [str(REPO_ROOT / "hack" / "build-tools.sh"), "--ollama"]
-    subprocess.run(build, check=True, stdout=subprocess.DEVNULL)
-    out = subprocess.run([*build, "--print-bin-dir"], check=True, capture_output=True, text=True)
+    out = subprocess.run(build, check=True, stdout=subprocess.PIPE, text=True)
     return Path(out.stdout.strip().splitlines()[-1])
 
 
