@@ -1306,11 +1306,14 @@ class AIStackSpec(APIModel):
         """The program that serves the model: its own engine, else the stack's."""
         return model.engine or self.engine
 
+    def engine_defaults(self, model: ModelSpec) -> VLLMDefaults | OllamaDefaults:
+        """The defaults of the model's engine: ``spec.vllm`` or ``spec.ollama``."""
+        return self.ollama if self.engine_of(model) == "ollama" else self.vllm
+
     def image_of(self, model: ModelSpec) -> str | None:
         """The image the stack names for the model's server (None: the operator's default
         for its engine): the model's own, else its engine's section's."""
-        defaults = self.ollama if self.engine_of(model) == "ollama" else self.vllm
-        return model.image or defaults.image
+        return model.image or self.engine_defaults(model).image
 
     def autoscaling_of(self, model: ModelSpec) -> AutoscalingSpec | None:
         """The model's autoscaling: its own, else the stack's default (for a vLLM model on

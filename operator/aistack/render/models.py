@@ -240,9 +240,7 @@ def _model_env(stack: AIStack, model: ModelSpec, config: RenderConfig) -> list[d
 def _scratch_size(stack: AIStack, model: ModelSpec) -> int | str:
     if model.scratch_size is not None:
         return model.scratch_size
-    if _on_ollama(stack, model):
-        return stack.spec.ollama.scratch_size
-    return stack.spec.vllm.scratch_size
+    return stack.spec.engine_defaults(model).scratch_size
 
 
 def _on_ollama(stack: AIStack, model: ModelSpec) -> bool:
@@ -252,10 +250,10 @@ def _on_ollama(stack: AIStack, model: ModelSpec) -> bool:
 def _model_resources(stack: AIStack, model: ModelSpec) -> dict[str, Any]:
     """CPU, memory and GPUs as the spec says, and the node disk of the pod's emptyDirs
     (``ephemeral-storage``), unless the spec requests a figure of its own."""
-    if _on_ollama(stack, model):
-        out = container_resources(model.resources or stack.spec.ollama.resources)
-    else:
-        out = container_resources(model.resources or stack.spec.vllm.resources, gpus=model.gpus)
+    gpus = model.gpus if engine_of(stack, model).gpus else 0
+    out = container_resources(
+        model.resources or stack.spec.engine_defaults(model).resources, gpus=gpus
+    )
     out.setdefault("requests", {}).setdefault("ephemeral-storage", _scratch_size(stack, model))
     return out
 
@@ -297,9 +295,7 @@ def _model_context(stack: AIStack, model: ModelSpec, config: RenderConfig) -> di
     volumes, mounts = _model_volumes(stack, model)
     engine = engine_of(stack, model)
     period = 10
-    startup_timeout = (
-        stack.spec.ollama if engine.name == "ollama" else stack.spec.vllm
-    ).startup_timeout_seconds
+    startup_timeout = stack.spec.engine_defaults(model).startup_timeout_seconds
     return {
         "namespace": namespace_of(stack),
         "model": model,
